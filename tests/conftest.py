@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_in(project: Path, *args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python args...`` in a baked project with its src/ importable, as its user would
+    after ``pip install -e .``; nothing is installed and nothing touches the network."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"`python {' '.join(args)}` failed in {project}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture
+def bake(cookies):
+    """Bake with the given answers and return the project folder (failing with the hook's output)."""
+
+    def _bake(**answers) -> Path:
+        result = cookies.bake(extra_context=answers)
+        assert result.exit_code == 0, f"bake failed for {answers}: {result.exception}"
+        return Path(result.project_path)
+
+    return _bake

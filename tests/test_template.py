@@ -1,0 +1,167 @@
+"""The template: bake option combinations, check what it writes, run what it generates."""
+import json
+import os
+import py_compile
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_in
+
+DEFAULTS = json.loads((REPO / "cookiecutter.json").read_text())
+
+# Every choice of every question appears at least once, in combinations that make sense.
+COMBINATIONS = [
+    {},
+    {"dataset": "toy2d", "network": "mlp", "objective": "flow", "conditioning": "class", "logger": "csv"},
+    {"dataset": "toy2d", "network": "mlp", "objective": "eps", "hardware": "colab-t4"},
+    {"dataset": "image_folder", "network": "dit", "objective": "v", "conditioning": "class", "image_size": "64"},
+    {"dataset": "mnist", "network": "unet", "objective": "eps", "image_size": "28", "logger": "wandb", "hardware": "a100"},
+    {"dataset": "fashion_mnist", "network": "dit", "objective": "flow", "image_size": "32", "hardware": "h100"},
+    {"dataset": "cifar10", "network": "unet", "objective": "v", "conditioning": "class", "image_size": "16"},
+    {"dataset": "image_folder", "network": "unet", "objective": "edm", "image_size": "128", "hardware": "h100"},
+    {"dataset": "digits", "network": "mlp", "objective": "edm", "conditioning": "class", "git_init": "yes"},
+]
+
+
+def text_files(project):
+    for path in project.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            yield path, path.read_text(errors="replace")
+
+
+def test_every_choice_is_covered():
+    for question, choices in DEFAULTS.items():
+        if isinstance(choices, list):
+            used = {combo.get(question, choices[0]) for combo in COMBINATIONS}
+            assert used == set(choices), f"{question}: {set(choices) - used} never baked"
+
+
+# Builds the configured model on random data of the configured shape, takes one training
+# loss and draws two samples: the combination's config, model and sampler fit together.
+SMOKE = """
+import sys, torch
+from omegaconf import OmegaConf
+from {package}.config import load_config
+from {package}.module import DiffusionModule
+cfg = load_config(sys.argv[1:])
+shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
+module = DiffusionModule(OmegaConf.to_container(cfg), shape, [str(i) for i in range(3)])
+data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.randint(0, 256, (4, *shape), dtype=torch.uint8)
+loss = module.training_step((data, torch.tensor([0, 1, 2, 0])), 0)
+assert torch.isfinite(loss)
+cfg.sampling.steps = 2
+x = module.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
+assert x.shape == (2, *shape) and torch.isfinite(x).all()
+print("ok", cfg.data.name, cfg.model.name, cfg.diffusion.objective, cfg.trainer.precision)
+"""
+
+
+@pytest.mark.parametrize("answers", COMBINATIONS, ids=lambda a: "-".join(a.values()) or "defaults")
+def test_bake_renders_completely_and_runs(bake, answers):
+    project = bake(**answers)
+    for path, text in text_files(project):
+        assert "{{" not in text and "{%" not in text and "{#" not in text, f"unrendered template in {path}"
+        if path.suffix == ".py":
+            py_compile.compile(str(path), doraise=True)
+    package = answers.get("package_name", "diffusion_lab")
+    recorded = json.loads((project / "cookiecutter-answers.json").read_text())
+    assert all(recorded[key] == value for key, value in answers.items())
+    assert (project / ".git").is_dir() == (answers.get("git_init") == "yes")
+    # small sizes keep the smoke test quick; the configured architecture is unchanged
+    overrides = ["model.unet.channels=8", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2"]
+    result = run_in(project, "-c", SMOKE.format(package=package), *overrides)
+    assert result.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("answers", [COMBINATIONS[0], COMBINATIONS[1], COMBINATIONS[3]],
+                         ids=["defaults", "toy2d-flow-class", "folder-dit-v-class"])
+def test_baked_project_passes_its_own_tests(bake, answers):
+    project = bake(**answers)
+    result = run_in(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+@pytest.mark.parametrize("answers, message", [
+    ({"project_slug": "My Project"}, "project_slug"),
+    ({"project_slug": "1-thing"}, "project_slug"),
+    ({"package_name": "class"}, "package_name"),
+    ({"package_name": "torch"}, "shadow"),
+    ({"package_name": "my-pkg"}, "package_name"),
+    ({"dataset": "toy2d", "network": "unet"}, "network"),
+])
+def test_bad_answers_stop_with_one_error_line(cookies, capfd, answers, message):
+    result = cookies.bake(extra_context=answers)
+    assert result.exit_code != 0
+    errors = [line for line in capfd.readouterr().out.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_name_with_no_letters_is_refused_by_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cookiecutter", str(REPO), "--no-input",
+                             "--output-dir", str(tmp_path / "new"), 'project_name="""'], capture_output=True, text=True)
+    assert result.returncode != 0
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
+    assert "project_slug ''" in errors[0]        # ours first; cookiecutter then adds its own
+
+
+def test_code_in_the_name_is_only_text(bake):
+    project = bake(project_name='"""; import os; os.remove("x") #')
+    assert project.name == "import-os-os-remove-x"
+    assert 'os.remove("x")' in (project / "README.md").read_text()
+
+
+def test_quotes_and_spaces_in_names_give_a_clean_project(bake):
+    name = 'Ann\'s "Quoted" Diffusion & Co'
+    project = bake(project_name=name, author='O\'Brien "Bob"', description='Says "hi" \\ bye')
+    assert project.name == "ann-s-quoted-diffusion-co"
+    assert (project / "src" / "ann_s_quoted_diffusion_co").is_dir()
+    import tomllib
+    meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert meta["description"] == 'Says "hi" \\ bye' and meta["authors"][0]["name"] == 'O\'Brien "Bob"'
+    assert name in (project / "README.md").read_text()
+
+
+def test_pip_install_gives_a_console_script_that_names_a_bad_key(bake, tmp_path):
+    project = bake()
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(project)], check=True, capture_output=True, timeout=300)
+    result = subprocess.run([str(target / "bin" / "diffusion_lab"), "train", "data.nmae=x"], cwd=project,
+                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ERROR: unknown key 'data.nmae'") and "data.name" in result.stderr
+
+
+def test_train_is_killed_then_resumes_and_samples(bake):
+    """The whole user story in processes: a run is interrupted, rerun, finished, sampled."""
+    project = bake(dataset="toy2d", network="mlp")
+    args = ["-m", "diffusion_lab", "train", "name=killed", "trainer.max_steps=100000",
+            "trainer.checkpoint_every_n_steps=100000", "trainer.sample_every_n_steps=100000",
+            "trainer.val_every_n_steps=100000", "data.toy_samples=2000"]
+    process = subprocess.Popen([sys.executable, *args], cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONPATH": str(project / "src")})
+    deadline = time.time() + 120
+    metrics = project / "runs" / "killed" / "tensorboard"
+    while time.time() < deadline and not any(metrics.glob("events.*")):
+        time.sleep(0.5)
+    time.sleep(8)                                       # let it take some steps
+    process.send_signal(signal.SIGINT)                  # Ctrl-C
+    output = process.communicate(timeout=120)[0]
+    checkpoint = project / "runs" / "killed" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file(), f"no checkpoint after Ctrl-C:\n{output[-2000:]}"
+    interrupted_at = torch.load(checkpoint, weights_only=False)["global_step"]
+    assert interrupted_at > 0
+
+    result = run_in(project, *args[:4], f"trainer.max_steps={interrupted_at + 20}", *args[5:])
+    assert "resuming from" in result.stdout
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == interrupted_at + 20
+
+    run_in(project, "-m", "diffusion_lab", "sample", "run=runs/killed", "n=100", "steps=5", "trajectory=true")
+    assert (project / "runs" / "killed" / "generated" / "samples.png").is_file()
+    assert (project / "runs" / "killed" / "generated" / "trajectory.png").is_file()

@@ -1,0 +1,45 @@
+"""A fixed-seed grid of samples from the EMA weights, written every N steps.
+
+The same starting noise every time, so successive grids show what training changed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..data.images import to_uint8
+from ..visualize import image_grid, save_image_grid, save_scatter
+
+
+class SampleGrid(L.Callback):
+    def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0):
+        self.folder, self.every_n_steps, self.count, self.seed = Path(folder), every_n_steps, count, seed
+        self.last_step = -1
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.write(trainer, module)
+
+    def on_train_end(self, trainer, module) -> None:
+        self.write(trainer, module)
+
+    @L.pytorch.utilities.rank_zero_only
+    def write(self, trainer, module) -> None:
+        step = trainer.global_step
+        if step == self.last_step:
+            return
+        self.last_step = step
+        result = module.sample(self.count, torch.Generator().manual_seed(self.seed))
+        path = self.folder / f"step_{step:07d}.png"
+        if result.x.ndim == 2:
+            reference = trainer.datamodule.train_set.data[: self.count]
+            save_scatter(result.x, path, f"step {step}", reference)
+            return
+        images = to_uint8(result.x)
+        save_image_grid(images, path)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("samples", image_grid(images), step, dataformats="HWC")
+        elif hasattr(trainer.logger, "log_image"):
+            trainer.logger.log_image("samples", [str(path)], step=step)

@@ -1,0 +1,118 @@
+"""What the network predicts, and how that becomes a denoiser.
+
+Every parameterization is one choice of four functions in EDM's preconditioning
+(Karras et al. 2022, eq. 7):
+
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+
+``c_in`` fixes what the network sees, ``c_skip`` and ``c_out`` turn its output into the
+denoised estimate x0_hat, and its training target follows from asking D(x, sigma) = x0:
+
+    F_target = (x0 - c_skip x) / c_out.
+
+Training on the plain mean squared error of F (weight 1 in F's space) gives each method its
+published loss: the eps-MSE of DDPM, the v-MSE of progressive distillation, EDM's
+lambda(sigma) = 1 / c_out^2, and the velocity MSE of flow matching. All networks are told
+the noise level as c_noise = ln(sigma) / 4 (EDM, Table 1).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+
+class Parameterization(ABC):
+    """Returns (c_skip, c_out, c_in) for a tensor of noise levels."""
+
+    @abstractmethod
+    def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """c_skip, c_out and c_in, broadcastable against x."""
+
+    @staticmethod
+    def c_noise(sigma: Tensor) -> Tensor:
+        return sigma.log() / 4
+
+
+class EpsPrediction(Parameterization):
+    """DDPM (Ho et al. 2020): F predicts the noise; x0 = x - sigma eps. The network sees the
+    variance-preserving input x / sqrt(1 + sigma^2)."""
+
+    def scalings(self, sigma):
+        return torch.ones_like(sigma), -sigma, (1 + sigma**2).rsqrt()
+
+
+class X0Prediction(Parameterization):
+    """F predicts the clean data itself."""
+
+    def scalings(self, sigma):
+        return torch.zeros_like(sigma), torch.ones_like(sigma), (1 + sigma**2).rsqrt()
+
+
+class VPrediction(Parameterization):
+    """Salimans & Ho 2022, §4: v = alpha eps - s x0 for x_vp = alpha x0 + s eps, with
+    alpha = 1 / sqrt(1 + sigma^2) and s = sigma alpha, so x0 = alpha^2 x - s v."""
+
+    def scalings(self, sigma):
+        alpha = (1 + sigma**2).rsqrt()
+        return alpha**2, -sigma * alpha, alpha
+
+
+class EDMPreconditioning(Parameterization):
+    """Karras et al. 2022, Table 1: unit-variance input and target for data of std sigma_data.
+    With sigma_data = 1 this is v-prediction with F = -v."""
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = sigma_data
+
+    def scalings(self, sigma):
+        total = sigma**2 + self.sigma_data**2
+        return self.sigma_data**2 / total, sigma * self.sigma_data * total.rsqrt(), total.rsqrt()
+
+
+class FlowVelocity(Parameterization):
+    """Flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): for
+    x_t = (1 - t) x0 + t eps, F predicts v = eps - x0 and x0 = x_t - t v, where
+    t = sigma / (1 + sigma) and x_t = x / (1 + sigma)."""
+
+    def scalings(self, sigma):
+        c_in = 1 / (1 + sigma)
+        return c_in, -sigma * c_in, c_in
+
+
+def build_parameterization(objective: str, sigma_data: float = 0.5) -> Parameterization:
+    if objective == "edm":
+        return EDMPreconditioning(sigma_data)
+    return {"eps": EpsPrediction, "x0": X0Prediction, "v": VPrediction, "flow": FlowVelocity}[objective]()
+
+
+class Denoiser(nn.Module):
+    """A network wrapped by its parameterization: ``D(x, sigma, labels) -> x0_hat``.
+
+    The scalings, the target and the loss run in float32 even under autocast; only the
+    network itself runs in lower precision.
+    """
+
+    def __init__(self, net: nn.Module, parameterization: Parameterization):
+        super().__init__()
+        self.net = net
+        self.parameterization = parameterization
+
+    def _network(self, x: Tensor, sigma: Tensor, labels: Tensor | None):
+        sigma = sigma.float().reshape(-1, *[1] * (x.ndim - 1))
+        c_skip, c_out, c_in = self.parameterization.scalings(sigma)
+        out = self.net(c_in * x, self.parameterization.c_noise(sigma.flatten()), labels).float()
+        return out, c_skip, c_out
+
+    def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
+        out, c_skip, c_out = self._network(x, sigma, labels)
+        return c_skip * x + c_out * out
+
+    def loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Per-example mean squared error of the network against its target (EDM eq. 8 with
+        lambda(sigma) c_out(sigma)^2 = 1)."""
+        x = x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * noise
+        out, c_skip, c_out = self._network(x, sigma, labels)
+        target = (x0 - c_skip * x) / c_out
+        return (out - target).square().flatten(1).mean(1)

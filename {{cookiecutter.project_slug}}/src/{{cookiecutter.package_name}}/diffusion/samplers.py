@@ -1,0 +1,131 @@
+"""Samplers in the sigma form, one function each, following their papers.
+
+A sampler takes a denoiser ``D(x, sigma) -> x0_hat`` (``sigma`` a tensor of shape (batch,)),
+a decreasing float64 sequence of noise levels ending at 0, and the starting point
+``x = sigmas[0] * noise``. It returns a :class:`SampleResult`: the sample, the number of
+network evaluations (NFE) and, when ``keep_trajectory`` is set, one :class:`Step` per step.
+
+Hooks are called once per step with that step's :class:`Step`, after the denoiser's
+estimate and before the update; a hook may replace ``step.x`` or ``step.x0_hat`` (to
+inpaint, to project, to show progress) and the update uses what it leaves there.
+
+Every stochastic sampler takes a ``torch.Generator``; the same generator state gives the
+same sample.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+Hook = Callable[["Step"], None]
+
+
+@dataclass
+class Step:
+    """One sampler step: its index, its noise level, the current x and the estimate of x0."""
+
+    i: int
+    sigma: float
+    x: Tensor
+    x0_hat: Tensor
+
+
+@dataclass
+class SampleResult:
+    x: Tensor
+    nfe: int
+    trajectory: list[Step] = field(default_factory=list)
+
+
+class _Bookkeeper:
+    """What every sampler shares: evaluating D, counting NFE, hooks and the trajectory."""
+
+    def __init__(self, denoiser: Denoiser, hooks: Iterable[Hook], keep_trajectory: bool):
+        self.denoiser, self.hooks, self.keep_trajectory = denoiser, list(hooks), keep_trajectory
+        self.nfe, self.trajectory = 0, []
+
+    def denoise(self, x: Tensor, sigma: float) -> Tensor:
+        self.nfe += 1
+        return self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device))
+
+    def step(self, i: int, sigma: float, x: Tensor, x0_hat: Tensor) -> Step:
+        step = Step(i, sigma, x, x0_hat)
+        for hook in self.hooks:
+            hook(step)
+        if self.keep_trajectory:
+            self.trajectory.append(Step(i, sigma, step.x.detach().cpu(), step.x0_hat.detach().cpu()))
+        return step
+
+    def result(self, x: Tensor) -> SampleResult:
+        return SampleResult(x, self.nfe, self.trajectory)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like x, drawn from ``generator`` on its own device."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
+         generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+         keep_trajectory: bool = False) -> SampleResult:
+    """DDIM (Song et al. 2021, eq. 12) in the sigma form.
+
+    With eps_hat = (x - x0_hat) / sigma_i, each step is
+
+        x_{i+1} = x0_hat + sqrt(sigma_{i+1}^2 - s^2) eps_hat + s z,
+        s = eta * sigma_{i+1} * sqrt(1 - sigma_{i+1}^2 / sigma_i^2),
+
+    where s is eq. 16's sigma_t(eta) divided by sqrt(alpha_bar_{t-1}). eta = 0 is deterministic
+    and is exactly Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma
+    (Karras et al. 2022, eq. 3); for a flow model it is the Euler step in t. eta = 1 draws from
+    the DDPM posterior q(x_{i+1} | x_i, x0_hat) (ancestral sampling).
+    """
+    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        step = book.step(i, sigma, x, book.denoise(x, sigma))
+        eps_hat = (step.x - step.x0_hat) / sigma
+        s = eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2))
+        x = step.x0_hat + math.sqrt(sigma_next**2 - s**2) * eps_hat
+        if s > 0:
+            x = x + s * randn_like(x, generator)
+    return book.result(x)
+
+
+def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
+         s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+         generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+         keep_trajectory: bool = False) -> SampleResult:
+    """Heun's second-order method with optional churn (Karras et al. 2022, Algorithm 2).
+
+    With churn = 0 this is Algorithm 1, the deterministic probability-flow ODE solver. Each
+    step first raises the noise from sigma_i to sigma_hat = (1 + gamma) sigma_i with
+    gamma = min(churn / N, sqrt(2) - 1) inside [s_tmin, s_tmax], takes an Euler step to
+    sigma_{i+1}, then corrects it with the slope there. The step to sigma = 0 stays a plain
+    Euler step (the slope at 0 is undefined), so N steps cost 2N - 1 evaluations.
+    """
+    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    n = len(sigmas) - 1
+    for i in range(n):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        gamma = min(churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+        step = book.step(i, sigma_hat, x, book.denoise(x, sigma_hat))
+        slope = (step.x - step.x0_hat) / sigma_hat
+        x_next = step.x + (sigma_next - sigma_hat) * slope
+        if sigma_next > 0:
+            slope_next = (x_next - book.denoise(x_next, sigma_next)) / sigma_next
+            x_next = step.x + (sigma_next - sigma_hat) * (slope + slope_next) / 2
+        x = x_next
+    return book.result(x)
+
+
+SAMPLERS = {"ddim": ddim, "heun": heun}

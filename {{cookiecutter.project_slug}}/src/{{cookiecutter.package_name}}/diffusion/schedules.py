@@ -1,0 +1,109 @@
+"""Noise levels in the sigma form ``x = x0 + sigma * eps`` (Karras et al. 2022, "EDM").
+
+Every process here is the same family seen through a change of variables:
+
+* a variance-preserving (VP) schedule with cumulative ``alpha_bar`` has
+  ``x_vp = sqrt(alpha_bar) * x``, so ``alpha_bar = 1 / (1 + sigma^2)``;
+* a flow ``x_t = (1 - t) x0 + t eps`` (t = 1 is noise) has ``x_t = (1 - t) * x``, so
+  ``sigma = t / (1 - t)``.
+
+Sequences are built in float64: rounding the sigmas to float32 alone moves samples by ~1e-5.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def sigma_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def t_from_sigma(sigma: Tensor) -> Tensor:
+    return sigma / (1 + sigma)
+
+
+def ddpm_linear_sigmas(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Ho et al. 2020, §4: betas rise linearly from 1e-4 to 0.02 over 1000 steps. Increasing."""
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    return sigma_from_alpha_bar(torch.cumprod(1 - betas, 0))
+
+
+def cosine_sigmas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = f(t) / f(0) with
+    f(t) = cos^2((t/T + s) / (1 + s) * pi/2), betas clipped at 0.999. Increasing."""
+    t = torch.arange(steps + 1, dtype=torch.float64) / steps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return sigma_from_alpha_bar(torch.cumprod(1 - betas, 0))
+
+
+TRAINING_TABLES = {"ddpm": ddpm_linear_sigmas, "cosine": cosine_sigmas}
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
+    then 0. rho = 7 spends more steps at low noise."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """Evenly spaced in log(sigma) from sigma_max to sigma_min, then 0."""
+    return append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp())
+
+
+def uniform_t_sigmas(n: int, sigma_max: float) -> Tensor:
+    """Flows: n equal steps in t from t(sigma_max) (close to 1) down to t = 0."""
+    t = torch.linspace(sigma_max / (1 + sigma_max), 0, n + 1, dtype=torch.float64)
+    return t / (1 - t)
+
+
+def trailing_sigmas(n: int, table: Tensor) -> Tensor:
+    """Lin et al. 2024, Table 2, "trailing": timesteps round(T - i T/n) - 1 for i < n, so sampling
+    starts from the last training step (the "leading" spacing of diffusers never does)."""
+    steps = len(table)
+    index = torch.round(steps - torch.arange(n, dtype=torch.float64) * steps / n).long() - 1
+    return append_zero(table[index])
+
+
+def append_zero(sigmas: Tensor) -> Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def sampling_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: float,
+                    train_noise: str) -> Tensor:
+    """The decreasing float64 sequence of n + 1 noise levels a sampler walks, ending at 0."""
+    if schedule == "karras":
+        return karras_sigmas(n, sigma_min, sigma_max, rho)
+    if schedule == "loglinear":
+        return loglinear_sigmas(n, sigma_min, sigma_max)
+    if schedule == "uniform_t":
+        return uniform_t_sigmas(n, sigma_max)
+    if schedule == "trailing":
+        return trailing_sigmas(n, TRAINING_TABLES[train_noise]())
+    raise ValueError(f"unknown sampling schedule '{schedule}'")
+
+
+class TrainingNoise:
+    """Draws the training noise levels.
+
+    ``ddpm`` / ``cosine``: uniform over the 1000 discrete steps of that schedule (Ho et al. 2020).
+    ``lognormal``: ln(sigma) ~ N(mean, std^2) (EDM, P_mean = -1.2, P_std = 1.2). Because
+    logit(t) = ln(t / (1 - t)) = ln(sigma), this is also the logit-normal t of flow models
+    (Esser et al. 2024, "SD3", eq. 19, mean 0, std 1).
+    """
+
+    def __init__(self, kind: str, mean: float = 0.0, std: float = 1.0):
+        self.kind, self.mean, self.std = kind, mean, std
+        self.table = TRAINING_TABLES[kind]().float() if kind in TRAINING_TABLES else None
+
+    def __call__(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        if self.table is not None:
+            index = torch.randint(len(self.table), (n,), generator=generator)
+            return self.table[index].to(device)
+        normal = torch.randn(n, generator=generator)
+        return (self.mean + self.std * normal).exp().to(device)

@@ -1,0 +1,177 @@
+"""``DiffusionModule``: the training step, EMA, the optimiser, and sampling with EMA weights."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from .config import ConfigError
+from .data.images import to_unit_range
+from .diffusion.guidance import GuidedDenoiser
+from .diffusion.parameterizations import Denoiser, build_parameterization
+from .diffusion.samplers import SAMPLERS, Hook, SampleResult
+from .diffusion.schedules import TrainingNoise, sampling_sigmas
+from .models import build_model
+
+
+def process_rank() -> int:
+    """This process's global rank, read from the launcher's environment (0 when alone)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
+
+
+def sampler_options(sampling: DictConfig) -> dict:
+    """The keyword arguments of the configured sampler."""
+    return {"ddim": {"eta": sampling.eta}, "heun": {"churn": sampling.churn}}[sampling.sampler]
+
+
+class DiffusionModule(L.LightningModule):
+    """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
+
+    ``config`` is the resolved configuration as a dict; ``data_shape`` and ``class_names``
+    come from the data. All three are saved in every checkpoint, so
+    ``DiffusionModule.load_from_checkpoint(path)`` rebuilds the model with nothing else.
+    """
+
+    def __init__(self, config: dict, data_shape: list[int], class_names: list[str] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        self.data_shape = tuple(data_shape)
+        self.num_classes = len(class_names) if self.cfg.model.conditional and class_names else None
+        if self.cfg.model.conditional and not self.num_classes:
+            raise ConfigError(f"model.conditional=true needs class labels, but data.name="
+                              f"{self.cfg.data.name} provides none (for an image folder set "
+                              "data.labels_from_subfolders=true; for toy2d use moons or gaussians)")
+        net = build_model(self.cfg.model, self.data_shape, self.num_classes)
+        parameterization = build_parameterization(self.cfg.diffusion.objective, self.cfg.diffusion.sigma_data)
+        self.denoiser = Denoiser(net, parameterization)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
+        diffusion = self.cfg.diffusion
+        self.training_noise = TrainingNoise(diffusion.train_noise, diffusion.noise_mean, diffusion.noise_std)
+        self.nonfinite_steps = 0
+
+    # -- data -------------------------------------------------------------------------------
+    def prepare_batch(self, batch, augment: bool) -> tuple[Tensor, Tensor | None]:
+        """Images to [-1, 1] with a random horizontal flip drawn per example; labels kept
+        only for conditional models."""
+        data, labels = batch
+        if data.dtype == torch.uint8:
+            data = to_unit_range(data)
+            if augment and self.cfg.data.hflip:
+                flip = torch.rand(len(data), device=data.device) < 0.5
+                data = torch.where(flip[:, None, None, None], data.flip(-1), data)
+        return data, labels if self.num_classes else None
+
+    def drop_labels(self, labels: Tensor | None) -> Tensor | None:
+        """Classifier-free guidance training: replace a share p_uncond of labels by the null label."""
+        if labels is None:
+            return None
+        drop = torch.rand(len(labels), device=labels.device) < self.cfg.diffusion.p_uncond
+        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+
+    # -- training ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x0, labels = self.prepare_batch(batch, augment=True)
+        sigma = self.training_noise(len(x0), self.device)
+        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self.drop_labels(labels)).mean()
+        if not torch.isfinite(loss):
+            return self.skip_nonfinite(loss)
+        self.nonfinite_steps = 0
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def skip_nonfinite(self, loss: Tensor) -> None:
+        """Skip a step whose loss is NaN or Inf; stop if it keeps happening."""
+        self.nonfinite_steps += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        if self.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
+            raise RuntimeError(
+                f"the loss was {loss.item()} for {self.nonfinite_steps} steps in a row at step "
+                f"{self.global_step}; lower optim.lr, keep optim.grad_clip on, or use "
+                "trainer.precision=32-true to find the cause")
+        return None
+
+    def validation_step(self, batch, batch_idx):
+        """Loss of the EMA weights with noise fixed by the batch index, so runs compare."""
+        x0, labels = self.prepare_batch(batch, augment=False)
+        generator = torch.Generator().manual_seed(batch_idx)
+        sigma = self.training_noise(len(x0), self.device, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        loss = self.ema.loss(x0, sigma, noise, labels).mean()
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(x0))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, with the decay warming up as
+        (1 + step) / (10 + step) so early averages are not dominated by the random init."""
+        step = self.global_step
+        decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
+        for ema, live in zip(self.ema.parameters(), self.denoiser.parameters()):
+            ema.lerp_(live, 1 - decay)
+        for ema, live in zip(self.ema.buffers(), self.denoiser.buffers()):
+            ema.copy_(live)
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr,
+                                      betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        total = self.cfg.trainer.max_steps
+
+        def factor(step: int) -> float:
+            warmup = min(1.0, (step + 1) / max(1, optim.warmup_steps))
+            if not optim.cosine_decay:
+                return warmup
+            progress = min(1.0, step / max(1, total))
+            return warmup * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Continue the saved random stream; with several processes each needs its own, so
+        they are reseeded by rank instead (the checkpoint holds rank 0's state only)."""
+        rng = checkpoint.get("rng")
+        if rng is None:
+            return
+        if process_rank() == 0 and int(os.environ.get("WORLD_SIZE", 1)) == 1:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        else:
+            torch.manual_seed(self.cfg.seed + process_rank() + 7919 * checkpoint["global_step"])
+
+    # -- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, sampling: DictConfig | None = None,
+               labels: Tensor | None = None, hooks: list[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
+        """Draw ``n`` samples with the EMA weights. Conditional models default to labels
+        0, 1, 2, ... in turn, guided with weight ``sampling.guidance``."""
+        sampling = sampling or self.cfg.sampling
+        self.ema.eval()
+        sigmas = sampling_sigmas(sampling.schedule, sampling.steps, sampling.sigma_min,
+                                 sampling.sigma_max, sampling.rho, self.cfg.diffusion.train_noise)
+        noise = torch.randn((n, *self.data_shape), generator=generator, device=generator.device)
+        x = (sigmas[0] * noise.double()).float().to(self.device)
+        denoiser = self.ema
+        if self.num_classes:
+            if labels is None:
+                labels = torch.arange(n) % self.num_classes
+            denoiser = GuidedDenoiser(self.ema, [(labels.to(self.device), sampling.guidance)], self.num_classes)
+        sampler = SAMPLERS[sampling.sampler]
+        return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks,
+                       keep_trajectory=keep_trajectory, **sampler_options(sampling))

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.models import DiT, MLP, UNet
+
+CASES = [
+    (UNet, (1, 8, 8), dict(channels=16, channel_mult=(1, 2), blocks_per_level=1, attention_levels=(1,))),
+    (UNet, (3, 16, 16), dict(channels=16, channel_mult=(1, 2, 2), blocks_per_level=2, attention_levels=(2,))),
+    (DiT, (3, 16, 16), dict(patch_size=4, width=64, depth=2, heads=4)),
+    (MLP, (2,), dict(width=64, depth=2)),
+    (MLP, (1, 8, 8), dict(width=64, depth=2)),
+]
+
+
+@pytest.mark.parametrize("cls, shape, kwargs", CASES)
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_output_has_the_input_shape_and_every_weight_gets_a_gradient(cls, shape, kwargs, num_classes):
+    torch.manual_seed(0)
+    net = cls(shape, num_classes=num_classes, **kwargs)
+    for p in net.parameters():                 # undo zero inits so gradients reach every layer
+        torch.nn.init.normal_(p, std=0.05)
+    x, c_noise = torch.randn(4, *shape), torch.randn(4)
+    labels = torch.tensor([0, 3, 9, 10]) if num_classes else None   # 10 is the null label
+    out = net(x, c_noise, labels)
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_the_output_depends_on_noise_level_and_label():
+    torch.manual_seed(0)
+    net = UNet((1, 8, 8), channels=16, channel_mult=(1, 2), blocks_per_level=1, num_classes=10)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 1, 8, 8)
+    base = net(x, torch.tensor([0.0]), torch.tensor([1]))
+    assert not torch.allclose(base, net(x, torch.tensor([0.5]), torch.tensor([1])))
+    assert not torch.allclose(base, net(x, torch.tensor([0.0]), torch.tensor([2])))
+
+
+def test_conditional_network_refuses_missing_labels():
+    net = MLP((2,), width=32, depth=1, num_classes=3)
+    with pytest.raises(ValueError, match="labels"):
+        net(torch.randn(2, 2), torch.randn(2))
+
+
+def test_bad_sizes_are_explained():
+    with pytest.raises(ValueError, match="divisible"):
+        UNet((1, 12, 12), channels=16, channel_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="patch_size"):
+        DiT((3, 30, 30), patch_size=4, width=64, depth=1, heads=4)

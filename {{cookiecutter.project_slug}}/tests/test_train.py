@@ -1,0 +1,57 @@
+"""End to end: train a few steps, resume, sample, from the command-line functions."""
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.config import ConfigError
+
+FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
+
+
+def step_of(checkpoint):
+    return torch.load(checkpoint, weights_only=False)["global_step"]
+
+
+def test_toy_run_trains_resumes_and_samples(project_dir):
+    args = ["experiment=toy2d", "name=toy", "logger=csv", "trainer.max_steps=20",
+            "trainer.checkpoint_every_n_steps=10", "trainer.sample_every_n_steps=10", *FAST]
+    assert main(["train", *args]) == 0
+    run = project_dir / "runs" / "toy"
+    assert step_of(run / "checkpoints" / "last.ckpt") == 20
+    assert (run / "config.yaml").is_file() and (run / "samples" / "step_0000020.png").is_file()
+
+    assert main(["train", *args, "trainer.max_steps=30"]) == 0      # resumes, does not restart
+    assert step_of(run / "checkpoints" / "last.ckpt") == 30
+    with pytest.raises(ConfigError, match="already holds a run"):
+        from {{ cookiecutter.package_name }}.cli import train
+        train([*args, "trainer.resume=false"])
+
+    assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "trajectory=true", "out=out1"]) == 0
+    assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "out=out2"]) == 0
+    first, second = torch.load("out1/samples.pt"), torch.load("out2/samples.pt")
+    assert first.shape == (50, 2) and torch.equal(first, second)   # same seed, same samples
+    assert (project_dir / "out1" / "trajectory.png").is_file()
+
+
+@pytest.mark.parametrize("network, objective", [("unet", "eps"), ("dit", "flow"), ("mlp", "v")])
+def test_conditional_image_run_with_each_network(project_dir, network, objective):
+    args = [f"name={network}", "data.name=digits", "data.image_size=8", "data.channels=1",
+            f"model.name={network}", "model.conditional=true", f"diffusion.objective={objective}",
+            "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.blocks_per_level=1",
+            "model.dit.patch_size=2", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2",
+            "model.mlp.width=32", "model.mlp.depth=1", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
+            "trainer.sample_every_n_steps=3", "data.batch_size=16", "logger=tensorboard", *FAST]
+    if objective == "flow":
+        args += ["sampling.schedule=uniform_t", "sampling.sigma_max=1000"]
+    assert main(["train", *args]) == 0
+    assert main(["sample", f"run=runs/{network}", "n=6", "steps=3", "labels=[7]", "guidance=2.0",
+                 "trajectory=true"]) == 0
+    out = project_dir / "runs" / network / "generated"
+    assert torch.load(out / "samples.pt").shape == (6, 1, 8, 8)
+    assert sorted(p.name for p in (out / "images").iterdir())[:2] == ["000000.png", "000001.png"]
+    assert (out / "samples.png").is_file() and (out / "trajectory.png").is_file()
+
+
+def test_sample_without_a_run_is_a_clear_error(project_dir, capsys):
+    assert main(["sample", "run=runs/nothing"]) == 2
+    assert "no checkpoint at runs/nothing" in capsys.readouterr().err
