@@ -46,6 +46,9 @@ def test_conditional_image_run_with_each_network(project_dir, network, objective
     assert main(["train", *args]) == 0
     assert main(["sample", f"run=runs/{network}", "n=6", "steps=3", "labels=[7]", "guidance=2.0",
                  "trajectory=true"]) == 0
+    assert main(["sample", f"run=runs/{network}", "n=2", "steps=3", "sampler=dpmpp_2m",
+                 "conditions=[[3,1.5],[8,1.0]]", "out=mixed"]) == 0
+    assert torch.load("mixed/samples.pt").shape == (2, 1, 8, 8)
     out = project_dir / "runs" / network / "generated"
     assert torch.load(out / "samples.pt").shape == (6, 1, 8, 8)
     assert sorted(p.name for p in (out / "images").iterdir())[:2] == ["000000.png", "000001.png"]

@@ -14,13 +14,13 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .config import ConfigError, SamplingConfig, check_consistency, load_config, merge, parse_overrides, sampling_keys
 from .data import DataError
 
-USAGE = """\
+USAGE = f"""\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
                           (keys: configs/config.yaml; preset=NAME, experiment=NAME pick layers)
 sample  run=DIR [key=value ...]
                           draw samples from runs/<name> or a .ckpt file; keys: n, batch_size,
-                          seed, labels, out, device, trajectory, and any sampling key
-                          (sampler, steps, schedule, sigma_min, sigma_max, rho, eta, churn, guidance)
+                          seed, labels, conditions, out, device, trajectory, and any sampling key:
+                          {", ".join(sampling_keys())}
 """
 
 
@@ -75,6 +75,7 @@ class SampleCommand:
     batch_size: int = 256
     seed: int = 0
     labels: Optional[list[int]] = None   # conditional models: labels to draw, used in turn
+    conditions: Optional[list[list[float]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
     out: Optional[str] = None            # output folder; default <run>/generated
     device: str = "auto"                 # auto | cpu | cuda | mps
     trajectory: bool = False             # also plot how samples travel from noise to data
@@ -97,15 +98,18 @@ def sample(overrides: list[str]) -> Path:
     module.to(device)
     out = Path(command.out) if command.out else run_dir / "generated"
     labels = torch.tensor(command.labels) if command.labels else None
+    weighted = [(int(label), weight) for label, weight in command.conditions or []]
 
     generator = torch.Generator().manual_seed(command.seed)
     sizes = [min(command.batch_size, command.n - start) for start in range(0, command.n, command.batch_size)]
     samples, nfe, trajectory = [], 0, None
     with tqdm(total=len(sizes) * cfg.sampling.steps, desc="sampling", unit="step") as bar:
         for k, size in enumerate(sizes):
-            batch_labels = None if labels is None else labels[torch.arange(sum(sizes[:k]), sum(sizes[:k]) + size) % len(labels)]
-            result = module.sample(size, generator, cfg.sampling, batch_labels, hooks=[lambda step: bar.update()],
-                                   keep_trajectory=command.trajectory and k == 0)
+            first = sum(sizes[:k])
+            batch_labels = None if labels is None else labels[torch.arange(first, first + size) % len(labels)]
+            conditions = [(torch.full((size,), label), weight) for label, weight in weighted] or None
+            result = module.sample(size, generator, cfg.sampling, batch_labels, conditions,
+                                   hooks=[lambda step: bar.update()], keep_trajectory=command.trajectory and k == 0)
             samples.append(result.x.cpu())
             nfe += result.nfe
             trajectory = trajectory or result.trajectory

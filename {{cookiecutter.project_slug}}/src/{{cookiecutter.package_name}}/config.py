@@ -78,12 +78,14 @@ class DiffusionConfig:
     train_noise: Literal["ddpm", "cosine", "lognormal"] = MISSING
     noise_mean: float = MISSING
     noise_std: float = MISSING
+    loss_weight: Literal["natural", "uniform", "min_snr", "soft_min_snr", "edm"] = MISSING
+    min_snr_gamma: float = MISSING
     p_uncond: float = MISSING
 
 
 @dataclass
 class SamplingConfig:
-    sampler: Literal["ddim", "heun"] = MISSING
+    sampler: Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"] = MISSING
     steps: int = MISSING
     schedule: Literal["karras", "loglinear", "uniform_t", "trailing"] = MISSING
     sigma_min: float = MISSING
@@ -91,6 +93,9 @@ class SamplingConfig:
     rho: float = MISSING
     eta: float = MISSING
     churn: float = MISSING
+    gamma: float = MISSING
+    mu: float = MISSING
+    second_order: bool = MISSING
     guidance: float = MISSING
 
 
@@ -213,6 +218,10 @@ def check_consistency(cfg: DictConfig) -> None:
                           "(diffusion.train_noise=ddpm or cosine); use karras or loglinear")
     if cfg.sampling.steps < 1:
         raise ConfigError(f"sampling.steps must be at least 1, got {cfg.sampling.steps}")
+    if cfg.sampling.eta < 0 or cfg.sampling.churn < 0:
+        raise ConfigError("sampling.eta and sampling.churn must be >= 0")
+    if not 0 <= cfg.sampling.mu < 1:
+        raise ConfigError(f"sampling.mu must be in [0, 1), got {cfg.sampling.mu}")
     if not 0 < cfg.sampling.sigma_min < cfg.sampling.sigma_max:
         raise ConfigError("need 0 < sampling.sigma_min < sampling.sigma_max, got "
                           f"{cfg.sampling.sigma_min} and {cfg.sampling.sigma_max}")

@@ -13,8 +13,8 @@ from torch import Tensor
 from .config import ConfigError
 from .data.images import to_unit_range
 from .diffusion.guidance import GuidedDenoiser
-from .diffusion.parameterizations import Denoiser, build_parameterization
-from .diffusion.samplers import SAMPLERS, Hook, SampleResult
+from .diffusion.parameterizations import Denoiser, build_parameterization, x0_loss_weight
+from .diffusion.samplers import Hook, SampleResult, configured_sampler
 from .diffusion.schedules import TrainingNoise, sampling_sigmas
 from .models import build_model
 
@@ -25,11 +25,6 @@ def process_rank() -> int:
         if variable in os.environ:
             return int(os.environ[variable])
     return 0
-
-
-def sampler_options(sampling: DictConfig) -> dict:
-    """The keyword arguments of the configured sampler."""
-    return {"ddim": {"eta": sampling.eta}, "heun": {"churn": sampling.churn}}[sampling.sampler]
 
 
 class DiffusionModule(L.LightningModule):
@@ -70,6 +65,10 @@ class DiffusionModule(L.LightningModule):
                 data = torch.where(flip[:, None, None, None], data.flip(-1), data)
         return data, labels if self.num_classes else None
 
+    def loss_weight(self, sigma: Tensor) -> Tensor | None:
+        diffusion = self.cfg.diffusion
+        return x0_loss_weight(diffusion.loss_weight, sigma, diffusion.sigma_data, diffusion.min_snr_gamma)
+
     def drop_labels(self, labels: Tensor | None) -> Tensor | None:
         """Classifier-free guidance training: replace a share p_uncond of labels by the null label."""
         if labels is None:
@@ -81,7 +80,7 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x0, labels = self.prepare_batch(batch, augment=True)
         sigma = self.training_noise(len(x0), self.device)
-        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self.drop_labels(labels)).mean()
+        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self.drop_labels(labels), self.loss_weight(sigma)).mean()
         if not torch.isfinite(loss):
             return self.skip_nonfinite(loss)
         self.nonfinite_steps = 0
@@ -105,7 +104,7 @@ class DiffusionModule(L.LightningModule):
         generator = torch.Generator().manual_seed(batch_idx)
         sigma = self.training_noise(len(x0), self.device, generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        loss = self.ema.loss(x0, sigma, noise, labels).mean()
+        loss = self.ema.loss(x0, sigma, noise, labels, self.loss_weight(sigma)).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -158,9 +157,14 @@ class DiffusionModule(L.LightningModule):
     # -- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, sampling: DictConfig | None = None,
-               labels: Tensor | None = None, hooks: list[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
-        """Draw ``n`` samples with the EMA weights. Conditional models default to labels
-        0, 1, 2, ... in turn, guided with weight ``sampling.guidance``."""
+               labels: Tensor | None = None, conditions: list[tuple[Tensor, float]] | None = None,
+               hooks: list[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
+        """Draw ``n`` samples with the EMA weights.
+
+        Conditional models are guided towards ``labels`` with weight ``sampling.guidance``
+        (labels 0, 1, 2, ... in turn by default), or towards several weighted ``conditions``,
+        a list of (labels, weight) pairs, all evaluated in one batched call per step.
+        """
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
         sigmas = sampling_sigmas(sampling.schedule, sampling.steps, sampling.sigma_min,
@@ -169,9 +173,10 @@ class DiffusionModule(L.LightningModule):
         x = (sigmas[0] * noise.double()).float().to(self.device)
         denoiser = self.ema
         if self.num_classes:
-            if labels is None:
-                labels = torch.arange(n) % self.num_classes
-            denoiser = GuidedDenoiser(self.ema, [(labels.to(self.device), sampling.guidance)], self.num_classes)
-        sampler = SAMPLERS[sampling.sampler]
-        return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks,
-                       keep_trajectory=keep_trajectory, **sampler_options(sampling))
+            if conditions is None:
+                labels = torch.arange(n) % self.num_classes if labels is None else labels
+                conditions = [(labels, sampling.guidance)]
+            conditions = [(label.to(self.device), weight) for label, weight in conditions]
+            denoiser = GuidedDenoiser(self.ema, conditions, self.num_classes)
+        sampler = configured_sampler(sampling)
+        return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks, keep_trajectory=keep_trajectory)

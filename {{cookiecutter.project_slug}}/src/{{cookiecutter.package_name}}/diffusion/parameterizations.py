@@ -81,6 +81,30 @@ class FlowVelocity(Parameterization):
         return c_in, -sigma * c_in, c_in
 
 
+def x0_loss_weight(kind: str, sigma: Tensor, sigma_data: float = 0.5, gamma: float = 5.0) -> Tensor | None:
+    """lambda(sigma), the weight on ||D(x, sigma) - x0||^2 (EDM eq. 2), with SNR = 1 / sigma^2.
+
+    ``natural``: None, i.e. the objective's own loss (lambda = 1 / c_out^2).
+    ``uniform``: lambda = 1, the plain x0 error.
+    ``min_snr``: lambda = min(SNR, gamma) (Hang et al. 2023, "Min-SNR weighting", gamma = 5);
+    for eps-prediction this is their min(SNR, gamma) / SNR on the eps loss.
+    ``soft_min_snr``: lambda = 1 / (sigma^2 + sigma_data^2), a smooth minimum of SNR and
+    1 / sigma_data^2 (Crowson et al. 2024, "HDiT", §3.4).
+    ``edm``: lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM, Table 1).
+    """
+    if kind == "natural":
+        return None
+    if kind == "uniform":
+        return torch.ones_like(sigma)
+    if kind == "min_snr":
+        return sigma.pow(-2).clamp(max=gamma)
+    if kind == "soft_min_snr":
+        return 1 / (sigma**2 + sigma_data**2)
+    if kind == "edm":
+        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    raise ValueError(f"unknown loss weighting '{kind}'")
+
+
 def build_parameterization(objective: str, sigma_data: float = 0.5) -> Parameterization:
     if objective == "edm":
         return EDMPreconditioning(sigma_data)
@@ -109,10 +133,15 @@ class Denoiser(nn.Module):
         out, c_skip, c_out = self._network(x, sigma, labels)
         return c_skip * x + c_out * out
 
-    def loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Per-example mean squared error of the network against its target (EDM eq. 8 with
-        lambda(sigma) c_out(sigma)^2 = 1)."""
+    def loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None = None,
+             x0_weight: Tensor | None = None) -> Tensor:
+        """Per-example loss in the network's own space (EDM eq. 8):
+        lambda(sigma) c_out(sigma)^2 ||F - F_target||^2, which equals lambda(sigma) ||D - x0||^2.
+        Without ``x0_weight`` (lambda), the weight on F is 1: the objective's own loss."""
         x = x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * noise
         out, c_skip, c_out = self._network(x, sigma, labels)
         target = (x0 - c_skip * x) / c_out
-        return (out - target).square().flatten(1).mean(1)
+        error = (out - target).square().flatten(1).mean(1)
+        if x0_weight is None:
+            return error
+        return x0_weight.float() * c_out.flatten() ** 2 * error
