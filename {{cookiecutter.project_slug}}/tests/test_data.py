@@ -1,10 +1,20 @@
+import io
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.data import DataError, DiffusionDataModule, TOY_SHAPES, load_image_folder, make_toy2d
-from {{ cookiecutter.package_name }}.data.images import fit_image, load_torchvision, to_uint8, to_unit_range
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.data import (
+    DataError, DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d,
+    to_uint8, to_unit_range)
+from {{ cookiecutter.package_name }}.data import sources
+from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
+from {{ cookiecutter.package_name }}.data.cache import cache_path
+from {{ cookiecutter.package_name }}.data.inspect import inspect_data
 
 
 @pytest.mark.parametrize("shape", sorted(TOY_SHAPES))
@@ -27,27 +37,55 @@ def test_uint8_round_trip_is_exact():
     assert torch.equal(to_uint8(to_unit_range(images)), images)
 
 
-def write_images(root):
-    """A small folder as users have them: modes L, RGB, RGBA, P; sizes and aspect ratios mixed;
-    one corrupt file, one text file, class subfolders."""
+def png_bytes(array, mode=None):
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_messy_folder(root):
+    """A folder as users have them: modes L, RGB, RGBA, P; sizes and aspect ratios mixed; a 1x1
+    image; a duplicate; a corrupt file, a truncated one, a text file; class subfolders."""
     rng = np.random.default_rng(0)
     (root / "cats").mkdir(parents=True)
     (root / "dogs" / "puppies").mkdir(parents=True)
     Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / "cats" / "a.jpg")
-    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(root / "cats" / "b.png")
+    gray = png_bytes(rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    (root / "cats" / "b.png").write_bytes(gray)
+    (root / "cats" / "b copy.png").write_bytes(gray)
+    Image.new("L", (1, 1), 200).save(root / "cats" / "tiny.png")
     Image.fromarray(rng.integers(0, 255, (30, 30, 4), dtype=np.uint8), "RGBA").save(root / "dogs" / "c.png")
     Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).convert("P").save(root / "dogs" / "puppies" / "d.gif")
     (root / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    whole = png_bytes(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    (root / "dogs" / "cut.png").write_bytes(whole[: len(whole) // 2])
     (root / "cats" / "notes.txt").write_text("not an image")
 
 
-def test_image_folder_converts_resizes_labels_and_reports_bad_files(tmp_path):
-    write_images(tmp_path)
-    with pytest.warns(UserWarning, match=r"(?s)skipped 1 unreadable image.*broken\.png"):
-        images, labels, names = load_image_folder(str(tmp_path), 8, 3, labels_from_subfolders=True)
-    assert images.shape == (4, 3, 8, 8) and images.dtype == torch.uint8
-    assert names == ["cats", "dogs"]
-    assert labels.tolist() == [0, 0, 1, 1]                 # puppies/ belongs to dogs
+def folder_config(root, *overrides):
+    return load_config(["data.name=image_folder", f"data.root={root}", "data.image_size=8", "data.channels=3",
+                        "data.labels_from_subfolders=true", *overrides]).data
+
+
+def test_messy_folder_decodes_converts_labels_and_lists_every_problem(tmp_path):
+    write_messy_folder(tmp_path)
+    decoded = decode_folder(tmp_path, 8, 3, labels_from_subfolders=True)
+    assert decoded.data.shape == (6, 3, 8, 8) and decoded.data.dtype == torch.uint8
+    assert decoded.class_names == ["cats", "dogs"]
+    assert decoded.labels.tolist() == [0, 0, 0, 0, 1, 1]                 # puppies/ belongs to dogs
+    assert sorted(b["path"] for b in decoded.bad) == ["dogs/broken.png", "dogs/cut.png"]
+    assert "truncated" in next(b["error"] for b in decoded.bad if b["path"] == "dogs/cut.png")
+    assert decoded.others == ["cats/notes.txt"]
+
+
+def test_skipped_files_are_reported_or_fatal_as_configured(project_dir, tmp_path):
+    write_messy_folder(tmp_path / "pics")
+    data = DiffusionDataModule(folder_config(tmp_path / "pics"))
+    with pytest.warns(UserWarning, match=r"(?s)skipped 2 unreadable.*broken\.png"):
+        data.setup()
+    strict = DiffusionDataModule(folder_config(tmp_path / "pics", "data.on_bad_file=fail"))
+    with pytest.raises(DataError, match=r"(?s)broken\.png.*on_bad_file=skip"):
+        strict.setup()
 
 
 def test_transparent_pixels_become_white_and_grayscale_is_one_channel():
@@ -62,52 +100,136 @@ def test_centre_crop_keeps_the_middle():
     assert np.all(fit_image(Image.fromarray(wide), 10, 1) == 255)
 
 
-def test_missing_or_empty_folder_gets_a_clear_error(tmp_path):
+def test_missing_empty_and_unreadable_folders_get_clear_errors(project_dir, tmp_path):
     with pytest.raises(DataError, match="is not a folder"):
-        load_image_folder(str(tmp_path / "nowhere"), 8, 3, labels_from_subfolders=False)
-    (tmp_path / "notes.txt").write_text("no images here")
+        load_source(folder_config(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match=r"no images found .*\(1 other files\)"):
-        load_image_folder(str(tmp_path), 8, 3, labels_from_subfolders=False)
-
-
-def test_folder_of_only_broken_images_gets_a_clear_error(tmp_path):
-    (tmp_path / "x.png").write_bytes(b"junk")
-    with pytest.raises(DataError, match="none of the 1 image files"), pytest.warns(UserWarning, match="x.png"):
-        load_image_folder(str(tmp_path), 8, 3, labels_from_subfolders=False)
+        load_source(folder_config(tmp_path / "empty"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"none of the 1 image files .*x\.png"):
+        load_source(folder_config(tmp_path / "junk", "data.labels_from_subfolders=false"))
 
 
 def test_loose_images_with_class_labels_requested_are_refused(tmp_path):
-    write_images(tmp_path)
+    write_messy_folder(tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "loose.png")
-    with pytest.raises(DataError, match="loose.png"), pytest.warns(UserWarning):
-        load_image_folder(str(tmp_path), 8, 3, labels_from_subfolders=True)
+    with pytest.raises(DataError, match="loose.png"):
+        decode_folder(tmp_path, 8, 3, labels_from_subfolders=True)
+
+
+def test_cache_is_reused_rebuilt_on_change_and_never_left_half_written(project_dir, tmp_path, monkeypatch):
+    pics = tmp_path / "pics"
+    write_messy_folder(pics)
+    cfg = folder_config(pics)
+    first = load_source(cfg)
+    entry = cache_path(sources.fingerprint(cfg, 8), cfg.cache_dir)
+    assert entry.is_file()
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again although the folder did not change")
+
+    monkeypatch.setattr(sources, "decode_folder", no_decoding)
+    again = load_source(cfg)
+    assert torch.equal(again.data, first.data) and again.bad == first.bad
+
+    Image.new("RGB", (12, 12), "red").save(pics / "cats" / "new.png")       # the folder changed
+    monkeypatch.setattr(sources, "decode_folder", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):                                 # interrupted mid-build
+        load_source(cfg)
+    assert not cache_path(sources.fingerprint(cfg, 8), cfg.cache_dir).is_file()
+    monkeypatch.undo()
+    assert len(load_source(cfg).data) == len(first.data) + 1
 
 
 def test_offline_torchvision_download_names_dataset_folder_and_fix(tmp_path, monkeypatch):
     import torchvision
 
     class Offline:
-        def __init__(self, root, train, download):
+        def __init__(self, root, download, **split):
             raise RuntimeError("Dataset not found") if not download else OSError("no network")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     with pytest.raises(DataError) as error:
-        load_torchvision("mnist", str(tmp_path / "data"), 32, 1)
+        sources.load_torchvision("mnist", str(tmp_path / "data"), 32, 1)
     message = str(error.value)
     assert "MNIST" in message and str(tmp_path / "data") in message and "download=True" in message
 
 
-def test_datamodule_splits_and_serves_uint8_batches(project_dir):
-    from omegaconf import OmegaConf
+def test_tensor_files_images_and_signals(project_dir, tmp_path):
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    torch.save({"data": images, "labels": torch.arange(10) % 2}, tmp_path / "images.pt")
+    signals = np.random.default_rng(0).standard_normal((20, 1, 64)).astype(np.float32)
+    np.save(tmp_path / "signals.npy", signals)
+    decoded = load_source(load_config(["data.name=tensor_file", f"data.root={tmp_path / 'images.pt'}"]).data)
+    assert torch.equal(decoded.data, images) and decoded.class_names == ["0", "1"]
+    decoded = load_source(load_config(["data.name=tensor_file", f"data.root={tmp_path / 'signals.npy'}"]).data)
+    assert decoded.data.shape == (20, 1, 64) and decoded.labels is None
 
-    from {{ cookiecutter.package_name }}.config import load_config
 
-    cfg = load_config(["data.name=digits", "data.image_size=8", "data.channels=1", "data.batch_size=32"])
+@pytest.mark.parametrize("content, message", [
+    (torch.zeros(5), "shape \\(N, ...\\)"),
+    ({"labels": torch.zeros(3)}, "dict with key 'data'"),
+    (torch.full((4, 1, 8, 8), 255.0), "float images in"),
+    ({"data": torch.zeros(4, 2), "labels": torch.zeros(3)}, "4 non-negative integers"),
+])
+def test_bad_tensor_files_are_explained(tmp_path, content, message):
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=message):
+        sources.load_tensor_file(str(tmp_path / "bad.pt"))
+
+
+def test_augmentations_act_per_image():
+    torch.manual_seed(0)
+    x = torch.arange(64 * 2 * 10 * 10, dtype=torch.float32).reshape(64, 2, 10, 10)
+    flipped = random_flip(x)
+    is_flipped = [torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x)]
+    assert all(torch.equal(f, o) or s for f, o, s in zip(flipped, x, is_flipped)) and 10 < sum(is_flipped) < 54
+    crops = random_crop(x, 8)
+    windows = [(i, j) for i in range(3) for j in range(3)]
+    found = [next(w for w in windows if torch.equal(c, o[:, w[0]:w[0] + 8, w[1]:w[1] + 8])) for c, o in zip(crops, x)]
+    assert len(set(found)) > 4                                   # positions differ between images
+    assert torch.equal(center_crop(x, 8), x[..., 1:9, 1:9])
+
+
+def test_device_batches_shuffle_and_shard_like_a_distributed_sampler():
+    data, labels = torch.arange(100)[:, None], torch.arange(100)
+    seen = []
+    for rank in range(2):
+        batches = list(DeviceBatches(data, labels, batch_size=10, rank=rank, world_size=2, seed=1))
+        assert len(batches) == 5 and all(torch.equal(x[:, 0], y) for x, y in batches)
+        seen += torch.cat([y for _, y in batches]).tolist()
+    assert sorted(seen) == list(range(100))                     # every example once per epoch
+    loader = DeviceBatches(data, labels, batch_size=10)
+    assert not torch.equal(next(iter(loader))[1], next(iter(loader))[1])   # a new order each epoch
+
+
+def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
+    cfg = load_config(["data.name=digits", "data.image_size=8", "data.channels=1", "data.batch_size=32",
+                       "data.random_crop=true"])
     data = DiffusionDataModule(cfg.data, seed=0)
     data.setup()
     assert len(data.train_set) + len(data.val_set) == 1797
     assert len(data.val_set) == round(0.05 * 1797)
-    assert data.data_shape == (1, 8, 8) and data.num_classes == 10
+    assert data.data_shape == (1, 8, 8) and data.num_classes == 10      # stored at 9x9, cropped to 8
     images, labels = next(iter(data.train_dataloader()))
-    assert images.shape == (32, 1, 8, 8) and images.dtype == torch.uint8 and labels.shape == (32,)
-    assert OmegaConf.is_config(cfg)
+    assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
+
+
+def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_path):
+    write_messy_folder(tmp_path / "pics")
+    report = inspect_data(folder_config(tmp_path / "pics"), tmp_path / "out")
+    for expected in ["examples: 6", "2 unreadable", "dogs/broken.png", ".txt x1", "duplicates: cats/b copy.png, cats/b.png",
+                     "classes: 2 (cats: 4, dogs: 2)", "RGBA x1", "will be upscaled (smallest: cats/tiny.png, 1x1)",
+                     "aspect ratios range from 1.00 to 2.00 (2 not square)", "only 6 images"]:
+        assert expected in report, expected
+    assert Image.open(tmp_path / "out" / "preview.png").size[0] > 8
+    assert (tmp_path / "out" / "report.txt").read_text().strip() == report
+
+
+def test_inspect_data_command(project_dir, capsys):
+    assert main(["inspect-data", "experiment=toy2d"]) == 0
+    assert "examples: 20000" in capsys.readouterr().out
+    assert (project_dir / "runs" / "toy2d" / "inspect" / "preview.png").is_file()

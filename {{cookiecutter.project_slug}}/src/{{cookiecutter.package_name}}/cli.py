@@ -17,6 +17,9 @@ from .data import DataError
 USAGE = f"""\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
                           (keys: configs/config.yaml; preset=NAME, experiment=NAME pick layers)
+inspect-data [key=value ...]
+                          report on the configured data (counts, sizes, modes, unreadable files,
+                          duplicates, classes) with warnings, and a preview grid in runs/<name>/inspect/
 sample  run=DIR [key=value ...]
                           draw samples from runs/<name> or a .ckpt file; keys: n, batch_size,
                           seed, labels, conditions, out, device, trajectory, and any sampling key:
@@ -27,11 +30,11 @@ sample  run=DIR [key=value ...]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train and sample diffusion models.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE)
-    parser.add_argument("command", choices=["train", "sample"])
+    parser.add_argument("command", choices=["train", "sample", "inspect-data"])
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
-        {"train": train, "sample": sample}[args.command](args.overrides)
+        {"train": train, "sample": sample, "inspect-data": inspect}[args.command](args.overrides)
     except (ConfigError, DataError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
@@ -65,6 +68,17 @@ def train(overrides: list[str]) -> Path:
     if trainer.is_global_zero:
         print(f"done: checkpoints in {run_dir / 'checkpoints'}, sample grids in {run_dir / 'samples'}")
     return run_dir
+
+
+# -- inspect-data -----------------------------------------------------------------------------
+def inspect(overrides: list[str]) -> Path:
+    """Print and save the data report for the configuration ``train`` would use."""
+    from .data.inspect import inspect_data
+
+    cfg = load_config(overrides)
+    out = Path("runs") / cfg.name / "inspect"
+    print(inspect_data(cfg.data, out))
+    return out
 
 
 # -- sample -----------------------------------------------------------------------------------

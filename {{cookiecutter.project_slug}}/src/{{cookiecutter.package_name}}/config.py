@@ -26,7 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: Literal["toy2d", "digits", "image_folder", "mnist", "fashion_mnist", "cifar10"] = MISSING
+    name: Literal["toy2d", "digits", "image_folder", "tensor_file", "mnist", "fashion_mnist", "cifar10",
+                  "celeba", "flowers102"] = MISSING
     root: str = MISSING
     image_size: int = MISSING
     channels: int = MISSING
@@ -37,6 +38,10 @@ class DataConfig:
     batch_size: int = MISSING
     num_workers: int = MISSING
     hflip: bool = MISSING
+    random_crop: bool = MISSING
+    on_bad_file: Literal["skip", "fail"] = MISSING
+    cache_dir: str = MISSING
+    gpu_cache_gb: float = MISSING
 
 
 @dataclass

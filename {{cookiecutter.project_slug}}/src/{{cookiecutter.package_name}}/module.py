@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from .config import ConfigError
+from .data.augment import center_crop, random_crop, random_flip
 from .data.images import to_unit_range
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.parameterizations import Denoiser, build_parameterization, x0_loss_weight
@@ -55,14 +56,16 @@ class DiffusionModule(L.LightningModule):
 
     # -- data -------------------------------------------------------------------------------
     def prepare_batch(self, batch, augment: bool) -> tuple[Tensor, Tensor | None]:
-        """Images to [-1, 1] with a random horizontal flip drawn per example; labels kept
-        only for conditional models."""
+        """Images to [-1, 1], cropped to data.image_size (at random when training with
+        data.random_crop) and flipped per example (data.hflip); labels kept only for
+        conditional models."""
         data, labels = batch
         if data.dtype == torch.uint8:
-            data = to_unit_range(data)
+            size = self.cfg.data.image_size
+            data = random_crop(data, size) if augment and self.cfg.data.random_crop else center_crop(data, size)
             if augment and self.cfg.data.hflip:
-                flip = torch.rand(len(data), device=data.device) < 0.5
-                data = torch.where(flip[:, None, None, None], data.flip(-1), data)
+                data = random_flip(data)
+            data = to_unit_range(data)
         return data, labels if self.num_classes else None
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:

@@ -1,18 +1,23 @@
-"""Image sources, each decoded once into a uint8 tensor (N, C, H, W) and int64 labels.
+"""Decoding images: from files of any size, mode and format to one uint8 tensor (N, C, H, W).
 
-Training then indexes this tensor directly; converting to float in [-1, 1] and random flips
-happen per batch on the training device (see module.py).
+One pass over a folder decodes every image, records what it found in each file (size, mode,
+a hash of its bytes) and which files could not be read, so that training and
+``inspect-data`` report from the same facts.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+from tqdm import tqdm
 
 
 class DataError(ValueError):
@@ -21,7 +26,7 @@ class DataError(ValueError):
 
 def to_unit_range(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1
+    return images.float().div_(127.5).sub_(1)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -45,20 +50,26 @@ def stack(images: list[np.ndarray]) -> Tensor:
     return torch.from_numpy(np.stack(images))
 
 
-def load_digits(size: int, channels: int) -> tuple[Tensor, Tensor, list[str]]:
-    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), ships with the package."""
-    from sklearn.datasets import load_digits as sklearn_digits
+@dataclass
+class Decoded:
+    """A decoded source: the data, its labels, and what was found on the way.
 
-    digits = sklearn_digits()
-    pixels = (digits.images * (255 / 16)).round().astype(np.uint8)
-    images = [fit_image(Image.fromarray(p), size, channels) for p in pixels]
-    return stack(images), torch.as_tensor(digits.target, dtype=torch.int64), [str(i) for i in range(10)]
+    ``files`` holds one record per decoded file (path, width, height, mode, sha1), ``bad`` the
+    files that could not be decoded with the reason, ``others`` the files that are not images.
+    """
+
+    data: Tensor
+    labels: Tensor | None = None
+    class_names: list[str] = field(default_factory=list)
+    files: list[dict] = field(default_factory=list)
+    bad: list[dict] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
 
 
 IMAGE_EXTENSIONS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def list_images(root: Path) -> tuple[list[Path], list[Path]]:
+def scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
     """All image files under ``root`` (recursively, hidden entries skipped), and the other files."""
     images, others = [], []
     for folder, subfolders, files in os.walk(root):
@@ -70,62 +81,57 @@ def list_images(root: Path) -> tuple[list[Path], list[Path]]:
     return images, others
 
 
-def load_image_folder(root: str, size: int, channels: int, labels_from_subfolders: bool):
-    """Every image under ``root``; with ``labels_from_subfolders`` the first folder level
-    below root names the class (root/cat/001.jpg is class "cat")."""
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise DataError(f"data.root '{root}' is not a folder; point data.root at your images, "
-                        f"e.g. data.root=~/pictures")
-    paths, others = list_images(root_path)
+def decode_file(path: Path, size: int, channels: int) -> tuple[np.ndarray, dict]:
+    """Decode one file completely (a truncated file fails here, not later in training)."""
+    content = path.read_bytes()
+    with Image.open(io.BytesIO(content)) as image:
+        record = {"width": image.width, "height": image.height, "mode": image.mode,
+                  "sha1": hashlib.sha1(content).hexdigest()}
+        return fit_image(image, size, channels), record
+
+
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
+def decode_folder(root: Path, size: int, channels: int, labels_from_subfolders: bool) -> Decoded:
+    """Decode every image under ``root`` with a progress bar, on all cores."""
+    paths, others = scan_folder(root)
     if not paths:
-        raise DataError(f"no images found under '{root_path}' ({len(others)} other files); "
-                        f"supported extensions include .png .jpg .jpeg .bmp .gif .webp .tif")
-    images, kept, bad = [], [], []
-    for path in paths:
+        raise DataError(f"no images found under '{root}' ({len(others)} other files); "
+                        "supported extensions include .png .jpg .jpeg .bmp .gif .webp .tif")
+
+    def attempt(path):
         try:
-            with Image.open(path) as image:
-                images.append(fit_image(image, size, channels))
-            kept.append(path)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-            bad.append(f"{path.relative_to(root_path)} ({type(error).__name__}: {error})")
-    if bad:
-        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) under {root_path}:\n  {shown}")
-    if not images:
-        raise DataError(f"none of the {len(paths)} image files under '{root_path}' could be read")
-    if not labels_from_subfolders:
-        return stack(images), None, []
-    classes = [p.relative_to(root_path).parts[0] if len(p.relative_to(root_path).parts) > 1 else None for p in kept]
-    if None in classes:
-        loose = kept[classes.index(None)].name
-        raise DataError(f"data.labels_from_subfolders is set, but '{loose}' lies directly in "
-                        f"'{root_path}'; put each image in a folder named after its class")
-    names = sorted(set(classes))
+            return decode_file(path, size, channels)
+        except DECODE_ERRORS as error:
+            return None, f"{type(error).__name__}: {error}"
+
+    arrays, files, bad, kept = [], [], [], []
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        results = pool.map(attempt, paths, chunksize=16)
+        for path, (array, info) in tqdm(zip(paths, results), total=len(paths), desc=f"decoding {root}", unit="img"):
+            relative = str(path.relative_to(root))
+            if array is None:
+                bad.append({"path": relative, "error": info})
+            else:
+                arrays.append(array)
+                files.append({"path": relative, **info})
+                kept.append(path.relative_to(root))
+    if not arrays:
+        raise DataError(f"none of the {len(paths)} image files under '{root}' could be read; first: "
+                        f"{bad[0]['path']} ({bad[0]['error']})")
+    decoded = Decoded(stack(arrays), files=files, bad=bad, others=[str(p.relative_to(root)) for p in others])
+    if labels_from_subfolders:
+        decoded.labels, decoded.class_names = labels_from_folders(kept, root)
+    return decoded
+
+
+def labels_from_folders(paths: list[Path], root: Path) -> tuple[Tensor, list[str]]:
+    """The first folder below root names the class: root/cat/001.jpg is class "cat"."""
+    loose = [p for p in paths if len(p.parts) == 1]
+    if loose:
+        raise DataError(f"data.labels_from_subfolders is set, but '{loose[0]}' lies directly in "
+                        f"'{root}'; put each image in a folder named after its class")
+    names = sorted({p.parts[0] for p in paths})
     index = {name: i for i, name in enumerate(names)}
-    return stack(images), torch.tensor([index[c] for c in classes], dtype=torch.int64), names
-
-
-TORCHVISION_SETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
-
-
-def load_torchvision(name: str, root: str, size: int, channels: int):
-    """A torchvision dataset's training split, downloaded into ``root`` if it is not there."""
-    import torchvision
-
-    class_name = TORCHVISION_SETS[name]
-    cls = getattr(torchvision.datasets, class_name)
-    root_path = Path(root).expanduser()
-    try:
-        dataset = cls(root_path, train=True, download=False)
-    except RuntimeError:
-        try:
-            dataset = cls(root_path, train=True, download=True)
-        except Exception as error:
-            raise DataError(
-                f"{class_name} is not in '{root_path}' and could not be downloaded ({error}). "
-                f"On a machine with internet run: python -c \"import torchvision; "
-                f"torchvision.datasets.{class_name}('{root_path}', download=True)\" "
-                f"and copy the folder '{root_path}' here, or set data.root") from None
-    images = [fit_image(image, size, channels) for image, _ in dataset]
-    return stack(images), torch.as_tensor(dataset.targets, dtype=torch.int64), list(dataset.classes)
+    return torch.tensor([index[p.parts[0]] for p in paths], dtype=torch.int64), names

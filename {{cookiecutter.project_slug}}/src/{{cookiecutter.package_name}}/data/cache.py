@@ -1,0 +1,36 @@
+"""The decoded-data cache: decode once, then load in a moment.
+
+An entry is keyed by a fingerprint of everything the decoded tensor depends on (for a
+folder: every file's path, size and modification time, and the size, channels and crop), so
+a changed folder gets a new entry. Entries are written to a temporary file and renamed, so
+an interrupted build never leaves a cache entry that would be used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .images import Decoded
+
+
+def cache_path(fingerprint: dict, cache_dir: str) -> Path:
+    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir).expanduser() / f"{fingerprint['source']}-{key}.pt"
+
+
+def cached(fingerprint: dict, build: Callable[[], Decoded], cache_dir: str) -> Decoded:
+    path = cache_path(fingerprint, cache_dir)
+    if path.is_file():
+        return Decoded(**torch.load(path, mmap=True, weights_only=True))
+    decoded = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    torch.save(asdict(decoded), partial)
+    os.replace(partial, path)
+    return decoded

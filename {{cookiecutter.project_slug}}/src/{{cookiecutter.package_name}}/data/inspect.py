@@ -1,0 +1,93 @@
+"""``inspect-data``: what is in the configured data, what is wrong with it, and a preview,
+before any time is spent training on it."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .augment import center_crop
+from .images import Decoded
+from .sources import load_source
+
+FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
+
+
+def inspect_data(cfg, out: Path) -> str:
+    """Decode (or load from the cache) the configured data, write ``preview.png`` and
+    ``report.txt`` into ``out`` and return the report."""
+    from ..visualize import save_image_grid, save_scatter
+
+    decoded = load_source(cfg)
+    lines = [f"data.name={cfg.name}" + (f"  data.root={cfg.root}" if cfg.name not in ("toy2d", "digits") else ""),
+             f"examples: {len(decoded.data)}, stored as {tuple(decoded.data.shape[1:])} {decoded.data.dtype}"]
+    warnings = []
+    if decoded.files:
+        lines += describe_files(decoded, cfg.image_size, warnings)
+    lines += describe_labels(decoded, warnings)
+    if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
+        warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
+                        "the training images. Keep the model small and use data.hflip where it makes sense")
+
+    out.mkdir(parents=True, exist_ok=True)
+    pick = torch.linspace(0, len(decoded.data) - 1, min(64, len(decoded.data))).long()
+    if decoded.data.dtype == torch.uint8 and decoded.data.ndim == 4:
+        lines.append(f"preview: {save_image_grid(center_crop(decoded.data[pick], cfg.image_size), out / 'preview.png')}")
+    elif decoded.data.ndim == 2 and decoded.data.shape[1] == 2:
+        lines.append(f"preview: {save_scatter(decoded.data[:2000], out / 'preview.png', 'training data')}")
+    lines += [f"WARNING: {w}" for w in warnings] or ["no warnings"]
+    report = "\n".join(lines)
+    (out / "report.txt").write_text(report + "\n")
+    return report
+
+
+def describe_files(decoded: Decoded, size: int, warnings: list[str]) -> list[str]:
+    files = decoded.files
+    lines = [f"files: {len(files)} images decoded, {len(decoded.bad)} unreadable, {len(decoded.others)} not images"]
+    lines += [f"  unreadable: {b['path']} ({b['error']})" for b in decoded.bad[:20]]
+    if decoded.others:
+        suffixes = Counter(Path(o).suffix.lower() or "(none)" for o in decoded.others)
+        lines.append("  not images: " + ", ".join(f"{ext} x{n}" for ext, n in suffixes.most_common()))
+    if decoded.bad:
+        warnings.append(f"{len(decoded.bad)} unreadable image file(s) are skipped (listed above); "
+                        "data.on_bad_file=fail stops instead")
+    resolutions = Counter((f["width"], f["height"]) for f in files)
+    lines.append("resolutions: " + ", ".join(f"{w}x{h} x{n}" for (w, h), n in resolutions.most_common(8))
+                 + (f", ... ({len(resolutions)} distinct)" if len(resolutions) > 8 else ""))
+    lines.append("modes: " + ", ".join(f"{m} x{n}" for m, n in Counter(f["mode"] for f in files).most_common()))
+    small = [f for f in files if min(f["width"], f["height"]) < size]
+    if small:
+        tiniest = min(small, key=lambda f: f["width"] * f["height"])
+        warnings.append(f"{len(small)} image(s) are smaller than image_size={size} and will be upscaled "
+                        f"(smallest: {tiniest['path']}, {tiniest['width']}x{tiniest['height']})")
+    aspects = [f["width"] / f["height"] for f in files]
+    if max(aspects) / min(aspects) > 1.1:
+        oblong = sum(1 for a in aspects if abs(a - 1) > 0.05)
+        warnings.append(f"aspect ratios range from {min(aspects):.2f} to {max(aspects):.2f} ({oblong} not square): "
+                        "images are centre-cropped to a square; check preview.png for cut-off subjects")
+    groups = [g for g in group_by(files, "sha1").values() if len(g) > 1]
+    if groups:
+        lines += [f"  duplicates: {', '.join(f['path'] for f in g)}" for g in groups[:10]]
+        warnings.append(f"{sum(len(g) - 1 for g in groups)} exact duplicate file(s) in {len(groups)} group(s): "
+                        "they count several times in training")
+    return lines
+
+
+def describe_labels(decoded: Decoded, warnings: list[str]) -> list[str]:
+    if decoded.labels is None:
+        return ["labels: none"]
+    counts = torch.bincount(decoded.labels, minlength=len(decoded.class_names)).tolist()
+    names = decoded.class_names or [str(i) for i in range(len(counts))]
+    shown = ", ".join(f"{name}: {n}" for name, n in list(zip(names, counts))[:20])
+    lines = [f"classes: {len(counts)} ({shown}{', ...' if len(counts) > 20 else ''})"]
+    if min(counts) == 0 or max(counts) / min(counts) > 10:
+        warnings.append(f"classes are unbalanced: {max(counts)} images in the largest, {min(counts)} in the smallest")
+    return lines
+
+
+def group_by(records: list[dict], key: str) -> dict:
+    groups: dict = {}
+    for record in records:
+        groups.setdefault(record[key], []).append(record)
+    return groups

@@ -1,0 +1,159 @@
+"""Where data comes from: toy 2D sets, scikit-learn digits, a folder of images, torchvision
+datasets and tensor files. Image sources are decoded once and cached (see cache.py)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import cached
+from .images import DataError, Decoded, decode_folder, fit_image, scan_folder, stack
+from .toy import make_toy2d
+
+# name: (torchvision class, keyword arguments selecting the training split, has class labels)
+TORCHVISION_SETS = {
+    "mnist": ("MNIST", {"train": True}, True),
+    "fashion_mnist": ("FashionMNIST", {"train": True}, True),
+    "cifar10": ("CIFAR10", {"train": True}, True),
+    "celeba": ("CelebA", {"split": "train", "target_type": []}, False),
+    "flowers102": ("Flowers102", {"split": "train"}, True),
+}
+
+
+def load_source(cfg, seed: int = 0) -> Decoded:
+    """The configured data: toy points as float (N, 2), everything else as uint8 (N, C, H, W)."""
+    if cfg.name == "toy2d":
+        points, labels = make_toy2d(cfg.toy_shape, cfg.toy_samples, seed)
+        names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
+        return Decoded(points, labels, names)
+    if cfg.name == "tensor_file":
+        return load_tensor_file(cfg.root)
+    size = stored_size(cfg)
+    return cached(fingerprint(cfg, size), lambda: decode_source(cfg, size), cfg.cache_dir)
+
+
+def stored_size(cfg) -> int:
+    """Images are stored 1/8 larger when training crops them at random positions."""
+    return cfg.image_size + cfg.image_size // 8 if cfg.random_crop else cfg.image_size
+
+
+def fingerprint(cfg, size: int) -> dict:
+    """What the decoded tensor depends on; any change gives a new cache entry."""
+    common = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 1}
+    if cfg.name == "image_folder":
+        root = folder(cfg.root)
+        images, _ = scan_folder(root)
+        stats = [(str(p.relative_to(root)), s.st_size, s.st_mtime_ns) for p in images for s in [p.stat()]]
+        return {**common, "root": str(root.resolve()), "files": stats, "labels": cfg.labels_from_subfolders}
+    if cfg.name == "digits":
+        import sklearn
+        return {**common, "sklearn": sklearn.__version__}
+    return {**common, "root": str(Path(cfg.root).expanduser().resolve())}   # torchvision sets are fixed
+
+
+def decode_source(cfg, size: int) -> Decoded:
+    if cfg.name == "image_folder":
+        return decode_folder(folder(cfg.root), size, cfg.channels, cfg.labels_from_subfolders)
+    if cfg.name == "digits":
+        return load_digits(size, cfg.channels)
+    if cfg.name in TORCHVISION_SETS:
+        return load_torchvision(cfg.name, cfg.root, size, cfg.channels)
+    raise DataError(f"unknown data.name '{cfg.name}'")
+
+
+def folder(root: str) -> Path:
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.root '{root}' is not a folder; point data.root at your images, "
+                        "e.g. data.root=~/pictures")
+    return path
+
+
+def report_bad_files(decoded: Decoded, cfg) -> None:
+    """Unreadable and non-image files are never dropped silently: listed, or fatal if asked."""
+    if decoded.bad:
+        listing = "\n  ".join(f"{b['path']} ({b['error']})" for b in decoded.bad[:10])
+        more = f"\n  ... and {len(decoded.bad) - 10} more" if len(decoded.bad) > 10 else ""
+        message = f"{len(decoded.bad)} unreadable image(s) under {cfg.root}:\n  {listing}{more}"
+        if cfg.on_bad_file == "fail":
+            raise DataError(message + "\n(set data.on_bad_file=skip to train without them)")
+        warnings.warn("skipped " + message)
+    if decoded.others:
+        suffixes = sorted({Path(o).suffix or "(none)" for o in decoded.others})
+        warnings.warn(f"ignored {len(decoded.others)} non-image file(s) under {cfg.root} "
+                      f"(extensions: {', '.join(suffixes)}), e.g. {decoded.others[0]}")
+
+
+def load_digits(size: int, channels: int) -> Decoded:
+    """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), shipped with the package."""
+    from PIL import Image
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    pixels = (digits.images * (255 / 16)).round().astype(np.uint8)
+    images = [fit_image(Image.fromarray(p), size, channels) for p in pixels]
+    return Decoded(stack(images), torch.as_tensor(digits.target, dtype=torch.int64), [str(i) for i in range(10)])
+
+
+def load_torchvision(name: str, root: str, size: int, channels: int) -> Decoded:
+    """A torchvision dataset's training split, downloaded into ``root`` if it is not there."""
+    import torchvision
+    from tqdm import tqdm
+
+    class_name, split, labelled = TORCHVISION_SETS[name]
+    cls = getattr(torchvision.datasets, class_name)
+    root_path = Path(root).expanduser()
+    try:
+        dataset = cls(root_path, **split, download=False)
+    except RuntimeError:
+        try:
+            dataset = cls(root_path, **split, download=True)
+        except Exception as error:
+            raise DataError(
+                f"{class_name} is not in '{root_path}' and could not be downloaded ({error}). "
+                f"On a machine with internet run: python -c \"import torchvision; "
+                f"torchvision.datasets.{class_name}('{root_path}', download=True)\" "
+                f"and copy the folder '{root_path}' here, or set data.root") from None
+    images, labels = [], []
+    for image, target in tqdm(dataset, desc=f"decoding {class_name}", unit="img"):
+        images.append(fit_image(image, size, channels))
+        labels.append(target)
+    if not labelled:
+        return Decoded(stack(images))
+    names = list(getattr(dataset, "classes", [])) or [str(i) for i in range(max(labels) + 1)]
+    return Decoded(stack(images), torch.as_tensor(labels, dtype=torch.int64), names)
+
+
+def load_tensor_file(path: str) -> Decoded:
+    """A .pt file (a tensor, or a dict with "data" and optional "labels") or a .npy array.
+
+    Shape (N, C, H, W) is a batch of images: uint8 in [0, 255], or float already in [-1, 1].
+    Any other shape (N, ...) is a batch of vectors or signals, used as they are.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"data.root '{path}' is not a file; for data.name=tensor_file point it at a .pt or .npy file")
+    if file.suffix == ".npy":
+        content = torch.from_numpy(np.load(file))
+    elif file.suffix == ".pt":
+        content = torch.load(file, map_location="cpu", weights_only=True)
+    else:
+        raise DataError(f"'{file.name}': tensor files must end in .pt or .npy")
+    data, labels = (content.get("data"), content.get("labels")) if isinstance(content, dict) else (content, None)
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or len(data) < 2:
+        raise DataError(f"'{file}' must hold a tensor of shape (N, ...) with N >= 2 examples"
+                        f" (or a dict with key 'data'); found {type(data).__name__}"
+                        f"{'' if not isinstance(data, torch.Tensor) else ' of shape ' + str(tuple(data.shape))}")
+    if data.dtype != torch.uint8:
+        data = data.float()
+        if data.ndim == 4 and (data.min() < -1.01 or data.max() > 1.01):
+            raise DataError(f"'{file}' holds float images in [{data.min():.3g}, {data.max():.3g}]; "
+                            "store uint8 in [0, 255] or floats scaled to [-1, 1]")
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        if labels.shape != (len(data),) or labels.min() < 0:
+            raise DataError(f"'{file}': labels must be {len(data)} non-negative integers, one per example")
+    names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
+    return Decoded(data, labels, names)
