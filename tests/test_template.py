@@ -165,3 +165,28 @@ def test_train_is_killed_then_resumes_and_samples(bake):
     run_in(project, "-m", "diffusion_lab", "sample", "run=runs/killed", "n=100", "steps=5", "trajectory=true")
     assert (project / "runs" / "killed" / "generated" / "samples.png").is_file()
     assert (project / "runs" / "killed" / "generated" / "trajectory.png").is_file()
+
+
+def test_your_own_images_example_trains_on_a_folder(bake):
+    """The examples/your-own-images recipe, copied into a project as its README says."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    project = bake()
+    shutil.copy(REPO / "examples" / "your-own-images" / "experiment.yaml",
+                project / "configs" / "experiments" / "your-own-images.yaml")
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (project / "pictures" / label).mkdir(parents=True)
+        for k in range(6):
+            pixels = rng.integers(0, 255, (rng.integers(20, 50), rng.integers(20, 50), 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(project / "pictures" / label / f"{k}.jpg")
+    common = ["experiment=your-own-images", "data.root=pictures"]
+    report = run_in(project, "-m", "diffusion_lab", "inspect-data", *common).stdout
+    assert "classes: 2 (cats: 6, dogs: 6)" in report
+    run_in(project, "-m", "diffusion_lab", "train", *common, "model.unet.channels=8", "trainer.max_steps=3",
+           "data.batch_size=4", "trainer.log_every_n_steps=1")
+    run_in(project, "-m", "diffusion_lab", "sample", "run=runs/my-images", "n=2", "steps=3", "labels=[1]")
+    assert (project / "runs" / "my-images" / "generated" / "samples.png").is_file()

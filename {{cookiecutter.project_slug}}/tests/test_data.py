@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.data import (
 from {{ cookiecutter.package_name }}.data import sources
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
 from {{ cookiecutter.package_name }}.data.cache import cache_path
-from {{ cookiecutter.package_name }}.data.inspect import inspect_data
+from {{ cookiecutter.package_name }}.data.inspect import data_report
 
 
 @pytest.mark.parametrize("shape", sorted(TOY_SHAPES))
@@ -220,7 +220,7 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
 
 def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_path):
     write_messy_folder(tmp_path / "pics")
-    report = inspect_data(folder_config(tmp_path / "pics"), tmp_path / "out")
+    report = data_report(folder_config(tmp_path / "pics"), tmp_path / "out")
     for expected in ["examples: 6", "2 unreadable", "dogs/broken.png", ".txt x1", "duplicates: cats/b copy.png, cats/b.png",
                      "classes: 2 (cats: 4, dogs: 2)", "RGBA x1", "will be upscaled (smallest: cats/tiny.png, 1x1)",
                      "aspect ratios range from 1.00 to 2.00 (2 not square)", "only 6 images"]:

@@ -28,6 +28,7 @@ def test_toy_run_trains_resumes_and_samples(project_dir):
 
     assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "trajectory=true", "out=out1"]) == 0
     assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "out=out2"]) == 0
+    assert main(["sample", "run=runs/toy", "labels=[1]"]) == 2                   # the model is unconditional
     first, second = torch.load("out1/samples.pt"), torch.load("out2/samples.pt")
     assert first.shape == (50, 2) and torch.equal(first, second)   # same seed, same samples
     assert (project_dir / "out1" / "trajectory.png").is_file()

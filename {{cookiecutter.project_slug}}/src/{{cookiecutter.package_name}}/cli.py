@@ -1,4 +1,4 @@
-"""The command line: ``train`` and ``sample``. Every option is a ``key=value`` pair."""
+"""The command line: ``train``, ``inspect-data`` and ``sample``. Every option is a ``key=value`` pair."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     try:
-        {"train": train, "sample": sample, "inspect-data": inspect}[args.command](args.overrides)
+        {"train": train, "sample": sample, "inspect-data": inspect_data}[args.command](args.overrides)
     except (ConfigError, DataError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
@@ -71,13 +71,13 @@ def train(overrides: list[str]) -> Path:
 
 
 # -- inspect-data -----------------------------------------------------------------------------
-def inspect(overrides: list[str]) -> Path:
+def inspect_data(overrides: list[str]) -> Path:
     """Print and save the data report for the configuration ``train`` would use."""
-    from .data.inspect import inspect_data
+    from .data.inspect import data_report
 
     cfg = load_config(overrides)
     out = Path("runs") / cfg.name / "inspect"
-    print(inspect_data(cfg.data, out))
+    print(data_report(cfg.data, out))
     return out
 
 
@@ -97,40 +97,52 @@ class SampleCommand:
 
 def sample(overrides: list[str]) -> Path:
     """Sample from a trained run; the sampling section of its config gives the defaults."""
-    from tqdm import tqdm
-
-    from .data.images import to_uint8
-    from .visualize import save_image_grid, save_scatter, save_trajectory_plot
-
     command, sampling_overrides = split_sample_overrides(overrides)
     module, run_dir = load_run(command.run)
     cfg = module.cfg.copy()
     cfg.sampling = merge(OmegaConf.structured(SamplingConfig), cfg.sampling, "the run's config")
     cfg.sampling = merge(cfg.sampling, sampling_overrides, "the command line")
     check_consistency(cfg)
-    device = pick_device(command.device)
-    module.to(device)
+    if (command.labels or command.conditions) and not module.num_classes:
+        raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
+                          "with model.conditional=false")
+    module.to(pick_device(command.device))
+    x, nfe, trajectory = draw(module, command, cfg.sampling)
     out = Path(command.out) if command.out else run_dir / "generated"
+    save_samples(x, trajectory, out, f"{cfg.sampling.sampler}, {cfg.sampling.steps} steps, {nfe} NFE")
+    return out
+
+
+def draw(module, command, sampling: DictConfig):
+    """All samples in batches, with one progress bar over every step; the NFE per sample and
+    the first batch's trajectory when asked for."""
+    from tqdm import tqdm
+
     labels = torch.tensor(command.labels) if command.labels else None
     weighted = [(int(label), weight) for label, weight in command.conditions or []]
-
     generator = torch.Generator().manual_seed(command.seed)
-    sizes = [min(command.batch_size, command.n - start) for start in range(0, command.n, command.batch_size)]
-    samples, nfe, trajectory = [], 0, None
-    with tqdm(total=len(sizes) * cfg.sampling.steps, desc="sampling", unit="step") as bar:
-        for k, size in enumerate(sizes):
-            first = sum(sizes[:k])
-            batch_labels = None if labels is None else labels[torch.arange(first, first + size) % len(labels)]
+    starts = range(0, command.n, command.batch_size)
+    samples, trajectory = [], []
+    with tqdm(total=len(starts) * sampling.steps, desc="sampling", unit="step") as bar:
+        for start in starts:
+            size = min(command.batch_size, command.n - start)
+            batch_labels = None if labels is None else labels[torch.arange(start, start + size) % len(labels)]
             conditions = [(torch.full((size,), label), weight) for label, weight in weighted] or None
-            result = module.sample(size, generator, cfg.sampling, batch_labels, conditions,
-                                   hooks=[lambda step: bar.update()], keep_trajectory=command.trajectory and k == 0)
+            result = module.sample(size, generator, sampling, batch_labels, conditions, hooks=[lambda step: bar.update()],
+                                   keep_trajectory=command.trajectory and start == 0)
             samples.append(result.x.cpu())
-            nfe += result.nfe
             trajectory = trajectory or result.trajectory
-    x = torch.cat(samples)
+    return torch.cat(samples), result.nfe, trajectory
+
+
+def save_samples(x: torch.Tensor, trajectory: list, out: Path, title: str) -> None:
+    """samples.pt, samples.png (a grid, or a scatter plot for 2D points), images/NNNNNN.png,
+    and trajectory.png when a trajectory was kept."""
+    from .data.images import to_uint8
+    from .visualize import save_image_grid, save_scatter, save_trajectory_plot
+
     out.mkdir(parents=True, exist_ok=True)
     torch.save(x, out / "samples.pt")
-    title = f"{cfg.sampling.sampler}, {cfg.sampling.steps} steps, {nfe // len(sizes)} NFE"
     if x.ndim == 2:
         picture = save_scatter(x, out / "samples.png", title)
     else:
@@ -140,8 +152,7 @@ def sample(overrides: list[str]) -> Path:
             save_image_grid(image[None], out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
     if trajectory:
-        print(f"trajectory: {save_trajectory_plot(trajectory, samples[0], out / 'trajectory.png')}")
-    return out
+        print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")
 
 
 def split_sample_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:

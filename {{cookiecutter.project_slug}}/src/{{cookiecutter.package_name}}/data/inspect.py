@@ -14,7 +14,7 @@ from .sources import load_source
 FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
 
 
-def inspect_data(cfg, out: Path) -> str:
+def data_report(cfg, out: Path) -> str:
     """Decode (or load from the cache) the configured data, write ``preview.png`` and
     ``report.txt`` into ``out`` and return the report."""
     from ..visualize import save_image_grid, save_scatter
