@@ -2,8 +2,10 @@
 # Both create or reuse the virtual environment in .venv.
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
 DEMO := demo
+RUN := cd $(DEMO)/diffusion-lab && $(BIN)/diffusion_lab
 
 .PHONY: demo test clean
 
@@ -18,12 +20,12 @@ test: $(VENV)/installed
 
 demo: $(VENV)/installed
 	rm -rf $(DEMO)
-	$(VENV)/bin/cookiecutter . --no-input --output-dir $(DEMO)
+	$(BIN)/cookiecutter . --no-input --output-dir $(DEMO)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e $(DEMO)/diffusion-lab
-	cd $(DEMO)/diffusion-lab && ../../$(VENV)/bin/diffusion_lab train experiment=toy2d
-	cd $(DEMO)/diffusion-lab && ../../$(VENV)/bin/diffusion_lab sample run=runs/toy2d n=2000 trajectory=true
-	cd $(DEMO)/diffusion-lab && ../../$(VENV)/bin/diffusion_lab train experiment=digits
-	cd $(DEMO)/diffusion-lab && ../../$(VENV)/bin/diffusion_lab sample run=runs/digits n=64 steps=10 trajectory=true
+	$(RUN) train experiment=toy2d
+	$(RUN) sample run=runs/toy2d n=2000 trajectory=true
+	$(RUN) train experiment=digits
+	$(RUN) sample run=runs/digits n=64 steps=10 trajectory=true
 	@echo
 	@echo "Pictures:"
 	@echo "  toy 2D samples      $(DEMO)/diffusion-lab/runs/toy2d/generated/samples.png"
