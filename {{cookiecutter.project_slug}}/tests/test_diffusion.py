@@ -72,6 +72,18 @@ def test_evaluations_are_counted(sampler, nfe):
     assert sampler(gaussian_denoiser, sigmas, torch.zeros(4, 2, dtype=torch.float64)).nfe == nfe
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_denoiser_gets_sigma_in_the_precision_of_x(dtype):
+    seen = set()
+
+    def recording_denoiser(x, sigma):
+        seen.add(sigma.dtype)
+        return gaussian_denoiser(x, sigma)
+
+    heun(recording_denoiser, karras_sigmas(3, 0.002, 80.0), torch.zeros(2, 2, dtype=dtype))
+    assert seen == {dtype}
+
+
 def test_ddim_with_eta_one_is_ddpm_algorithm_2():
     """One step of Ho et al. 2020, Algorithm 2 with sigma_t^2 = beta_tilde, written in their
     VP variables, against our step in the sigma form."""

@@ -52,7 +52,7 @@ class _Bookkeeper:
 
     def denoise(self, x: Tensor, sigma: float) -> Tensor:
         self.nfe += 1
-        return self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device))
+        return self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype))
 
     def step(self, i: int, sigma: float, x: Tensor, x0_hat: Tensor) -> Step:
         step = Step(i, sigma, x, x0_hat)
