@@ -59,3 +59,31 @@ def test_conditional_image_run_with_each_network(project_dir, network, objective
 def test_sample_without_a_run_is_a_clear_error(project_dir, capsys):
     assert main(["sample", "run=runs/nothing"]) == 2
     assert "no checkpoint at runs/nothing" in capsys.readouterr().err
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(project_dir):
+    from omegaconf import OmegaConf
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    cfg = load_config(["experiment=toy2d", "trainer.max_nonfinite_steps=3"])
+    module = DiffusionModule(OmegaConf.to_container(cfg), [2])
+    module.log = lambda *args, **kwargs: None                  # no Trainer attached
+    module.denoiser.loss = lambda *args: torch.full((4,), float("nan"))
+    batch = (torch.randn(4, 2), None)
+    assert module.training_step(batch, 0) is None             # skipped, not back-propagated
+    assert module.training_step(batch, 1) is None
+    with pytest.raises(RuntimeError, match="3 steps in a row"):
+        module.training_step(batch, 2)
+
+
+def test_sample_grids_reach_tensorboard(project_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["train", "experiment=digits", "name=tb", "logger=tensorboard", "trainer.max_steps=4",
+                 "trainer.sample_every_n_steps=2", "trainer.checkpoint_every_n_steps=4", "sampling.steps=2",
+                 "model.unet.channels=8", "data.batch_size=8", *FAST, "trainer.log_every_n_steps=1"]) == 0
+    events = EventAccumulator(str(project_dir / "runs" / "tb" / "tensorboard")).Reload()
+    assert [event.step for event in events.Images("samples")] == [2, 4]
+    assert "train/loss" in events.Tags()["scalars"]
