@@ -233,3 +233,17 @@ def test_inspect_data_command(project_dir, capsys):
     assert main(["inspect-data", "experiment=toy2d"]) == 0
     assert "examples: 20000" in capsys.readouterr().out
     assert (project_dir / "runs" / "toy2d" / "inspect" / "preview.png").is_file()
+
+
+def test_lightning_trains_from_device_batches(project_dir, monkeypatch):
+    """The GPU-resident path as Lightning sees it (on the CPU here): an iterable of batches
+    with a length, new shuffles each epoch, no DataLoader."""
+    from {{ cookiecutter.package_name }}.cli import train
+
+    def device_batches(self):
+        return DeviceBatches(self.train_set.data, self.train_set.labels, 16, seed=self.seed)
+
+    monkeypatch.setattr(DiffusionDataModule, "train_dataloader", device_batches)
+    run = train(["experiment=digits", "name=device", "model.unet.channels=8", "trainer.max_steps=120",
+                 "trainer.val_every_n_steps=60", "trainer.sample_every_n_steps=1000", "sampling.steps=2"])
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 120  # > 1 epoch of 106
