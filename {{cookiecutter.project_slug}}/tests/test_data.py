@@ -247,3 +247,20 @@ def test_lightning_trains_from_device_batches(project_dir, monkeypatch):
     run = train(["experiment=digits", "name=device", "model.unet.channels=8", "trainer.max_steps=120",
                  "trainer.val_every_n_steps=60", "trainer.sample_every_n_steps=1000", "sampling.steps=2"])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 120  # > 1 epoch of 106
+
+
+def test_a_large_photo_is_decoded_small_but_reported_at_its_size(tmp_path):
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[1]).resize((2400, 1800))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    decoded = decode_folder(tmp_path, 32, 3, labels_from_subfolders=False)
+    assert decoded.data.shape == (1, 3, 32, 32)
+    assert (decoded.files[0]["width"], decoded.files[0]["height"]) == (2400, 1800)
+    full = fit_image(photo, 32, 3).astype(int)                # decoded at full size, then resized
+    assert np.abs(decoded.data[0].numpy().astype(int) - full).mean() < 6   # JPEG draft decoding: same picture
+
+
+def test_only_uint8_images_are_converted():
+    with pytest.raises(TypeError, match="uint8"):
+        to_unit_range(torch.zeros(1, 1, 2, 2))

@@ -25,7 +25,9 @@ class DataError(ValueError):
 
 
 def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
+    """uint8 [0, 255] -> float [-1, 1] (converted in place after the one copy to float)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_unit_range expects uint8 images, got {images.dtype}")
     return images.float().div_(127.5).sub_(1)
 
 
@@ -87,6 +89,7 @@ def decode_file(path: Path, size: int, channels: int) -> tuple[np.ndarray, dict]
     with Image.open(io.BytesIO(content)) as image:
         record = {"width": image.width, "height": image.height, "mode": image.mode,
                   "sha1": hashlib.sha1(content).hexdigest()}
+        image.draft(image.mode, (size, size))     # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
         return fit_image(image, size, channels), record
 
 
