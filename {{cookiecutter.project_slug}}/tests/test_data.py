@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.cli import main, train
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import (
     DataError, DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d,
@@ -238,8 +238,6 @@ def test_inspect_data_command(project_dir, capsys):
 def test_lightning_trains_from_device_batches(project_dir, monkeypatch):
     """The GPU-resident path as Lightning sees it (on the CPU here): an iterable of batches
     with a length, new shuffles each epoch, no DataLoader."""
-    from {{ cookiecutter.package_name }}.cli import train
-
     def device_batches(self):
         return DeviceBatches(self.train_set.data, self.train_set.labels, 16, seed=self.seed)
 

@@ -1,9 +1,12 @@
 """End to end: train a few steps, resume, sample, from the command-line functions."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.cli import main, train
 from {{ cookiecutter.package_name }}.config import ConfigError
+from {{ cookiecutter.package_name }}.data.images import to_uint8
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -23,7 +26,6 @@ def test_toy_run_trains_resumes_and_samples(project_dir):
     assert main(["train", *args, "trainer.max_steps=30"]) == 0      # resumes, does not restart
     assert step_of(run / "checkpoints" / "last.ckpt") == 30
     with pytest.raises(ConfigError, match="already holds a run"):
-        from {{ cookiecutter.package_name }}.cli import train
         train([*args, "trainer.resume=false"])
 
     assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "trajectory=true", "out=out1"]) == 0
@@ -53,6 +55,8 @@ def test_conditional_image_run_with_each_network(project_dir, network, objective
     out = project_dir / "runs" / network / "generated"
     assert torch.load(out / "samples.pt").shape == (6, 1, 8, 8)
     assert sorted(p.name for p in (out / "images").iterdir())[:2] == ["000000.png", "000001.png"]
+    exact = torch.from_numpy(np.array(Image.open(out / "images" / "000001.png")))
+    assert torch.equal(exact, to_uint8(torch.load(out / "samples.pt")[1, 0]))    # the pixels, not a grid tile
     assert (out / "samples.png").is_file() and (out / "trajectory.png").is_file()
 
 

@@ -139,7 +139,7 @@ def save_samples(x: torch.Tensor, trajectory: list, out: Path, title: str) -> No
     """samples.pt, samples.png (a grid, or a scatter plot for 2D points), images/NNNNNN.png,
     and trajectory.png when a trajectory was kept."""
     from .data.images import to_uint8
-    from .visualize import save_image_grid, save_scatter, save_trajectory_plot
+    from .visualize import save_image, save_image_grid, save_scatter, save_trajectory_plot
 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(x, out / "samples.pt")
@@ -149,7 +149,7 @@ def save_samples(x: torch.Tensor, trajectory: list, out: Path, title: str) -> No
         images = to_uint8(x)
         picture = save_image_grid(images, out / "samples.png")
         for i, image in enumerate(images):
-            save_image_grid(image[None], out / "images" / f"{i:06d}.png")
+            save_image(image, out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
     if trajectory:
         print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")

@@ -4,17 +4,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import Tensor  # noqa: E402
+from .data.images import to_uint8
+from .diffusion.samplers import Step
 
-from .data.images import to_uint8  # noqa: E402
-from .diffusion.samplers import Step  # noqa: E402
+
+def new_figure() -> tuple[Figure, object]:
+    """A matplotlib figure that is only ever saved: the Figure API needs no GUI backend and
+    leaves a notebook's own backend alone (matplotlib.use would switch it)."""
+    fig = Figure(figsize=(5, 5))
+    return fig, fig.subplots()
 
 
 def image_grid(images: Tensor, ncol: int | None = None, upscale: int = 1) -> np.ndarray:
@@ -34,7 +38,15 @@ def image_grid(images: Tensor, ncol: int | None = None, upscale: int = 1) -> np.
 def save_image_grid(images: Tensor, path: str | Path, ncol: int | None = None) -> Path:
     """Save uint8 images as one PNG grid, enlarged to at least 64 pixels a tile."""
     upscale = max(1, math.ceil(64 / images.shape[-1]))
-    array = image_grid(images, ncol, upscale)
+    return save_array(image_grid(images, ncol, upscale), path)
+
+
+def save_image(image: Tensor, path: str | Path) -> Path:
+    """Save one uint8 (C, H, W) image exactly, pixel for pixel."""
+    return save_array(image.cpu().permute(1, 2, 0).numpy(), path)
+
+
+def save_array(array: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
@@ -43,7 +55,7 @@ def save_image_grid(images: Tensor, path: str | Path, ncol: int | None = None) -
 
 def save_scatter(points: Tensor, path: str | Path, title: str = "", reference: Tensor | None = None) -> Path:
     """Scatter plot of 2D samples, over the training data in grey when given."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_figure()
     if reference is not None:
         ax.scatter(*reference[:, :2].T.cpu(), s=2, c="0.8", label="data")
     ax.scatter(*points[:, :2].T.cpu(), s=2, c="tab:blue", label="samples")
@@ -62,7 +74,7 @@ def save_paths_2d(trajectory: list[Step], final: Tensor, path: str | Path, count
     """The paths of ``count`` samples, with x_t scaled by 1 / sqrt(1 + sigma^2) to stay in view."""
     states = torch.stack([step.x[:count] / math.sqrt(1 + step.sigma**2) for step in trajectory]
                          + [final[:count].cpu()])
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = new_figure()
     ax.plot(*states[..., :2].permute(2, 0, 1), lw=0.5, c="tab:blue", alpha=0.3)
     ax.scatter(*states[0, :, :2].T, s=4, c="0.6", label="noise (scaled)")
     ax.scatter(*states[-1, :, :2].T, s=4, c="tab:red", label="sample")
@@ -86,5 +98,4 @@ def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
