@@ -91,3 +91,7 @@ def test_sample_grids_reach_tensorboard(project_dir):
     events = EventAccumulator(str(project_dir / "runs" / "tb" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2, 4]
     assert "train/loss" in events.Tags()["scalars"]
+    assert main(["train", "experiment=toy2d", "name=tb2d", "trainer.max_steps=2", "trainer.sample_every_n_steps=2",
+                 "sampling.steps=2", *FAST]) == 0
+    events = EventAccumulator(str(project_dir / "runs" / "tb2d" / "tensorboard")).Reload()
+    assert [event.step for event in events.Images("samples")] == [2]       # 2D scatter plots too

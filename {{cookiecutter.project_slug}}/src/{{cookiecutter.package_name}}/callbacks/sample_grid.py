@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image
 
 from ..data.images import to_uint8
-from ..visualize import image_grid, save_image_grid, save_scatter
+from ..visualize import save_image_grid, save_scatter
 
 
 class SampleGrid(L.Callback):
@@ -33,13 +35,16 @@ class SampleGrid(L.Callback):
         result = module.sample(self.count, torch.Generator().manual_seed(self.seed))
         path = self.folder / f"step_{step:07d}.png"
         if result.x.ndim == 2:
-            reference = trainer.datamodule.train_set.data[: self.count]
-            save_scatter(result.x, path, f"step {step}", reference)
-            return
-        images = to_uint8(result.x)
-        save_image_grid(images, path)
-        experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image("samples", image_grid(images), step, dataformats="HWC")
-        elif hasattr(trainer.logger, "log_image"):
-            trainer.logger.log_image("samples", [str(path)], step=step)
+            save_scatter(result.x, path, f"step {step}", trainer.datamodule.train_set.data[: self.count])
+        else:
+            save_image_grid(to_uint8(result.x), path)
+        log_picture(trainer.logger, path, step)
+
+
+def log_picture(logger, path: Path, step: int) -> None:
+    """Send a saved PNG to TensorBoard or Weights & Biases (CSV logs keep only the file)."""
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_image"):
+        experiment.add_image("samples", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+    elif hasattr(logger, "log_image"):
+        logger.log_image("samples", [str(path)], step=step)
