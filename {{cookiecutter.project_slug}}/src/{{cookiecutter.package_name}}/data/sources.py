@@ -45,12 +45,18 @@ def fingerprint(cfg, size: int) -> dict:
     if cfg.name == "image_folder":
         root = folder(cfg.root)
         images, _ = scan_folder(root)
-        stats = [(str(p.relative_to(root)), s.st_size, s.st_mtime_ns) for p in images for s in [p.stat()]]
-        return {**common, "root": str(root.resolve()), "files": stats, "labels": cfg.labels_from_subfolders}
+        files = [file_signature(path, root) for path in images]
+        return {**common, "root": str(root.resolve()), "files": files, "labels": cfg.labels_from_subfolders}
     if cfg.name == "digits":
         import sklearn
         return {**common, "sklearn": sklearn.__version__}
     return {**common, "root": str(Path(cfg.root).expanduser().resolve())}   # torchvision sets are fixed
+
+
+def file_signature(path: Path, root: Path) -> tuple[str, int, int]:
+    """Name, size and modification time: a file that changes changes at least one of them."""
+    stat = path.stat()
+    return str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns
 
 
 def decode_source(cfg, size: int) -> Decoded:
