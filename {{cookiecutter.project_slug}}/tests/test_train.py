@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.cli import main, train
+from {{ cookiecutter.package_name }}.cli import load_run, main, train
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.data.images import to_uint8
 
@@ -15,7 +15,7 @@ def step_of(checkpoint):
     return torch.load(checkpoint, weights_only=False)["global_step"]
 
 
-def test_toy_run_trains_resumes_and_samples(project_dir):
+def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch):
     args = ["experiment=toy2d", "name=toy", "logger=csv", "trainer.max_steps=20",
             "trainer.checkpoint_every_n_steps=10", "trainer.sample_every_n_steps=10", *FAST]
     assert main(["train", *args]) == 0
@@ -23,8 +23,17 @@ def test_toy_run_trains_resumes_and_samples(project_dir):
     assert step_of(run / "checkpoints" / "last.ckpt") == 20
     assert (run / "config.yaml").is_file() and (run / "samples" / "step_0000020.png").is_file()
 
+    saved_rng = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["rng"]["torch"]
+    restored, set_rng_state = [], torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: (restored.append(state), set_rng_state(state)))
     assert main(["train", *args, "trainer.max_steps=30"]) == 0      # resumes, does not restart
     assert step_of(run / "checkpoints" / "last.ckpt") == 30
+    # the random stream continues (Lightning's isolate_rng later puts the same state back once more)
+    assert restored and all(torch.equal(state, saved_rng) for state in restored)
+
+    state = torch.get_rng_state()
+    load_run("runs/toy")                                         # loading to sample: caller's RNG untouched
+    assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ConfigError, match="already holds a run"):
         train([*args, "trainer.resume=false"])
 
@@ -91,7 +100,7 @@ def test_sample_grids_reach_tensorboard(project_dir):
     events = EventAccumulator(str(project_dir / "runs" / "tb" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2, 4]
     assert "train/loss" in events.Tags()["scalars"]
-    assert main(["train", "experiment=toy2d", "name=tb2d", "trainer.max_steps=2", "trainer.sample_every_n_steps=2",
+    assert main(["train", "experiment=toy2d", "name=tb2d", "logger=tensorboard", "trainer.max_steps=2", "trainer.sample_every_n_steps=2",
                  "sampling.steps=2", *FAST]) == 0
     events = EventAccumulator(str(project_dir / "runs" / "tb2d" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2]       # 2D scatter plots too

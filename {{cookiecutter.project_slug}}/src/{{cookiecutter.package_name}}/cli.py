@@ -167,7 +167,9 @@ def split_sample_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig
 
 
 def load_run(path: str):
-    """The module saved in a run directory's last.ckpt (or in the given .ckpt), and its run directory."""
+    """The module saved in a run directory's last.ckpt (or in the given .ckpt), and its run
+    directory. The caller's random state is left as it was (building the network draws
+    initial weights that the checkpoint then replaces)."""
     from .module import DiffusionModule
     from .training import last_checkpoint
 
@@ -175,7 +177,8 @@ def load_run(path: str):
     checkpoint = path if path.suffix == ".ckpt" else last_checkpoint(path)
     if not checkpoint.is_file():
         raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run or a .ckpt file")
-    module = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    with torch.random.fork_rng(devices=[]):
+        module = DiffusionModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     return module.eval(), checkpoint.parent.parent
 
 

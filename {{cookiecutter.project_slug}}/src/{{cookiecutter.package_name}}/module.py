@@ -140,23 +140,6 @@ class DiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng"] = {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Continue the saved random stream; with several processes each needs its own, so
-        they are reseeded by rank instead (the checkpoint holds rank 0's state only)."""
-        rng = checkpoint.get("rng")
-        if rng is None:
-            return
-        if process_rank() == 0 and int(os.environ.get("WORLD_SIZE", 1)) == 1:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-        else:
-            torch.manual_seed(self.cfg.seed + process_rank() + 7919 * checkpoint["global_step"])
-
     # -- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, sampling: DictConfig | None = None,

@@ -63,7 +63,7 @@ def checkpoint_to_resume(cfg, run_dir: Path) -> Path | None:
 def build_trainer(cfg, run_dir: Path) -> L.Trainer:
     trainer_cfg = cfg.trainer
     callbacks = [
-        LastCheckpoint(last_checkpoint(run_dir), trainer_cfg.checkpoint_every_n_steps),
+        LastCheckpoint(last_checkpoint(run_dir), trainer_cfg.checkpoint_every_n_steps, cfg.seed),
         SampleGrid(run_dir / "samples", trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed),
         LearningRateMonitor(logging_interval="step"),
     ]
