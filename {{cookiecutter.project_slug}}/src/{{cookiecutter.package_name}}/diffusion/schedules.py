@@ -21,7 +21,7 @@ def sigma_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
-def t_from_sigma(sigma: Tensor) -> Tensor:
+def t_from_sigma(sigma: Tensor | float) -> Tensor | float:
     return sigma / (1 + sigma)
 
 
@@ -58,7 +58,7 @@ def loglinear_sigmas(n: int, sigma_min: float, sigma_max: float) -> Tensor:
 
 def uniform_t_sigmas(n: int, sigma_max: float) -> Tensor:
     """Flows: n equal steps in t from t(sigma_max) (close to 1) down to t = 0."""
-    t = torch.linspace(sigma_max / (1 + sigma_max), 0, n + 1, dtype=torch.float64)
+    t = torch.linspace(t_from_sigma(sigma_max), 0, n + 1, dtype=torch.float64)
     return t / (1 - t)
 
 
