@@ -262,3 +262,25 @@ def test_a_large_photo_is_decoded_small_but_reported_at_its_size(tmp_path):
 def test_only_uint8_images_are_converted():
     with pytest.raises(TypeError, match="uint8"):
         to_unit_range(torch.zeros(1, 1, 2, 2))
+
+
+def test_camera_orientation_is_applied(tmp_path):
+    """A wide picture, left half white, stored with EXIF orientation 6 ("rotate 90 degrees
+    clockwise to display"): shown upright it is tall with the white half on top."""
+    pixels = np.zeros((8, 16), dtype=np.uint8)
+    pixels[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    decoded = decode_folder(tmp_path, 8, 1, labels_from_subfolders=False)
+    assert (decoded.files[0]["width"], decoded.files[0]["height"]) == (8, 16)
+    image = decoded.data[0, 0].float()
+    assert image[:2].mean() > 200 and image[-2:].mean() < 50      # white above, black below
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "scan.png")
+    decoded = decode_folder(tmp_path, 64, 1, labels_from_subfolders=False)
+    assert decoded.files[0]["mode"] == "I;16"
+    assert abs(decoded.data.float().mean().item() - 127.5) < 2           # a full ramp, not a white image

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from tqdm import tqdm
 
@@ -37,8 +37,11 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def fit_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Convert to grayscale or RGB (transparency composited on white), resize the shorter side
-    to ``size`` and centre-crop to a square. Returns uint8 (C, size, size)."""
+    """Convert to grayscale or RGB (transparency composited on white, 16-bit and float
+    images scaled to 8 bits), resize the shorter side to ``size`` and centre-crop to a
+    square. Returns uint8 (C, size, size)."""
+    if image.mode.startswith("I") or image.mode == "F":
+        image = to_8_bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
@@ -46,6 +49,14 @@ def fit_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
     image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit integer ("I;16", "I") or float ("F") grayscale to 8 bits, scaled by the format's
+    range (Pillow's own convert("L") clips at 255, which turns most 16-bit images white)."""
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1e-12)
+    return Image.fromarray(np.clip(array / top * 255, 0, 255).round().astype(np.uint8))
 
 
 def stack(images: list[np.ndarray]) -> Tensor:
@@ -87,9 +98,12 @@ def decode_file(path: Path, size: int, channels: int) -> tuple[np.ndarray, dict]
     """Decode one file completely (a truncated file fails here, not later in training)."""
     content = path.read_bytes()
     with Image.open(io.BytesIO(content)) as image:
-        record = {"width": image.width, "height": image.height, "mode": image.mode,
-                  "sha1": hashlib.sha1(content).hexdigest()}
-        image.draft(image.mode, (size, size))     # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
+        width, height = image.size
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):   # stored on its side
+            width, height = height, width
+        record = {"width": width, "height": height, "mode": image.mode, "sha1": hashlib.sha1(content).hexdigest()}
+        image.draft(image.mode, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale, never below size
+        image = ImageOps.exif_transpose(image)  # camera photos: turned upright as their EXIF says
         return fit_image(image, size, channels), record
 
 

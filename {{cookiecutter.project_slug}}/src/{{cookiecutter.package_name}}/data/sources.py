@@ -41,7 +41,7 @@ def stored_size(cfg) -> int:
 
 def fingerprint(cfg, size: int) -> dict:
     """What the decoded tensor depends on; any change gives a new cache entry."""
-    common = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 2}   # format: bump when decoding changes
+    common = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 3}   # format: bump when decoding changes
     if cfg.name == "image_folder":
         root = folder(cfg.root)
         images, _ = scan_folder(root)
