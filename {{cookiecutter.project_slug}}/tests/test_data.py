@@ -214,7 +214,9 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert len(data.train_set) + len(data.val_set) == 1797
     assert len(data.val_set) == round(0.05 * 1797)
     assert data.data_shape == (1, 8, 8) and data.num_classes == 10      # stored at 9x9, cropped to 8
-    images, labels = next(iter(data.train_dataloader()))
+    loader = data.train_dataloader()
+    assert isinstance(loader, DeviceBatches)                            # on the CPU, batches come straight from the tensor
+    images, labels = next(iter(loader))
     assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
 
 
@@ -235,16 +237,23 @@ def test_inspect_data_command(project_dir, capsys):
     assert (project_dir / "runs" / "toy2d" / "inspect" / "preview.png").is_file()
 
 
-def test_lightning_trains_from_device_batches(project_dir, monkeypatch):
-    """The GPU-resident path as Lightning sees it (on the CPU here): an iterable of batches
-    with a length, new shuffles each epoch, no DataLoader."""
-    def device_batches(self):
-        return DeviceBatches(self.train_set.data, self.train_set.labels, 16, seed=self.seed)
-
-    monkeypatch.setattr(DiffusionDataModule, "train_dataloader", device_batches)
+def test_lightning_trains_across_epochs_from_device_batches(project_dir):
+    """The loader as Lightning sees it: an iterable of batches with a length and a new
+    shuffle each epoch, no DataLoader (on a GPU the same object holds GPU tensors)."""
     run = train(["experiment=digits", "name=device", "model.unet.channels=8", "trainer.max_steps=120",
-                 "trainer.val_every_n_steps=60", "trainer.sample_every_n_steps=1000", "sampling.steps=2"])
+                 "trainer.val_every_n_steps=60", "trainer.sample_every_n_steps=1000", "sampling.steps=2",
+                 "data.batch_size=16"])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 120  # > 1 epoch of 106
+
+
+def test_the_host_memory_loader_fetches_whole_batches():
+    from torch.utils.data import DataLoader
+
+    from {{ cookiecutter.package_name }}.data.loaders import InMemoryDataset, keep_batch
+
+    data, labels = torch.arange(10)[:, None], torch.arange(10) * 2
+    batches = list(DataLoader(InMemoryDataset(data, labels), batch_size=4, collate_fn=keep_batch))
+    assert [len(x) for x, _ in batches] == [4, 4, 2] and torch.equal(batches[1][1], torch.tensor([8, 10, 12, 14]))
 
 
 def test_a_large_photo_is_decoded_small_but_reported_at_its_size(tmp_path):

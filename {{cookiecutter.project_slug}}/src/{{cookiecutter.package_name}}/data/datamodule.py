@@ -43,12 +43,16 @@ class DiffusionDataModule(L.LightningDataModule):
         return len(self.class_names) or None
 
     def train_dataloader(self):
+        """Batches indexed straight from the data tensor on the training device when the data
+        is there (CPU) or fits there (GPU, up to data.gpu_cache_gb); otherwise a DataLoader
+        streams them from pinned host memory."""
         batch_size = min(self.cfg.batch_size, len(self.train_set))
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         data, labels = self.train_set.data, self.train_set.labels
-        if device.type == "cuda" and data.nbytes <= self.cfg.gpu_cache_gb * 2**30:
+        if device.type == "cpu" or (device.type == "cuda" and data.nbytes <= self.cfg.gpu_cache_gb * 2**30):
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             return DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
-                                 self.trainer.global_rank, self.trainer.world_size, self.seed)
+                                 rank, world_size, self.seed)
         return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                           collate_fn=keep_batch, num_workers=self.cfg.num_workers,
                           pin_memory=device.type == "cuda", persistent_workers=self.cfg.num_workers > 0)

@@ -1,8 +1,9 @@
 """Serving batches from data already decoded into one tensor.
 
-On a GPU the whole tensor usually fits in memory: ``DeviceBatches`` keeps it there and
-indexes a batch with one operation, with no worker processes and no host-to-device copies.
-Otherwise ``InMemoryDataset`` feeds a standard DataLoader from (pinned) host memory.
+``DeviceBatches`` indexes each batch from the tensor on the training device with one
+operation: no worker processes, no host-to-device copies. It serves CPU training, and GPU
+training whenever the data fits in GPU memory (usually). Otherwise ``InMemoryDataset`` feeds
+a standard DataLoader from pinned host memory.
 """
 from __future__ import annotations
 
