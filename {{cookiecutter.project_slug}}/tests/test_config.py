@@ -41,7 +41,8 @@ def test_inconsistent_combination_is_refused(project_dir):
         load_config(["data.name=toy2d", "model.name=unet"])
 
 
-def test_command_line_error_is_one_line_and_exit_code_2(project_dir, capsys):
-    assert main(["train", "data.nmae=x"]) == 2
+@pytest.mark.parametrize("override, named", [("data.nmae=x", "data.nmae"), ("model.name=resnet", "model.name")])
+def test_command_line_error_is_one_line_and_exit_code_2(project_dir, capsys, override, named):
+    assert main(["train", override]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ERROR:") and "data.nmae" in err and "\n" not in err
+    assert err.startswith("ERROR:") and named in err and "\n" not in err

@@ -15,7 +15,7 @@ def step_of(checkpoint):
     return torch.load(checkpoint, weights_only=False)["global_step"]
 
 
-def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch):
+def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch, capsys):
     args = ["experiment=toy2d", "name=toy", "logger=csv", "trainer.max_steps=20",
             "trainer.checkpoint_every_n_steps=10", "trainer.sample_every_n_steps=10", *FAST]
     assert main(["train", *args]) == 0
@@ -40,6 +40,9 @@ def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch):
     assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "trajectory=true", "out=out1"]) == 0
     assert main(["sample", "run=runs/toy", "n=50", "steps=4", "sampler=ddim", "out=out2"]) == 0
     assert main(["sample", "run=runs/toy", "labels=[1]"]) == 2                   # the model is unconditional
+    capsys.readouterr()
+    assert main(["sample", "run=runs/toy", "stpes=4"]) == 2
+    assert "Did you mean 'steps'?" in capsys.readouterr().err
     first, second = torch.load("out1/samples.pt"), torch.load("out2/samples.pt")
     assert first.shape == (50, 2) and torch.equal(first, second)   # same seed, same samples
     assert (project_dir / "out1" / "trajectory.png").is_file()

@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .config import ConfigError, SamplingConfig, check_consistency, load_config, merge, parse_overrides, sampling_keys
+from .config import (ConfigError, SamplingConfig, check_consistency, load_config, merge, parse_overrides,
+                     refuse_unknown_keys, sampling_keys)
 from .data import DataError
 
 USAGE = f"""\
@@ -158,6 +159,7 @@ def save_samples(x: torch.Tensor, trajectory: list, out: Path, title: str) -> No
 def split_sample_overrides(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     """Sampling keys (steps=20) go to the run's sampling section; the rest describe the command."""
     parsed = parse_overrides(overrides)
+    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(SampleCommand)] + sampling_keys(), "the command line")
     sampling = OmegaConf.create({k: v for k, v in parsed.items() if k in sampling_keys()})
     rest = OmegaConf.create({k: v for k, v in parsed.items() if k not in sampling_keys()})
     command = merge(OmegaConf.structured(SampleCommand), rest, "the command line")

@@ -210,7 +210,7 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
         hint = f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
         return f"unknown key '{key}' in {source}.{hint} Valid keys in {where}: {', '.join(valid)}"
-    message = str(getattr(error, "msg", error)).strip()
+    message = str(getattr(error, "msg", error)).strip().splitlines()[0]    # OmegaConf appends key details
     return f"bad value for '{key}' in {source}: {message}"
 
 
@@ -232,6 +232,15 @@ def check_consistency(cfg: DictConfig) -> None:
                           f"{cfg.sampling.sigma_min} and {cfg.sampling.sigma_max}")
     if not 0 <= cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+
+
+def refuse_unknown_keys(keys, valid: list[str], source: str) -> None:
+    """One message for a misspelt key, with the closest valid one."""
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}")
 
 
 def sampling_keys() -> list[str]:
