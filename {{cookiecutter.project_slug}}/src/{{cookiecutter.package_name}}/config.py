@@ -206,10 +206,8 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     node = OmegaConf.select(cfg, parent) if parent else cfg
     if isinstance(node, DictConfig) and leaf not in node:
         valid = list(node.keys())
-        close = difflib.get_close_matches(leaf, valid, n=1)
-        hint = f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
-        return f"unknown key '{key}' in {source}.{hint} Valid keys in {where}: {', '.join(valid)}"
+        return f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} Valid keys in {where}: {', '.join(valid)}"
     message = str(getattr(error, "msg", error)).strip().splitlines()[0]    # OmegaConf appends key details
     return f"bad value for '{key}' in {source}: {message}"
 
@@ -234,13 +232,17 @@ def check_consistency(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
 
 
+def did_you_mean(key: str, valid: list[str], parent: str = "") -> str:
+    """" Did you mean 'data.name'?" for the closest valid key, or nothing."""
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
+
+
 def refuse_unknown_keys(keys, valid: list[str], source: str) -> None:
     """One message for a misspelt key, with the closest valid one."""
     for key in keys:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}")
 
 
 def sampling_keys() -> list[str]:

@@ -47,8 +47,7 @@ def save_image(image: Tensor, path: str | Path) -> Path:
 
 
 def save_array(array: np.ndarray, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = output_path(path)
     Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
     return path
 
@@ -95,7 +94,13 @@ def save_denoising_strip(trajectory: list[Step], final: Tensor, path: str | Path
 
 
 def _save(fig, path: str | Path) -> Path:
+    path = output_path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def output_path(path: str | Path) -> Path:
+    """``path`` as a Path, with its folder created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
     return path

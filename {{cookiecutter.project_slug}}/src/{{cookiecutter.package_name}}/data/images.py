@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,7 @@ def decode_folder(root: Path, size: int, channels: int, labels_from_subfolders: 
         except DECODE_ERRORS as error:
             return None, f"{type(error).__name__}: {error}"
 
-    arrays, files, bad, kept = [], [], [], []
+    arrays, files, bad = [], [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = pool.map(attempt, paths, chunksize=16)
         for path, (array, info) in tqdm(zip(paths, results), total=len(paths), desc=f"decoding {root}", unit="img"):
@@ -133,14 +134,19 @@ def decode_folder(root: Path, size: int, channels: int, labels_from_subfolders: 
             else:
                 arrays.append(array)
                 files.append({"path": relative, **info})
-                kept.append(path.relative_to(root))
     if not arrays:
         raise DataError(f"none of the {len(paths)} image files under '{root}' could be read; first: "
                         f"{bad[0]['path']} ({bad[0]['error']})")
     decoded = Decoded(stack(arrays), files=files, bad=bad, others=[str(p.relative_to(root)) for p in others])
     if labels_from_subfolders:
-        decoded.labels, decoded.class_names = labels_from_folders(kept, root)
+        decoded.labels, decoded.class_names = labels_from_folders([Path(f["path"]) for f in files], root)
     return decoded
+
+
+def count_suffixes(names: list[str]) -> str:
+    """".txt x2, .db x1": what kinds of files these are."""
+    counts = Counter(Path(name).suffix.lower() or "(none)" for name in names)
+    return ", ".join(f"{suffix} x{n}" for suffix, n in counts.most_common())
 
 
 def labels_from_folders(paths: list[Path], root: Path) -> tuple[Tensor, list[str]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .augment import center_crop
-from .images import Decoded
+from .images import Decoded, count_suffixes
 from .sources import load_source
 
 FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
@@ -47,8 +47,7 @@ def describe_files(decoded: Decoded, size: int, warnings: list[str]) -> list[str
     lines = [f"files: {len(files)} images decoded, {len(decoded.bad)} unreadable, {len(decoded.others)} not images"]
     lines += [f"  unreadable: {b['path']} ({b['error']})" for b in decoded.bad[:20]]
     if decoded.others:
-        suffixes = Counter(Path(o).suffix.lower() or "(none)" for o in decoded.others)
-        lines.append("  not images: " + ", ".join(f"{ext} x{n}" for ext, n in suffixes.most_common()))
+        lines.append(f"  not images: {count_suffixes(decoded.others)}")
     if decoded.bad:
         warnings.append(f"{len(decoded.bad)} unreadable image file(s) are skipped (listed above); "
                         "data.on_bad_file=fail stops instead")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .cache import cached
-from .images import DataError, Decoded, decode_folder, fit_image, scan_folder, stack
+from .images import DataError, Decoded, count_suffixes, decode_folder, fit_image, scan_folder, stack
 from .toy import make_toy2d
 
 # name: (torchvision class, keyword arguments selecting the training split, has class labels)
@@ -87,9 +87,8 @@ def report_bad_files(decoded: Decoded, cfg) -> None:
             raise DataError(message + "\n(set data.on_bad_file=skip to train without them)")
         warnings.warn("skipped " + message)
     if decoded.others:
-        suffixes = sorted({Path(o).suffix or "(none)" for o in decoded.others})
         warnings.warn(f"ignored {len(decoded.others)} non-image file(s) under {cfg.root} "
-                      f"(extensions: {', '.join(suffixes)}), e.g. {decoded.others[0]}")
+                      f"({count_suffixes(decoded.others)}), e.g. {decoded.others[0]}")
 
 
 def load_digits(size: int, channels: int) -> Decoded:
