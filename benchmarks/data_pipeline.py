@@ -27,7 +27,7 @@ PROJECT = import_baked_package()
 from diffusion_lab.config import load_config  # noqa: E402
 from diffusion_lab.data import DiffusionDataModule  # noqa: E402
 from diffusion_lab.data.augment import random_flip  # noqa: E402
-from diffusion_lab.data.images import to_unit_range  # noqa: E402
+from diffusion_lab.pixels import to_unit_range  # noqa: E402
 
 
 def make_folder(root: Path, count: int) -> None:
@@ -62,7 +62,7 @@ def ours(root: Path, size: int, cache: Path, epochs: int) -> tuple[float, float,
         count, start = 0, time.perf_counter()
         for _ in range(epochs):
             for images, _labels in loader:
-                batch = to_unit_range(random_flip(images)) if convert else images  # as prepare_batch does
+                batch = to_unit_range(random_flip(images)) if convert else images  # as the data module does in training
                 count += len(batch)
         rates.append(count / (time.perf_counter() - start))
     return build, *rates

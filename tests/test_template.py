@@ -51,7 +51,7 @@ from {package}.module import DiffusionModule
 cfg = load_config(sys.argv[1:])
 shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
 module = DiffusionModule(OmegaConf.to_container(cfg), shape, [str(i) for i in range(3)])
-data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.randint(0, 256, (4, *shape), dtype=torch.uint8)
+data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.rand(4, *shape) * 2 - 1
 loss = module.training_step((data, torch.tensor([0, 1, 2, 0])), 0)
 assert torch.isfinite(loss)
 cfg.sampling.steps = 2

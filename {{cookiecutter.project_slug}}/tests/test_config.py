@@ -46,3 +46,38 @@ def test_command_line_error_is_one_line_and_exit_code_2(project_dir, capsys, ove
     assert main(["train", override]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR:") and named in err and "\n" not in err
+
+
+def literal_fields(schema, prefix=""):
+    """Every key of the schema whose type is a Literal, with its choices."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            yield from literal_fields(kind, f"{prefix}{field.name}.")
+        elif typing.get_origin(kind) is typing.Literal:
+            yield f"{prefix}{field.name}", set(typing.get_args(kind))
+
+
+def test_every_choice_in_the_schema_has_exactly_one_implementation():
+    """A config choice is a key of a name table: a choice listed without an implementation (or
+    an implementation that cannot be chosen) fails here, not in a user's run."""
+    from {{ cookiecutter.package_name }}.config import Config
+    from {{ cookiecutter.package_name }}.data import SOURCES, TOY_SHAPES
+    from {{ cookiecutter.package_name }}.diffusion.parameterizations import LOSS_WEIGHTS, PARAMETERIZATIONS
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
+    from {{ cookiecutter.package_name }}.diffusion.schedules import SCHEDULES, TRAINING_NOISE
+    from {{ cookiecutter.package_name }}.models import MODELS
+    from {{ cookiecutter.package_name }}.trainer import LOGGERS
+
+    tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES, "model.name": MODELS,
+              "diffusion.objective": PARAMETERIZATIONS, "diffusion.train_noise": TRAINING_NOISE,
+              "diffusion.loss_weight": LOSS_WEIGHTS, "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES}
+    plain_switches = {"data.on_bad_file", "trainer.precision"}        # handled where used, or by Lightning
+    literals = dict(literal_fields(Config))
+    assert set(literals) == set(tables) | plain_switches
+    for key, table in tables.items():
+        assert literals[key] == set(table), key

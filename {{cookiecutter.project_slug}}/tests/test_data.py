@@ -1,20 +1,19 @@
 import io
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.cli import main, train
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.commands.inspect_data import write_report
+from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.data import (
-    DataError, DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d,
-    to_uint8, to_unit_range)
+from {{ cookiecutter.package_name }}.data import DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d
 from {{ cookiecutter.package_name }}.data import sources
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
-from {{ cookiecutter.package_name }}.data.cache import cache_path
-from {{ cookiecutter.package_name }}.data.inspect import data_report
+from {{ cookiecutter.package_name }}.errors import DataError
+from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
 
 @pytest.mark.parametrize("shape", sorted(TOY_SHAPES))
@@ -125,7 +124,7 @@ def test_cache_is_reused_rebuilt_on_change_and_never_left_half_written(project_d
     write_messy_folder(pics)
     cfg = folder_config(pics)
     first = load_source(cfg)
-    entry = cache_path(sources.fingerprint(cfg, 8), cfg.cache_dir)
+    entry = project_dir / cfg.cache_dir / f"image_folder-{first.fingerprint}.pt"
     assert entry.is_file()
 
     def no_decoding(*args):
@@ -139,9 +138,10 @@ def test_cache_is_reused_rebuilt_on_change_and_never_left_half_written(project_d
     monkeypatch.setattr(sources, "decode_folder", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):                                 # interrupted mid-build
         load_source(cfg)
-    assert not cache_path(sources.fingerprint(cfg, 8), cfg.cache_dir).is_file()
+    assert list(entry.parent.iterdir()) == [entry]                         # no new entry, no partial file
     monkeypatch.undo()
-    assert len(load_source(cfg).data) == len(first.data) + 1
+    changed = load_source(cfg)
+    assert len(changed.data) == len(first.data) + 1 and changed.fingerprint != first.fingerprint
 
 
 def test_offline_torchvision_download_names_dataset_folder_and_fix(tmp_path, monkeypatch):
@@ -206,6 +206,44 @@ def test_device_batches_shuffle_and_shard_like_a_distributed_sampler():
     assert not torch.equal(next(iter(loader))[1], next(iter(loader))[1])   # a new order each epoch
 
 
+def take(loader, count: int) -> list[int]:
+    """Labels of the next ``count`` batches, walking epochs as Lightning does (a new iter() per
+    epoch) and stopping mid-epoch like an interrupted run."""
+    served = []
+    while len(served) < count:
+        for _, labels in loader:
+            served.append(labels.tolist())
+            if len(served) == count:
+                break
+    return served
+
+
+@pytest.mark.parametrize("stop", [3, 5, 7])          # mid-epoch, at the end of an epoch, in the second epoch
+def test_device_batches_resume_with_the_batch_where_they_stopped(stop):
+    data, labels = torch.arange(50)[:, None], torch.arange(50)
+    uninterrupted = take(DeviceBatches(data, labels, batch_size=10, seed=3), 13)
+    first = DeviceBatches(data, labels, batch_size=10, seed=3)
+    before = take(first, stop)
+    resumed = DeviceBatches(data, labels, batch_size=10, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    assert before + take(resumed, 13 - stop) == uninterrupted
+    assert uninterrupted[0] != uninterrupted[5]                   # each epoch has its own order
+
+
+def test_an_interrupted_run_trains_on_the_same_batches_as_an_uninterrupted_one(project_dir):
+    """Through Lightning: the data position and the random state travel in last.ckpt, so the
+    weights after 7 + 6 steps equal those after 13 straight steps (5 batches an epoch)."""
+    common = ["experiment=toy2d", "data.toy_samples=200", "data.batch_size=36", "logger=csv",
+              "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000", "trainer.checkpoint_every_n_steps=1000"]
+    train([*common, "name=straight", "trainer.max_steps=13"])
+    train([*common, "name=resumed", "trainer.max_steps=7"])
+    train([*common, "name=resumed", "trainer.max_steps=13"])
+    straight, resumed = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=False)
+                         for name in ("straight", "resumed"))
+    weights = [key for key in straight["state_dict"] if key.startswith("denoiser.")]
+    assert weights and all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in weights)
+
+
 def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     cfg = load_config(["data.name=digits", "data.image_size=8", "data.channels=1", "data.batch_size=32",
                        "data.random_crop=true"])
@@ -222,7 +260,7 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
 
 def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_path):
     write_messy_folder(tmp_path / "pics")
-    report = data_report(folder_config(tmp_path / "pics"), tmp_path / "out")
+    report = write_report(folder_config(tmp_path / "pics"), tmp_path / "out")
     for expected in ["examples: 6", "2 unreadable", "dogs/broken.png", ".txt x1", "duplicates: cats/b copy.png, cats/b.png",
                      "classes: 2 (cats: 4, dogs: 2)", "RGBA x1", "will be upscaled (smallest: cats/tiny.png, 1x1)",
                      "aspect ratios range from 1.00 to 2.00 (2 not square)", "only 6 images"]:

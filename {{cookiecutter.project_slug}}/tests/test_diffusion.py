@@ -7,11 +7,12 @@ from functools import partial
 import pytest
 import torch
 
+from {{ cookiecutter.package_name }}.diffusion.generate import generate
 from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
-from {{ cookiecutter.package_name }}.diffusion.parameterizations import Denoiser, build_parameterization, x0_loss_weight
-from {{ cookiecutter.package_name }}.diffusion.samplers import ddim, dpmpp_2m, generalized, heun
+from {{ cookiecutter.package_name }}.diffusion.parameterizations import NetworkDenoiser, build_parameterization, x0_loss_weight
+from {{ cookiecutter.package_name }}.diffusion.samplers import Trajectory, ddim, dpmpp_2m, generalized, heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import (
-    TrainingNoise, ddpm_linear_sigmas, karras_sigmas, trailing_sigmas, uniform_t_sigmas)
+    LogNormalNoise, ddpm_linear_sigmas, karras_sigmas, trailing_sigmas, uniform_t_sigmas)
 
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 STD = torch.tensor([0.5, 2.0], dtype=torch.float64)
@@ -138,9 +139,10 @@ def test_hooks_see_every_step_and_can_change_the_estimate():
         step.x0_hat[:, 0] = 3.0
 
     x = sigmas[0] * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    result = ddim(gaussian_denoiser, sigmas, x, hooks=[pin_first_coordinate], keep_trajectory=True)
+    trajectory = Trajectory()
+    result = ddim(gaussian_denoiser, sigmas, x, hooks=[pin_first_coordinate, trajectory])
     assert seen == sigmas[:-1].tolist()
-    assert len(result.trajectory) == 6
+    assert len(trajectory.steps) == 6
     assert torch.allclose(result.x[:, 0], torch.full((8,), 3.0, dtype=torch.float64))
 
 
@@ -168,7 +170,7 @@ def test_euler_on_a_flow_model_is_the_euler_step_in_t():
 
 # -- parameterizations, checked against their papers' definitions ----------------------------
 def network_input_and_target(objective, x0, eps, sigma, sigma_data=0.5):
-    """What the Denoiser feeds its network and trains it towards."""
+    """What the NetworkDenoiser feeds its network and trains it towards."""
     captured = {}
 
     class Recorder(torch.nn.Module):
@@ -176,7 +178,7 @@ def network_input_and_target(objective, x0, eps, sigma, sigma_data=0.5):
             captured["input"] = x
             return torch.zeros_like(x)
 
-    denoiser = Denoiser(Recorder(), build_parameterization(objective, sigma_data))
+    denoiser = NetworkDenoiser(Recorder(), build_parameterization(objective, sigma_data))
     x = x0 + sigma[:, None] * eps
     c_skip, c_out, _ = denoiser.parameterization.scalings(sigma[:, None])
     denoiser(x, sigma)
@@ -242,7 +244,7 @@ def test_a_network_that_outputs_its_target_denoises_exactly(objective, example):
             c_skip, c_out, _ = parameterization.scalings(sigma[:, None])
             return (x0 - c_skip * (x0 + sigma[:, None] * eps)) / c_out
 
-    denoiser = Denoiser(Oracle(), parameterization)
+    denoiser = NetworkDenoiser(Oracle(), parameterization)
     assert torch.allclose(denoiser(x0 + sigma[:, None] * eps, sigma), x0, atol=1e-4)
     assert denoiser.loss(x0, sigma, eps).max() < 1e-8
 
@@ -269,7 +271,7 @@ def test_ideal_denoiser_reaches_the_closed_form_minimum_loss(objective, weightin
     x0 = MU + STD * torch.randn(n, 2, generator=g, dtype=torch.float64)
     sigma = torch.full((n,), sigma_value, dtype=torch.float64)
     weight = x0_loss_weight(weighting, sigma)
-    loss = Denoiser(IdealNetwork(), parameterization).loss(x0, sigma, torch.randn(n, 2, generator=g, dtype=torch.float64), x0_weight=weight)
+    loss = NetworkDenoiser(IdealNetwork(), parameterization).loss(x0, sigma, torch.randn(n, 2, generator=g, dtype=torch.float64), x0_weight=weight)
     _, c_out, _ = parameterization.scalings(torch.tensor(sigma_value, dtype=torch.float64))
     lam = 1 / c_out**2 if weight is None else weight[0]
     expected = lam * (STD**2 * sigma_value**2 / (STD**2 + sigma_value**2)).mean()
@@ -306,7 +308,7 @@ def test_trailing_spacing_starts_at_the_last_training_step():
 
 
 def test_logit_normal_t_is_lognormal_sigma():
-    sigma = TrainingNoise("lognormal", 0.0, 1.0)(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    sigma = LogNormalNoise(0.0, 1.0)(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     logit_t = torch.logit(sigma / (1 + sigma))
     assert abs(logit_t.mean().item()) < 0.01 and abs(logit_t.std().item() - 1) < 0.01
 
@@ -324,3 +326,71 @@ def test_guidance_weights_zero_and_one_give_the_unconditional_and_conditional_mo
     assert torch.allclose(guided, null + 3.0 * (labels.float() - null))
     mixed = GuidedDenoiser(labelled_denoiser, [(labels, 0.5), (labels + 1, 0.5)], null)(x, sigma)[:, 0]
     assert torch.allclose(mixed, labels.float() + 0.5)
+
+
+# -- generate: the one way to draw samples ---------------------------------------------------
+def test_sdedit_from_an_image_follows_the_exact_ode_from_the_noised_image():
+    """generate(image=...) starts at image + sigma_0 eps; a deterministic sampler then solves
+    the probability-flow ODE, whose solution for Gaussian data is closed form."""
+    image = torch.tensor([[3.0, -1.0], [0.0, 0.0], [-2.0, 4.0]], dtype=torch.float64)
+    sigmas = torch.logspace(math.log10(2.0), -1, 401, dtype=torch.float64)   # from sigma 2 (not 80): SDEdit
+    result = generate(gaussian_denoiser, sigmas, heun, image=image, generator=torch.Generator().manual_seed(4))
+    eps = torch.randn(image.shape, generator=torch.Generator().manual_seed(4))
+    expected = exact_ode_solution(image + 2.0 * eps.double(), sigmas[0], sigmas[-1])
+    assert result.nfe == 800
+    assert torch.allclose(result.x, expected, atol=1e-5)
+
+
+def test_generate_from_noise_starts_at_the_largest_sigma_with_the_generators_noise():
+    first = {}
+
+    def remember_start(step):
+        first.setdefault("x", step.x.clone())
+
+    sigmas = karras_sigmas(4, 0.002, 80.0)
+    result = generate(gaussian_denoiser, sigmas, ddim, shape=(5, 2), generator=torch.Generator().manual_seed(1),
+                      hooks=[remember_start])
+    eps = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    assert first["x"].dtype == result.x.dtype == torch.float32
+    assert torch.allclose(first["x"], 80.0 * eps) and result.nfe == 4
+
+
+def test_generate_needs_exactly_one_start():
+    sigmas = karras_sigmas(4, 0.002, 80.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        generate(gaussian_denoiser, sigmas, ddim)
+    with pytest.raises(ValueError, match="exactly one"):
+        generate(gaussian_denoiser, sigmas, ddim, shape=(2, 2), image=torch.zeros(2, 2))
+
+
+def test_a_user_written_denoiser_wrapper_draws_its_closed_form_distribution():
+    """The pattern of guidance.py as a user would write it: a wrapper that holds at every
+    evaluation, here averaging D with the estimate of a mirrored view, as visual anagrams do.
+    For Gaussian data D(x) = MU + A (x - MU) with A diagonal, and the average with R D(R x)
+    (R flips the first coordinate) is MU' + A (x - MU'), MU' = (MU + R MU) / 2: the ideal
+    denoiser of N(MU', STD^2). So the first coordinate must come out as N(0, STD_0^2)."""
+    mirror = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+
+    class MirrorAveraged:
+        def __init__(self, denoiser):
+            self.denoiser = denoiser
+
+        def __call__(self, x, sigma):
+            return (self.denoiser(x, sigma) + mirror * self.denoiser(mirror * x, sigma)) / 2
+
+    n = 20_000
+    x = generate(MirrorAveraged(gaussian_denoiser), karras_sigmas(40, 0.002, 80.0), heun, shape=(n, 2),
+                 generator=torch.Generator().manual_seed(0)).x
+    assert abs(x[:, 0].mean().item()) < 4 * STD[0] / math.sqrt(n)
+    assert x[:, 0].std().item() == pytest.approx(STD[0].item(), rel=0.03)
+
+
+def test_networks_carry_the_noise_range_they_were_trained_on():
+    from {{ cookiecutter.package_name }}.diffusion.schedules import DiscreteNoise
+
+    table = ddpm_linear_sigmas()
+    noise = DiscreteNoise(table)
+    denoiser = NetworkDenoiser(torch.nn.Identity(), build_parameterization("eps"), noise.sigma_min, noise.sigma_max)
+    assert (denoiser.sigma_min, denoiser.sigma_max) == (table[0].item(), table[-1].item())
+    assert noise(1000, torch.device("cpu")).min() >= denoiser.sigma_min
+    assert (LogNormalNoise().sigma_min, LogNormalNoise().sigma_max) == (0.0, math.inf)

@@ -1,12 +1,16 @@
 """End to end: train a few steps, resume, sample, from the command-line functions."""
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from {{ cookiecutter.package_name }}.cli import load_run, main, train
-from {{ cookiecutter.package_name }}.config import ConfigError
-from {{ cookiecutter.package_name }}.data.images import to_uint8
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.commands.train import run as train
+from {{ cookiecutter.package_name }}.errors import ConfigError
+from {{ cookiecutter.package_name }}.pixels import to_uint8
+from {{ cookiecutter.package_name }}.runs import load_run
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -107,3 +111,51 @@ def test_sample_grids_reach_tensorboard(project_dir):
                  "sampling.steps=2", *FAST]) == 0
     events = EventAccumulator(str(project_dir / "runs" / "tb2d" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2]       # 2D scatter plots too
+
+
+def test_a_diverging_run_ends_in_one_error_line(project_dir, capsys):
+    """An absurd learning rate blows the weights up; the NaN guard skips, then stops the run
+    with a UserError, which the command line prints as one line (exit code 2, no traceback)."""
+    assert main(["train", "experiment=toy2d", "name=nan", "logger=csv", "optim.lr=1e20", "optim.warmup_steps=1",
+                 "trainer.max_nonfinite_steps=3", "trainer.max_steps=50", *FAST]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "for 3 steps in a row" in errors[0] and "optim.lr" in errors[0]
+
+
+def test_a_missing_optional_package_is_one_error_line(project_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)                  # as if not installed
+    assert main(["train", "experiment=toy2d", "logger=wandb", "trainer.max_steps=1"]) == 2
+    assert capsys.readouterr().err.startswith("ERROR: logger=wandb needs the wandb package: pip install wandb")
+
+
+def test_sample_is_generate_on_the_ema_denoiser(project_dir):
+    """The whole sampling path pinned: `sample` with a seed draws exactly what ``generate`` draws
+    from the run's EMA weights (guided towards labels 0, 1, 2, ... when conditional), its
+    configured sigmas and sampler, and that seed's noise."""
+    from {{ cookiecutter.package_name }}.diffusion.generate import generate
+    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler
+    from {{ cookiecutter.package_name }}.diffusion.schedules import sampling_sigmas
+
+    assert main(["train", "experiment=digits", "name=pin", "logger=csv", "model.unet.channels=8", "trainer.max_steps=4",
+                 "data.batch_size=8", *FAST]) == 0
+    assert main(["sample", "run=runs/pin", "n=5", "seed=3", "steps=4", "sampler=dpmpp_2m", "out=pinned"]) == 0
+    module, _ = load_run("runs/pin")
+    sampling = module.cfg.sampling
+    sampling.sampler, sampling.steps = "dpmpp_2m", 4
+    sigmas = sampling_sigmas(sampling, module.training_noise.table)
+    expected = generate(module.guided(5, sampling.guidance), sigmas, configured_sampler(sampling), shape=(5, *module.data_shape),
+                        generator=torch.Generator().manual_seed(3)).x
+    assert torch.equal(torch.load("pinned/samples.pt"), expected)
+
+
+def test_the_readme_python_example_runs(project_dir):
+    import re
+
+    from conftest import PROJECT
+
+    assert main(["train", "experiment=digits", "logger=csv", "model.unet.channels=8", "trainer.max_steps=2",
+                 "data.batch_size=8", *FAST]) == 0
+    code = re.search(r"```python\n(.*?)```", (PROJECT / "README.md").read_text(), re.S).group(1)
+    scope = {}
+    exec(code, scope)
+    assert scope["result"].x.shape == (16, *scope["module"].data_shape) and len(scope["path"].steps) == 20

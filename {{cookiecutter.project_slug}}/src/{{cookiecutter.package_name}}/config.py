@@ -19,9 +19,7 @@ from typing import Any, Literal, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration mistake, explained in one message meant for the user."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -243,6 +241,16 @@ def refuse_unknown_keys(keys, valid: list[str], source: str) -> None:
     for key in keys:
         if key not in valid:
             raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}")
+
+
+def run_sampling_config(cfg: DictConfig, overrides: DictConfig) -> DictConfig:
+    """A trained run's configuration for sampling: its sampling section typed by the schema,
+    then overridden by ``overrides`` (the sampling keys of a ``sample`` command line) and checked."""
+    cfg = cfg.copy()
+    cfg.sampling = merge(OmegaConf.structured(SamplingConfig), cfg.sampling, "the run's config")
+    cfg.sampling = merge(cfg.sampling, overrides, "the command line")
+    check_consistency(cfg)
+    return cfg
 
 
 def sampling_keys() -> list[str]:

@@ -1,31 +1,26 @@
-"""``DiffusionModule``: the training step, EMA, the optimiser, and sampling with EMA weights."""
+"""``DiffusionModule``: the training step, EMA, the optimiser, and sampling with EMA weights.
+
+Batches arrive ready: the data module has already augmented them and scaled images to [-1, 1]
+(``data/datamodule.py``). Sampling is ``generate`` (``diffusion/generate.py``) on the EMA
+denoiser, guided when the model is class-conditional.
+"""
 from __future__ import annotations
 
 import copy
 import math
-import os
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .config import ConfigError
-from .data.augment import center_crop, random_crop, random_flip
-from .data.images import to_unit_range
+from .diffusion.generate import generate
 from .diffusion.guidance import GuidedDenoiser
-from .diffusion.parameterizations import Denoiser, build_parameterization, x0_loss_weight
-from .diffusion.samplers import Hook, SampleResult, configured_sampler
-from .diffusion.schedules import TrainingNoise, sampling_sigmas
+from .diffusion.parameterizations import NetworkDenoiser, build_parameterization, x0_loss_weight
+from .diffusion.samplers import Denoiser, Hook, SampleResult, configured_sampler
+from .diffusion.schedules import sampling_sigmas, training_noise
+from .errors import ConfigError, TrainingDiverged
 from .models import build_model
-
-
-def process_rank() -> int:
-    """This process's global rank, read from the launcher's environment (0 when alone)."""
-    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if variable in os.environ:
-            return int(os.environ[variable])
-    return 0
 
 
 class DiffusionModule(L.LightningModule):
@@ -46,27 +41,14 @@ class DiffusionModule(L.LightningModule):
             raise ConfigError(f"model.conditional=true needs class labels, but data.name="
                               f"{self.cfg.data.name} provides none (for an image folder set "
                               "data.labels_from_subfolders=true; for toy2d use moons or gaussians)")
-        net = build_model(self.cfg.model, self.data_shape, self.num_classes)
-        parameterization = build_parameterization(self.cfg.diffusion.objective, self.cfg.diffusion.sigma_data)
-        self.denoiser = Denoiser(net, parameterization)
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         diffusion = self.cfg.diffusion
-        self.training_noise = TrainingNoise(diffusion.train_noise, diffusion.noise_mean, diffusion.noise_std)
+        self.training_noise = training_noise(diffusion)
+        net = build_model(self.cfg.model, self.data_shape, self.num_classes)
+        parameterization = build_parameterization(diffusion.objective, diffusion.sigma_data)
+        self.denoiser = NetworkDenoiser(net, parameterization, self.training_noise.sigma_min,
+                                        self.training_noise.sigma_max)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.nonfinite_steps = 0
-
-    # -- data -------------------------------------------------------------------------------
-    def prepare_batch(self, batch, augment: bool) -> tuple[Tensor, Tensor | None]:
-        """Images to [-1, 1], cropped to data.image_size (at random when training with
-        data.random_crop) and flipped per example (data.hflip); labels kept only for
-        conditional models."""
-        data, labels = batch
-        if data.dtype == torch.uint8:
-            size = self.cfg.data.image_size
-            data = random_crop(data, size) if augment and self.cfg.data.random_crop else center_crop(data, size)
-            if augment and self.cfg.data.hflip:
-                data = random_flip(data)
-            data = to_unit_range(data)
-        return data, labels if self.num_classes else None
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
         diffusion = self.cfg.diffusion
@@ -81,9 +63,11 @@ class DiffusionModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        x0, labels = self.prepare_batch(batch, augment=True)
+        x0, labels = batch
         sigma = self.training_noise(len(x0), self.device)
-        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self.drop_labels(labels), self.loss_weight(sigma)).mean()
+        noise = torch.randn_like(x0)
+        labels = self.drop_labels(labels if self.num_classes else None)
+        loss = self.denoiser.loss(x0, sigma, noise, labels, self.loss_weight(sigma)).mean()
         if not torch.isfinite(loss):
             return self.skip_nonfinite(loss)
         self.nonfinite_steps = 0
@@ -95,7 +79,7 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if self.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
-            raise RuntimeError(
+            raise TrainingDiverged(
                 f"the loss was {loss.item()} for {self.nonfinite_steps} steps in a row at step "
                 f"{self.global_step}; lower optim.lr, keep optim.grad_clip on, or use "
                 "trainer.precision=32-true to find the cause")
@@ -103,11 +87,11 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         """Loss of the EMA weights with noise fixed by the batch index, so runs compare."""
-        x0, labels = self.prepare_batch(batch, augment=False)
+        x0, labels = batch
         generator = torch.Generator().manual_seed(batch_idx)
         sigma = self.training_noise(len(x0), self.device, generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        loss = self.ema.loss(x0, sigma, noise, labels, self.loss_weight(sigma)).mean()
+        loss = self.ema.loss(x0, sigma, noise, labels if self.num_classes else None, self.loss_weight(sigma)).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -141,28 +125,26 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- sampling ---------------------------------------------------------------------------
-    @torch.no_grad()
+    def guided(self, n: int, guidance: float, labels: Tensor | None = None,
+               conditions: list[tuple[Tensor, float]] | None = None) -> Denoiser:
+        """The EMA denoiser, guided when the model is class-conditional: towards ``labels``
+        (0, 1, 2, ... in turn by default) with weight ``guidance``, or towards several weighted
+        ``conditions``, a list of (labels, weight) pairs, all evaluated in one batched call."""
+        if not self.num_classes:
+            return self.ema
+        if conditions is None:
+            labels = torch.arange(n) % self.num_classes if labels is None else labels
+            conditions = [(labels, guidance)]
+        return GuidedDenoiser(self.ema, [(label.to(self.device), weight) for label, weight in conditions],
+                              self.num_classes)
+
     def sample(self, n: int, generator: torch.Generator, sampling: DictConfig | None = None,
                labels: Tensor | None = None, conditions: list[tuple[Tensor, float]] | None = None,
-               hooks: list[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
-        """Draw ``n`` samples with the EMA weights.
-
-        Conditional models are guided towards ``labels`` with weight ``sampling.guidance``
-        (labels 0, 1, 2, ... in turn by default), or towards several weighted ``conditions``,
-        a list of (labels, weight) pairs, all evaluated in one batched call per step.
-        """
+               hooks: list[Hook] = ()) -> SampleResult:
+        """Draw ``n`` samples with the EMA weights, as ``sampling`` (default: the run's own
+        sampling section) says; see ``guided`` for ``labels`` and ``conditions``."""
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
-        sigmas = sampling_sigmas(sampling.schedule, sampling.steps, sampling.sigma_min,
-                                 sampling.sigma_max, sampling.rho, self.cfg.diffusion.train_noise)
-        noise = torch.randn((n, *self.data_shape), generator=generator, device=generator.device)
-        x = (sigmas[0] * noise.double()).float().to(self.device)
-        denoiser = self.ema
-        if self.num_classes:
-            if conditions is None:
-                labels = torch.arange(n) % self.num_classes if labels is None else labels
-                conditions = [(labels, sampling.guidance)]
-            conditions = [(label.to(self.device), weight) for label, weight in conditions]
-            denoiser = GuidedDenoiser(self.ema, conditions, self.num_classes)
-        sampler = configured_sampler(sampling)
-        return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks, keep_trajectory=keep_trajectory)
+        return generate(self.guided(n, sampling.guidance, labels, conditions),
+                        sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
+                        shape=(n, *self.data_shape), generator=generator, hooks=hooks, device=self.device)

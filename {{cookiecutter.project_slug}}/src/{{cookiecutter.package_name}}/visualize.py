@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
-from .data.images import to_uint8
 from .diffusion.samplers import Step
+from .pixels import to_uint8
 
 
 def new_figure() -> tuple[Figure, object]:

@@ -32,7 +32,7 @@ class LastCheckpoint(L.Callback):
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
         """Continue the saved random stream. Only a resumed fit gets here: loading weights to
         sample leaves the caller's random state alone. With several processes each needs a
-        stream of its own, but the checkpoint holds rank 0's: they are reseeded by rank instead."""
+        stream of its own, but the checkpoint holds rank 0's: they are reseeded instead."""
         rng = checkpoint.get("rng")
         if rng is None:
             return
@@ -41,7 +41,7 @@ class LastCheckpoint(L.Callback):
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         else:
-            torch.manual_seed(self.seed + trainer.global_rank + 7919 * checkpoint["global_step"])
+            torch.manual_seed(resume_seed(self.seed, trainer.global_rank, checkpoint["global_step"]))
 
     def save(self, trainer) -> None:
         """Write to a temporary file and rename it, so an interruption during the write
@@ -50,3 +50,13 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(partial, weights_only=False)
         if trainer.is_global_zero:
             os.replace(partial, self.path)
+
+
+MAX_PROCESSES = 2**16
+
+
+def resume_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of process ``rank`` when a multi-process run resumes at ``step`` >= 1: distinct
+    for every (rank, step) pair with fewer than MAX_PROCESSES processes, and never a fresh
+    run's seed + rank."""
+    return seed + rank + MAX_PROCESSES * step

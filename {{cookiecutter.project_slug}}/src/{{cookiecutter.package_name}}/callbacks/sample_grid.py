@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import to_uint8
+from ..pixels import to_uint8
 from ..visualize import save_image_grid, save_scatter
 
 
@@ -35,7 +35,7 @@ class SampleGrid(L.Callback):
         result = module.sample(self.count, torch.Generator().manual_seed(self.seed))
         path = self.folder / f"step_{step:07d}.png"
         if result.x.ndim == 2:
-            save_scatter(result.x, path, f"step {step}", trainer.datamodule.train_set.data[: self.count])
+            save_scatter(result.x, path, f"step {step}", trainer.datamodule.reference_images()[: self.count])
         else:
             save_image_grid(to_uint8(result.x), path)
         log_picture(trainer.logger, path, step)

@@ -10,18 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .images import Decoded
+from .decode import Decoded
+
+
+def fingerprint_key(fingerprint: dict) -> str:
+    """A short hash of the fingerprint: equal keys, equal data."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_path(fingerprint: dict, cache_dir: str) -> Path:
-    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir).expanduser() / f"{fingerprint['source']}-{key}.pt"
+    return Path(cache_dir).expanduser() / f"{fingerprint['source']}-{fingerprint_key(fingerprint)}.pt"
 
 
 def cached(fingerprint: dict, build: Callable[[], Decoded], cache_dir: str) -> Decoded:

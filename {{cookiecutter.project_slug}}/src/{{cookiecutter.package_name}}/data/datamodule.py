@@ -1,11 +1,15 @@
-"""The Lightning data module: decode (or load from the cache) once, split, serve batches."""
+"""The Lightning data module: decode (or load from the cache) once, split, serve batches, and
+augment them on the training device."""
 from __future__ import annotations
 
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .images import DataError
+from ..errors import DataError
+from ..pixels import to_unit_range
+from .augment import center_crop, random_crop, random_flip
 from .loaders import DeviceBatches, InMemoryDataset, keep_batch
 from .sources import load_source, report_bad_files
 
@@ -16,13 +20,14 @@ class DiffusionDataModule(L.LightningDataModule):
         self.cfg, self.seed = cfg, seed
         self.train_set = self.val_set = None
         self.class_names: list[str] = []
+        self.fingerprint = ""
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         decoded = load_source(self.cfg, self.seed)
         report_bad_files(decoded, self.cfg)
-        data, labels, self.class_names = decoded.data, decoded.labels, decoded.class_names
+        data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.cfg.val_fraction * len(data))
         if len(data) - n_val < 1:
@@ -32,15 +37,41 @@ class DiffusionDataModule(L.LightningDataModule):
         self.train_set, self.val_set = subset["train"], subset["val"]
 
     @property
+    def is_image(self) -> bool:
+        return self.train_set.data.dtype == torch.uint8 and self.train_set.data.ndim == 4
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
         """The shape the network sees: images are cropped to data.image_size."""
         shape = tuple(self.train_set.data.shape[1:])
-        is_image = self.train_set.data.dtype == torch.uint8 and len(shape) == 3
-        return (shape[0], self.cfg.image_size, self.cfg.image_size) if is_image else shape
+        return (shape[0], self.cfg.image_size, self.cfg.image_size) if self.is_image else shape
 
     @property
     def num_classes(self) -> int | None:
         return len(self.class_names) or None
+
+    def reference_images(self) -> Tensor:
+        """The training examples as the network sees them, without augmentation: images
+        centre-cropped to data.image_size (uint8), other data as it is. Quality metrics such as
+        FID compare samples with these."""
+        data = self.train_set.data
+        return center_crop(data, self.cfg.image_size) if self.is_image else data
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """Lightning calls this on the training device (the GPU, when there is one). Images are
+        cropped to data.image_size, at a random place per image when training with
+        data.random_crop (else centred), flipped per image when training with data.hflip, and
+        scaled to [-1, 1]; validation batches are only centre-cropped and scaled."""
+        data, labels = batch
+        if data.dtype == torch.uint8:
+            training = self.trainer is not None and self.trainer.training
+            data = to_unit_range(self.augment(data) if training else center_crop(data, self.cfg.image_size))
+        return data, labels
+
+    def augment(self, images: Tensor) -> Tensor:
+        size = self.cfg.image_size
+        images = random_crop(images, size) if self.cfg.random_crop else center_crop(images, size)
+        return random_flip(images) if self.cfg.hflip else images
 
     def train_dataloader(self):
         """Batches indexed straight from the data tensor on the training device when the data

@@ -1,24 +1,23 @@
 """``inspect-data``: what is in the configured data, what is wrong with it, and a preview,
-before any time is spent training on it."""
+before any time is spent training on it. This module only reports; the command saves."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .augment import center_crop
-from .images import Decoded, count_suffixes
+from .decode import Decoded, count_suffixes
 from .sources import load_source
 
 FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
 
 
-def data_report(cfg, out: Path) -> str:
-    """Decode (or load from the cache) the configured data, write ``preview.png`` and
-    ``report.txt`` into ``out`` and return the report."""
-    from ..visualize import save_image_grid, save_scatter
-
+def data_report(cfg) -> tuple[str, Tensor | None]:
+    """Decode (or load from the cache) the configured data; return the report and a preview:
+    up to 64 images (uint8, centre-cropped as training sees them), up to 2000 2D points, or
+    None for other data."""
     decoded = load_source(cfg)
     lines = [f"data.name={cfg.name}" + (f"  data.root={cfg.root}" if cfg.name not in ("toy2d", "digits") else ""),
              f"examples: {len(decoded.data)}, stored as {tuple(decoded.data.shape[1:])} {decoded.data.dtype}"]
@@ -29,17 +28,15 @@ def data_report(cfg, out: Path) -> str:
     if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")
-
-    out.mkdir(parents=True, exist_ok=True)
-    pick = torch.linspace(0, len(decoded.data) - 1, min(64, len(decoded.data))).long()
-    if decoded.data.dtype == torch.uint8 and decoded.data.ndim == 4:
-        lines.append(f"preview: {save_image_grid(center_crop(decoded.data[pick], cfg.image_size), out / 'preview.png')}")
-    elif decoded.data.ndim == 2 and decoded.data.shape[1] == 2:
-        lines.append(f"preview: {save_scatter(decoded.data[:2000], out / 'preview.png', 'training data')}")
     lines += [f"WARNING: {w}" for w in warnings] or ["no warnings"]
-    report = "\n".join(lines)
-    (out / "report.txt").write_text(report + "\n")
-    return report
+    return "\n".join(lines), preview(decoded.data, cfg.image_size)
+
+
+def preview(data: Tensor, size: int) -> Tensor | None:
+    if data.dtype == torch.uint8 and data.ndim == 4:
+        pick = torch.linspace(0, len(data) - 1, min(64, len(data))).long()
+        return center_crop(data[pick], size)
+    return data[:2000] if data.ndim == 2 and data.shape[1] == 2 else None
 
 
 def describe_files(decoded: Decoded, size: int, warnings: list[str]) -> list[str]:

@@ -36,21 +36,35 @@ def keep_batch(batch):
 
 class DeviceBatches:
     """Shuffled batches from tensors on the training device. With several processes each takes
-    its own share of every epoch's permutation (as DistributedSampler would)."""
+    its own share of every epoch's permutation (as DistributedSampler would).
+
+    Epoch e is served in the order of a permutation seeded with seed + e. The position (epoch
+    and batch) is kept in ``state_dict``, which Lightning saves in every checkpoint and gives
+    back on resume, so a resumed run continues with the very batch where it stopped."""
 
     def __init__(self, data: Tensor, labels: Tensor | None, batch_size: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0):
         self.data, self.labels, self.batch_size = data, labels, batch_size
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch, self.position = 0, 0        # the next batch served is batch `position` of `epoch`
 
     def __len__(self) -> int:
         return len(self.data) // self.world_size // self.batch_size
 
     def __iter__(self):
         generator = torch.Generator(device=self.data.device).manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         order = torch.randperm(len(self.data), device=self.data.device, generator=generator)
         order = order[self.rank::self.world_size]
-        for k in range(len(self)):
-            index = order[k * self.batch_size:(k + 1) * self.batch_size]
+        while self.position < len(self):
+            index = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+            self.position += 1
             yield self.data.index_select(0, index), None if self.labels is None else self.labels[index]
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        if self.position == len(self):                      # the epoch is served: the next one is due
+            return {"epoch": self.epoch + 1, "position": 0}
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]

@@ -1,15 +1,25 @@
 """Where data comes from: toy 2D sets, scikit-learn digits, a folder of images, torchvision
-datasets and tensor files. Image sources are decoded once and cached (see cache.py)."""
+datasets and tensor files.
+
+Each source is one entry of ``SOURCES``: a function that looks at the configuration (and,
+for a folder, lists its files once) and returns the source's fingerprint, everything the data
+depends on, together with a function that decodes it. Image sources are decoded once and
+cached under their fingerprint (see cache.py); toy points and tensor files are quick to make
+or read and are not cached.
+"""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import cached
-from .images import DataError, Decoded, count_suffixes, decode_folder, fit_image, scan_folder, stack
+from ..errors import DataError
+from .cache import cached, fingerprint_key
+from .decode import Decoded, count_suffixes, decode_folder, fit_image, scan_folder, stack
 from .toy import make_toy2d
 
 # name: (torchvision class, keyword arguments selecting the training split, has class labels)
@@ -21,17 +31,28 @@ TORCHVISION_SETS = {
     "flowers102": ("Flowers102", {"split": "train"}, True),
 }
 
+Prepared = tuple[dict, Callable[[], Decoded]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """``prepare(cfg, size, seed)`` returns the fingerprint and the decoder of one kind of data;
+    ``cached``: whether decoding is slow enough to keep the result on disk."""
+
+    prepare: Callable[..., Prepared]
+    cached: bool = True
+
 
 def load_source(cfg, seed: int = 0) -> Decoded:
-    """The configured data: toy points as float (N, 2), everything else as uint8 (N, C, H, W)."""
-    if cfg.name == "toy2d":
-        points, labels = make_toy2d(cfg.toy_shape, cfg.toy_samples, seed)
-        names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
-        return Decoded(points, labels, names)
-    if cfg.name == "tensor_file":
-        return load_tensor_file(cfg.root)
+    """The configured data: toy points as float (N, 2), everything else as uint8 (N, C, H, W),
+    with its fingerprint."""
     size = stored_size(cfg)
-    return cached(fingerprint(cfg, size), lambda: decode_source(cfg, size), cfg.cache_dir)
+    source = SOURCES[cfg.name]
+    details, decode = source.prepare(cfg, size, seed)
+    fingerprint = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 3, **details}   # format: bump when decoding changes
+    decoded = cached(fingerprint, decode, cfg.cache_dir) if source.cached else decode()
+    decoded.fingerprint = fingerprint_key(fingerprint)
+    return decoded
 
 
 def stored_size(cfg) -> int:
@@ -39,34 +60,47 @@ def stored_size(cfg) -> int:
     return cfg.image_size + cfg.image_size // 8 if cfg.random_crop else cfg.image_size
 
 
-def fingerprint(cfg, size: int) -> dict:
-    """What the decoded tensor depends on; any change gives a new cache entry."""
-    common = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 3}   # format: bump when decoding changes
-    if cfg.name == "image_folder":
-        root = folder(cfg.root)
-        images, _ = scan_folder(root)
-        files = [file_signature(path, root) for path in images]
-        return {**common, "root": str(root.resolve()), "files": files, "labels": cfg.labels_from_subfolders}
-    if cfg.name == "digits":
-        import sklearn
-        return {**common, "sklearn": sklearn.__version__}
-    return {**common, "root": str(Path(cfg.root).expanduser().resolve())}   # torchvision sets are fixed
+def toy_source(cfg, size: int, seed: int) -> Prepared:
+    def decode():
+        points, labels = make_toy2d(cfg.toy_shape, cfg.toy_samples, seed)
+        names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
+        return Decoded(points, labels, names)
+
+    return {"shape": cfg.toy_shape, "samples": cfg.toy_samples, "seed": seed}, decode
+
+
+def folder_source(cfg, size: int, seed: int) -> Prepared:
+    """Every image under data.root; the fingerprint lists each file's name, size and date."""
+    root = folder(cfg.root)
+    scan = scan_folder(root)
+    files = [file_signature(path, root) for path in scan[0]]
+    details = {"root": str(root.resolve()), "files": files, "labels": cfg.labels_from_subfolders}
+    return details, lambda: decode_folder(root, size, cfg.channels, cfg.labels_from_subfolders, scan)
+
+
+def digits_source(cfg, size: int, seed: int) -> Prepared:
+    import sklearn
+
+    return {"sklearn": sklearn.__version__}, lambda: load_digits(size, cfg.channels)
+
+
+def torchvision_source(cfg, size: int, seed: int) -> Prepared:
+    """The published sets are fixed: their name and folder identify them."""
+    details = {"root": str(Path(cfg.root).expanduser().resolve())}
+    return details, lambda: load_torchvision(cfg.name, cfg.root, size, cfg.channels)
+
+
+def tensor_file_source(cfg, size: int, seed: int) -> Prepared:
+    file = Path(cfg.root).expanduser()
+    if not file.is_file():
+        raise DataError(f"data.root '{cfg.root}' is not a file; for data.name=tensor_file point it at a .pt or .npy file")
+    return {"root": str(file.resolve()), "file": file_signature(file, file.parent)}, lambda: load_tensor_file(file)
 
 
 def file_signature(path: Path, root: Path) -> tuple[str, int, int]:
     """Name, size and modification time: a file that changes changes at least one of them."""
     stat = path.stat()
     return str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns
-
-
-def decode_source(cfg, size: int) -> Decoded:
-    if cfg.name == "image_folder":
-        return decode_folder(folder(cfg.root), size, cfg.channels, cfg.labels_from_subfolders)
-    if cfg.name == "digits":
-        return load_digits(size, cfg.channels)
-    if cfg.name in TORCHVISION_SETS:
-        return load_torchvision(cfg.name, cfg.root, size, cfg.channels)
-    raise DataError(f"unknown data.name '{cfg.name}'")
 
 
 def folder(root: str) -> Path:
@@ -85,10 +119,10 @@ def report_bad_files(decoded: Decoded, cfg) -> None:
         message = f"{len(decoded.bad)} unreadable image(s) under {cfg.root}:\n  {listing}{more}"
         if cfg.on_bad_file == "fail":
             raise DataError(message + "\n(set data.on_bad_file=skip to train without them)")
-        warnings.warn("skipped " + message)
+        warnings.warn("skipped " + message, stacklevel=2)
     if decoded.others:
         warnings.warn(f"ignored {len(decoded.others)} non-image file(s) under {cfg.root} "
-                      f"({count_suffixes(decoded.others)}), e.g. {decoded.others[0]}")
+                      f"({count_suffixes(decoded.others)}), e.g. {decoded.others[0]}", stacklevel=2)
 
 
 def load_digits(size: int, channels: int) -> Decoded:
@@ -131,15 +165,13 @@ def load_torchvision(name: str, root: str, size: int, channels: int) -> Decoded:
     return Decoded(stack(images), torch.as_tensor(labels, dtype=torch.int64), names)
 
 
-def load_tensor_file(path: str) -> Decoded:
+def load_tensor_file(path: str | Path) -> Decoded:
     """A .pt file (a tensor, or a dict with "data" and optional "labels") or a .npy array.
 
     Shape (N, C, H, W) is a batch of images: uint8 in [0, 255], or float already in [-1, 1].
     Any other shape (N, ...) is a batch of vectors or signals, used as they are.
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"data.root '{path}' is not a file; for data.name=tensor_file point it at a .pt or .npy file")
     if file.suffix == ".npy":
         content = torch.from_numpy(np.load(file))
     elif file.suffix == ".pt":
@@ -162,3 +194,12 @@ def load_tensor_file(path: str) -> Decoded:
             raise DataError(f"'{file}': labels must be {len(data)} non-negative integers, one per example")
     names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
     return Decoded(data, labels, names)
+
+
+SOURCES = {
+    "toy2d": Source(toy_source, cached=False),
+    "digits": Source(digits_source),
+    "image_folder": Source(folder_source),
+    "tensor_file": Source(tensor_file_source, cached=False),
+    **{name: Source(torchvision_source) for name in TORCHVISION_SETS},
+}

@@ -12,11 +12,13 @@ denoised estimate x0_hat, and its training target follows from asking D(x, sigma
 
 Training on the plain mean squared error of F (weight 1 in F's space) gives each method its
 published loss: the eps-MSE of DDPM, the v-MSE of progressive distillation, EDM's
-lambda(sigma) = 1 / c_out^2, and the velocity MSE of flow matching. All networks are told
-the noise level as c_noise = ln(sigma) / 4 (EDM, Table 1).
+lambda(sigma) = 1 / c_out^2, and the velocity MSE of flow matching. The fourth function,
+c_noise, belongs to the network: ours are told ln(sigma) / 4 (EDM, Table 1), a network trained
+on discrete timesteps is told its timestep (see ``NetworkDenoiser.c_noise``).
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -24,15 +26,15 @@ from torch import Tensor, nn
 
 
 class Parameterization(ABC):
-    """Returns (c_skip, c_out, c_in) for a tensor of noise levels."""
+    """Returns (c_skip, c_out, c_in) for a tensor of noise levels. ``sigma_data``, the standard
+    deviation of the data, enters only EDM's scalings."""
+
+    def __init__(self, sigma_data: float = 0.5):
+        self.sigma_data = sigma_data
 
     @abstractmethod
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """c_skip, c_out and c_in, broadcastable against x."""
-
-    @staticmethod
-    def c_noise(sigma: Tensor) -> Tensor:
-        return sigma.log() / 4
 
 
 class EpsPrediction(Parameterization):
@@ -63,9 +65,6 @@ class EDMPreconditioning(Parameterization):
     """Karras et al. 2022, Table 1: unit-variance input and target for data of std sigma_data.
     With sigma_data = 1 this is v-prediction with F = -v."""
 
-    def __init__(self, sigma_data: float = 0.5):
-        self.sigma_data = sigma_data
-
     def scalings(self, sigma):
         total = sigma**2 + self.sigma_data**2
         return self.sigma_data**2 / total, sigma * self.sigma_data * total.rsqrt(), total.rsqrt()
@@ -81,6 +80,15 @@ class FlowVelocity(Parameterization):
         return c_in, -sigma * c_in, c_in
 
 
+LOSS_WEIGHTS = {
+    "natural": lambda sigma, sigma_data, gamma: None,
+    "uniform": lambda sigma, sigma_data, gamma: torch.ones_like(sigma),
+    "min_snr": lambda sigma, sigma_data, gamma: sigma.pow(-2).clamp(max=gamma),
+    "soft_min_snr": lambda sigma, sigma_data, gamma: 1 / (sigma**2 + sigma_data**2),
+    "edm": lambda sigma, sigma_data, gamma: (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2,
+}
+
+
 def x0_loss_weight(kind: str, sigma: Tensor, sigma_data: float = 0.5, gamma: float = 5.0) -> Tensor | None:
     """lambda(sigma), the weight on ||D(x, sigma) - x0||^2 (EDM eq. 2), with SNR = 1 / sigma^2.
 
@@ -92,41 +100,41 @@ def x0_loss_weight(kind: str, sigma: Tensor, sigma_data: float = 0.5, gamma: flo
     1 / sigma_data^2 (Crowson et al. 2024, "HDiT", §3.4).
     ``edm``: lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM, Table 1).
     """
-    if kind == "natural":
-        return None
-    if kind == "uniform":
-        return torch.ones_like(sigma)
-    if kind == "min_snr":
-        return sigma.pow(-2).clamp(max=gamma)
-    if kind == "soft_min_snr":
-        return 1 / (sigma**2 + sigma_data**2)
-    if kind == "edm":
-        return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
-    raise ValueError(f"unknown loss weighting '{kind}'")
+    return LOSS_WEIGHTS[kind](sigma, sigma_data, gamma)
+
+
+PARAMETERIZATIONS = {"eps": EpsPrediction, "x0": X0Prediction, "v": VPrediction, "edm": EDMPreconditioning,
+                     "flow": FlowVelocity}
 
 
 def build_parameterization(objective: str, sigma_data: float = 0.5) -> Parameterization:
-    if objective == "edm":
-        return EDMPreconditioning(sigma_data)
-    return {"eps": EpsPrediction, "x0": X0Prediction, "v": VPrediction, "flow": FlowVelocity}[objective]()
+    return PARAMETERIZATIONS[objective](sigma_data)
 
 
-class Denoiser(nn.Module):
-    """A network wrapped by its parameterization: ``D(x, sigma, labels) -> x0_hat``.
+class NetworkDenoiser(nn.Module):
+    """A network made into a denoiser by its parameterization: ``D(x, sigma, labels) -> x0_hat``.
 
-    The scalings, the target and the loss run in float32 even under autocast; only the
-    network itself runs in lower precision.
+    ``sigma_min`` and ``sigma_max`` are the noise levels the network was trained on (all of
+    (0, inf) for continuous training noise). The scalings, the target and the loss run in
+    float32 even under autocast; only the network itself runs in lower precision.
     """
 
-    def __init__(self, net: nn.Module, parameterization: Parameterization):
+    def __init__(self, net: nn.Module, parameterization: Parameterization, sigma_min: float = 0.0,
+                 sigma_max: float = math.inf):
         super().__init__()
         self.net = net
         self.parameterization = parameterization
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        """How the network is told the noise level: ln(sigma) / 4 (EDM, Table 1). A network trained
+        on discrete timesteps overrides this to map sigma to its timestep."""
+        return sigma.log() / 4
 
     def _network(self, x: Tensor, sigma: Tensor, labels: Tensor | None):
         sigma = sigma.float().reshape(-1, *[1] * (x.ndim - 1))
         c_skip, c_out, c_in = self.parameterization.scalings(sigma)
-        out = self.net(c_in * x, self.parameterization.c_noise(sigma.flatten()), labels).float()
+        out = self.net(c_in * x, self.c_noise(sigma.flatten()), labels).float()
         return out, c_skip, c_out
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:

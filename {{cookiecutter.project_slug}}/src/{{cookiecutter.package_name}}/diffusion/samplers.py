@@ -1,13 +1,15 @@
 """Samplers in the sigma form, one function each, following their papers.
 
 A sampler takes a denoiser ``D(x, sigma) -> x0_hat`` (``sigma`` a tensor of shape (batch,)),
-a decreasing float64 sequence of noise levels ending at 0, and the starting point
-``x = sigmas[0] * noise``. It returns a :class:`SampleResult`: the sample, the number of
-network evaluations (NFE) and, when ``keep_trajectory`` is set, one :class:`Step` per step.
+a decreasing float64 sequence of noise levels ending at 0, and the starting point ``x``
+(usually ``sigmas[0] * noise``; see ``generate.py``). It returns a :class:`SampleResult`: the
+sample and the number of network evaluations (NFE).
 
-Hooks are called once per step with that step's :class:`Step`, after the denoiser's
-estimate and before the update; a hook may replace ``step.x`` or ``step.x0_hat`` (to
-inpaint, to project, to show progress) and the update uses what it leaves there.
+Hooks are called once per step with that step's :class:`Step`, after the denoiser's first
+estimate and before the update; a hook may replace ``step.x`` or ``step.x0_hat`` (to project,
+to record, to show progress) and the update uses what it leaves there. Heun's corrector
+evaluation is not shown to hooks: a condition that must hold at every network evaluation
+belongs in a denoiser wrapper (see ``guidance.py``), not in a hook.
 
 Every stochastic sampler takes a ``torch.Generator``; the same generator state gives the
 same sample.
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+"""The contract every sampler relies on: ``D(x, sigma) -> x0_hat``, ``sigma`` of shape (batch,)."""
+
 Hook = Callable[["Step"], None]
 
 
@@ -40,15 +45,28 @@ class Step:
 class SampleResult:
     x: Tensor
     nfe: int
-    trajectory: list[Step] = field(default_factory=list)
+
+
+class Sampler(Protocol):
+    def __call__(self, denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.Generator | None = None,
+                 hooks: Iterable[Hook] = ()) -> SampleResult: ...
+
+
+class Trajectory:
+    """A hook that keeps a CPU copy of every step (x and x0_hat), for pictures of the sampling path."""
+
+    def __init__(self):
+        self.steps: list[Step] = []
+
+    def __call__(self, step: Step) -> None:
+        self.steps.append(Step(step.i, step.sigma, step.x.detach().cpu(), step.x0_hat.detach().cpu()))
 
 
 class _Bookkeeper:
-    """What every sampler shares: evaluating D, counting NFE, hooks and the trajectory."""
+    """What every sampler shares: evaluating D, counting NFE, calling the hooks."""
 
-    def __init__(self, denoiser: Denoiser, hooks: Iterable[Hook], keep_trajectory: bool):
-        self.denoiser, self.hooks, self.keep_trajectory = denoiser, list(hooks), keep_trajectory
-        self.nfe, self.trajectory = 0, []
+    def __init__(self, denoiser: Denoiser, hooks: Iterable[Hook]):
+        self.denoiser, self.hooks, self.nfe = denoiser, list(hooks), 0
 
     def denoise(self, x: Tensor, sigma: float) -> Tensor:
         self.nfe += 1
@@ -58,12 +76,16 @@ class _Bookkeeper:
         step = Step(i, sigma, x, x0_hat)
         for hook in self.hooks:
             hook(step)
-        if self.keep_trajectory:
-            self.trajectory.append(Step(i, sigma, step.x.detach().cpu(), step.x0_hat.detach().cpu()))
         return step
 
     def result(self, x: Tensor) -> SampleResult:
-        return SampleResult(x, self.nfe, self.trajectory)
+        return SampleResult(x, self.nfe)
+
+
+def to_eps(x: Tensor, x0_hat: Tensor, sigma: float) -> Tensor:
+    """eps_hat = (x - x0_hat) / sigma: the noise estimate, which is also the slope dx/dsigma
+    of the probability-flow ODE (Karras et al. 2022, eq. 3)."""
+    return (x - x0_hat) / sigma
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -73,28 +95,27 @@ def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
-         generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
-         keep_trajectory: bool = False) -> SampleResult:
+         generator: torch.Generator | None = None, hooks: Iterable[Hook] = ()) -> SampleResult:
     """DDIM (Song et al. 2021, eq. 12) in the sigma form.
 
-    With eps_hat = (x - x0_hat) / sigma_i, each step is
+    With eps = (x - x0_hat) / sigma_i, each step is
 
-        x_{i+1} = x0_hat + sqrt(sigma_{i+1}^2 - s^2) eps_hat + s z,
+        x_{i+1} = x0_hat + sqrt(sigma_{i+1}^2 - s^2) eps + s z,
         s = eta * sigma_{i+1} * sqrt(1 - sigma_{i+1}^2 / sigma_i^2),
 
     where s is eq. 16's sigma_t(eta) divided by sqrt(alpha_bar_{t-1}), capped at sigma_{i+1}
     (eta > 1 adds more noise than the posterior, at most all of it). eta = 0 is deterministic
-    and is exactly Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma
-    (Karras et al. 2022, eq. 3); for a flow model it is the Euler step in t. eta = 1 draws from
-    the DDPM posterior q(x_{i+1} | x_i, x0_hat) (ancestral sampling).
+    and is exactly Euler's method on the probability-flow ODE dx/dsigma = eps (Karras et al.
+    2022, eq. 3); for a flow model it is the Euler step in t. eta = 1 draws from the DDPM
+    posterior q(x_{i+1} | x_i, x0_hat) (ancestral sampling).
     """
-    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    book = _Bookkeeper(denoiser, hooks)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         step = book.step(i, sigma, x, book.denoise(x, sigma))
-        eps_hat = (step.x - step.x0_hat) / sigma
+        eps = to_eps(step.x, step.x0_hat, sigma)
         s = min(sigma_next, eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2)))
-        x = step.x0_hat + math.sqrt(sigma_next**2 - s**2) * eps_hat
+        x = step.x0_hat + math.sqrt(sigma_next**2 - s**2) * eps
         if s > 0:
             x = x + s * randn_like(x, generator)
     return book.result(x)
@@ -102,17 +123,17 @@ def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
 
 def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
          s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-         generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
-         keep_trajectory: bool = False) -> SampleResult:
+         generator: torch.Generator | None = None, hooks: Iterable[Hook] = ()) -> SampleResult:
     """Heun's second-order method with optional churn (Karras et al. 2022, Algorithm 2).
 
     With churn = 0 this is Algorithm 1, the deterministic probability-flow ODE solver. Each
     step first raises the noise from sigma_i to sigma_hat = (1 + gamma) sigma_i with
     gamma = min(churn / N, sqrt(2) - 1) inside [s_tmin, s_tmax], takes an Euler step to
     sigma_{i+1}, then corrects it with the slope there. The step to sigma = 0 stays a plain
-    Euler step (the slope at 0 is undefined), so N steps cost 2N - 1 evaluations.
+    Euler step (the slope at 0 is undefined), so N steps cost 2N - 1 evaluations. Hooks see
+    the first evaluation of each step, not the corrector's.
     """
-    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    book = _Bookkeeper(denoiser, hooks)
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
@@ -121,18 +142,18 @@ def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
         if gamma > 0:
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
         step = book.step(i, sigma_hat, x, book.denoise(x, sigma_hat))
-        slope = (step.x - step.x0_hat) / sigma_hat
-        x_next = step.x + (sigma_next - sigma_hat) * slope
+        eps = to_eps(step.x, step.x0_hat, sigma_hat)
+        x_next = step.x + (sigma_next - sigma_hat) * eps
         if sigma_next > 0:
-            slope_next = (x_next - book.denoise(x_next, sigma_next)) / sigma_next
-            x_next = step.x + (sigma_next - sigma_hat) * (slope + slope_next) / 2
+            eps_next = to_eps(x_next, book.denoise(x_next, sigma_next), sigma_next)
+            x_next = step.x + (sigma_next - sigma_hat) * (eps + eps_next) / 2
         x = x_next
     return book.result(x)
 
 
 def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float = 1.0, mu: float = 0.0,
                 second_order: bool = False, generator: torch.Generator | None = None,
-                hooks: Iterable[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
+                hooks: Iterable[Hook] = ()) -> SampleResult:
     """The course's generalised sampler (Permenter & Yuan 2024, "Interpreting and improving
     diffusion models from an optimization perspective", Algorithm 2).
 
@@ -147,15 +168,20 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
     for few-step quality). ``second_order=True`` replaces gamma by the variable-step
     Adams-Bashforth weight gamma_i = 1 + h_i / (2 h_{i-1}), h_i = sigma_i - sigma_{i+1}, which
     is second order.
+
+    The course library: this sigma' is the one in every smalldiffusion release on PyPI (0.1 to
+    0.5). An early version of its sampler, still found in copied course notes, instead solved
+    sigma_{i+1} = sigma_i^(1 - mu) sigma'^mu, i.e. sigma' = (sigma_{i+1} / sigma_i^(1 - mu))^(1 / mu);
+    the two agree only at mu = 0 (sigma' = sigma_{i+1}) and mu = 0.5 (sigma' = sigma_{i+1}^2 / sigma_i).
     """
     if not 0 <= mu < 1:
         raise ValueError(f"mu must be in [0, 1), got {mu}")
-    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    book = _Bookkeeper(denoiser, hooks)
     eps_previous = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         step = book.step(i, sigma, x, book.denoise(x, sigma))
-        eps = (step.x - step.x0_hat) / sigma
+        eps = to_eps(step.x, step.x0_hat, sigma)
         if eps_previous is None:
             eps_bar = eps
         else:
@@ -171,7 +197,7 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
 
 
 def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.Generator | None = None,
-             hooks: Iterable[Hook] = (), keep_trajectory: bool = False) -> SampleResult:
+             hooks: Iterable[Hook] = ()) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) in the sigma form
     (alpha = 1, lambda = -ln sigma, h_i = lambda_{i+1} - lambda_i):
 
@@ -182,7 +208,7 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.
     order there, second order elsewhere, one evaluation per step. ``generator`` is unused
     (the solver is deterministic) and accepted for a common signature.
     """
-    book = _Bookkeeper(denoiser, hooks, keep_trajectory)
+    book = _Bookkeeper(denoiser, hooks)
     x0_previous, h_previous = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
@@ -200,20 +226,19 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.
     return book.result(x)
 
 
-def configured_sampler(sampling) -> Callable[..., SampleResult]:
-    """The sampler named by ``sampling.sampler`` with its options from the config.
+# ``euler`` is DDIM with eta = 0 and ``ddpm`` is DDIM with eta = 1: the same updates, one
+# implementation (tests check both identities against the papers' own formulas).
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
+    "euler": lambda sampling: functools.partial(ddim, eta=0.0),
+    "ddim": lambda sampling: functools.partial(ddim, eta=sampling.eta),
+    "ddpm": lambda sampling: functools.partial(ddim, eta=1.0),
+    "heun": lambda sampling: functools.partial(heun, churn=sampling.churn),
+    "generalized": lambda sampling: functools.partial(generalized, gamma=sampling.gamma, mu=sampling.mu,
+                                                      second_order=sampling.second_order),
+    "dpmpp_2m": lambda sampling: dpmpp_2m,
+}
 
-    ``euler`` is DDIM with eta = 0 and ``ddpm`` is DDIM with eta = 1: the same updates, one
-    implementation (tests check both identities against the papers' own formulas).
-    """
-    options = {
-        "euler": (ddim, {"eta": 0.0}),
-        "ddim": (ddim, {"eta": sampling.eta}),
-        "ddpm": (ddim, {"eta": 1.0}),
-        "heun": (heun, {"churn": sampling.churn}),
-        "generalized": (generalized, {"gamma": sampling.gamma, "mu": sampling.mu,
-                                      "second_order": sampling.second_order}),
-        "dpmpp_2m": (dpmpp_2m, {}),
-    }
-    function, kwargs = options[sampling.sampler]
-    return functools.partial(function, **kwargs)
+
+def configured_sampler(sampling) -> Sampler:
+    """The sampler named by ``sampling.sampler``, with its options from the same config section."""
+    return SAMPLERS[sampling.sampler](sampling)

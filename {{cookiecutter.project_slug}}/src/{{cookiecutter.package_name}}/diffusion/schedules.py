@@ -40,9 +40,6 @@ def cosine_sigmas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) 
     return sigma_from_alpha_bar(torch.cumprod(1 - betas, 0))
 
 
-TRAINING_TABLES = {"ddpm": ddpm_linear_sigmas, "cosine": cosine_sigmas}
-
-
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,
     then 0. rho = 7 spends more steps at low noise."""
@@ -74,36 +71,58 @@ def append_zero(sigmas: Tensor) -> Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def sampling_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: float,
-                    train_noise: str) -> Tensor:
-    """The decreasing float64 sequence of n + 1 noise levels a sampler walks, ending at 0."""
-    if schedule == "karras":
-        return karras_sigmas(n, sigma_min, sigma_max, rho)
-    if schedule == "loglinear":
-        return loglinear_sigmas(n, sigma_min, sigma_max)
-    if schedule == "uniform_t":
-        return uniform_t_sigmas(n, sigma_max)
-    if schedule == "trailing":
-        return trailing_sigmas(n, TRAINING_TABLES[train_noise]())
-    raise ValueError(f"unknown sampling schedule '{schedule}'")
+SCHEDULES = {
+    "karras": lambda sampling, table: karras_sigmas(sampling.steps, sampling.sigma_min, sampling.sigma_max, sampling.rho),
+    "loglinear": lambda sampling, table: loglinear_sigmas(sampling.steps, sampling.sigma_min, sampling.sigma_max),
+    "uniform_t": lambda sampling, table: uniform_t_sigmas(sampling.steps, sampling.sigma_max),
+    "trailing": lambda sampling, table: trailing_sigmas(sampling.steps, table),
+}
 
 
-class TrainingNoise:
-    """Draws the training noise levels.
+def sampling_sigmas(sampling, training_table: Tensor | None = None) -> Tensor:
+    """The decreasing float64 sequence of ``sampling.steps + 1`` noise levels, ending at 0, that
+    ``sampling.schedule`` names; ``trailing`` walks ``training_table``, the discrete noise levels
+    a model was trained on."""
+    if sampling.schedule == "trailing" and training_table is None:
+        raise ValueError("the trailing schedule needs the discrete noise levels the model was trained on")
+    return SCHEDULES[sampling.schedule](sampling, training_table)
 
-    ``ddpm`` / ``cosine``: uniform over the 1000 discrete steps of that schedule (Ho et al. 2020).
-    ``lognormal``: ln(sigma) ~ N(mean, std^2) (EDM, P_mean = -1.2, P_std = 1.2). Because
-    logit(t) = ln(t / (1 - t)) = ln(sigma), this is also the logit-normal t of flow models
-    (Esser et al. 2024, "SD3", eq. 19, mean 0, std 1).
-    """
 
-    def __init__(self, kind: str, mean: float = 0.0, std: float = 1.0):
-        self.kind, self.mean, self.std = kind, mean, std
-        self.table = TRAINING_TABLES[kind]().float() if kind in TRAINING_TABLES else None
+class DiscreteNoise:
+    """Training noise levels drawn uniformly from a table of discrete steps (Ho et al. 2020):
+    the 1000 steps of the ``ddpm`` or ``cosine`` schedule."""
+
+    def __init__(self, table: Tensor):
+        self.table = table
+        self.sigma_min, self.sigma_max = table.min().item(), table.max().item()
 
     def __call__(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
-        if self.table is not None:
-            index = torch.randint(len(self.table), (n,), generator=generator)
-            return self.table[index].to(device)
+        index = torch.randint(len(self.table), (n,), generator=generator)
+        return self.table[index].float().to(device)
+
+
+class LogNormalNoise:
+    """Training noise levels with ln(sigma) ~ N(mean, std^2) (EDM, P_mean = -1.2, P_std = 1.2).
+    Because logit(t) = ln(t / (1 - t)) = ln(sigma), this is also the logit-normal t of flow
+    models (Esser et al. 2024, "SD3", eq. 19, mean 0, std 1). Every sigma > 0 can be drawn."""
+
+    sigma_min, sigma_max, table = 0.0, math.inf, None
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        self.mean, self.std = mean, std
+
+    def __call__(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
         normal = torch.randn(n, generator=generator)
         return (self.mean + self.std * normal).exp().to(device)
+
+
+TRAINING_NOISE = {
+    "ddpm": lambda diffusion: DiscreteNoise(ddpm_linear_sigmas()),
+    "cosine": lambda diffusion: DiscreteNoise(cosine_sigmas()),
+    "lognormal": lambda diffusion: LogNormalNoise(diffusion.noise_mean, diffusion.noise_std),
+}
+
+
+def training_noise(diffusion) -> DiscreteNoise | LogNormalNoise:
+    """The distribution of training noise levels named by ``diffusion.train_noise``."""
+    return TRAINING_NOISE[diffusion.train_noise](diffusion)

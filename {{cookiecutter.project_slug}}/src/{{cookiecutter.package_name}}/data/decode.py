@@ -20,21 +20,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from tqdm import tqdm
 
-
-class DataError(ValueError):
-    """Data that cannot be used as configured, explained in one message meant for the user."""
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [-1, 1] (converted in place after the one copy to float)."""
-    if images.dtype != torch.uint8:
-        raise TypeError(f"to_unit_range expects uint8 images, got {images.dtype}")
-    return images.float().div_(127.5).sub_(1)
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """float [-1, 1] -> uint8 [0, 255], the rounding that FID implementations expect."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+from ..errors import DataError
 
 
 def fit_image(image: Image.Image, size: int, channels: int) -> np.ndarray:
@@ -70,6 +56,8 @@ class Decoded:
 
     ``files`` holds one record per decoded file (path, width, height, mode, sha1), ``bad`` the
     files that could not be decoded with the reason, ``others`` the files that are not images.
+    ``fingerprint`` is a hash of everything the data depends on (see ``sources.py``): equal
+    fingerprints, equal data. Caches of anything computed from the data are keyed by it.
     """
 
     data: Tensor
@@ -78,6 +66,7 @@ class Decoded:
     files: list[dict] = field(default_factory=list)
     bad: list[dict] = field(default_factory=list)
     others: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 IMAGE_EXTENSIONS = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
@@ -111,9 +100,11 @@ def decode_file(path: Path, size: int, channels: int) -> tuple[np.ndarray, dict]
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)
 
 
-def decode_folder(root: Path, size: int, channels: int, labels_from_subfolders: bool) -> Decoded:
-    """Decode every image under ``root`` with a progress bar, on all cores."""
-    paths, others = scan_folder(root)
+def decode_folder(root: Path, size: int, channels: int, labels_from_subfolders: bool,
+                  scan: tuple[list[Path], list[Path]] | None = None) -> Decoded:
+    """Decode every image under ``root`` with a progress bar, on all cores. ``scan`` is the
+    folder's ``scan_folder`` listing when the caller has already made it."""
+    paths, others = scan or scan_folder(root)
     if not paths:
         raise DataError(f"no images found under '{root}' ({len(others)} other files); "
                         "supported extensions include .png .jpg .jpeg .bmp .gif .webp .tif")

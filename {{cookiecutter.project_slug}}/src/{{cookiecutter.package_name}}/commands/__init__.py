@@ -1,0 +1,5 @@
+"""One module per command. Each has ``USAGE`` (its line of ``--help``) and ``run(overrides)``,
+which reads ``key=value`` pairs, calls the library and saves what it made."""
+from . import inspect_data, sample, train
+
+COMMANDS = {"train": train, "sample": sample, "inspect-data": inspect_data}

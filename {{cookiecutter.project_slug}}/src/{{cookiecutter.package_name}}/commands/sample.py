@@ -1,0 +1,99 @@
+"""``sample``: draw samples from a trained run and save them as pictures and a tensor."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ..config import merge, parse_overrides, refuse_unknown_keys, run_sampling_config, sampling_keys
+from ..diffusion.samplers import Step, Trajectory
+from ..errors import ConfigError
+from ..pixels import to_uint8
+from ..runs import load_run, pick_device
+from ..visualize import save_image, save_image_grid, save_scatter, save_trajectory_plot
+
+USAGE = f"""\
+sample  run=DIR [key=value ...]
+                          draw samples from runs/<name> or a .ckpt file; keys: n, batch_size,
+                          seed, labels, conditions, out, device, trajectory, and any sampling key:
+                          {", ".join(sampling_keys())}"""
+
+
+@dataclass
+class SampleCommand:
+    run: str = MISSING                   # a run directory (runs/<name>) or a .ckpt file
+    n: int = 64                          # number of samples
+    batch_size: int = 256
+    seed: int = 0
+    labels: Optional[list[int]] = None   # conditional models: labels to draw, used in turn
+    conditions: Optional[list[list[float]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
+    out: Optional[str] = None            # output folder; default <run>/generated
+    device: str = "auto"                 # auto | cpu | cuda | mps
+    trajectory: bool = False             # also plot how samples travel from noise to data
+
+
+def run(overrides: list[str]) -> Path:
+    """Sample from a trained run; the sampling section of its config gives the defaults."""
+    command, sampling_overrides = split_overrides(overrides)
+    module, run_dir = load_run(command.run)
+    sampling = run_sampling_config(module.cfg, sampling_overrides).sampling
+    if (command.labels or command.conditions) and not module.num_classes:
+        raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
+                          "with model.conditional=false")
+    module.to(pick_device(command.device))
+    x, nfe, trajectory = draw(module, command, sampling)
+    out = Path(command.out) if command.out else run_dir.generated
+    save_samples(x, trajectory, out, f"{sampling.sampler}, {sampling.steps} steps, {nfe} NFE")
+    return out
+
+
+def draw(module, command: SampleCommand, sampling: DictConfig) -> tuple[torch.Tensor, int, list[Step]]:
+    """All samples in batches, with one progress bar over every step; the NFE per sample and
+    the first batch's trajectory when asked for."""
+    labels = torch.tensor(command.labels) if command.labels else None
+    weighted = [(int(label), weight) for label, weight in command.conditions or []]
+    generator = torch.Generator().manual_seed(command.seed)
+    starts = range(0, command.n, command.batch_size)
+    samples, trajectory = [], Trajectory()
+    with tqdm(total=len(starts) * sampling.steps, desc="sampling", unit="step") as bar:
+        for start in starts:
+            size = min(command.batch_size, command.n - start)
+            batch_labels = None if labels is None else labels[torch.arange(start, start + size) % len(labels)]
+            conditions = [(torch.full((size,), label), weight) for label, weight in weighted] or None
+            hooks = [lambda step: bar.update()] + ([trajectory] if command.trajectory and start == 0 else [])
+            result = module.sample(size, generator, sampling, batch_labels, conditions, hooks)
+            samples.append(result.x.cpu())
+    return torch.cat(samples), result.nfe, trajectory.steps
+
+
+def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str) -> None:
+    """samples.pt, samples.png (a grid, or a scatter plot for 2D points), images/NNNNNN.png,
+    and trajectory.png when a trajectory was kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(x, out / "samples.pt")
+    if x.ndim == 2:
+        picture = save_scatter(x, out / "samples.png", title)
+    else:
+        images = to_uint8(x)
+        picture = save_image_grid(images, out / "samples.png")
+        for i, image in enumerate(images):
+            save_image(image, out / "images" / f"{i:06d}.png")
+    print(f"{len(x)} samples ({title}): {picture}")
+    if trajectory:
+        print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")
+
+
+def split_overrides(overrides: list[str]) -> tuple[SampleCommand, DictConfig]:
+    """Sampling keys (steps=20) go to the run's sampling section; the rest describe the command."""
+    parsed = parse_overrides(overrides)
+    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(SampleCommand)] + sampling_keys(), "the command line")
+    sampling = OmegaConf.create({k: v for k, v in parsed.items() if k in sampling_keys()})
+    rest = OmegaConf.create({k: v for k, v in parsed.items() if k not in sampling_keys()})
+    command = merge(OmegaConf.structured(SampleCommand), rest, "the command line")
+    if OmegaConf.is_missing(command, "run"):
+        raise ConfigError("sample needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+    return command, sampling

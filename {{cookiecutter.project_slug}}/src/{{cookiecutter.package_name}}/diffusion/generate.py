@@ -1,0 +1,42 @@
+"""Drawing samples: the one way every part of the project does it (the ``sample`` command, the
+sample grids of training, evaluation, the course tasks, a notebook), with no Lightning.
+
+    result = generate(denoiser, sigmas, sampler, shape=(16, 1, 28, 28), generator=g)
+
+``denoiser`` is any ``D(x, sigma) -> x0_hat``: a trained network, or one wrapped so that a
+condition holds at every evaluation (guidance, inpainting, illusions; see ``guidance.py``).
+``sigmas`` is a decreasing float64 sequence ending at 0 (``schedules.py``), ``sampler`` one of
+``samplers.py``. Hooks watch or adjust every step (a progress bar, ``samplers.Trajectory``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .samplers import Denoiser, Hook, Sampler, SampleResult
+
+
+@torch.no_grad()
+def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Sequence[int] | None = None,
+             image: Tensor | None = None, generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+             device: torch.device | str = "cpu") -> SampleResult:
+    """Run ``sampler`` down ``sigmas`` from one of two starting points:
+
+    * ``shape``: pure noise, x = sigmas[0] * eps with eps ~ N(0, I) drawn from ``generator`` on
+      the generator's device, so a seed gives the same samples on every device; the result is
+      float32 on ``device``.
+    * ``image``: a batch of images in [-1, 1], noised to the first level, x = image + sigmas[0] * eps.
+      Starting part-way down the sequence (``sigmas[k:]``) is SDEdit (Meng et al. 2022): the
+      sample keeps the image's coarse structure and redraws the details.
+
+    No gradients are recorded; a denoiser wrapper that needs them (guidance by a gradient)
+    enables them itself.
+    """
+    if (shape is None) == (image is None):
+        raise ValueError("generate needs exactly one starting point: shape= (pure noise) or image= (SDEdit)")
+    start = torch.zeros(tuple(shape), device=device) if image is None else image
+    eps = torch.randn(start.shape, generator=generator, device=generator.device if generator else "cpu")
+    x = start + (sigmas[0] * eps.double()).to(start)
+    return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks)

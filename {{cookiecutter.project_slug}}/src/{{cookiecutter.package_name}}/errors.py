@@ -1,0 +1,25 @@
+"""Errors meant for the user. The command line prints any ``UserError`` as one ``ERROR:`` line
+and exits with status 2; every other exception is a bug and keeps its traceback.
+
+Each message names what is wrong (the key, the file, the value) and what to do about it.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix, explained in one message."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration key or value that cannot work."""
+
+
+class DataError(UserError, ValueError):
+    """Data that cannot be used as configured."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss stayed NaN or infinite for too many steps in a row."""
+
+
+class MissingPackage(UserError, ImportError):
+    """An optional package that the chosen setting needs is not installed."""

@@ -1,0 +1,90 @@
+"""The Lightning Trainer as configured: precision, logger, callbacks, and the processes it runs in."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .callbacks import LastCheckpoint, SampleGrid
+from .errors import MissingPackage
+
+
+def process_rank() -> int:
+    """This process's global rank, read from the launcher's environment (0 when alone)."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    return 0
+
+
+def seed_process(seed: int) -> None:
+    """Seed everything random in this process with seed + rank: each process of a multi-GPU run
+    draws its own noise (Lightning's global seed alone would be the same on every rank)."""
+    L.seed_everything(seed + process_rank(), verbose=False)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16 autocast on Ampere or newer GPUs, fp16 with a gradient scaler on older
+    ones (a T4 reports bf16 support, but only through slow emulation), float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability()
+        return "bf16-mixed" if major >= 8 else "16-mixed"
+    return "32-true"
+
+
+def wandb_logger(cfg, run):
+    try:
+        import wandb  # noqa: F401
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:
+        raise MissingPackage("logger=wandb needs the wandb package: pip install wandb "
+                             "(or choose logger=tensorboard)") from None
+    return WandbLogger(project=cfg.name, save_dir=run.root, id=cfg.name, resume="allow")
+
+
+# Logs go inside the run directory. TensorBoard keeps appending to one folder across resumes;
+# CSV files would be overwritten, so each resume gets its own csv/version_N.
+LOGGERS = {
+    "tensorboard": lambda cfg, run: TensorBoardLogger(save_dir=run.root, name="tensorboard", version="",
+                                                      default_hp_metric=False),
+    "csv": lambda cfg, run: CSVLogger(save_dir=run.root, name="csv"),
+    "wandb": wandb_logger,
+}
+
+
+def build_trainer(cfg, run) -> L.Trainer:
+    """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``)."""
+    # Only the DataLoader used for data too big for GPU memory cannot restore its position in
+    # an epoch; it resumes with a fresh shuffle from the restored random state, which is all
+    # that matters for training, so Lightning's warning about it is noise.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    trainer_cfg = cfg.trainer
+    callbacks = [
+        LastCheckpoint(run.last_checkpoint, trainer_cfg.checkpoint_every_n_steps, cfg.seed),
+        SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    has_validation = cfg.data.val_fraction > 0
+    return L.Trainer(
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        precision=resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator),
+        max_steps=trainer_cfg.max_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
+        val_check_interval=trainer_cfg.val_every_n_steps if has_validation else None,
+        check_val_every_n_epoch=None,
+        limit_val_batches=None if has_validation else 0,
+        num_sanity_val_steps=0,
+        logger=LOGGERS[cfg.logger](cfg, run),
+        callbacks=callbacks,
+        default_root_dir=run.root,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
