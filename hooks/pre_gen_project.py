@@ -11,6 +11,8 @@ slug = {{ cookiecutter.project_slug|tojson }}
 package = {{ cookiecutter.package_name|tojson }}
 dataset = {{ cookiecutter.dataset|tojson }}
 network = {{ cookiecutter.network|tojson }}
+texts = {"project_name": {{ cookiecutter.project_name|tojson }}, "author": {{ cookiecutter.author|tojson }},
+         "description": {{ cookiecutter.description|tojson }}}
 
 # Names a generated package must not shadow: the standard library, the libraries the
 # project imports, and names that confuse pytest or packaging.
@@ -26,6 +28,12 @@ def error(message):
     sys.exit(1)
 
 
+for question, text in texts.items():
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        error(f"{question} contains a control character (a line break or tab, say); use one line of plain text")
+if len(slug) > 100:
+    error(f"project_slug is {len(slug)} characters long; keep names under 100 characters (it names a folder "
+          "and the package)")
 if not re.fullmatch(r"[a-z][a-z0-9]*(-[a-z0-9]+)*", slug):
     error(f"project_slug {slug!r} must be lowercase letters, digits and single dashes, "
           "starting with a letter (e.g. my-diffusion)")

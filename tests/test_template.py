@@ -52,7 +52,7 @@ cfg = load_config(sys.argv[1:])
 shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
 module = DiffusionModule(OmegaConf.to_container(cfg), shape, [str(i) for i in range(3)])
 data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.rand(4, *shape) * 2 - 1
-loss = module.training_step((data, torch.tensor([0, 1, 2, 0])), 0)
+loss = module.batch_loss((data, torch.tensor([0, 1, 2, 0])))
 assert torch.isfinite(loss)
 cfg.sampling.steps = 2
 x = module.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
@@ -93,6 +93,8 @@ def test_baked_project_passes_its_own_tests(bake, answers):
     ({"package_name": "torch"}, "shadow"),
     ({"package_name": "my-pkg"}, "package_name"),
     ({"dataset": "toy2d", "network": "unet"}, "network"),
+    ({"description": "two\nlines"}, "description contains a control character"),
+    ({"project_name": "x" * 150}, "under 100 characters"),
 ])
 def test_bad_answers_stop_with_one_error_line(cookies, capfd, answers, message):
     result = cookies.bake(extra_context=answers)
@@ -117,12 +119,12 @@ def test_code_in_the_name_is_only_text(bake):
 
 def test_quotes_and_spaces_in_names_give_a_clean_project(bake):
     name = 'Ann\'s "Quoted" Diffusion & Co'
-    project = bake(project_name=name, author='O\'Brien "Bob"', description='Says "hi" \\ bye')
+    project = bake(project_name=name, author='O\'Brien "Bob" 🦊', description='Says "hi" \\ bye 🎨')
     assert project.name == "ann-s-quoted-diffusion-co"
     assert (project / "src" / "ann_s_quoted_diffusion_co").is_dir()
     import tomllib
     meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
-    assert meta["description"] == 'Says "hi" \\ bye' and meta["authors"][0]["name"] == 'O\'Brien "Bob"'
+    assert meta["description"] == 'Says "hi" \\ bye 🎨' and meta["authors"][0]["name"] == 'O\'Brien "Bob" 🦊'
     assert name in (project / "README.md").read_text()
 
 
@@ -153,6 +155,8 @@ def test_train_is_killed_then_resumes_and_samples(bake):
     time.sleep(8)                                       # let it take some steps
     process.send_signal(signal.SIGINT)                  # Ctrl-C
     output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGINT, output[-2000:]      # not 0: `train && sample` stops here
+    assert "STOPPED: SIGINT at step" in output and "Resume with: diffusion_lab train name=killed" in output
     checkpoint = project / "runs" / "killed" / "checkpoints" / "last.ckpt"
     assert checkpoint.is_file(), f"no checkpoint after Ctrl-C:\n{output[-2000:]}"
     interrupted_at = torch.load(checkpoint, weights_only=False)["global_step"]

@@ -1,3 +1,6 @@
+import dataclasses
+import typing
+
 import pytest
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -48,18 +51,15 @@ def test_command_line_error_is_one_line_and_exit_code_2(project_dir, capsys, ove
     assert err.startswith("ERROR:") and named in err and "\n" not in err
 
 
-def literal_fields(schema, prefix=""):
-    """Every key of the schema whose type is a Literal, with its choices."""
-    import dataclasses
-    import typing
-
+def schema_leaves(schema, prefix=""):
+    """Every key of the config schema with its type."""
     hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         kind = hints[field.name]
         if dataclasses.is_dataclass(kind):
-            yield from literal_fields(kind, f"{prefix}{field.name}.")
-        elif typing.get_origin(kind) is typing.Literal:
-            yield f"{prefix}{field.name}", set(typing.get_args(kind))
+            yield from schema_leaves(kind, f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}", kind
 
 
 def test_every_choice_in_the_schema_has_exactly_one_implementation():
@@ -76,8 +76,49 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
     tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES, "model.name": MODELS,
               "diffusion.objective": PARAMETERIZATIONS, "diffusion.train_noise": TRAINING_NOISE,
               "diffusion.loss_weight": LOSS_WEIGHTS, "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES}
-    plain_switches = {"data.on_bad_file", "trainer.precision"}        # handled where used, or by Lightning
-    literals = dict(literal_fields(Config))
+    plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator"}   # used as they are, or by Lightning
+    literals = {key: set(typing.get_args(kind)) for key, kind in schema_leaves(Config)
+                if typing.get_origin(kind) is typing.Literal}
     assert set(literals) == set(tables) | plain_switches
     for key, table in tables.items():
         assert literals[key] == set(table), key
+
+
+def test_every_number_in_the_schema_has_a_valid_range():
+    """A new numeric key without a rule in VALUE_RULES would enter unchecked: refuse that here."""
+    from {{ cookiecutter.package_name }}.config import VALUE_RULES, Config
+
+    numeric = {key for key, kind in schema_leaves(Config)
+               if kind in (int, float, typing.Any) or typing.get_origin(kind) is list}
+    assert numeric <= set(VALUE_RULES)
+
+
+BAD_VALUES = [
+    ("optim.lr=0", "optim.lr"), ("optim.lr=inf", "optim.lr"), ("optim.betas=[1.5,0.9]", "optim.betas"),
+    ("optim.weight_decay=-1", "optim.weight_decay"), ("optim.ema_decay=1.0", "optim.ema_decay"),
+    ("data.batch_size=0", "data.batch_size"), ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+    ("trainer.val_every_n_steps=0", "trainer.val_every_n_steps"), ("trainer.checkpoint_every_n_steps=0", "trainer.checkpoint_every_n_steps"),
+    ("trainer.sample_every_n_steps=0", "trainer.sample_every_n_steps"), ("trainer.max_steps=-5", "trainer.max_steps"),
+    ("seed=-1", "seed"), ("trainer.devices=0", "trainer.devices"), ("trainer.accelerator=tpu9", "trainer.accelerator"),
+    ("sampling.sigma_max=inf", "sampling.sigma_max"), ("sampling.sigma_max=nan", "sampling.sigma_max"),
+    ("diffusion.sigma_data=0", "diffusion.sigma_data"), ("diffusion.p_uncond=1.5", "diffusion.p_uncond"),
+    ("model.unet.channels=0", "model.unet.channels"), ("model.mlp.depth=0", "model.mlp.depth"),
+    ("model.dit.patch_size=0", "model.dit.patch_size"), ("data.channels=2", "data.channels"),
+    ("name=../escape", "name"), ("name=/tmp/abs", "name"), ("sampling.rho=0", "sampling.rho"),
+    ("sampling.guidance=nan", "sampling.guidance"), ("data.toy_samples=1", "data.toy_samples"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_VALUES, ids=[override for override, _ in BAD_VALUES])
+def test_a_bad_value_is_one_error_line_naming_its_key(project_dir, capsys, override, key):
+    assert main(["train", "experiment=toy2d", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR:") and key in err and "\n" not in err
+
+
+@pytest.mark.parametrize("override", ["data.image_size=7", "model.unet.attention_levels=[5]", "model.name=dit model.dit.heads=3"])
+def test_a_network_that_cannot_take_the_data_is_one_error_line(project_dir, capsys, override):
+    args = ["experiment=digits", "model.unet.channels=8", "model.dit.width=32", *override.split()]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR: model.name=") and "cannot be built" in err and "\n" not in err

@@ -331,3 +331,54 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     decoded = decode_folder(tmp_path, 64, 1, labels_from_subfolders=False)
     assert decoded.files[0]["mode"] == "I;16"
     assert abs(decoded.data.float().mean().item() - 127.5) < 2           # a full ramp, not a white image
+
+
+@pytest.mark.parametrize("content, message", [
+    (torch.zeros(4, 2, dtype=torch.complex64), "complex64"),
+    (torch.zeros(4, 2, dtype=torch.bool), "bool"),
+    ({"data": torch.zeros(4, 2), "labels": torch.tensor([0.0, 1.5, 2.0, 0.0])}, "whole class numbers"),
+    ({"data": torch.zeros(4, 2), "labels": torch.tensor([0, 1, 10**9, 2])}, "from 0 to 1000000000"),
+])
+def test_tensor_files_of_the_wrong_kind_are_refused(tmp_path, content, message):
+    torch.save(content, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=message):
+        sources.load_tensor_file(str(tmp_path / "bad.pt"))
+
+
+def test_whole_float_labels_become_class_numbers(tmp_path):
+    torch.save({"data": torch.zeros(4, 2), "labels": torch.tensor([0.0, 1.0, 2.0, 1.0])}, tmp_path / "ok.pt")
+    assert sources.load_tensor_file(tmp_path / "ok.pt").labels.tolist() == [0, 1, 2, 1]
+
+
+def test_nonfinite_values_are_reported_by_inspect_and_refused_by_training(project_dir, tmp_path):
+    signals = torch.randn(10, 2)
+    signals[3, 1] = float("nan")
+    torch.save(signals, tmp_path / "signals.pt")
+    overrides = ["data.name=tensor_file", f"data.root={tmp_path / 'signals.pt'}", "model.name=mlp"]
+    report = write_report(load_config(overrides).data, tmp_path / "out")
+    assert "1 example(s) hold NaN or Inf values" in report
+    with pytest.raises(DataError, match="index 3"):
+        DiffusionDataModule(load_config(overrides).data).setup()
+
+
+def test_images_smaller_than_the_training_size_are_refused(project_dir, tmp_path):
+    torch.save(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), tmp_path / "tiny.pt")
+    cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'tiny.pt'}", "data.image_size=8"]).data
+    with pytest.raises(DataError, match="data.image_size=4"):
+        DiffusionDataModule(cfg).setup()
+
+
+def test_broken_links_loops_and_pipes_in_a_folder_are_listed_not_fatal(project_dir, tmp_path):
+    import os
+
+    pics = tmp_path / "pics"
+    write_messy_folder(pics)
+    (pics / "cats" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (pics / "cats" / "loop.png").symlink_to(pics / "cats" / "loop.png")
+    os.mkfifo(pics / "cats" / "pipe.png")                     # reading it would block forever
+    decoded = load_source(folder_config(pics))
+    bad = {b["path"]: b["error"] for b in decoded.bad}
+    assert "symbolic link" in bad["cats/gone.png"] and "symbolic link" in bad["cats/loop.png"]
+    assert "named pipe" in bad["cats/pipe.png"] and len(decoded.data) == 6
+    with pytest.raises(DataError, match="pipe.png"):
+        DiffusionDataModule(folder_config(pics, "data.on_bad_file=fail")).setup()

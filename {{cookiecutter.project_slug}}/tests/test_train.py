@@ -1,5 +1,9 @@
 """End to end: train a few steps, resume, sample, from the command-line functions."""
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -56,7 +60,7 @@ def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch, capsys):
 def test_conditional_image_run_with_each_network(project_dir, network, objective):
     args = [f"name={network}", "data.name=digits", "data.image_size=8", "data.channels=1",
             f"model.name={network}", "model.conditional=true", f"diffusion.objective={objective}",
-            "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.blocks_per_level=1",
+            "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.attention_levels=[1]", "model.unet.blocks_per_level=1",
             "model.dit.patch_size=2", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2",
             "model.mlp.width=32", "model.mlp.depth=1", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
             "trainer.sample_every_n_steps=3", "data.batch_size=16", "logger=tensorboard", *FAST]
@@ -159,3 +163,213 @@ def test_the_readme_python_example_runs(project_dir):
     scope = {}
     exec(code, scope)
     assert scope["result"].x.shape == (16, *scope["module"].data_shape) and len(scope["path"].steps) == 20
+
+
+# -- nothing lost, nothing executed ------------------------------------------------------------
+TOY = ["experiment=toy2d", "logger=csv", "data.toy_samples=400", "data.batch_size=64", "diffusion.train_noise=lognormal",
+       "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000"]
+
+
+def package_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "{{ cookiecutter.package_name }}", *args]
+
+
+def subprocess_env() -> dict:
+    """The project importable from src/, and the same thread count in every process (float sums
+    then happen in the same order, so weights compare bit for bit)."""
+    from conftest import PROJECT
+
+    return {**os.environ, "PYTHONPATH": str(PROJECT / "src"), "OMP_NUM_THREADS": "2"}
+
+
+def checkpoint_of(name: str) -> dict:
+    return torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
+
+
+def test_a_planted_pickle_payload_never_runs(project_dir, capsys):
+    """A shared checkpoint is read weights-only: a pickled object is refused, by name, whether
+    it is sampled from (file or run directory) or resumed."""
+    assert main(["train", *TOY, "name=shared", "trainer.max_steps=2"]) == 0
+    planted = checkpoint_of("shared")
+    planted["payload"] = Payload()
+    torch.save(planted, "runs/shared/checkpoints/last.ckpt")
+    for command in (["sample", "run=runs/shared/checkpoints/last.ckpt"], ["sample", "run=runs/shared"],
+                    ["train", *TOY, "name=shared", "trainer.max_steps=4"]):
+        capsys.readouterr()
+        assert main(command) == 2
+        assert "refusing to load runs/shared/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert not (project_dir / "payload-ran").exists()
+
+
+class Payload:
+    def __reduce__(self):
+        return (open, ("payload-ran", "w"))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None], ids=["empty", "text", "truncated"])
+def test_unreadable_checkpoints_are_one_error_line(project_dir, capsys, content):
+    assert main(["train", *TOY, "name=ok", "trainer.max_steps=1"]) == 0
+    whole = (project_dir / "runs/ok/checkpoints/last.ckpt").read_bytes()
+    (project_dir / "bad.ckpt").write_bytes(whole[: len(whole) // 2] if content is None else content)
+    capsys.readouterr()
+    assert main(["sample", "run=bad.ckpt"]) == 2
+    assert capsys.readouterr().err.startswith("ERROR: bad.ckpt is not a readable checkpoint")
+
+
+def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(project_dir, capsys):
+    assert main(["train", *TOY, "name=change", "trainer.max_steps=3", "optim.warmup_steps=1"]) == 0
+    assert main(["train", *TOY, "name=change", "trainer.max_steps=5", "optim.warmup_steps=1", "optim.lr=5e-4"]) == 0
+    assert "changed settings: optim.lr=0.0005 (was 0.001), trainer.max_steps=5 (was 3)" in capsys.readouterr().out
+    group = checkpoint_of("change")["optimizer_states"][0]["param_groups"][0]
+    assert group["lr"] == pytest.approx(5e-4) and group["initial_lr"] == 5e-4     # not the saved 1e-3
+
+    record = (project_dir / "runs/change/config.yaml").read_text()
+    assert main(["train", *TOY, "name=change", "trainer.max_steps=7", "model.mlp.width=64"]) == 2
+    assert "cannot resume with model.mlp.width=64 (trained with 256)" in capsys.readouterr().err
+    assert (project_dir / "runs/change/config.yaml").read_text() == record          # a failed resume writes nothing
+
+
+def test_skipped_steps_do_not_count_as_steps(project_dir, monkeypatch):
+    """Two non-finite losses: the batches are used up, but the step count, the learning-rate
+    schedule and the EMA only move on real updates."""
+    from {{ cookiecutter.package_name }}.diffusion import schedules
+
+    calls, draw = [], schedules.LogNormalNoise.__call__
+
+    def nan_twice(self, n, device, generator=None):
+        sigma = draw(self, n, device, generator)
+        calls.append(generator)
+        return sigma * float("nan") if generator is None and len([c for c in calls if c is None]) in (2, 3) else sigma
+
+    monkeypatch.setattr(schedules.LogNormalNoise, "__call__", nan_twice)
+    assert main(["train", *TOY, "name=skip", "trainer.max_steps=4", "data.batch_size=380"]) == 0
+    saved = checkpoint_of("skip")
+    assert saved["global_step"] == 4 and saved["lr_schedulers"][0]["last_epoch"] == 4
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 6, "position": 0}]  # 6 batches
+
+
+def test_sigterm_saves_and_exits_with_the_command_that_resumes(project_dir):
+    process = subprocess.Popen(package_command("train", *TOY, "name=term", "trainer.max_steps=100000"),
+                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_steps(process, project_dir / "runs/term/csv")
+    process.send_signal(signal.SIGTERM)                       # what SLURM and Colab send
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped = [line for line in err.splitlines() if line.startswith("STOPPED:")]
+    step = checkpoint_of("term")["global_step"]
+    assert len(stopped) == 1 and f"SIGTERM at step {step};" in stopped[0] and step > 0
+    assert stopped[0].endswith("Resume with: {{ cookiecutter.package_name }} train " + " ".join(TOY) +
+                               " name=term trainer.max_steps=100000")
+
+
+def wait_for_steps(process, log_folder, timeout: float = 120) -> None:
+    """Until training has started (its log folder exists), and a little more."""
+    deadline = time.time() + timeout
+    while not log_folder.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    assert process.poll() is None, process.communicate()
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_weights_and_ema(project_dir):
+    """Killed without warning (twice, at random moments, checkpoints every step so some kills
+    land in a write), then resumed: the same final step, weights and EMA as a run never
+    interrupted, because last.ckpt carries the data position and the random state."""
+    import random
+
+    args = [*TOY, "trainer.max_steps=120", "trainer.checkpoint_every_n_steps=1"]
+    subprocess.run(package_command("train", *args, "name=straight"), env=subprocess_env(), check=True,
+                   capture_output=True, timeout=300)
+    for delay in (random.uniform(0, 2), random.uniform(0, 2)):
+        process = subprocess.Popen(package_command("train", *args, "name=killed"), env=subprocess_env(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_steps(process, project_dir / "runs/killed/csv")
+        time.sleep(delay)
+        process.kill()
+        process.wait()
+    subprocess.run(package_command("train", *args, "name=killed"), env=subprocess_env(), check=True,
+                   capture_output=True, timeout=300)
+    straight, killed = checkpoint_of("straight"), checkpoint_of("killed")
+    assert killed["global_step"] == straight["global_step"] == 120
+    assert straight["state_dict"].keys() == killed["state_dict"].keys()
+    assert all(torch.equal(straight["state_dict"][k], killed["state_dict"][k]) for k in straight["state_dict"])
+    assert not list((project_dir / "runs/killed/checkpoints").glob("*.partial"))
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.callbacks import AtomicCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(1)}, target)
+
+    def dies_half_way(obj, file):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.partial"]   # removed when training starts
+
+
+DDP_WITH_NAN = """
+import os, sys
+from {package}.diffusion import schedules
+
+draw, calls = schedules.LogNormalNoise.__call__, []
+
+def nan_on_rank_1(self, n, device, generator=None):
+    sigma = draw(self, n, device, generator)
+    if generator is None:
+        calls.append(1)
+        if os.environ.get("LOCAL_RANK") == "1" and len(calls) in (3, 4):
+            sigma[0] = float("nan")
+    return sigma
+
+schedules.LogNormalNoise.__call__ = nan_on_rank_1
+from {package}.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_ddp_processes_skip_a_nonfinite_step_together(project_dir):
+    """A NaN on one rank only: both ranks skip (or the other would wait forever in the gradient
+    all-reduce), and the run finishes its steps. Two CPU processes, gloo."""
+    script = project_dir / "ddp_nan.py"
+    script.write_text(DDP_WITH_NAN.format(package="{{ cookiecutter.package_name }}"))
+    result = subprocess.run([sys.executable, str(script), "train", *TOY, "name=ddp", "trainer.accelerator=cpu",
+                             "trainer.devices=2", "trainer.max_steps=8", "data.batch_size=190"],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = checkpoint_of("ddp")
+    assert saved["global_step"] == 8
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 10, "position": 0}]  # 2 skipped
+
+
+def test_sample_never_mixes_outputs_of_two_draws(project_dir, capsys):
+    assert main(["train", "experiment=digits", "name=mix", "logger=csv", "model.unet.channels=8", "trainer.max_steps=1",
+                 "data.batch_size=8", *FAST]) == 0
+    assert main(["sample", "run=runs/mix", "n=12", "steps=2", "trajectory=true", "out=drawn"]) == 0
+    assert main(["sample", "run=runs/mix", "n=3", "steps=2", "out=drawn"]) == 0
+    assert sorted(p.name for p in (project_dir / "drawn/images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert not (project_dir / "drawn/trajectory.png").exists()
+    (project_dir / "drawn/images/holiday.jpg").write_bytes(b"someone's photo")
+    capsys.readouterr()
+    assert main(["sample", "run=runs/mix", "n=3", "steps=2", "out=drawn"]) == 2
+    assert "holiday.jpg" in capsys.readouterr().err and (project_dir / "drawn/images/holiday.jpg").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["n=0"], "'n'"), (["batch_size=0"], "'batch_size'"), (["device=banana"], "device=banana"),
+    (["out=/proc/none"], "out=/proc/none"), (["labels=[9]"], "labels must be class numbers from 0 to 7"),
+    (["conditions=[[1]]"], "[label, weight] pair"), (["labels=[1.5]"], "bad value for 'labels[0]'"),
+])
+def test_bad_sample_requests_are_one_error_line(project_dir, capsys, args, message):
+    assert main(["train", *TOY, "name=cond", "data.toy_shape=gaussians", "model.conditional=true",
+                 "trainer.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "run=runs/cond", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR:") and message in err and "\n" not in err

@@ -1,12 +1,13 @@
 """The command line: ``<command> key=value ...``. It parses, hands the pairs to the command
-(one module each in ``commands/``) and turns a ``UserError`` into one ``ERROR:`` line."""
+(one module each in ``commands/``) and turns a ``UserError`` into one ``ERROR:`` line (exit
+status 2) and an interrupted training run into one ``STOPPED:`` line (128 + the signal)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from .commands import COMMANDS
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"STOPPED: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

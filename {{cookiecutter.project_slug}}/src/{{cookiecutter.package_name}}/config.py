@@ -12,11 +12,13 @@ and the valid keys or choices.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -115,7 +117,7 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = MISSING
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = MISSING
     devices: Any = MISSING
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true"] = MISSING
     max_steps: int = MISSING
@@ -167,7 +169,7 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}; set it in {base_file} or as key=value")
-    check_consistency(cfg)
+    check_values(cfg)
     return cfg
 
 
@@ -202,7 +204,7 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     key = getattr(error, "full_key", None) or "?"
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if isinstance(node, DictConfig) and leaf not in node:
+    if isinstance(node, DictConfig) and leaf not in node and "[" not in leaf:      # labels[0]: a bad list item
         valid = list(node.keys())
         where = f"'{parent}'" if parent else "the top level"
         return f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} Valid keys in {where}: {', '.join(valid)}"
@@ -210,24 +212,91 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     return f"bad value for '{key}' in {source}: {message}"
 
 
-def check_consistency(cfg: DictConfig) -> None:
-    """Catch combinations that are each valid but do not work together."""
+def finite_above(low: float, inclusive: bool = False) -> tuple:
+    text = f"a finite number {'>=' if inclusive else '>'} {low:g}"
+    return (lambda v: math.isfinite(v) and (v >= low if inclusive else v > low)), text
+
+
+def at_least(low: int) -> tuple:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+UNIT_INTERVAL = (lambda v: 0 <= v < 1), "in [0, 1)"
+FINITE = math.isfinite, "a finite number"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# key: (test, what a valid value is). Every number in the schema is checked here, where it
+# enters, so that a bad one stops the run at once with its key instead of failing later.
+VALUE_RULES = {
+    "name": ((lambda v: bool(RUN_NAME.fullmatch(v))), "letters, digits, '.', '_' and '-' (the folder runs/<name>)"),
+    "seed": ((lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"),
+    "data.image_size": at_least(1),
+    "data.channels": ((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"),
+    "data.toy_samples": at_least(2),
+    "data.val_fraction": UNIT_INTERVAL,
+    "data.batch_size": at_least(1),
+    "data.num_workers": at_least(0),
+    "data.gpu_cache_gb": finite_above(0, inclusive=True),
+    "model.unet.channels": at_least(1),
+    "model.unet.channel_mult": ((lambda v: len(v) > 0 and min(v) >= 1), "a non-empty list of integers >= 1"),
+    "model.unet.blocks_per_level": at_least(1),
+    "model.unet.attention_levels": ((lambda v: all(level >= 0 for level in v)), "a list of levels >= 0"),
+    "model.unet.dropout": UNIT_INTERVAL,
+    "model.dit.patch_size": at_least(1),
+    "model.dit.width": at_least(1),
+    "model.dit.depth": at_least(1),
+    "model.dit.heads": at_least(1),
+    "model.mlp.width": at_least(1),
+    "model.mlp.depth": at_least(1),
+    "diffusion.sigma_data": finite_above(0),
+    "diffusion.noise_mean": FINITE,
+    "diffusion.noise_std": finite_above(0),
+    "diffusion.min_snr_gamma": finite_above(0),
+    "diffusion.p_uncond": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "sampling.steps": at_least(1),
+    "sampling.sigma_min": finite_above(0),
+    "sampling.sigma_max": finite_above(0),
+    "sampling.rho": finite_above(0),
+    "sampling.eta": finite_above(0, inclusive=True),
+    "sampling.churn": finite_above(0, inclusive=True),
+    "sampling.gamma": FINITE,
+    "sampling.mu": UNIT_INTERVAL,
+    "sampling.guidance": FINITE,
+    "optim.lr": finite_above(0),
+    "optim.weight_decay": finite_above(0, inclusive=True),
+    "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    "optim.warmup_steps": at_least(0),
+    "optim.grad_clip": finite_above(0, inclusive=True),
+    "optim.ema_decay": UNIT_INTERVAL,
+    "trainer.devices": ((lambda v: v == "auto" or (isinstance(v, int) and v >= 1)
+                         or (isinstance(v, ListConfig) and len(v) > 0 and all(isinstance(d, int) and d >= 0 for d in v))),
+                        "auto, a number of devices >= 1, or a list of device indices like [0, 1]"),
+    "trainer.max_steps": at_least(1),
+    "trainer.log_every_n_steps": at_least(1),
+    "trainer.val_every_n_steps": at_least(1),
+    "trainer.checkpoint_every_n_steps": at_least(1),
+    "trainer.sample_every_n_steps": at_least(1),
+    "trainer.sample_count": at_least(1),
+    "trainer.max_nonfinite_steps": at_least(1),
+}
+
+
+def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
+    """Every value in its valid range (``VALUE_RULES``), then combinations that are each valid
+    but do not work together."""
+    for key in keys:
+        test, valid = VALUE_RULES[key]
+        value = OmegaConf.select(cfg, key)
+        if not test(value):
+            raise ConfigError(f"bad value for '{key}': {value} (must be {valid})")
     if cfg.data.name == "toy2d" and cfg.model.name != "mlp":
         raise ConfigError(f"model.name={cfg.model.name} needs images, but data.name=toy2d is 2D points: use model.name=mlp")
     if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine"):
         raise ConfigError("sampling.schedule=trailing needs a discrete training schedule "
                           "(diffusion.train_noise=ddpm or cosine); use karras or loglinear")
-    if cfg.sampling.steps < 1:
-        raise ConfigError(f"sampling.steps must be at least 1, got {cfg.sampling.steps}")
-    if cfg.sampling.eta < 0 or cfg.sampling.churn < 0:
-        raise ConfigError("sampling.eta and sampling.churn must be >= 0")
-    if not 0 <= cfg.sampling.mu < 1:
-        raise ConfigError(f"sampling.mu must be in [0, 1), got {cfg.sampling.mu}")
-    if not 0 < cfg.sampling.sigma_min < cfg.sampling.sigma_max:
-        raise ConfigError("need 0 < sampling.sigma_min < sampling.sigma_max, got "
+    if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:
+        raise ConfigError("need sampling.sigma_min < sampling.sigma_max, got "
                           f"{cfg.sampling.sigma_min} and {cfg.sampling.sigma_max}")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
 
 
 def did_you_mean(key: str, valid: list[str], parent: str = "") -> str:
@@ -249,7 +318,7 @@ def run_sampling_config(cfg: DictConfig, overrides: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     cfg.sampling = merge(OmegaConf.structured(SamplingConfig), cfg.sampling, "the run's config")
     cfg.sampling = merge(cfg.sampling, overrides, "the command line")
-    check_consistency(cfg)
+    check_values(cfg, [key for key in VALUE_RULES if key.startswith("sampling.")])
     return cfg
 
 

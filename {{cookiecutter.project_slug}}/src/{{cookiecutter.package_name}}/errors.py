@@ -23,3 +23,13 @@ class TrainingDiverged(UserError, RuntimeError):
 
 class MissingPackage(UserError, ImportError):
     """An optional package that the chosen setting needs is not installed."""
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal (Ctrl-C, or SIGTERM from SLURM or a closing Colab session)
+    after saving last.ckpt. Not a mistake, but not a finished run either: the command line
+    prints where it stopped and how to resume, and exits with 128 + the signal's number."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

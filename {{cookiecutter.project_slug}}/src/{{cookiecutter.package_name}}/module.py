@@ -43,12 +43,17 @@ class DiffusionModule(L.LightningModule):
                               "data.labels_from_subfolders=true; for toy2d use moons or gaussians)")
         diffusion = self.cfg.diffusion
         self.training_noise = training_noise(diffusion)
-        net = build_model(self.cfg.model, self.data_shape, self.num_classes)
+        try:
+            net = build_model(self.cfg.model, self.data_shape, self.num_classes)
+        except ValueError as error:          # the networks explain sizes they cannot take
+            raise ConfigError(f"model.name={self.cfg.model.name} cannot be built for data of shape "
+                              f"{list(self.data_shape)}: {error}") from None
         parameterization = build_parameterization(diffusion.objective, diffusion.sigma_data)
         self.denoiser = NetworkDenoiser(net, parameterization, self.training_noise.sigma_min,
                                         self.training_noise.sigma_max)
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.nonfinite_steps = 0
+        self.automatic_optimization = False          # training_step takes (or skips) the step itself
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
         diffusion = self.cfg.diffusion
@@ -62,27 +67,58 @@ class DiffusionModule(L.LightningModule):
         return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
 
     # -- training ---------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
+    def batch_loss(self, batch) -> Tensor:
+        """The training loss of a batch: a noise level and noise drawn per example, labels
+        dropped at random for classifier-free guidance."""
         x0, labels = batch
         sigma = self.training_noise(len(x0), self.device)
         noise = torch.randn_like(x0)
         labels = self.drop_labels(labels if self.num_classes else None)
-        loss = self.denoiser.loss(x0, sigma, noise, labels, self.loss_weight(sigma)).mean()
-        if not torch.isfinite(loss):
+        return self.denoiser.loss(x0, sigma, noise, labels, self.loss_weight(sigma)).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.batch_loss(batch)
+        if not self.finite_everywhere(loss):
             return self.skip_nonfinite(loss)
         self.nonfinite_steps = 0
+        self.take_step(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def take_step(self, loss: Tensor) -> None:
+        """Back-propagate, step the optimiser and the learning-rate schedule, update the EMA.
+        Gradients are clipped in ``on_before_optimizer_step``, where fp16 gradients are unscaled."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.lr_schedulers().step()
+        self.update_ema()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.cfg.optim.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+
+    def finite_everywhere(self, loss: Tensor) -> bool:
+        """Whether the loss is finite in every process. Under DDP all must agree to skip a step:
+        a process that skipped its backward pass would leave the others waiting forever in the
+        gradient all-reduce."""
+        finite = torch.isfinite(loss.detach()).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        return bool(finite > 0)
+
     def skip_nonfinite(self, loss: Tensor) -> None:
-        """Skip a step whose loss is NaN or Inf; stop if it keeps happening."""
+        """Skip a step whose loss is NaN or Inf (no update, no step counted, the learning-rate
+        schedule and the EMA wait); stop if it keeps happening."""
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if self.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
             raise TrainingDiverged(
-                f"the loss was {loss.item()} for {self.nonfinite_steps} steps in a row at step "
-                f"{self.global_step}; lower optim.lr, keep optim.grad_clip on, or use "
-                "trainer.precision=32-true to find the cause")
+                f"the loss was {loss.item()} for {self.nonfinite_steps} steps in a row at step {self.global_step}. "
+                "Likely causes: the data (NaN or Inf values: run inspect-data), diffusion.sigma_data far from the "
+                "data's standard deviation, or a learning rate too high (lower optim.lr, keep optim.grad_clip on); "
+                "trainer.precision=32-true rules out fp16 overflow")
         return None
 
     def validation_step(self, batch, batch_idx):
@@ -94,13 +130,12 @@ class DiffusionModule(L.LightningModule):
         loss = self.ema.loss(x0, sigma, noise, labels if self.num_classes else None, self.loss_weight(sigma)).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0))
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.update_ema()
-
     @torch.no_grad()
     def update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * weights, with the decay warming up as
-        (1 + step) / (10 + step) so early averages are not dominated by the random init."""
+        (1 + step) / (10 + step) so early averages are not dominated by the random init.
+        Called right after each optimiser step, so a checkpoint always holds the EMA of the
+        same step as the weights."""
         step = self.global_step
         decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
         for ema, live in zip(self.ema.parameters(), self.denoiser.parameters()):
@@ -123,6 +158,18 @@ class DiffusionModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed run trains with the optimiser settings of the command that resumes it:
+        Lightning would otherwise restore the saved learning rate, betas and weight decay over
+        them. The current learning rate keeps its place in the schedule (warm-up, decay)."""
+        optim = self.cfg.optim
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["lr"] *= optim.lr / group["initial_lr"]
+                group.update(initial_lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            scheduler["base_lrs"] = [optim.lr] * len(scheduler["base_lrs"])
 
     # -- sampling ---------------------------------------------------------------------------
     def guided(self, n: int, guidance: float, labels: Tensor | None = None,

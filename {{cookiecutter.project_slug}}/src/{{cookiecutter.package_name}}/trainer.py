@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from .callbacks import LastCheckpoint, SampleGrid
-from .errors import MissingPackage
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecord, SampleGrid
+from .errors import ConfigError, MissingPackage
 
 
 def process_rank() -> int:
@@ -58,8 +59,23 @@ LOGGERS = {
 }
 
 
-def build_trainer(cfg, run) -> L.Trainer:
-    """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``)."""
+def check_hardware(trainer_cfg) -> None:
+    """The accelerator and precision asked for must exist on this machine."""
+    accelerator, precision = trainer_cfg.accelerator, trainer_cfg.precision
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU that torch can use; "
+                          "use preset=cpu (or trainer.accelerator=auto), or install a CUDA build of torch")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps, but Apple's MPS is not available here; use trainer.accelerator=auto")
+    on_cpu = accelerator == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if on_cpu and precision in ("16-mixed", "16-true"):
+        raise ConfigError(f"trainer.precision={precision} needs a GPU; on a CPU use 32-true or bf16-mixed")
+
+
+def build_trainer(cfg, run, write_record: Callable[[], None]) -> L.Trainer:
+    """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``);
+    ``write_record`` saves the run's configuration once training has started."""
+    check_hardware(cfg.trainer)
     # Only the DataLoader used for data too big for GPU memory cannot restore its position in
     # an epoch; it resumes with a fresh shuffle from the restored random state, which is all
     # that matters for training, so Lightning's warning about it is noise.
@@ -68,6 +84,7 @@ def build_trainer(cfg, run) -> L.Trainer:
     callbacks = [
         LastCheckpoint(run.last_checkpoint, trainer_cfg.checkpoint_every_n_steps, cfg.seed),
         SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed),
+        RunRecord(write_record),
         LearningRateMonitor(logging_interval="step"),
     ]
     has_validation = cfg.data.val_fraction > 0
@@ -76,7 +93,6 @@ def build_trainer(cfg, run) -> L.Trainer:
         devices=trainer_cfg.devices,
         precision=resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator),
         max_steps=trainer_cfg.max_steps,
-        gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         val_check_interval=trainer_cfg.val_every_n_steps if has_validation else None,
         check_val_every_n_epoch=None,
@@ -84,6 +100,7 @@ def build_trainer(cfg, run) -> L.Trainer:
         num_sanity_val_steps=0,
         logger=LOGGERS[cfg.logger](cfg, run),
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run.root,
         enable_model_summary=False,
         enable_checkpointing=False,

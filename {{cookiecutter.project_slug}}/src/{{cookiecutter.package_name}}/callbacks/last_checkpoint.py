@@ -1,6 +1,6 @@
 """Keeps ``checkpoints/last.ckpt`` current: every N steps, at the end of training, and when
 training is interrupted (Ctrl-C, SIGTERM, a crash), so that a rerun resumes where it stopped,
-random state included."""
+random state and data position included."""
 from __future__ import annotations
 
 import os
@@ -8,15 +8,43 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint next to its destination under a temporary name, flushes it to disk
+    and renames it over the old one: an interruption at any moment leaves the previous
+    checkpoint intact, and no bytes pass through the system's temporary folder (small and
+    node-local on clusters) or through a second copy in memory."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
 
 
 class LastCheckpoint(L.Callback):
     def __init__(self, path: str | Path, every_n_steps: int, seed: int = 0):
         self.path, self.every_n_steps, self.seed = Path(path), every_n_steps, seed
+        self.saved_step = -1
+
+    def on_fit_start(self, trainer, module) -> None:
+        """A kill during a write leaves a ``.partial`` file: it is never read, and removed here."""
+        if trainer.is_global_zero:
+            for orphan in self.path.parent.glob("*.partial"):
+                orphan.unlink()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every_n_steps == 0:
             self.save(trainer)
+        if trainer.received_sigterm and trainer.world_size == 1:
+            raise SIGTERMException()       # stop now, not at the end of the epoch (DDP: Lightning does this)
 
     def on_train_end(self, trainer, module) -> None:
         self.save(trainer)
@@ -44,12 +72,10 @@ class LastCheckpoint(L.Callback):
             torch.manual_seed(resume_seed(self.seed, trainer.global_rank, checkpoint["global_step"]))
 
     def save(self, trainer) -> None:
-        """Write to a temporary file and rename it, so an interruption during the write
-        never leaves a truncated last.ckpt behind."""
-        partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial, weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)
+        """Once per step: a skipped (non-finite) batch does not advance the step."""
+        if trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(self.path, weights_only=False)    # the full state, optimiser included
+            self.saved_step = trainer.global_step
 
 
 MAX_PROCESSES = 2**16

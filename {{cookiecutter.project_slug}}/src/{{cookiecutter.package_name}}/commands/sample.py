@@ -1,6 +1,8 @@
 """``sample``: draw samples from a trained run and save them as pictures and a tensor."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Optional
@@ -41,13 +43,53 @@ def run(overrides: list[str]) -> Path:
     command, sampling_overrides = split_overrides(overrides)
     module, run_dir = load_run(command.run)
     sampling = run_sampling_config(module.cfg, sampling_overrides).sampling
-    if (command.labels or command.conditions) and not module.num_classes:
+    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    device = pick_device(command.device)
+    out = fresh_output(Path(command.out) if command.out else run_dir.generated)
+    module.to(device)
+    x, nfe, trajectory = draw(module, command, sampling)
+    save_samples(x, trajectory, out, f"{sampling.sampler}, {sampling.steps} steps, {nfe} NFE")
+    return out
+
+
+def check_conditions(command: SampleCommand, class_names: list[str]) -> None:
+    """Labels name classes the model knows; conditions are [label, weight] pairs."""
+    if (command.labels or command.conditions) and not class_names:
         raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
                           "with model.conditional=false")
-    module.to(pick_device(command.device))
-    x, nfe, trajectory = draw(module, command, sampling)
-    out = Path(command.out) if command.out else run_dir.generated
-    save_samples(x, trajectory, out, f"{sampling.sampler}, {sampling.steps} steps, {nfe} NFE")
+    if any(len(pair) != 2 or not math.isfinite(pair[1]) for pair in command.conditions or []):
+        raise ConfigError(f"conditions={list(command.conditions)}: each condition is a [label, weight] pair with a "
+                          "finite weight, e.g. conditions=[[3,1.5],[8,1.0]]")
+    labels = list(command.labels or []) + [pair[0] for pair in command.conditions or []]
+    known = range(len(class_names))
+    if any(label != int(label) or int(label) not in known for label in labels):
+        named = [f"{i}={name}" for i, name in enumerate(class_names) if name != str(i)]
+        shown = f" ({', '.join(named[:10])}{', ...' if len(named) > 10 else ''})" if named else ""
+        raise ConfigError(f"labels must be class numbers from 0 to {len(class_names) - 1}{shown}; got {labels}")
+
+
+OUTPUTS = ("samples.pt", "samples.png", "trajectory.png")
+IMAGE_NAME = re.compile(r"\d{6}\.png")
+
+
+def fresh_output(out: Path) -> Path:
+    """The output folder, writable and holding nothing from an earlier ``sample`` (mixed with
+    these, old images would poison an FID folder). Files that sample did not write are never
+    deleted: a folder of other images is refused instead."""
+    images = out / "images"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = sorted(images.iterdir()) if images.is_dir() else []
+        foreign = [path.name for path in stale if not IMAGE_NAME.fullmatch(path.name)]
+        if foreign:
+            raise ConfigError(f"out={out}: {images} holds files that sample did not write ({foreign[0]}, ...); "
+                              "choose another out=")
+        for path in stale + [out / name for name in OUTPUTS if (out / name).exists()]:
+            path.unlink()
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write samples to out={out}: {error.strerror or error}") from None
     return out
 
 
@@ -73,7 +115,6 @@ def draw(module, command: SampleCommand, sampling: DictConfig) -> tuple[torch.Te
 def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str) -> None:
     """samples.pt, samples.png (a grid, or a scatter plot for 2D points), images/NNNNNN.png,
     and trajectory.png when a trajectory was kept."""
-    out.mkdir(parents=True, exist_ok=True)
     torch.save(x, out / "samples.pt")
     if x.ndim == 2:
         picture = save_scatter(x, out / "samples.png", title)
@@ -96,4 +137,7 @@ def split_overrides(overrides: list[str]) -> tuple[SampleCommand, DictConfig]:
     command = merge(OmegaConf.structured(SampleCommand), rest, "the command line")
     if OmegaConf.is_missing(command, "run"):
         raise ConfigError("sample needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+    for key in ("n", "batch_size"):
+        if command[key] < 1:
+            raise ConfigError(f"bad value for '{key}': {command[key]} (must be at least 1)")
     return command, sampling

@@ -14,6 +14,21 @@ from .loaders import DeviceBatches, InMemoryDataset, keep_batch
 from .sources import load_source, report_bad_files
 
 
+def check_trainable(data: Tensor, cfg) -> None:
+    """Values the network can learn from: finite numbers, and images at least as large as the
+    square that training crops from them."""
+    if data.is_floating_point() and not torch.isfinite(data).all():
+        bad = (~torch.isfinite(data.flatten(1))).any(1).nonzero().flatten()
+        raise DataError(f"{len(bad)} example(s) hold NaN or Inf values (the first: index {bad[0].item()}); "
+                        "remove or fix them (inspect-data counts them)")
+    if data.dtype == torch.uint8 and data.ndim == 4:
+        height, width = data.shape[-2:]
+        if height != width or height < cfg.image_size:
+            raise DataError(f"the images are {height}x{width}, but training crops squares of data.image_size="
+                            f"{cfg.image_size} from them: store square images at least that large, or set "
+                            f"data.image_size={min(height, width)} (for square images)")
+
+
 class DiffusionDataModule(L.LightningDataModule):
     def __init__(self, cfg, seed: int = 0):
         super().__init__()
@@ -27,6 +42,7 @@ class DiffusionDataModule(L.LightningDataModule):
             return
         decoded = load_source(self.cfg, self.seed)
         report_bad_files(decoded, self.cfg)
+        check_trainable(decoded.data, self.cfg)
         data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.cfg.val_fraction * len(data))
@@ -77,11 +93,13 @@ class DiffusionDataModule(L.LightningDataModule):
         """Batches indexed straight from the data tensor on the training device when the data
         is there (CPU) or fits there (GPU, up to data.gpu_cache_gb); otherwise a DataLoader
         streams them from pinned host memory."""
-        batch_size = min(self.cfg.batch_size, len(self.train_set))
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        batch_size = min(self.cfg.batch_size, len(self.train_set) // world_size)      # small data: one batch an epoch
+        if batch_size < 1:
+            raise DataError(f"{len(self.train_set)} training examples cannot be shared among {world_size} processes")
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         data, labels = self.train_set.data, self.train_set.labels
         if device.type == "cpu" or (device.type == "cuda" and data.nbytes <= self.cfg.gpu_cache_gb * 2**30):
-            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             return DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
                                  rank, world_size, self.seed)
         return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, drop_last=True,

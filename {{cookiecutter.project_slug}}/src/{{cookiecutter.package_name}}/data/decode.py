@@ -86,6 +86,9 @@ def scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
 
 def decode_file(path: Path, size: int, channels: int) -> tuple[np.ndarray, dict]:
     """Decode one file completely (a truncated file fails here, not later in training)."""
+    if not path.is_file():               # a named pipe would block the read forever
+        kind = "a broken or looping symbolic link" if path.is_symlink() else "a named pipe, socket or device"
+        raise OSError(f"not a regular file: {kind}")
     content = path.read_bytes()
     with Image.open(io.BytesIO(content)) as image:
         width, height = image.size

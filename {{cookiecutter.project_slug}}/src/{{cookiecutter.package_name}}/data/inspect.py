@@ -25,6 +25,10 @@ def data_report(cfg) -> tuple[str, Tensor | None]:
     if decoded.files:
         lines += describe_files(decoded, cfg.image_size, warnings)
     lines += describe_labels(decoded, warnings)
+    if decoded.data.is_floating_point():
+        nonfinite = (~torch.isfinite(decoded.data.flatten(1))).any(1).sum().item()
+        if nonfinite:
+            warnings.append(f"{nonfinite} example(s) hold NaN or Inf values: training refuses them")
     if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")

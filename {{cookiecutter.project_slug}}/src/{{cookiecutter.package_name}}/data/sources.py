@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..errors import DataError
 from .cache import cached, fingerprint_key
@@ -98,8 +99,9 @@ def tensor_file_source(cfg, size: int, seed: int) -> Prepared:
 
 
 def file_signature(path: Path, root: Path) -> tuple[str, int, int]:
-    """Name, size and modification time: a file that changes changes at least one of them."""
-    stat = path.stat()
+    """Name, size and modification time: a file that changes changes at least one of them. A
+    broken symbolic link has only its own (decoding then lists it as unreadable)."""
+    stat = path.stat() if path.exists() else path.lstat()
     return str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns
 
 
@@ -183,17 +185,31 @@ def load_tensor_file(path: str | Path) -> Decoded:
         raise DataError(f"'{file}' must hold a tensor of shape (N, ...) with N >= 2 examples"
                         f" (or a dict with key 'data'); found {type(data).__name__}"
                         f"{'' if not isinstance(data, torch.Tensor) else ' of shape ' + str(tuple(data.shape))}")
+    if data.dtype.is_complex or data.dtype == torch.bool:
+        raise DataError(f"'{file}' holds {data.dtype} data; store uint8 images in [0, 255] or real numbers")
     if data.dtype != torch.uint8:
         data = data.float()
-        if data.ndim == 4 and (data.min() < -1.01 or data.max() > 1.01):
-            raise DataError(f"'{file}' holds float images in [{data.min():.3g}, {data.max():.3g}]; "
+        finite = data[torch.isfinite(data)]
+        if data.ndim == 4 and len(finite) and (finite.min() < -1.01 or finite.max() > 1.01):
+            raise DataError(f"'{file}' holds float images in [{finite.min():.3g}, {finite.max():.3g}]; "
                             "store uint8 in [0, 255] or floats scaled to [-1, 1]")
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.int64)
-        if labels.shape != (len(data),) or labels.min() < 0:
-            raise DataError(f"'{file}': labels must be {len(data)} non-negative integers, one per example")
+    labels = None if labels is None else class_numbers(torch.as_tensor(labels), len(data), file)
     names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
     return Decoded(data, labels, names)
+
+
+def class_numbers(labels: Tensor, n: int, file: Path) -> Tensor:
+    """Labels as int64 class numbers 0..K-1, one per example; whole-valued floats are accepted."""
+    if labels.shape != (n,) or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DataError(f"'{file}': labels must be {n} non-negative integers (class numbers), one per example; "
+                        f"found {labels.dtype} of shape {tuple(labels.shape)}")
+    if labels.is_floating_point() and not (torch.isfinite(labels).all() and (labels == labels.round()).all()):
+        raise DataError(f"'{file}': labels must be whole class numbers 0, 1, 2, ...; found {labels[labels != labels.round()][:3].tolist()}")
+    labels = labels.to(torch.int64)
+    if labels.min() < 0 or labels.max() >= n:
+        raise DataError(f"'{file}': labels must number the classes 0..K-1 with K at most the {n} examples; "
+                        f"found labels from {labels.min().item()} to {labels.max().item()}")
+    return labels
 
 
 SOURCES = {

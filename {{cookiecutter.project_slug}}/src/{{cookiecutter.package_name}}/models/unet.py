@@ -12,7 +12,7 @@ from .conditioning import ConditionEmbedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4), channels)
+    return nn.GroupNorm(max(1, min(32, channels // 4)), channels)
 
 
 class ResBlock(nn.Module):
@@ -42,6 +42,8 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int, head_dim: int = 32):
         super().__init__()
         self.heads = max(1, channels // head_dim)
+        while channels % self.heads:          # widths that are not a multiple of head_dim
+            self.heads -= 1
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
@@ -69,6 +71,9 @@ class UNet(nn.Module):
         if size % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"image size {size} must be divisible by 2^{len(channel_mult) - 1} "
                              f"for channel_mult {list(channel_mult)}")
+        if any(level >= len(channel_mult) for level in attention_levels):
+            raise ValueError(f"attention_levels {list(attention_levels)} name levels beyond the "
+                             f"{len(channel_mult)} of channel_mult {list(channel_mult)} (levels count from 0)")
         emb_dim = 4 * channels
         self.embed = ConditionEmbedding(emb_dim, num_classes)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
