@@ -394,3 +394,15 @@ def test_networks_carry_the_noise_range_they_were_trained_on():
     assert (denoiser.sigma_min, denoiser.sigma_max) == (table[0].item(), table[-1].item())
     assert noise(1000, torch.device("cpu")).min() >= denoiser.sigma_min
     assert (LogNormalNoise().sigma_min, LogNormalNoise().sigma_max) == (0.0, math.inf)
+
+
+@pytest.mark.parametrize("name", ["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"])
+def test_the_nfe_formula_matches_the_counted_evaluations(name):
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler, evaluations_per_sample
+
+    sampling = SimpleNamespace(sampler=name, steps=7, eta=0.5, churn=0.0, gamma=1.0, mu=0.0, second_order=False)
+    result = configured_sampler(sampling)(gaussian_denoiser, karras_sigmas(7, 0.002, 80.0),
+                                          torch.zeros(2, 2, dtype=torch.float64), generator=torch.Generator())
+    assert result.nfe == evaluations_per_sample(sampling)

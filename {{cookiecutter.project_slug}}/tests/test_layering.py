@@ -19,24 +19,25 @@ NAME = PACKAGE.name
 ALLOWED = {
     "errors": set(),
     "pixels": set(),
+    "storage": set(),
     "diffusion": set(),
     "models": set(),
     "tasks": {"diffusion", "pixels"},
-    "evaluation": {"pixels"},
+    "evaluation": {"pixels", "storage", "errors"},
     "adapters": {"diffusion"},
-    "data": {"pixels", "errors"},
+    "data": {"pixels", "storage", "errors"},
     "config": {"errors"},
     "visualize": {"pixels", "diffusion"},
     "module": {"diffusion", "models", "config", "errors"},
-    "callbacks": {"evaluation", "visualize", "pixels"},
+    "callbacks": {"evaluation", "visualize", "diffusion", "pixels", "storage"},
     "trainer": {"callbacks", "config", "errors"},
     "runs": {"module", "adapters", "config", "errors"},
     "commands": {"runs", "config", "module", "trainer", "data", "tasks", "evaluation", "visualize", "adapters",
-                 "diffusion", "pixels", "errors"},
+                 "diffusion", "pixels", "storage", "errors"},
     "cli": {"commands", "errors"},
     "__main__": {"cli"},
 }
-PURE_TORCH = {"diffusion", "models", "pixels", "errors", "tasks", "evaluation", "adapters"}
+PURE_TORCH = {"diffusion", "models", "pixels", "errors", "storage", "tasks", "evaluation", "adapters"}
 FRAMEWORKS = {"lightning", "pytorch_lightning", "omegaconf"}
 
 

@@ -311,7 +311,7 @@ def test_a_checkpoint_write_cut_short_leaves_the_last_one_whole(tmp_path, monkey
         AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, target)
     monkeypatch.undo()
     assert torch.load(target, weights_only=True)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.partial"]   # removed when training starts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", f"last.ckpt.{os.getpid()}.partial"]  # removed at start
 
 
 DDP_WITH_NAN = """

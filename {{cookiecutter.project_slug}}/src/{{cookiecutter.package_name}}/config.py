@@ -88,9 +88,12 @@ class DiffusionConfig:
     p_uncond: float = MISSING
 
 
+SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"]
+
+
 @dataclass
 class SamplingConfig:
-    sampler: Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"] = MISSING
+    sampler: SamplerName = MISSING
     steps: int = MISSING
     schedule: Literal["karras", "loglinear", "uniform_t", "trailing"] = MISSING
     sigma_min: float = MISSING
@@ -102,6 +105,22 @@ class SamplingConfig:
     mu: float = MISSING
     second_order: bool = MISSING
     guidance: float = MISSING
+
+
+@dataclass
+class EvaluationConfig:
+    every_n_steps: int = MISSING
+    samples: int = MISSING
+    batch_size: int = MISSING
+    sampler: SamplerName = MISSING
+    steps: int = MISSING
+    extractor: Literal["inception", "custom"] = MISSING
+    extractor_module: Optional[str] = None
+    extractor_weights: Optional[str] = None
+    kid_subset_size: int = MISSING
+    kid_reference: int = MISSING
+    seed: int = MISSING
+    cache_dir: str = MISSING
 
 
 @dataclass
@@ -141,6 +160,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
@@ -262,6 +282,13 @@ VALUE_RULES = {
     "sampling.gamma": FINITE,
     "sampling.mu": UNIT_INTERVAL,
     "sampling.guidance": FINITE,
+    "evaluation.every_n_steps": at_least(0),
+    "evaluation.samples": at_least(2),
+    "evaluation.batch_size": at_least(1),
+    "evaluation.steps": at_least(1),
+    "evaluation.kid_subset_size": at_least(2),
+    "evaluation.kid_reference": at_least(2),
+    "evaluation.seed": ((lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"),
     "optim.lr": finite_above(0),
     "optim.weight_decay": finite_above(0, inclusive=True),
     "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
@@ -294,6 +321,8 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine"):
         raise ConfigError("sampling.schedule=trailing needs a discrete training schedule "
                           "(diffusion.train_noise=ddpm or cosine); use karras or loglinear")
+    if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:
+        raise ConfigError("evaluation.extractor=custom needs evaluation.extractor_module=package.module:factory")
     if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:
         raise ConfigError("need sampling.sigma_min < sampling.sigma_max, got "
                           f"{cfg.sampling.sigma_min} and {cfg.sampling.sigma_max}")
@@ -312,14 +341,19 @@ def refuse_unknown_keys(keys, valid: list[str], source: str) -> None:
             raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}")
 
 
-def run_sampling_config(cfg: DictConfig, overrides: DictConfig) -> DictConfig:
-    """A trained run's configuration for sampling: its sampling section typed by the schema,
-    then overridden by ``overrides`` (the sampling keys of a ``sample`` command line) and checked."""
-    cfg = cfg.copy()
-    cfg.sampling = merge(OmegaConf.structured(SamplingConfig), cfg.sampling, "the run's config")
-    cfg.sampling = merge(cfg.sampling, overrides, "the command line")
-    check_values(cfg, [key for key in VALUE_RULES if key.startswith("sampling.")])
-    return cfg
+def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
+    """A trained run's configuration, ready to sample or evaluate: its ``section`` ("sampling" or
+    "evaluation") typed by the schema (keys the run predates take this project's defaults), then
+    overridden by ``overrides`` (a command line's keys of that section) and checked."""
+    base_file = default_config_dir() / "config.yaml"
+    defaults = OmegaConf.select(OmegaConf.load(base_file), section) if base_file.is_file() else None
+    run = cfg.copy()
+    merged = OmegaConf.structured({"sampling": SamplingConfig, "evaluation": EvaluationConfig}[section])
+    for layer, source in ((defaults, str(base_file)), (cfg.get(section), "the run's config"), (overrides, "the command line")):
+        merged = merge(merged, layer or {}, source)
+    OmegaConf.update(run, section, merged, force_add=True)
+    check_values(run, [key for key in VALUE_RULES if key.startswith(section + ".")])
+    return run
 
 
 def sampling_keys() -> list[str]:

@@ -33,3 +33,7 @@ class Interrupted(Exception):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.exit_code = 128 + signal_number
+
+
+class OfflineWeights(UserError):
+    """Weights a feature extractor needs are not here and cannot be downloaded."""

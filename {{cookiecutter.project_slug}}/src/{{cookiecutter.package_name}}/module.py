@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from .diffusion.generate import generate
+from .diffusion.generate import generate, indexed_noise
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization, x0_loss_weight
 from .diffusion.samplers import Denoiser, Hook, SampleResult, configured_sampler
@@ -187,11 +187,22 @@ class DiffusionModule(L.LightningModule):
 
     def sample(self, n: int, generator: torch.Generator, sampling: DictConfig | None = None,
                labels: Tensor | None = None, conditions: list[tuple[Tensor, float]] | None = None,
-               hooks: list[Hook] = ()) -> SampleResult:
+               hooks: list[Hook] = (), noise: Tensor | None = None) -> SampleResult:
         """Draw ``n`` samples with the EMA weights, as ``sampling`` (default: the run's own
-        sampling section) says; see ``guided`` for ``labels`` and ``conditions``."""
+        sampling section) says, from ``noise`` if given (else drawn from ``generator``); see
+        ``guided`` for ``labels`` and ``conditions``."""
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
         return generate(self.guided(n, sampling.guidance, labels, conditions),
                         sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
-                        shape=(n, *self.data_shape), generator=generator, hooks=hooks, device=self.device)
+                        shape=(n, *self.data_shape) if noise is None else None, noise=noise,
+                        generator=generator, hooks=hooks, device=self.device)
+
+    def sample_numbered(self, indices: Tensor, seed: int, sampling: DictConfig | None = None) -> Tensor:
+        """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of
+        seed + i and, for a conditional model, has label i mod the number of classes, whatever
+        batch it is drawn in. Stochastic samplers draw their step noise from seed + indices[0]."""
+        generator = torch.Generator().manual_seed(seed + int(indices[0]))
+        labels = indices % self.num_classes if self.num_classes else None
+        return self.sample(len(indices), generator, sampling, labels=labels,
+                           noise=indexed_noise(indices, self.data_shape, seed)).x

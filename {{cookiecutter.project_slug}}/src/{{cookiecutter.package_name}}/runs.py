@@ -6,6 +6,7 @@
         checkpoints/last.ckpt  model, EMA, optimiser, step, data position and random state
         samples/step_*.png     fixed-seed sample grids written during training
         generated/             what ``sample`` writes
+        fid/                   FID and KID: history.jsonl during training, what ``evaluate`` writes
         inspect/               what ``inspect-data`` writes
         tensorboard/ or csv/   the logs
 
@@ -36,6 +37,7 @@ class Run:
         self.last_checkpoint = self.root / "checkpoints" / "last.ckpt"
         self.samples = self.root / "samples"
         self.generated = self.root / "generated"
+        self.fid = self.root / "fid"
         self.inspect = self.root / "inspect"
 
     @classmethod

@@ -9,8 +9,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import OmegaConf
 
-from .callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecord, SampleGrid
+from .callbacks import AtomicCheckpointIO, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid
 from .errors import ConfigError, MissingPackage
 
 
@@ -72,9 +73,15 @@ def check_hardware(trainer_cfg) -> None:
         raise ConfigError(f"trainer.precision={precision} needs a GPU; on a CPU use 32-true or bf16-mixed")
 
 
-def build_trainer(cfg, run, write_record: Callable[[], None]) -> L.Trainer:
+def evaluation_sampling(cfg):
+    """The run's sampling section with the evaluation's sampler and steps."""
+    return OmegaConf.merge(cfg.sampling, {"sampler": cfg.evaluation.sampler, "steps": cfg.evaluation.steps})
+
+
+def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None) -> L.Trainer:
     """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``);
-    ``write_record`` saves the run's configuration once training has started."""
+    ``write_record`` saves the run's configuration once training has started; with a feature
+    ``extractor``, FID and KID are measured every evaluation.every_n_steps."""
     check_hardware(cfg.trainer)
     # Only the DataLoader used for data too big for GPU memory cannot restore its position in
     # an epoch; it resumes with a fresh shuffle from the restored random state, which is all
@@ -87,6 +94,8 @@ def build_trainer(cfg, run, write_record: Callable[[], None]) -> L.Trainer:
         RunRecord(write_record),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if extractor is not None:
+        callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(
         accelerator=trainer_cfg.accelerator,

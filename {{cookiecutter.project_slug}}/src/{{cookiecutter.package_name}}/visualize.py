@@ -104,3 +104,14 @@ def output_path(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def save_nfe_plot(results: list[dict], path: str | Path, ylabel: str) -> Path:
+    """FID against the number of network evaluations, one line per sampler (log-scaled NFE)."""
+    fig, ax = new_figure()
+    for sampler in dict.fromkeys(r["sampler"] for r in results):
+        points = sorted((r["nfe"], r["fid"]) for r in results if r["sampler"] == sampler)
+        ax.plot(*zip(*points), marker="o", label=sampler)
+    ax.set(xscale="log", xlabel="network evaluations per sample (NFE)", ylabel=ylabel, title="quality against cost")
+    ax.legend()
+    return _save(fig, path)

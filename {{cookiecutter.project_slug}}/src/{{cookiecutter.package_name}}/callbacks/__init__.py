@@ -1,5 +1,6 @@
 from .last_checkpoint import AtomicCheckpointIO, LastCheckpoint
+from .quality import QualityMetrics
 from .run_record import RunRecord
 from .sample_grid import SampleGrid
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "RunRecord", "SampleGrid"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "QualityMetrics", "RunRecord", "SampleGrid"]

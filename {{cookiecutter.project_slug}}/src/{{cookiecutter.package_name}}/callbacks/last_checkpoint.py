@@ -3,7 +3,6 @@ training is interrupted (Ctrl-C, SIGTERM, a crash), so that a rerun resumes wher
 random state and data position included."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -11,22 +10,16 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..storage import save_atomically
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint next to its destination under a temporary name, flushes it to disk
-    and renames it over the old one: an interruption at any moment leaves the previous
-    checkpoint intact, and no bytes pass through the system's temporary folder (small and
-    node-local on clusters) or through a second copy in memory."""
+    """Checkpoints written with ``storage.save_atomically``: an interruption at any moment leaves
+    the previous checkpoint intact. (Lightning's own writer passes every byte through the
+    system's temporary folder, small and node-local on clusters, and a second copy in memory.)"""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
+        save_atomically(checkpoint, path)
 
 
 class LastCheckpoint(L.Callback):

@@ -1,5 +1,6 @@
 """One module per command. Each has ``USAGE`` (its line of ``--help``) and ``run(overrides)``,
 which reads ``key=value`` pairs, calls the library and saves what it made."""
-from . import inspect_data, sample, train
+from . import evaluate, fetch_weights, inspect_data, sample, train
 
-COMMANDS = {"train": train, "sample": sample, "inspect-data": inspect_data}
+COMMANDS = {"train": train, "sample": sample, "evaluate": evaluate, "inspect-data": inspect_data,
+            "fetch-weights": fetch_weights}

@@ -11,7 +11,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..config import merge, parse_overrides, refuse_unknown_keys, run_sampling_config, sampling_keys
+from ..config import merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
 from ..pixels import to_uint8
@@ -42,7 +42,7 @@ def run(overrides: list[str]) -> Path:
     """Sample from a trained run; the sampling section of its config gives the defaults."""
     command, sampling_overrides = split_overrides(overrides)
     module, run_dir = load_run(command.run)
-    sampling = run_sampling_config(module.cfg, sampling_overrides).sampling
+    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
     check_conditions(command, module.hparams.class_names if module.num_classes else [])
     device = pick_device(command.device)
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)

@@ -10,10 +10,13 @@ from omegaconf import OmegaConf
 
 from ..config import load_config
 from ..data import DiffusionDataModule
+from ..diffusion.samplers import evaluations_per_sample
 from ..errors import Interrupted
+from ..evaluation.features import build_extractor
+from ..evaluation.quality import evaluation_cost
 from ..module import DiffusionModule
 from ..runs import Run
-from ..trainer import build_trainer, seed_process
+from ..trainer import build_trainer, evaluation_sampling, seed_process
 
 USAGE = """\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
@@ -23,14 +26,18 @@ train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=
 def run(overrides: list[str]) -> Path:
     cfg = load_config(overrides)
     run_dir = Run.named(cfg.name)
+    program = __package__.split(".")[0]
+    extractor = build_extractor(cfg.evaluation, program) if cfg.evaluation.every_n_steps else None
     seed_process(cfg.seed)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
     module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
     resume_from = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
-    trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names))
+    trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir.root}" + (f" (resuming from {resume_from})" if resume_from else ""))
+        if extractor is not None:
+            print(quality_cost(cfg, extractor.name, trainer.world_size))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except SystemExit:       # Lightning's way out after Ctrl-C or SIGTERM, once last.ckpt is saved
@@ -39,8 +46,17 @@ def run(overrides: list[str]) -> Path:
         signal_number = signal.SIGTERM if trainer.received_sigterm else signal.SIGINT
         command = " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
         raise Interrupted(f"{signal.Signals(signal_number).name} at step {trainer.global_step}; "
-                          f"{run_dir.last_checkpoint} is saved. Resume with: {__package__.split('.')[0]} {command}",
-                          signal_number) from None
+                          f"{run_dir.last_checkpoint} is saved. Resume with: {program} {command}", signal_number) from None
     if trainer.is_global_zero:
         print(f"done: checkpoints in {run_dir.last_checkpoint.parent}, sample grids in {run_dir.samples}")
     return run_dir.root
+
+
+def quality_cost(cfg, extractor_name: str, world_size: int) -> str:
+    """What FID during training will cost, said before training starts."""
+    evaluation, nfe = cfg.evaluation, evaluations_per_sample(evaluation_sampling(cfg))
+    evaluating, training = evaluation_cost(evaluation.samples, nfe, evaluation.every_n_steps,
+                                           cfg.data.batch_size * world_size)
+    return (f"quality: FID and KID with {extractor_name}: {evaluation.samples} samples x ({nfe} NFE + features) = "
+            f"{evaluating:,} network evaluations every {evaluation.every_n_steps} steps, about "
+            f"{100 * evaluating / training:.0f}% of training's {training:,}; the time is measured at each evaluation")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..storage import save_atomically
 from .decode import Decoded
 
 
@@ -33,8 +33,5 @@ def cached(fingerprint: dict, build: Callable[[], Decoded], cache_dir: str) -> D
     if path.is_file():
         return Decoded(**torch.load(path, mmap=True, weights_only=True))
     decoded = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    torch.save(asdict(decoded), partial)
-    os.replace(partial, path)
+    save_atomically(asdict(decoded), path)
     return decoded

@@ -20,23 +20,36 @@ from .samplers import Denoiser, Hook, Sampler, SampleResult
 
 @torch.no_grad()
 def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Sequence[int] | None = None,
-             image: Tensor | None = None, generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
-             device: torch.device | str = "cpu") -> SampleResult:
-    """Run ``sampler`` down ``sigmas`` from one of two starting points:
+             noise: Tensor | None = None, image: Tensor | None = None, generator: torch.Generator | None = None,
+             hooks: Iterable[Hook] = (), device: torch.device | str = "cpu") -> SampleResult:
+    """Run ``sampler`` down ``sigmas`` from one of three starting points:
 
     * ``shape``: pure noise, x = sigmas[0] * eps with eps ~ N(0, I) drawn from ``generator`` on
       the generator's device, so a seed gives the same samples on every device; the result is
       float32 on ``device``.
+    * ``noise``: the same with eps given (to fix each sample's noise whatever the batch it is in).
     * ``image``: a batch of images in [-1, 1], noised to the first level, x = image + sigmas[0] * eps.
       Starting part-way down the sequence (``sigmas[k:]``) is SDEdit (Meng et al. 2022): the
       sample keeps the image's coarse structure and redraws the details.
 
-    No gradients are recorded; a denoiser wrapper that needs them (guidance by a gradient)
-    enables them itself.
+    ``generator`` also gives the noise of stochastic samplers. No gradients are recorded; a
+    denoiser wrapper that needs them (guidance by a gradient) enables them itself.
     """
-    if (shape is None) == (image is None):
-        raise ValueError("generate needs exactly one starting point: shape= (pure noise) or image= (SDEdit)")
-    start = torch.zeros(tuple(shape), device=device) if image is None else image
-    eps = torch.randn(start.shape, generator=generator, device=generator.device if generator else "cpu")
-    x = start + (sigmas[0] * eps.double()).to(start)
+    if sum(start is not None for start in (shape, noise, image)) != 1:
+        raise ValueError("generate needs exactly one starting point: shape= or noise= (pure noise), or image= (SDEdit)")
+    if image is not None:
+        start = image
+    else:
+        start = torch.zeros(tuple(shape) if noise is None else noise.shape, device=device)
+    if noise is None:
+        noise = torch.randn(start.shape, generator=generator, device=generator.device if generator else "cpu")
+    x = start + (sigmas[0] * noise.double()).to(start)
     return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks)
+
+
+def indexed_noise(indices: Tensor, shape: Sequence[int], seed: int) -> Tensor:
+    """Standard normal noise for samples numbered ``indices``, each from a generator seeded with
+    seed + index: sample i of a numbered set starts from the same noise whatever batch it is
+    drawn in and however many processes share the work (the FID protocol needs this)."""
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + int(i)))
+                        for i in indices])

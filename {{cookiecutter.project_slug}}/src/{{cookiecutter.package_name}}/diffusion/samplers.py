@@ -242,3 +242,9 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
 def configured_sampler(sampling) -> Sampler:
     """The sampler named by ``sampling.sampler``, with its options from the same config section."""
     return SAMPLERS[sampling.sampler](sampling)
+
+
+def evaluations_per_sample(sampling) -> int:
+    """NFE of the configured sampler: Heun corrects every step but the last (2N - 1 evaluations),
+    the others evaluate the network once per step."""
+    return 2 * sampling.steps - 1 if sampling.sampler == "heun" else sampling.steps

@@ -1,0 +1,137 @@
+"""``evaluate``: FID and KID of a trained run, the full protocol: many samples, several seeds,
+and on request FID against NFE for several samplers."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING, OmegaConf
+from tqdm import tqdm
+
+from ..config import EvaluationConfig, merge, parse_overrides, refuse_unknown_keys, run_config
+from ..data import DiffusionDataModule
+from ..diffusion.samplers import SAMPLERS, evaluations_per_sample
+from ..errors import ConfigError
+from ..evaluation.features import build_extractor
+from ..evaluation.quality import count_name, fid_kid, reference_file, reference_statistics, sample_features
+from ..pixels import to_uint8
+from ..runs import load_run, pick_device
+from ..visualize import save_image, save_nfe_plot
+
+EVALUATION_KEYS = [f.name for f in fields(EvaluationConfig) if f.name != "every_n_steps"]
+
+USAGE = f"""\
+evaluate run=DIR [key=value ...]
+                          FID and KID of a run against its training data, into runs/<name>/fid/; keys:
+                          seeds, sweep (FID against NFE for sweep_samplers x sweep_steps), keep_images,
+                          device, and the evaluation keys {", ".join(EVALUATION_KEYS)}
+                          (samples defaults to 50000, the published protocol)"""
+
+
+@dataclass
+class EvaluateCommand:
+    run: str = MISSING                   # a run directory (runs/<name>) or a .ckpt file
+    seeds: int = 1                       # repeat with this many seeds (seed, seed + n, ...) and report the spread
+    sweep: bool = False                  # also FID against NFE for every sampler and step count below
+    sweep_samplers: list[str] = field(default_factory=lambda: ["euler", "heun", "dpmpp_2m"])
+    sweep_steps: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    keep_images: bool = False            # save the first seed's samples as PNGs in runs/<name>/fid/images/
+    device: str = "auto"                 # auto | cpu | cuda | mps
+
+
+def run(overrides: list[str]) -> Path:
+    command, evaluation_overrides = split_overrides(overrides)
+    module, run_dir = load_run(command.run)
+    evaluation = run_config(module.cfg, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
+    cfg = run_config(module.cfg, "sampling", {"sampler": evaluation.sampler, "steps": evaluation.steps})
+    device = pick_device(command.device)
+    extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
+    module.to(device)
+    data = DiffusionDataModule(cfg.data, cfg.seed)
+    data.setup()
+    path = reference_file(evaluation.cache_dir, data.fingerprint, cfg.data.image_size, cfg.data.channels, extractor)
+    images = data.reference_images()
+    with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:
+        reference = reference_statistics(images, extractor, path, evaluation.batch_size, evaluation.kid_reference,
+                                         device, bar.update)
+    plans = [(cfg.sampling, seed) for seed in range(evaluation.seed, evaluation.seed + command.seeds * evaluation.samples,
+                                                    evaluation.samples)]
+    if command.sweep:
+        plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
+                  for name in command.sweep_samplers for steps in command.sweep_steps]
+    announce(module, extractor, evaluation, plans, device)
+    keep = image_keeper(run_dir.fid / "images") if command.keep_images else None
+    results = []
+    for k, (sampling, seed) in enumerate(plans):
+        with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
+                  unit="sample") as bar:
+            draw = partial(module.sample_numbered, seed=seed, sampling=sampling)
+            features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
+                                       keep=keep if k == 0 else None, progress=bar.update)
+        results.append({"sampler": sampling.sampler, "steps": sampling.steps,
+                        "nfe": evaluations_per_sample(sampling), "seed": seed,
+                        **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
+    return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
+
+
+def announce(module, extractor, evaluation, plans, device) -> None:
+    """Time one batch, then say what the whole evaluation will take."""
+    started = time.perf_counter()
+    indices = torch.arange(min(evaluation.batch_size, evaluation.samples))
+    sampling = plans[0][0]
+    extractor(to_uint8(module.sample_numbered(indices, 0, sampling)).to(device))
+    per_sample = (time.perf_counter() - started) / len(indices)
+    work = sum(evaluations_per_sample(s) + 1 for s, _ in plans) / (evaluations_per_sample(sampling) + 1)
+    minutes = per_sample * evaluation.samples * work / 60
+    print(f"evaluating {len(plans)} x {evaluation.samples} samples with {extractor.name}: about {minutes:.0f} min "
+          f"(timed on one batch)")
+
+
+def image_keeper(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(indices, images):
+        for i, image in zip(indices.tolist(), images):
+            save_image(image, folder / f"{i:06d}.png")
+
+    return keep
+
+
+def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Path) -> Path:
+    """evaluation.json (each seed, and the mean and spread), sweep.json and sweep.png."""
+    count = count_name(runs[0]["samples"])
+    fids, kids = [r["fid"] for r in runs], [r["kid"] for r in runs]
+    summary = {"extractor": extractor_name, "samples": runs[0]["samples"], "sampler": runs[0]["sampler"],
+               "steps": runs[0]["steps"], "nfe": runs[0]["nfe"], f"fid@{count}": statistics.mean(fids),
+               f"fid@{count}_std": statistics.stdev(fids) if len(fids) > 1 else 0.0,
+               f"kid@{count}": statistics.mean(kids), "runs": runs}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "evaluation.json").write_text(json.dumps(summary, indent=1))
+    spread = f" ± {summary[f'fid@{count}_std']:.2f} over {len(runs)} seeds" if len(runs) > 1 else ""
+    print(f"fid@{count} {summary[f'fid@{count}']:.2f}{spread}, kid@{count} {summary[f'kid@{count}']:.4f} "
+          f"({runs[0]['sampler']}, {runs[0]['nfe']} NFE, {extractor_name}): {folder / 'evaluation.json'}")
+    if sweep:
+        (folder / "sweep.json").write_text(json.dumps({"extractor": extractor_name, "results": sweep}, indent=1))
+        print(f"FID against NFE: {save_nfe_plot(sweep, folder / 'sweep.png', f'fid@{count} ({extractor_name})')}")
+    return folder
+
+
+def split_overrides(overrides: list[str]) -> tuple[EvaluateCommand, dict]:
+    """Evaluation keys (samples=10000) go to the run's evaluation section; the rest describe the command."""
+    parsed = parse_overrides(overrides)
+    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(EvaluateCommand)] + EVALUATION_KEYS, "the command line")
+    evaluation = {k: v for k, v in parsed.items() if k in EVALUATION_KEYS}
+    rest = OmegaConf.create({k: v for k, v in parsed.items() if k not in EVALUATION_KEYS})
+    command = merge(OmegaConf.structured(EvaluateCommand), rest, "the command line")
+    if OmegaConf.is_missing(command, "run"):
+        raise ConfigError("evaluate needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+    unknown = [name for name in command.sweep_samplers if name not in SAMPLERS]
+    if unknown or command.seeds < 1 or min(command.sweep_steps, default=1) < 1:
+        raise ConfigError(f"bad sweep or seeds: seeds >= 1, sweep_steps >= 1, sweep_samplers from {', '.join(SAMPLERS)}"
+                          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return command, evaluation

@@ -1,0 +1,265 @@
+"""FID and KID against independent implementations on the same features, the reference cache,
+the sharing of samples among processes, and the offline path. Tests use a small feature
+extractor of their own, never Inception's weights (no network, ever)."""
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.evaluation import features as features_module
+from {{ cookiecutter.package_name }}.evaluation.quality import fid_kid, reference_statistics, sample_features, shares
+
+
+def statistics_of(features: torch.Tensor) -> dict:
+    """Reference statistics as reference_statistics stores them, with every feature kept for KID."""
+    f = features.double()
+    return {"sum": f.sum(0), "outer": f.T @ f, "count": len(f), "kid_features": features.float()}
+
+
+def independent_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """Heusel et al. 2017, eq. 6, with scipy's matrix square root in float64."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def independent_kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Binkowski et al. 2018: the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, on the full sets."""
+    d = a.shape[1]
+    k = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    m, n = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+                 - 2 * k(a, b).mean())
+
+
+@pytest.fixture
+def two_sets():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 8, generator=g) @ torch.randn(8, 8, generator=g)
+    fake = 0.8 * torch.randn(400, 8, generator=g) @ torch.randn(8, 8, generator=g) + 0.3
+    return real, fake
+
+
+def test_fid_of_a_set_with_itself_is_zero(two_sets):
+    real, _ = two_sets
+    assert abs(fid_kid(statistics_of(real), real)["fid"]) < 1e-3
+
+
+def test_fid_and_kid_equal_independent_implementations(two_sets):
+    real, fake = two_sets
+    result = fid_kid(statistics_of(real), fake, kid_subset_size=len(fake), kid_subsets=1)
+    assert result["fid"] == pytest.approx(independent_fid(real.double().numpy(), fake.double().numpy()), rel=1e-4)
+    assert result["kid"] == pytest.approx(independent_kid(real.double().numpy(), fake.double().numpy()), rel=1e-3)
+
+
+def test_kid_does_not_touch_the_global_random_state(two_sets):
+    real, fake = two_sets
+    state = torch.get_rng_state()
+    first = fid_kid(statistics_of(real), fake, kid_subset_size=100)
+    assert torch.equal(torch.get_rng_state(), state) and first == fid_kid(statistics_of(real), fake, kid_subset_size=100)
+
+
+class MeanAndSpread(torch.nn.Module):
+    """A tiny feature extractor: per-channel means and standard deviations of a 4x4 pooling."""
+
+    name, key = "test features", "test-features"
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        x = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)
+        return self.scale * torch.cat([x, x.square()], dim=1)
+
+
+def draw_from_indices(indices):
+    """Deterministic 'samples' fixed by their index, as DiffusionModule.sample_numbered is."""
+    return torch.stack([torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(int(i))) * 2 - 1 for i in indices])
+
+
+def test_samples_are_shared_out_disjointly_and_do_not_depend_on_batch_size_or_processes():
+    extractor = MeanAndSpread()
+    single = sample_features(draw_from_indices, extractor, 23, batch_size=5)
+    assert torch.equal(single, sample_features(draw_from_indices, extractor, 23, batch_size=7))
+    parts = [list(shares(23, 5, rank, 2)) for rank in range(2)]
+    indices = [torch.cat(p).tolist() for p in parts]
+    assert not set(indices[0]) & set(indices[1]) and sorted(indices[0] + indices[1]) == list(range(23))
+    ranked = [sample_features(draw_from_indices, extractor, 23, 5, rank, 2) for rank in range(2)]
+    order = torch.tensor(indices[0] + indices[1]).argsort()
+    assert torch.equal(torch.cat(ranked)[order], single)                 # the union is the single-process set
+
+
+def test_reference_statistics_are_cached_and_rebuilt_when_the_data_changes(project_dir, tmp_path):
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.evaluation.quality import reference_file
+    from PIL import Image
+
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for k in range(6):
+        Image.new("L", (8, 8), 40 * k).save(pics / f"{k}.png")
+    cfg = load_config(["data.name=image_folder", f"data.root={pics}", "data.image_size=8", "data.channels=1",
+                       "data.labels_from_subfolders=false", "data.val_fraction=0"]).data
+    extractor = MeanAndSpread()
+
+    def statistics():
+        data = DiffusionDataModule(cfg)
+        data.setup()
+        path = reference_file(str(tmp_path / "fid"), data.fingerprint, 8, 1, extractor)
+        return reference_statistics(data.reference_images(), extractor, path, 4, 100, torch.device("cpu"))
+
+    first = statistics()
+    calls = extractor.calls
+    assert torch.equal(statistics()["sum"], first["sum"]) and extractor.calls == calls       # reused
+    Image.new("L", (8, 8), 255).save(pics / "0.png")                                         # one image changes
+    assert not torch.equal(statistics()["sum"], first["sum"]) and extractor.calls > calls     # rebuilt
+
+
+EXTRACTOR_FILE = '''
+import torch
+
+class Features(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Linear(64, 16)
+
+    def forward(self, images):                       # floats in [-1, 1], (N, 1, 8, 8)
+        return self.project(torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1))
+'''
+
+
+@pytest.fixture
+def custom_extractor(tmp_path, monkeypatch):
+    (tmp_path / "tiny_features.py").write_text(EXTRACTOR_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return ["evaluation.extractor=custom", "evaluation.extractor_module=tiny_features:Features"]
+
+
+DIGITS = ["experiment=digits", "logger=csv", "model.unet.channels=8", "data.batch_size=16",
+          "evaluation.samples=40", "evaluation.batch_size=16", "evaluation.steps=2", "evaluation.kid_subset_size=20",
+          "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]
+
+
+def test_fid_during_training_is_logged_with_its_sample_count_and_never_changes_training(project_dir, custom_extractor,
+                                                                                          capsys):
+    assert main(["train", *DIGITS, *custom_extractor, "name=plain", "trainer.max_steps=4"]) == 0
+    assert main(["train", *DIGITS, *custom_extractor, "name=measured", "trainer.max_steps=4",
+                 "evaluation.every_n_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "quality: FID and KID with custom tiny_features:Features: 40 samples x (2 NFE + features)" in out
+    history = [json.loads(line) for line in (project_dir / "runs/measured/fid/history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [2, 4]
+    assert history[0]["samples"] == 40 and history[0]["sampler"] == "dpmpp_2m, 2 steps" and history[0]["nfe"] == 2
+    assert np.isfinite(history[1]["fid"]) and history[1]["extractor"] == "custom tiny_features:Features"
+    metrics = (project_dir / "runs/measured/csv/version_0/metrics.csv").read_text()
+    assert "val/fid@40" in metrics and "val/kid@40" in metrics
+    plain, measured = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+                       for name in ("plain", "measured"))
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)        # evaluation leaves training as it was
+    assert not any("extractor" in k or "project" in k for k in measured)  # nor enters the checkpoint
+
+
+def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_dir, custom_extractor, capsys):
+    assert main(["train", *DIGITS, "name=done", "trainer.max_steps=2"]) == 0
+    assert main(["evaluate", "run=runs/done", *[o.split(".", 1)[1] for o in custom_extractor], "samples=40",
+                 "batch_size=16", "kid_subset_size=20", "steps=2", "seeds=2", "sweep=true",
+                 "sweep_samplers=[euler,heun]", "sweep_steps=[1,2]", "keep_images=true"]) == 0
+    out = capsys.readouterr().out
+    assert "about" in out and "min (timed on one batch)" in out
+    folder = project_dir / "runs/done/fid"
+    summary = json.loads((folder / "evaluation.json").read_text())
+    assert len(summary["runs"]) == 2 and summary["runs"][0]["seed"] != summary["runs"][1]["seed"]
+    assert summary["fid@40_std"] > 0 and summary["extractor"] == "custom tiny_features:Features"
+    sweep = json.loads((folder / "sweep.json").read_text())["results"]
+    assert [(r["sampler"], r["nfe"]) for r in sweep] == [("euler", 1), ("euler", 2), ("heun", 1), ("heun", 3)]
+    assert (folder / "sweep.png").is_file() and len(list((folder / "images").glob("*.png"))) == 40
+
+
+def test_offline_inception_weights_stop_training_before_it_starts(project_dir, monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(path):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(features_module, "fetch_inception_weights", offline)
+    assert main(["train", *DIGITS, "name=offline", "evaluation.every_n_steps=2", "trainer.max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR: FID needs the Inception weights weights-inception-2015-12-05-6726825d.pth")
+    assert str(tmp_path / "hub" / "checkpoints") in err and "fetch-weights" in err and "evaluation.extractor_weights" in err
+    assert "\n" not in err and not (project_dir / "runs" / "offline").exists()       # nothing started
+
+
+def test_fetch_weights_offline_is_one_error_line(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch_fidelity")
+
+    def offline(url, destination, progress=True):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert main(["fetch-weights", f"path={tmp_path / 'w.pth'}"]) == 2
+    assert capsys.readouterr().err.startswith("ERROR: could not download weights-inception")
+
+
+@pytest.mark.parametrize("module, message", [("nowhere:Net", "does not name a network"),
+                                             ("tiny_features:Missing", "does not name a network")])
+def test_a_custom_extractor_that_cannot_be_found_is_one_error_line(project_dir, custom_extractor, capsys, module, message):
+    assert main(["train", *DIGITS, *custom_extractor, f"evaluation.extractor_module={module}",
+                 "evaluation.every_n_steps=2"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    torch.save({"project.weight": Payload()}, tmp_path / "weights.pt")
+    assert main(["train", *DIGITS, *custom_extractor, f"evaluation.extractor_weights={tmp_path / 'weights.pt'}",
+                 "evaluation.every_n_steps=2"]) == 2
+    assert "is not a weights file this project loads" in capsys.readouterr().err and not (tmp_path / "ran").exists()
+
+
+def test_the_default_cadence_costs_at_most_a_tenth_of_training():
+    """In network evaluations, at each GPU preset's defaults (the CPU preset does not evaluate)."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.diffusion.samplers import evaluations_per_sample
+    from {{ cookiecutter.package_name }}.evaluation.quality import evaluation_cost
+    from {{ cookiecutter.package_name }}.trainer import evaluation_sampling
+
+    for preset in ("colab-t4", "a100", "h100"):
+        cfg = load_config([f"preset={preset}", "evaluation.every_n_steps=10000"])
+        evaluating, training = evaluation_cost(cfg.evaluation.samples, evaluations_per_sample(evaluation_sampling(cfg)),
+                                               cfg.evaluation.every_n_steps, cfg.data.batch_size)
+        assert evaluating <= 0.1 * training, preset
+
+
+def test_the_inception_path_runs_offline_from_a_weights_file(project_dir, tmp_path, monkeypatch):
+    """The real extractor end to end (grayscale repeated to RGB, resized to 299, 2048 features),
+    from a local weights file: random weights of the right shapes, since tests never download."""
+    pytest.importorskip("torch_fidelity")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        patch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: None)
+        random_inception = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save(random_inception.state_dict(), tmp_path / "inception.pth")
+    torch.save(torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8), tmp_path / "digits.pt")   # few: Inception is slow on a CPU
+    assert main(["train", *DIGITS, "name=inception", "data.name=tensor_file", f"data.root={tmp_path / 'digits.pt'}",
+                 "data.val_fraction=0", "model.conditional=false", "trainer.max_steps=2", "evaluation.every_n_steps=2",
+                 "evaluation.samples=12", "evaluation.kid_subset_size=10", "evaluation.kid_reference=20",
+                 f"evaluation.extractor_weights={tmp_path / 'inception.pth'}", "evaluation.cache_dir=fid-cache"]) == 0
+    history = json.loads((project_dir / "runs/inception/fid/history.jsonl").read_text())
+    assert history["extractor"] == "inception-v3 (2048 pool features)" and np.isfinite(history["fid"])
+    reference = torch.load(next((project_dir / "fid-cache").glob("reference-*.pt")), weights_only=True)
+    assert reference["sum"].shape == (2048,) and reference["kid_features"].shape == (20, 2048)
