@@ -128,9 +128,14 @@ EXTRACTOR_FILE = '''
 import torch
 
 class Features(torch.nn.Module):
+    """A fixed random projection: the same features in every process, like trained weights."""
+
     def __init__(self):
         super().__init__()
         self.project = torch.nn.Linear(64, 16)
+        fixed = torch.Generator().manual_seed(0)
+        self.project.weight.data = torch.randn(16, 64, generator=fixed) / 8
+        self.project.bias.data = torch.zeros(16)
 
     def forward(self, images):                       # floats in [-1, 1], (N, 1, 8, 8)
         return self.project(torch.nn.functional.adaptive_avg_pool2d(images, 8).flatten(1))
@@ -263,3 +268,30 @@ def test_the_inception_path_runs_offline_from_a_weights_file(project_dir, tmp_pa
     assert history["extractor"] == "inception-v3 (2048 pool features)" and np.isfinite(history["fid"])
     reference = torch.load(next((project_dir / "fid-cache").glob("reference-*.pt")), weights_only=True)
     assert reference["sum"].shape == (2048,) and reference["kid_features"].shape == (20, 2048)
+
+
+def test_two_ddp_processes_measure_the_fid_of_one_process(project_dir, tmp_path):
+    """Each of two CPU processes (gloo) draws its share; the gathered FID equals `evaluate`'s
+    single-process FID of the same checkpoint, samples and seed."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import PROJECT
+
+    (tmp_path / "tiny_features.py").write_text(EXTRACTOR_FILE)
+    env = {**os.environ, "PYTHONPATH": f"{PROJECT / 'src'}{os.pathsep}{tmp_path}", "OMP_NUM_THREADS": "1"}
+    extractor = ["evaluation.extractor=custom", "evaluation.extractor_module=tiny_features:Features"]
+    args = [*DIGITS, *extractor, "name=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=2",
+            "evaluation.every_n_steps=2", "evaluation.samples=45"]
+    result = subprocess.run([sys.executable, "-m", "{{ cookiecutter.package_name }}", "train", *args], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (project_dir / "runs/ddp/fid/history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["samples"] == 45             # one record, all 45 samples gathered
+    result = subprocess.run([sys.executable, "-m", "{{ cookiecutter.package_name }}", "evaluate", "run=runs/ddp",
+                             *[o.split(".", 1)[1] for o in extractor], "samples=45", "batch_size=16",
+                             "kid_subset_size=20", "steps=2"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = json.loads((project_dir / "runs/ddp/fid/evaluation.json").read_text())["runs"][0]
+    assert history[0]["fid"] == pytest.approx(single["fid"], rel=1e-4)

@@ -7,7 +7,9 @@
 * ``custom``: a network of your own, named by import path (``package.module:factory``) and
   optionally a weights file: a classifier trained on your domain, because Inception features
   say little about digits or medical scans. It is called with float images in [-1, 1] with the
-  data's channels, shaped (N, C, H, W), and returns (N, D) features.
+  data's channels, shaped (N, C, H, W), and returns (N, D) features. Without a weights file
+  the factory must build the same network every time (trained, or from a fixed seed): every
+  process, and every later evaluation, must measure with the same features.
 
 Every result names its extractor. Weights are found (or fetched) before any work starts,
 never in the middle of a run.
