@@ -215,6 +215,11 @@ def test_fetch_weights_offline_is_one_error_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("ERROR: could not download weights-inception")
 
 
+def test_fid_on_data_that_are_not_images_is_one_error_line(project_dir, custom_extractor, capsys):
+    assert main(["train", "experiment=toy2d", *custom_extractor, "evaluation.every_n_steps=2"]) == 2
+    assert "FID and KID measure images, but data.name=toy2d gives examples of shape [2]" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module, message", [("nowhere:Net", "does not name a network"),
                                              ("tiny_features:Missing", "does not name a network")])
 def test_a_custom_extractor_that_cannot_be_found_is_one_error_line(project_dir, custom_extractor, capsys, module, message):

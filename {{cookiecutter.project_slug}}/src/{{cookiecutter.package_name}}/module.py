@@ -27,8 +27,10 @@ class DiffusionModule(L.LightningModule):
     """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
 
     ``config`` is the resolved configuration as a dict; ``data_shape`` and ``class_names``
-    come from the data. All three are saved in every checkpoint, so
-    ``DiffusionModule.load_from_checkpoint(path)`` rebuilds the model with nothing else.
+    come from the data. All three are saved in every checkpoint, so ``runs.load_run(path)``
+    rebuilds the model with nothing else. The optimisation is written out in ``training_step``
+    (Lightning's manual optimisation), so that a step with a non-finite loss is skipped
+    entirely: no update, no step counted, on every process alike.
     """
 
     def __init__(self, config: dict, data_shape: list[int], class_names: list[str] | None = None):

@@ -18,7 +18,7 @@ from ..data import DiffusionDataModule
 from ..diffusion.samplers import SAMPLERS, evaluations_per_sample
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
-from ..evaluation.quality import count_name, fid_kid, reference_file, reference_statistics, sample_features
+from ..evaluation.quality import check_images, count_name, fid_kid, reference_file, reference_statistics, sample_features
 from ..pixels import to_uint8
 from ..runs import load_run, pick_device
 from ..visualize import save_image, save_nfe_plot
@@ -50,10 +50,11 @@ def run(overrides: list[str]) -> Path:
     evaluation = run_config(module.cfg, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
     cfg = run_config(module.cfg, "sampling", {"sampler": evaluation.sampler, "steps": evaluation.steps})
     device = pick_device(command.device)
-    extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
-    module.to(device)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup()
+    check_images(data.data_shape, cfg.data.name)
+    extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
+    module.to(device)
     path = reference_file(evaluation.cache_dir, data.fingerprint, cfg.data.image_size, cfg.data.channels, extractor)
     images = data.reference_images()
     with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:

@@ -13,7 +13,7 @@ from ..data import DiffusionDataModule
 from ..diffusion.samplers import evaluations_per_sample
 from ..errors import Interrupted
 from ..evaluation.features import build_extractor
-from ..evaluation.quality import evaluation_cost
+from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
 from ..runs import Run
 from ..trainer import build_trainer, evaluation_sampling, seed_process
@@ -31,6 +31,8 @@ def run(overrides: list[str]) -> Path:
     seed_process(cfg.seed)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
+    if extractor is not None:
+        check_images(data.data_shape, cfg.data.name)
     module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
     resume_from = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
