@@ -5,7 +5,7 @@ The folder: a few thousand JPEG and PNG crops of mixed sizes (40 to 400 pixels a
 from the two real photographs scikit-learn ships, some grayscale, in two class folders.
 Two figures for ours, timed after the one-off decode (whose time is reported too):
   * uint8: batches as our loader hands them over; with a GPU, cropping, flipping and the
-    conversion to float then run on the GPU (DiffusionModule.prepare_batch), so this is all
+    conversion to float then run on the GPU (DiffusionDataModule.on_after_batch_transfer), so this is all
     the CPU does;
   * float: the same batches flipped per image and converted to float in [-1, 1] on the CPU,
     as CPU-only training does, and as the ImageFolder pipeline does in its workers.
