@@ -187,6 +187,9 @@ def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_d
     sweep = json.loads((folder / "sweep.json").read_text())["results"]
     assert [(r["sampler"], r["nfe"]) for r in sweep] == [("euler", 1), ("euler", 2), ("heun", 1), ("heun", 3)]
     assert (folder / "sweep.png").is_file() and len(list((folder / "images").glob("*.png"))) == 40
+    assert main(["evaluate", "run=runs/done", *[o.split(".", 1)[1] for o in custom_extractor], "samples=20",
+                 "batch_size=16", "kid_subset_size=10", "steps=2", "keep_images=true"]) == 0
+    assert len(list((folder / "images").glob("*.png"))) == 20                  # the earlier 40 are not mixed in
 
 
 def test_offline_inception_weights_stop_training_before_it_starts(project_dir, monkeypatch, tmp_path, capsys):

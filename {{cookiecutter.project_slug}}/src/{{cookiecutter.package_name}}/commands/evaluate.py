@@ -22,6 +22,7 @@ from ..evaluation.quality import check_images, count_name, fid_kid, reference_fi
 from ..pixels import to_uint8
 from ..runs import load_run, pick_device
 from ..visualize import save_image, save_nfe_plot
+from .sample import fresh_output
 
 EVALUATION_KEYS = [f.name for f in fields(EvaluationConfig) if f.name != "every_n_steps"]
 
@@ -66,7 +67,7 @@ def run(overrides: list[str]) -> Path:
         plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]
     announce(module, extractor, evaluation, plans, device)
-    keep = image_keeper(run_dir.fid / "images") if command.keep_images else None
+    keep = image_keeper(fresh_output(run_dir.fid) / "images") if command.keep_images else None     # no old images mixed in
     results = []
     for k, (sampling, seed) in enumerate(plans):
         with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
