@@ -115,9 +115,12 @@ def fid_kid(reference: dict, features: Tensor, kid_subset_size: int = 1000, kid_
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        fid = FrechetInceptionDistance(feature=GivenFeatures(dim), reset_real_features=False)
+        # Every process passes all the features (gathered beforehand), so the metrics must not
+        # sum their states over processes once more, as torchmetrics otherwise does under DDP.
+        fid = FrechetInceptionDistance(feature=GivenFeatures(dim), reset_real_features=False, sync_on_compute=False)
         subset = min(kid_subset_size, len(features), len(reference["kid_features"]))
-        kid = KernelInceptionDistance(feature=GivenFeatures(dim), subsets=kid_subsets, subset_size=subset)
+        kid = KernelInceptionDistance(feature=GivenFeatures(dim), subsets=kid_subsets, subset_size=subset,
+                                      sync_on_compute=False)
     fid.real_features_sum = reference["sum"].double()
     fid.real_features_cov_sum = reference["outer"].double()
     fid.real_features_num_samples = torch.tensor(int(reference["count"]))
