@@ -242,6 +242,7 @@ def at_least(low: int) -> tuple:
 
 
 UNIT_INTERVAL = (lambda v: 0 <= v < 1), "in [0, 1)"
+SEED = (lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"
 FINITE = math.isfinite, "a finite number"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -249,7 +250,7 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # enters, so that a bad one stops the run at once with its key instead of failing later.
 VALUE_RULES = {
     "name": ((lambda v: bool(RUN_NAME.fullmatch(v))), "letters, digits, '.', '_' and '-' (the folder runs/<name>)"),
-    "seed": ((lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"),
+    "seed": SEED,
     "data.image_size": at_least(1),
     "data.channels": ((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"),
     "data.toy_samples": at_least(2),
@@ -288,7 +289,7 @@ VALUE_RULES = {
     "evaluation.steps": at_least(1),
     "evaluation.kid_subset_size": at_least(2),
     "evaluation.kid_reference": at_least(2),
-    "evaluation.seed": ((lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"),
+    "evaluation.seed": SEED,
     "optim.lr": finite_above(0),
     "optim.weight_decay": finite_above(0, inclusive=True),
     "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),

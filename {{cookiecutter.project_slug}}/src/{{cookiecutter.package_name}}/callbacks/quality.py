@@ -58,10 +58,11 @@ class QualityMetrics(L.Callback):
             path = reference_file(evaluation.cache_dir, data.fingerprint, data.cfg.image_size, data.cfg.channels,
                                   self.extractor)
             if trainer.is_global_zero:
-                reference_statistics(data.reference_images(), self.extractor, path, evaluation.batch_size,
-                                     evaluation.kid_reference, device)
+                self.reference = reference_statistics(data.reference_images(), self.extractor, path,
+                                                      evaluation.batch_size, evaluation.kid_reference, device)
             trainer.strategy.barrier()
-            self.reference = torch.load(path, map_location="cpu", weights_only=True)
+            if self.reference is None:
+                self.reference = torch.load(path, map_location="cpu", weights_only=True)
         return self.reference
 
     def record(self, trainer, result: dict, seconds: float, share: float) -> None:

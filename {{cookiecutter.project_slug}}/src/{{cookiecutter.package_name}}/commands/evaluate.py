@@ -61,8 +61,7 @@ def run(overrides: list[str]) -> Path:
     with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:
         reference = reference_statistics(images, extractor, path, evaluation.batch_size, evaluation.kid_reference,
                                          device, bar.update)
-    plans = [(cfg.sampling, seed) for seed in range(evaluation.seed, evaluation.seed + command.seeds * evaluation.samples,
-                                                    evaluation.samples)]
+    plans = [(cfg.sampling, evaluation.seed + k * evaluation.samples) for k in range(command.seeds)]   # disjoint noise
     if command.sweep:
         plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]

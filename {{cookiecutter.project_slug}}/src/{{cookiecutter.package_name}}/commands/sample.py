@@ -11,7 +11,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..config import merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
+from ..config import at_least, merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
 from ..pixels import to_uint8
@@ -137,7 +137,8 @@ def split_overrides(overrides: list[str]) -> tuple[SampleCommand, DictConfig]:
     command = merge(OmegaConf.structured(SampleCommand), rest, "the command line")
     if OmegaConf.is_missing(command, "run"):
         raise ConfigError("sample needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+    test, valid = at_least(1)
     for key in ("n", "batch_size"):
-        if command[key] < 1:
-            raise ConfigError(f"bad value for '{key}': {command[key]} (must be at least 1)")
+        if not test(command[key]):
+            raise ConfigError(f"bad value for '{key}': {command[key]} (must be {valid})")
     return command, sampling
