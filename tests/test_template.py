@@ -22,9 +22,11 @@ COMBINATIONS = [
     {"dataset": "image_folder", "network": "dit", "objective": "v", "conditioning": "class", "image_size": "64"},
     {"dataset": "mnist", "network": "unet", "objective": "eps", "image_size": "28", "logger": "wandb", "hardware": "a100"},
     {"dataset": "fashion_mnist", "network": "dit", "objective": "flow", "image_size": "32", "hardware": "h100"},
-    {"dataset": "cifar10", "network": "unet", "objective": "v", "conditioning": "class", "image_size": "16"},
-    {"dataset": "image_folder", "network": "unet", "objective": "edm", "image_size": "128", "hardware": "h100"},
-    {"dataset": "digits", "network": "mlp", "objective": "edm", "conditioning": "class", "git_init": "yes"},
+    {"dataset": "cifar10", "network": "unet", "objective": "v", "conditioning": "class", "image_size": "16",
+     "hardware": "multi-gpu"},
+    {"dataset": "image_folder", "network": "unet", "objective": "edm", "image_size": "128", "hardware": "slurm"},
+    {"dataset": "digits", "network": "mlp", "objective": "edm", "conditioning": "class", "git_init": "yes",
+     "hardware": "mps"},
 ]
 
 

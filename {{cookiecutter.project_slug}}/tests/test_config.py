@@ -78,7 +78,8 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
               "diffusion.objective": PARAMETERIZATIONS, "diffusion.train_noise": TRAINING_NOISE,
               "diffusion.loss_weight": LOSS_WEIGHTS, "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES,
               "evaluation.sampler": SAMPLERS, "evaluation.extractor": EXTRACTORS}
-    plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator"}   # used as they are, or by Lightning
+    plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator",   # used as they are, or by Lightning
+                      "trainer.strategy", "trainer.compile"}
     literals = {key: set(typing.get_args(kind)) for key, kind in schema_leaves(Config)
                 if typing.get_origin(kind) is typing.Literal}
     assert set(literals) == set(tables) | plain_switches

@@ -132,21 +132,33 @@ class OptimConfig:
     cosine_decay: bool = MISSING
     grad_clip: float = MISSING
     ema_decay: float = MISSING
+    fused: bool = MISSING
+
+
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 
 
 @dataclass
 class TrainerConfig:
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = MISSING
     devices: Any = MISSING
+    strategy: Literal["auto", "ddp"] = MISSING
+    num_nodes: int = MISSING
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true"] = MISSING
+    compile: CompileMode = MISSING
+    channels_last: bool = MISSING
+    tf32: bool = MISSING
     max_steps: int = MISSING
+    max_time: Optional[str] = None
     log_every_n_steps: int = MISSING
     val_every_n_steps: int = MISSING
+    val_batches: Optional[int] = None
     checkpoint_every_n_steps: int = MISSING
     sample_every_n_steps: int = MISSING
     sample_count: int = MISSING
     resume: bool = MISSING
     max_nonfinite_steps: int = MISSING
+    detect_anomaly: bool = MISSING
 
 
 @dataclass
@@ -245,6 +257,7 @@ UNIT_INTERVAL = (lambda v: 0 <= v < 1), "in [0, 1)"
 SEED = (lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"
 FINITE = math.isfinite, "a finite number"
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DURATION = re.compile(r"\d{1,2}:\d{2}:\d{2}:\d{2}")
 
 # key: (test, what a valid value is). Every number in the schema is checked here, where it
 # enters, so that a bad one stops the run at once with its key instead of failing later.
@@ -299,7 +312,11 @@ VALUE_RULES = {
     "trainer.devices": ((lambda v: v == "auto" or (isinstance(v, int) and v >= 1)
                          or (isinstance(v, ListConfig) and len(v) > 0 and all(isinstance(d, int) and d >= 0 for d in v))),
                         "auto, a number of devices >= 1, or a list of device indices like [0, 1]"),
+    "trainer.num_nodes": at_least(1),
     "trainer.max_steps": at_least(1),
+    "trainer.max_time": ((lambda v: v is None or bool(DURATION.fullmatch(v))),
+                         "null or a duration DD:HH:MM:SS, e.g. 00:02:00:00 for two hours"),
+    "trainer.val_batches": ((lambda v: v is None or v >= 1), "null (all) or at least 1"),
     "trainer.log_every_n_steps": at_least(1),
     "trainer.val_every_n_steps": at_least(1),
     "trainer.checkpoint_every_n_steps": at_least(1),

@@ -55,6 +55,7 @@ class DiffusionModule(L.LightningModule):
                                         self.training_noise.sigma_max)
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.nonfinite_steps = 0
+        self.gradients_finite = True
         self.automatic_optimization = False          # training_step takes (or skips) the step itself
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
@@ -81,25 +82,38 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self.batch_loss(batch)
         if not self.finite_everywhere(loss):
-            return self.skip_nonfinite(loss)
-        self.nonfinite_steps = 0
-        self.take_step(loss)
+            return self.skip_nonfinite(f"the loss was {loss.item()}")
+        if self.take_step(loss):
+            self.nonfinite_steps = 0
+        else:
+            self.skip_nonfinite("the gradients were not finite (an overflow in the backward pass)")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def take_step(self, loss: Tensor) -> None:
+    def take_step(self, loss: Tensor) -> bool:
         """Back-propagate, step the optimiser and the learning-rate schedule, update the EMA.
-        Gradients are clipped in ``on_before_optimizer_step``, where fp16 gradients are unscaled."""
+        Returns False when the gradients were not finite: the optimiser then had none to apply
+        (``on_before_optimizer_step``), and the schedule and the EMA wait too."""
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
+        if not self.gradients_finite:
+            return False
         self.lr_schedulers().step()
         self.update_ema()
+        return True
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.cfg.optim.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+        """Called inside ``optimizer.step()`` with the gradients of every process summed (and,
+        under fp16, unscaled): they are clipped to norm optim.grad_clip, or, if not finite,
+        dropped, so that no NaN or Inf ever reaches the weights, the EMA or a checkpoint. The
+        summed gradients are the same in every process, so all of them decide alike."""
+        clip = self.cfg.optim.grad_clip or math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), clip)
+        self.gradients_finite = bool(torch.isfinite(norm))
+        if not self.gradients_finite:
+            optimizer.zero_grad(set_to_none=True)      # AdamW skips weights that have no gradient
 
     def finite_everywhere(self, loss: Tensor) -> bool:
         """Whether the loss is finite in every process. Under DDP all must agree to skip a step:
@@ -110,17 +124,18 @@ class DiffusionModule(L.LightningModule):
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         return bool(finite > 0)
 
-    def skip_nonfinite(self, loss: Tensor) -> None:
-        """Skip a step whose loss is NaN or Inf (no update, no step counted, the learning-rate
-        schedule and the EMA wait); stop if it keeps happening."""
+    def skip_nonfinite(self, what: str) -> None:
+        """Count a step whose loss or gradients were NaN or Inf, and skipped: the weights, the
+        EMA and the learning-rate schedule stay as they were (a skipped loss does not count as a
+        step at all). Stop if it keeps happening."""
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if self.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
             raise TrainingDiverged(
-                f"the loss was {loss.item()} for {self.nonfinite_steps} steps in a row at step {self.global_step}. "
+                f"{what} for {self.nonfinite_steps} steps in a row at step {self.global_step}. "
                 "Likely causes: the data (NaN or Inf values: run inspect-data), diffusion.sigma_data far from the "
                 "data's standard deviation, or a learning rate too high (lower optim.lr, keep optim.grad_clip on); "
-                "trainer.precision=32-true rules out fp16 overflow")
+                "trainer.precision=32-true rules out fp16 overflow; trainer.detect_anomaly=true names the operation")
         return None
 
     def validation_step(self, batch, batch_idx):
@@ -130,7 +145,7 @@ class DiffusionModule(L.LightningModule):
         sigma = self.training_noise(len(x0), self.device, generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         loss = self.ema.loss(x0, sigma, noise, labels if self.num_classes else None, self.loss_weight(sigma)).mean()
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(x0))
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=True)   # mean over processes
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -140,15 +155,26 @@ class DiffusionModule(L.LightningModule):
         same step as the weights."""
         step = self.global_step
         decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
-        for ema, live in zip(self.ema.parameters(), self.denoiser.parameters()):
-            ema.lerp_(live, 1 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.denoiser.parameters()), 1 - decay)
         for ema, live in zip(self.ema.buffers(), self.denoiser.buffers()):
             ema.copy_(live)
 
+    def configure_model(self) -> None:
+        """Training's fast paths, applied once before the optimiser is made: the NHWC layout
+        (trainer.channels_last) for the network and its EMA, and ``torch.compile`` of the network
+        being trained (trainer.compile). The EMA only draws the occasional grid: not compiled."""
+        trainer_cfg = self.cfg.trainer
+        if trainer_cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if trainer_cfg.compile != "none":
+            self.denoiser.net.compile(mode=None if trainer_cfg.compile == "default" else trainer_cfg.compile)
+
     def configure_optimizers(self):
         optim = self.cfg.optim
-        optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr,
-                                      betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+        # The fused kernel unscales fp16 gradients itself, after clipping would have seen them scaled.
+        fused = optim.fused and self.trainer.precision != "16-mixed"
+        optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                      weight_decay=optim.weight_decay, fused=fused)
         total = self.cfg.trainer.max_steps
 
         def factor(step: int) -> float:

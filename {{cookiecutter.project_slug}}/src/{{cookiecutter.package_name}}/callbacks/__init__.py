@@ -1,6 +1,7 @@
+from .graceful_stop import GracefulStop
 from .last_checkpoint import AtomicCheckpointIO, LastCheckpoint
 from .quality import QualityMetrics
 from .run_record import RunRecord
 from .sample_grid import SampleGrid
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "QualityMetrics", "RunRecord", "SampleGrid"]
+__all__ = ["AtomicCheckpointIO", "GracefulStop", "LastCheckpoint", "QualityMetrics", "RunRecord", "SampleGrid"]

@@ -16,7 +16,7 @@ from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
 from ..runs import Run
-from ..trainer import build_trainer, evaluation_sampling, seed_process
+from ..trainer import build_trainer, evaluation_sampling, graceful_stop, seed_process
 
 USAGE = """\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
@@ -40,16 +40,24 @@ def run(overrides: list[str]) -> Path:
         print(f"run directory: {run_dir.root}" + (f" (resuming from {resume_from})" if resume_from else ""))
         if extractor is not None:
             print(quality_cost(cfg, extractor.name, trainer.world_size))
+    resume = f"{program} " + " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except SystemExit:       # Lightning's way out after Ctrl-C or SIGTERM, once last.ckpt is saved
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
         signal_number = signal.SIGTERM if trainer.received_sigterm else signal.SIGINT
-        command = " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
         raise Interrupted(f"{signal.Signals(signal_number).name} at step {trainer.global_step}; "
-                          f"{run_dir.last_checkpoint} is saved. Resume with: {program} {command}", signal_number) from None
+                          f"{run_dir.last_checkpoint} is saved. Resume with: {resume}", signal_number) from None
+    stop = graceful_stop(trainer)
+    if stop.reason == "SIGUSR1":
+        then = f"requeued SLURM job {stop.requeued}, which resumes here" if stop.requeued else f"resume with: {resume}"
+        raise Interrupted(f"SIGUSR1 at step {trainer.global_step}; {run_dir.last_checkpoint} is saved; {then}",
+                          signal.SIGUSR1)
     if trainer.is_global_zero:
+        if stop.reason == "max_time":
+            print(f"time budget trainer.max_time={cfg.trainer.max_time} spent at step {trainer.global_step} of "
+                  f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
         print(f"done: checkpoints in {run_dir.last_checkpoint.parent}, sample grids in {run_dir.samples}")
     return run_dir.root
 

@@ -28,10 +28,13 @@ class ConditionEmbedding(nn.Module):
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
 
     def forward(self, c_noise: Tensor, labels: Tensor | None) -> Tensor:
-        emb = self.noise(sinusoidal_features(c_noise, self.features))
-        if self.label is not None:
-            if labels is None:
-                raise ValueError("this network is class-conditional: pass labels "
-                                 f"(use {self.label.num_embeddings - 1} for unconditional)")
-            emb = emb + self.label(labels)
+        """In float32 even under autocast: nearby noise levels must stay distinguishable, and
+        bf16 keeps only 8 bits of mantissa."""
+        with torch.autocast(c_noise.device.type, enabled=False):
+            emb = self.noise(sinusoidal_features(c_noise, self.features))
+            if self.label is not None:
+                if labels is None:
+                    raise ValueError("this network is class-conditional: pass labels "
+                                     f"(use {self.label.num_embeddings - 1} for unconditional)")
+                emb = emb + self.label(labels)
         return emb

@@ -1,0 +1,205 @@
+"""Training at scale, proven on the CPU: several processes (DDP over gloo, as on a multi-GPU
+node), a SLURM requeue simulated with srun's environment, the wall-clock budget, the guard
+against non-finite gradients, and the fast paths that the GPU presets switch on."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_train import TOY, checkpoint_of, package_command, subprocess_env, wait_for_steps
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+PRESETS = ["cpu", "colab-t4", "a100", "h100", "mps", "multi-gpu", "slurm", "debug"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_loads_and_says_what_it_sets(project_dir, preset):
+    text = (project_dir / "configs/presets" / f"{preset}.yaml").read_text()
+    assert text.startswith("# ") and len([line for line in text.splitlines() if line.startswith("#")]) >= 2
+    cfg = load_config([f"preset={preset}"])
+    assert cfg.preset == preset
+
+
+# -- several processes ----------------------------------------------------------------------------
+# Records, in each process, what it trained on and what it drew, then its EMA weights at the end.
+DDP_RECORDER = """
+import json, os, sys, torch
+from {package}.cli import main
+from {package}.diffusion import schedules
+from {package}.module import DiffusionModule
+
+rank = os.environ.get("LOCAL_RANK", "0")
+seen = dict(sigmas=[], rows=[], val_examples=0, grids=0)
+draw, batch_loss, validation_step, sample = (schedules.LogNormalNoise.__call__, DiffusionModule.batch_loss,
+                                              DiffusionModule.validation_step, DiffusionModule.sample)
+
+def record_draw(self, n, device, generator=None):
+    sigma = draw(self, n, device, generator)
+    if generator is None:
+        seen["sigmas"] += sigma.tolist()
+    return sigma
+
+def record_batch(self, batch):
+    if self.global_step < 2:                       # one epoch: two batches per process
+        seen["rows"] += batch[0].tolist()
+    return batch_loss(self, batch)
+
+def record_validation(self, batch, batch_idx):
+    seen["val_examples"] += len(batch[0])
+    return validation_step(self, batch, batch_idx)
+
+def record_grid(self, *args, **kwargs):
+    seen["grids"] += 1
+    return sample(self, *args, **kwargs)
+
+def save_record(self):
+    torch.save(self.ema.state_dict(), "ema_rank%s.pt" % rank)
+    with open("seen_rank%s.json" % rank, "w") as file:
+        json.dump(seen, file)
+
+schedules.LogNormalNoise.__call__ = record_draw
+DiffusionModule.batch_loss, DiffusionModule.validation_step = record_batch, record_validation
+DiffusionModule.sample, DiffusionModule.on_train_end = record_grid, save_record
+sys.exit(main(sys.argv[1:]))
+"""
+TWO_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+
+
+def test_two_processes_draw_their_own_noise_and_data_and_keep_one_ema(project_dir):
+    """DDP over gloo with two CPU processes: each draws its own noise and its own half of every
+    epoch; validation is shared out, not repeated; one process draws the grids; the gradients
+    are summed, so the EMA weights come out identical in both."""
+    script = project_dir / "ddp_record.py"
+    script.write_text(DDP_RECORDER.format(package="{{ cookiecutter.package_name }}"))
+    result = subprocess.run([sys.executable, str(script), "train", *TOY, *TWO_PROCESSES, "name=ddp",
+                             "trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.sample_every_n_steps=3"],
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((project_dir / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert seen[0]["sigmas"] and not set(seen[0]["sigmas"]) & set(seen[1]["sigmas"])
+    rows = [{tuple(row) for row in s["rows"]} for s in seen]
+    assert len(rows[0]) == len(rows[1]) == 2 * 64 and not rows[0] & rows[1]
+    assert seen[0]["val_examples"] + seen[1]["val_examples"] == 2 * 20      # 2 checks of the 20 held out
+    assert seen[0]["grids"] > 0 and seen[1]["grids"] == 0
+    ema = [torch.load(project_dir / f"ema_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert all(torch.equal(ema[0][key], ema[1][key]) for key in ema[0])
+    saved = checkpoint_of("ddp")["state_dict"]
+    assert all(torch.equal(saved[f"ema.{key}"], ema[0][key]) for key in ema[0])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def srun(project_dir: Path, args: list[str], port: int) -> list[subprocess.Popen]:
+    """Two tasks on one node, started as ``srun`` starts them: SLURM's environment tells each
+    its rank; ``scontrol`` is a stand-in that records how it was called."""
+    fake = project_dir / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {project_dir / 'scontrol-calls'}\n")
+    (fake / "scontrol").chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_NUM_NODES": "1", "MASTER_PORT": str(port),
+             "PATH": f"{fake}:{os.environ['PATH']}"}
+    return [subprocess.Popen(package_command("train", *args), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**subprocess_env(), **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+            for rank in (0, 1)]
+
+
+def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir):
+    """SIGUSR1 (sbatch --signal=SIGUSR1@90) to both tasks: they stop at the same step, save,
+    the first requeues the job once, and the same command then resumes from that step."""
+    args = [*TOY, *TWO_PROCESSES, "name=slurm", "trainer.max_steps=100000"]
+    tasks = srun(project_dir, args, free_port())
+    wait_for_steps(tasks[0], project_dir / "runs/slurm/csv")
+    for task in tasks:
+        task.send_signal(signal.SIGUSR1)
+    errors = [task.communicate(timeout=120)[1] for task in tasks]
+    assert [task.returncode for task in tasks] == [128 + signal.SIGUSR1] * 2, errors[0][-3000:]
+    step = checkpoint_of("slurm")["global_step"]
+    assert step > 0 and f"SIGUSR1 at step {step}; " in errors[0]
+    assert "requeued SLURM job 4242, which resumes here" in errors[0]
+    assert (project_dir / "scontrol-calls").read_text() == "requeue 4242\n"
+
+    tasks = srun(project_dir, [*args[:-1], f"trainer.max_steps={step + 5}"], free_port())
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-3000:]
+    assert "resuming from runs/slurm/checkpoints/last.ckpt" in outputs[0][0]
+    assert checkpoint_of("slurm")["global_step"] == step + 5
+
+
+# -- ending cleanly -------------------------------------------------------------------------------
+def test_the_time_budget_ends_with_a_checkpoint_and_a_grid(project_dir, capsys):
+    assert main(["train", *TOY, "name=budget", "trainer.max_steps=100000", "trainer.max_time=00:00:00:02"]) == 0
+    step = checkpoint_of("budget")["global_step"]
+    assert 0 < step < 100000
+    assert (project_dir / f"runs/budget/samples/step_{step:07d}.png").is_file()
+    assert f"trainer.max_time=00:00:00:02 spent at step {step} of 100000" in capsys.readouterr().out
+
+
+def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_dir, monkeypatch):
+    """An overflow in the backward pass only (the loss is finite, its gradient is not), on two
+    steps: the optimiser applies nothing, the schedule and the EMA wait, and every saved tensor
+    stays finite."""
+    batch_loss, calls = DiffusionModule.batch_loss, []
+
+    def overflowing(self, batch):
+        loss = batch_loss(self, batch).clone()
+        calls.append(1)
+        if len(calls) in (3, 4):
+            loss.register_hook(lambda grad: grad * float("inf"))
+        return loss
+
+    monkeypatch.setattr(DiffusionModule, "batch_loss", overflowing)
+    assert main(["train", *TOY, "name=overflow", "trainer.max_steps=6"]) == 0
+    saved = checkpoint_of("overflow")
+    assert saved["global_step"] == 6 and saved["lr_schedulers"][0]["last_epoch"] == 4
+    optimizer_state = [t for s in saved["optimizer_states"][0]["state"].values() for t in s.values()]
+    assert all(torch.isfinite(t).all() for t in [*saved["state_dict"].values(), *optimizer_state])
+
+
+# -- fast paths -----------------------------------------------------------------------------------
+def image_module(*overrides: str) -> DiffusionModule:
+    cfg = load_config(["experiment=digits", "model.conditional=false", "model.unet.channels=8", *overrides])
+    return DiffusionModule(OmegaConf.to_container(cfg), [1, 8, 8], None)
+
+
+def test_channels_last_changes_the_layout_not_the_loss(project_dir):
+    batch = (torch.rand(4, 1, 8, 8) * 2 - 1, None)
+    losses = []
+    for layout in ("false", "true"):
+        module = image_module(f"trainer.channels_last={layout}")
+        module.configure_model()
+        torch.manual_seed(0)
+        losses.append(module.batch_loss(batch))
+    convolution = module.denoiser.net.down[0][0].conv1.weight
+    assert convolution.is_contiguous(memory_format=torch.channels_last) and not convolution.is_contiguous()
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_compiling_keeps_the_checkpoint_keys(project_dir):
+    module = image_module("trainer.compile=max-autotune")
+    keys = list(module.state_dict())
+    module.configure_model()
+    assert module.denoiser.net._compiled_call_impl is not None and module.ema.net._compiled_call_impl is None
+    assert list(module.state_dict()) == keys          # unlike torch.compile(net), which renames every weight
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_resumes(project_dir):
+    """Minutes on a CPU: torch.compile builds C++ kernels for the network first."""
+    assert main(["train", *TOY, "name=compiled", "trainer.max_steps=5", "trainer.compile=default"]) == 0
+    assert main(["train", *TOY, "name=compiled", "trainer.max_steps=10", "trainer.compile=default"]) == 0
+    saved = checkpoint_of("compiled")
+    assert saved["global_step"] == 10 and all(torch.isfinite(t).all() for t in saved["state_dict"].values())
