@@ -203,3 +203,64 @@ def test_a_compiled_run_trains_and_resumes(project_dir):
     assert main(["train", *TOY, "name=compiled", "trainer.max_steps=10", "trainer.compile=default"]) == 0
     saved = checkpoint_of("compiled")
     assert saved["global_step"] == 10 and all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_the_sbatch_script_starts_one_train_per_task_with_the_nodes_and_gpus_it_got(project_dir):
+    from conftest import PROJECT
+
+    fake = project_dir / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {project_dir / 'srun-args'}\n")
+    (fake / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(project_dir),
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
+    subprocess.run(["bash", str(PROJECT / "scripts/slurm.sbatch"), "name=flowers", "data.batch_size=32"],
+                   env=env, check=True, capture_output=True)
+    args = (project_dir / "srun-args").read_text().splitlines()
+    assert args[:3] == ["--kill-on-bad-exit=1", "{{ cookiecutter.package_name }}", "train"]
+    cfg = load_config(args[3:])
+    assert (cfg.preset, cfg.trainer.strategy, cfg.trainer.num_nodes, cfg.trainer.devices) == ("slurm", "ddp", 2, 4)
+    assert (cfg.name, cfg.data.batch_size) == ("flowers", 32)
+    sbatch = (PROJECT / "scripts/slurm.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in sbatch and "#SBATCH --requeue" in sbatch
+
+
+# -- knowing what a step costs --------------------------------------------------------------------
+def test_flops_are_counted_as_the_textbook_counts_them():
+    """A linear layer: 2 n d_in d_out forward (a multiply and an add per weight and example),
+    twice that backward (gradients of the input and of the weights). A convolution: 2 per
+    multiply-add of every output pixel."""
+    from {{ cookiecutter.package_name }}.speed import flops_of
+
+    layer, x = torch.nn.Linear(64, 32), torch.randn(8, 64, requires_grad=True)
+    assert flops_of(lambda: layer(x)) == 2 * 8 * 64 * 32
+    assert flops_of(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 64 * 32
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+    assert flops_of(lambda: conv(torch.randn(2, 3, 10, 10))) == 2 * 2 * 10 * 10 * 16 * 3 * 3 * 3
+
+
+def test_bench_reports_speed_flops_mfu_and_time(project_dir, capsys):
+    assert main(["bench", "experiment=digits", "model.conditional=false", "model.unet.channels=8",
+                 "data.batch_size=32", "evaluation.batch_size=16", "sampling.steps=2", "logger=csv"]) == 0
+    out = capsys.readouterr().out
+    for figure in ("GFLOP per training step", "device peak:", "training, bare step:", "training, full loop:",
+                   "sampling:", "an epoch (1,707 images)"):
+        assert figure in out, out
+    shares = [int(word[:-1]) for line in out.splitlines() for word in line.split() if word.endswith("%")]
+    assert len(shares) == 4 and all(0 <= share <= 150 for share in shares), out     # 3 MFUs, loop / bare step
+
+
+def test_sampling_in_bf16_stays_close_to_float32_and_fp16_needs_a_gpu(project_dir, capsys):
+    """Autocast runs the network in bf16; the sampler's own arithmetic stays float32, so the
+    samples move by about bf16's rounding, not more."""
+    assert main(["train", *TOY, "name=precise", "trainer.max_steps=30"]) == 0
+    samples = {}
+    for precision in ("32-true", "bf16-mixed"):
+        assert main(["sample", "run=runs/precise", "n=200", "steps=10", f"precision={precision}",
+                     f"out=out-{precision}"]) == 0
+        samples[precision] = torch.load(f"out-{precision}/samples.pt")
+    difference = (samples["bf16-mixed"] - samples["32-true"]).abs()
+    assert samples["32-true"].dtype == torch.float32 and 0 < difference.max() < 0.1
+    capsys.readouterr()
+    assert main(["sample", "run=runs/precise", "precision=16-mixed", "device=cpu"]) == 2
+    assert "precision=16-mixed needs a CUDA GPU" in capsys.readouterr().err

@@ -23,6 +23,9 @@ from .errors import ConfigError, TrainingDiverged
 from .models import build_model
 
 
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}     # Lightning's mixed precisions
+
+
 class DiffusionModule(L.LightningModule):
     """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
 
@@ -56,6 +59,7 @@ class DiffusionModule(L.LightningModule):
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.nonfinite_steps = 0
         self.gradients_finite = True
+        self.sampling_dtype: torch.dtype | None = None      # see speed_up_sampling
         self.automatic_optimization = False          # training_step takes (or skips) the step itself
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
@@ -200,6 +204,14 @@ class DiffusionModule(L.LightningModule):
             scheduler["base_lrs"] = [optim.lr] * len(scheduler["base_lrs"])
 
     # -- sampling ---------------------------------------------------------------------------
+    def speed_up_sampling(self, precision: str, compile_mode: str = "none") -> None:
+        """Sample with the EMA network under autocast in ``precision`` (bf16-mixed or 16-mixed;
+        the samplers' own arithmetic stays float32) and compiled with ``compile_mode``
+        (reduce-overhead replays CUDA graphs: it pays for small batches and many steps)."""
+        self.sampling_dtype = AUTOCAST.get(precision)
+        if compile_mode != "none":
+            self.ema.net.compile(mode=None if compile_mode == "default" else compile_mode)
+
     def guided(self, n: int, guidance: float, labels: Tensor | None = None,
                conditions: list[tuple[Tensor, float]] | None = None) -> Denoiser:
         """The EMA denoiser, guided when the model is class-conditional: towards ``labels``
@@ -221,10 +233,11 @@ class DiffusionModule(L.LightningModule):
         ``guided`` for ``labels`` and ``conditions``."""
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
-        return generate(self.guided(n, sampling.guidance, labels, conditions),
-                        sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
-                        shape=(n, *self.data_shape) if noise is None else None, noise=noise,
-                        generator=generator, hooks=hooks, device=self.device)
+        with torch.autocast(self.device.type, self.sampling_dtype, enabled=self.sampling_dtype is not None):
+            return generate(self.guided(n, sampling.guidance, labels, conditions),
+                            sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
+                            shape=(n, *self.data_shape) if noise is None else None, noise=noise,
+                            generator=generator, hooks=hooks, device=self.device)
 
     def sample_numbered(self, indices: Tensor, seed: int, sampling: DictConfig | None = None) -> Tensor:
         """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from .callbacks import AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid
+from .callbacks import AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock
 from .errors import ConfigError, MissingPackage
 
 
@@ -91,15 +91,39 @@ def graceful_stop(trainer: L.Trainer) -> GracefulStop:
     return next(callback for callback in trainer.callbacks if isinstance(callback, GracefulStop))
 
 
+SPEED_WINDOW = (10, 30)      # steps timed for the speed estimate, once compilation and warm-up are over
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:
+    """What the measured speed means for this run: the time of an epoch and of the steps left."""
+    def report(trainer: L.Trainer, images_per_second: float) -> None:
+        batch = cfg.data.batch_size * trainer.world_size
+        steps_left = cfg.trainer.max_steps - trainer.global_step
+        epoch = len(trainer.datamodule.train_set) / images_per_second
+        budget = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if cfg.trainer.max_time else ""
+        print(f"\nspeed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
+              f"{duration(epoch)}, the {steps_left:,} steps left to trainer.max_steps about "
+              f"{duration(steps_left * batch / images_per_second)}{budget}")
+    return report
+
+
 def evaluation_sampling(cfg):
     """The run's sampling section with the evaluation's sampler and steps."""
     return OmegaConf.merge(cfg.sampling, {"sampler": cfg.evaluation.sampler, "steps": cfg.evaluation.steps})
 
 
-def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None) -> L.Trainer:
+def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
+                  speed_report: Callable[[L.Trainer, float], None] | None = None) -> L.Trainer:
     """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``);
     ``write_record`` saves the run's configuration once training has started; with a feature
-    ``extractor``, FID and KID are measured every evaluation.every_n_steps."""
+    ``extractor``, FID and KID are measured every evaluation.every_n_steps. The speed of steps
+    SPEED_WINDOW goes to ``speed_report`` (by default printed with what it means for the run)."""
     check_hardware(cfg.trainer)
     set_float32_matmuls(cfg.trainer.tf32)
     # Only the DataLoader used for data too big for GPU memory cannot restore its position in
@@ -115,6 +139,7 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None) ->
     ]
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
+    callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
     callbacks.append(GracefulStop(trainer_cfg.max_time))      # last: it acts once the checkpoint is saved
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(
@@ -127,7 +152,7 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None) ->
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         val_check_interval=trainer_cfg.val_every_n_steps if has_validation else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=(trainer_cfg.val_batches or 1.0) if has_validation else 0,
+        limit_val_batches=trainer_cfg.val_batches if has_validation else 0,
         num_sanity_val_steps=0,
         logger=LOGGERS[cfg.logger](cfg, run),
         callbacks=callbacks,

@@ -3,5 +3,7 @@ from .last_checkpoint import AtomicCheckpointIO, LastCheckpoint
 from .quality import QualityMetrics
 from .run_record import RunRecord
 from .sample_grid import SampleGrid
+from .step_clock import StepClock
 
-__all__ = ["AtomicCheckpointIO", "GracefulStop", "LastCheckpoint", "QualityMetrics", "RunRecord", "SampleGrid"]
+__all__ = ["AtomicCheckpointIO", "GracefulStop", "LastCheckpoint", "QualityMetrics", "RunRecord", "SampleGrid",
+           "StepClock"]

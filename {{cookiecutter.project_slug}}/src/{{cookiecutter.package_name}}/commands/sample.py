@@ -5,23 +5,25 @@ import math
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..config import at_least, merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
+from ..config import CompileMode, at_least, merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..runs import load_run, pick_device
+from ..trainer import resolve_precision
 from ..visualize import save_image, save_image_grid, save_scatter, save_trajectory_plot
 
 USAGE = f"""\
 sample  run=DIR [key=value ...]
                           draw samples from runs/<name> or a .ckpt file; keys: n, batch_size,
-                          seed, labels, conditions, out, device, trajectory, and any sampling key:
+                          seed, labels, conditions, out, device, precision, compile, trajectory,
+                          and any sampling key:
                           {", ".join(sampling_keys())}"""
 
 
@@ -35,6 +37,8 @@ class SampleCommand:
     conditions: Optional[list[list[float]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
     out: Optional[str] = None            # output folder; default <run>/generated
     device: str = "auto"                 # auto | cpu | cuda | mps
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"   # auto: bf16 on Ampere+ GPUs, fp16 on older, float32 on CPU
+    compile: CompileMode = "none"        # torch.compile the network: default | reduce-overhead (CUDA graphs) | max-autotune
     trajectory: bool = False             # also plot how samples travel from noise to data
 
 
@@ -47,9 +51,19 @@ def run(overrides: list[str]) -> Path:
     device = pick_device(command.device)
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     module.to(device)
+    speed_up(module, command.precision, command.compile, device)
     x, nfe, trajectory = draw(module, command, sampling)
     save_samples(x, trajectory, out, f"{sampling.sampler}, {sampling.steps} steps, {nfe} NFE")
     return out
+
+
+def speed_up(module, precision: str, compile_mode: str, device: torch.device) -> str:
+    """The network's precision on this device (``auto`` as in training) and its compilation."""
+    precision = resolve_precision(precision, device.type)
+    if precision == "16-mixed" and device.type != "cuda":
+        raise ConfigError(f"precision=16-mixed needs a CUDA GPU; on {device.type} use 32-true or bf16-mixed")
+    module.speed_up_sampling(precision, compile_mode)
+    return precision
 
 
 def check_conditions(command: SampleCommand, class_names: list[str]) -> None:
