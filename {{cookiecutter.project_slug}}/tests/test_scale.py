@@ -130,6 +130,7 @@ def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir
     step = checkpoint_of("slurm")["global_step"]
     assert step > 0 and f"SIGUSR1 at step {step}; " in errors[0]
     assert "requeued SLURM job 4242, which resumes here" in errors[0]
+    assert "STOPPED" not in errors[1]                       # one line in the job's log, not one per task
     assert (project_dir / "scontrol-calls").read_text() == "requeue 4242\n"
 
     tasks = srun(project_dir, [*args[:-1], f"trainer.max_steps={step + 5}"], free_port())

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(f"STOPPED: {stop}", file=sys.stderr)
+        if stop.report:
+            print(f"STOPPED: {stop}", file=sys.stderr)
         return stop.exit_code
     return 0
 

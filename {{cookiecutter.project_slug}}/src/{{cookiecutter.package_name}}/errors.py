@@ -28,11 +28,13 @@ class MissingPackage(UserError, ImportError):
 class Interrupted(Exception):
     """Training stopped by a signal (Ctrl-C, or SIGTERM from SLURM or a closing Colab session)
     after saving last.ckpt. Not a mistake, but not a finished run either: the command line
-    prints where it stopped and how to resume, and exits with 128 + the signal's number."""
+    prints where it stopped and how to resume, and exits with 128 + the signal's number. With
+    several processes all stop alike, and only the first (``report=True``) prints it."""
 
-    def __init__(self, message: str, signal_number: int):
+    def __init__(self, message: str, signal_number: int, report: bool = True):
         super().__init__(message)
         self.exit_code = 128 + signal_number
+        self.report = report
 
 
 class OfflineWeights(UserError):

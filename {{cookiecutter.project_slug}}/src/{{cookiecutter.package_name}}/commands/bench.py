@@ -93,7 +93,7 @@ class Bench:
             module.to(torch.bfloat16)
         optim = module.cfg.optim
         self.optimizer = torch.optim.AdamW(module.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                           fused=optim.fused and precision != "16-mixed")
+                                           weight_decay=optim.weight_decay, fused=optim.fused and precision != "16-mixed")
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
 
     def autocast(self):

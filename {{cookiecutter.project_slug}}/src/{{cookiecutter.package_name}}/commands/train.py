@@ -48,12 +48,13 @@ def run(overrides: list[str]) -> Path:
             raise
         signal_number = signal.SIGTERM if trainer.received_sigterm else signal.SIGINT
         raise Interrupted(f"{signal.Signals(signal_number).name} at step {trainer.global_step}; "
-                          f"{run_dir.last_checkpoint} is saved. Resume with: {resume}", signal_number) from None
+                          f"{run_dir.last_checkpoint} is saved. Resume with: {resume}", signal_number,
+                          trainer.is_global_zero) from None
     stop = graceful_stop(trainer)
     if stop.reason == "SIGUSR1":
         then = f"requeued SLURM job {stop.requeued}, which resumes here" if stop.requeued else f"resume with: {resume}"
         raise Interrupted(f"SIGUSR1 at step {trainer.global_step}; {run_dir.last_checkpoint} is saved; {then}",
-                          signal.SIGUSR1)
+                          signal.SIGUSR1, trainer.is_global_zero)
     if trainer.is_global_zero:
         if stop.reason == "max_time":
             print(f"time budget trainer.max_time={cfg.trainer.max_time} spent at step {trainer.global_step} of "
