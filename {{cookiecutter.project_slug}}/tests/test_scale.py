@@ -29,6 +29,21 @@ def test_each_preset_loads_and_says_what_it_sets(project_dir, preset):
     assert cfg.preset == preset
 
 
+def test_the_debug_preset_keeps_an_experiment_short(project_dir):
+    cfg = load_config(["experiment=toy2d", "preset=debug"])
+    assert (cfg.trainer.max_steps, cfg.data.batch_size, cfg.trainer.detect_anomaly) == (20, 16, True)
+    assert cfg.data.toy_shape == load_config(["experiment=toy2d"]).data.toy_shape        # the rest is the experiment's
+    assert load_config(["experiment=toy2d", "preset=debug", "trainer.max_steps=7"]).trainer.max_steps == 7
+    assert load_config(["experiment=toy2d", "preset=cpu"]).data.batch_size == 256          # other presets yield to it
+
+
+def test_a_debug_run_goes_end_to_end(project_dir, capsys):
+    assert main(["train", "experiment=toy2d", "preset=debug", "logger=csv", "name=check"]) == 0
+    assert checkpoint_of("check")["global_step"] == 20
+    assert sorted(p.name for p in (project_dir / "runs/check/samples").iterdir()) == [
+        "step_0000010.png", "step_0000020.png"]
+
+
 # -- several processes ----------------------------------------------------------------------------
 # Records, in each process, what it trained on and what it drew, then its EMA weights at the end.
 DDP_RECORDER = """
@@ -174,6 +189,16 @@ def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_
 def image_module(*overrides: str) -> DiffusionModule:
     cfg = load_config(["experiment=digits", "model.conditional=false", "model.unet.channels=8", *overrides])
     return DiffusionModule(OmegaConf.to_container(cfg), [1, 8, 8], None)
+
+
+def test_noising_the_loss_and_the_noise_embedding_stay_float32_under_autocast(project_dir):
+    module = image_module()
+    x0, sigma = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0.01, 0.1, 1.0, 10.0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embedding = module.denoiser.net.embed(module.denoiser.c_noise(sigma), None)
+        loss = module.denoiser.loss(x0, sigma, torch.randn_like(x0))
+        network = module.denoiser.net.inp(x0)
+    assert embedding.dtype == loss.dtype == torch.float32 and network.dtype == torch.bfloat16
 
 
 def test_channels_last_changes_the_layout_not_the_loss(project_dir):

@@ -6,6 +6,8 @@ they mean live in configs/config.yaml. Layers, each overriding the one before:
     configs/config.yaml < configs/presets/<preset>.yaml < configs/experiments/<experiment>.yaml
     < command-line ``key=value`` pairs
 
+except that the ``debug`` preset, a short check of a setup, also wins over the experiment.
+
 A misspelt key or a value of the wrong type fails here, before any work, with the key path
 and the valid keys or choices.
 """
@@ -177,6 +179,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+CHECK_PRESET = "debug"       # the preset that checks a setup in a few steps, whatever the experiment
+
+
 def default_config_dir() -> Path:
     """``./configs`` when run from the project folder, else the project's own ``configs/``."""
     here = Path.cwd() / "configs"
@@ -192,11 +197,14 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
     cli = parse_overrides(overrides)
     cfg = merge(OmegaConf.structured(Config), OmegaConf.load(base_file), str(base_file))
     preset = cli.get("preset", cfg.preset)
-    cfg = merge(cfg, load_layer(config_dir / "presets", preset, "preset"), f"preset {preset}")
+    preset_layer = load_layer(config_dir / "presets", preset, "preset")
+    cfg = merge(cfg, preset_layer, f"preset {preset}")
     experiment = cli.get("experiment", cfg.experiment)
     if experiment:
         layer = load_layer(config_dir / "experiments", experiment, "experiment")
         cfg = merge(cfg, layer, f"experiment {experiment}")
+        if preset == CHECK_PRESET:      # a short check of the experiment: its run length wins over the experiment's
+            cfg = merge(cfg, preset_layer, f"preset {preset}")
     cfg = merge(cfg, cli, "the command line")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

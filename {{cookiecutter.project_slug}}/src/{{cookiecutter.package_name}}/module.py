@@ -26,6 +26,13 @@ from .models import build_model
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}     # Lightning's mixed precisions
 
 
+def compile_in_place(net: torch.nn.Module, mode: str) -> None:
+    """``torch.compile`` a network in place (trainer.compile; "none" leaves it as it is). Unlike
+    ``torch.compile(net)``, its weights keep their names, so checkpoints do not change."""
+    if mode != "none":
+        net.compile(mode=None if mode == "default" else mode)
+
+
 class DiffusionModule(L.LightningModule):
     """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
 
@@ -170,8 +177,7 @@ class DiffusionModule(L.LightningModule):
         trainer_cfg = self.cfg.trainer
         if trainer_cfg.channels_last:
             self.to(memory_format=torch.channels_last)
-        if trainer_cfg.compile != "none":
-            self.denoiser.net.compile(mode=None if trainer_cfg.compile == "default" else trainer_cfg.compile)
+        compile_in_place(self.denoiser.net, trainer_cfg.compile)
 
     def configure_optimizers(self):
         optim = self.cfg.optim
@@ -209,8 +215,7 @@ class DiffusionModule(L.LightningModule):
         the samplers' own arithmetic stays float32) and compiled with ``compile_mode``
         (reduce-overhead replays CUDA graphs: it pays for small batches and many steps)."""
         self.sampling_dtype = AUTOCAST.get(precision)
-        if compile_mode != "none":
-            self.ema.net.compile(mode=None if compile_mode == "default" else compile_mode)
+        compile_in_place(self.ema.net, compile_mode)
 
     def guided(self, n: int, guidance: float, labels: Tensor | None = None,
                conditions: list[tuple[Tensor, float]] | None = None) -> Denoiser:

@@ -39,7 +39,8 @@ class GracefulStop(L.Callback):
 
     def on_train_start(self, trainer, module) -> None:
         self.start = time.monotonic()
-        self.previous_handler = signal.signal(signal.SIGUSR1, self.on_signal)
+        if hasattr(signal, "SIGUSR1"):          # not on Windows
+            self.previous_handler = signal.signal(signal.SIGUSR1, self.on_signal)
 
     def on_signal(self, signum, frame) -> None:
         self.signalled = True          # acted on at the end of the step: a handler must not save mid-step

@@ -10,6 +10,8 @@ fits, and what that means for an epoch and for trainer.max_steps.
 from __future__ import annotations
 
 import contextlib
+import copy
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def run(overrides: list[str]) -> None:
           f"data {list(data.data_shape)}, batch {batch_size}, on {device_name(device)}, {precision}, "
           f"compile {cfg.trainer.compile}, channels_last {cfg.trainer.channels_last}")
 
-    step_flops, evaluation_flops = bench.flops_per_image()       # counted before compiling
+    step_flops, evaluation_flops = flops_per_image(module)
     peak = matmul_peak(device, MATMUL_DTYPE.get(precision, torch.float32))
     print(f"  FLOPs per image: {step_flops / 1e9:.3g} GFLOP per training step (forward + backward), "
           f"{evaluation_flops / 1e9:.3g} per network evaluation")
@@ -56,8 +58,10 @@ def run(overrides: list[str]) -> None:
     module.configure_model()
     bare = bench.training_speed(batch_size)
     print(f"  training, bare step: {bare:,.0f} images/s, MFU {100 * bare * step_flops / peak:.0f}%")
-    if device.type == "cuda":
-        print(f"  peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at batch {batch_size}")
+    memory = peak_memory(device)
+    if memory:
+        print(f"  peak memory: {memory / 2**30:.2f} GiB at batch {batch_size}"
+              f"{'' if device.type == 'cuda' else ' (the whole process, in RAM)'}")
     loop = full_loop_speed(cfg, overrides)
     print(f"  training, full loop: {loop:,.0f} images/s, {100 * loop / bare:.0f}% of the bare step "
           f"(data, EMA, logging and checks), MFU {100 * loop * step_flops / peak:.0f}%")
@@ -72,10 +76,38 @@ def run(overrides: list[str]) -> None:
         fresh = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
         fits = largest_batch(Bench(fresh.to(device), device, precision).one_step, batch_size)
         print(f"  largest batch that fits: {fits} (training step, doubling from {batch_size}, not compiled)")
+    else:
+        print("  largest batch that fits: searched on CUDA GPUs only")
     epoch = len(data.train_set) / loop
     steps = cfg.trainer.max_steps * batch_size / loop
     print(f"  time: an epoch ({len(data.train_set):,} images) {duration(epoch)}; "
           f"trainer.max_steps={cfg.trainer.max_steps:,} about {duration(steps)} on this device")
+
+
+def flops_per_image(module: DiffusionModule) -> tuple[float, float]:
+    """FLOPs per image of a training step (forward and backward) and of one network evaluation,
+    counted by torch on a copy of the denoiser on the meta device: shapes only, no arithmetic."""
+    denoiser = copy.deepcopy(module.denoiser).to("meta")
+    x0, noise = (torch.ones(2, *module.data_shape, device="meta") for _ in range(2))
+    sigma = torch.ones(2, device="meta")
+    labels = torch.zeros(2, dtype=torch.long, device="meta") if module.num_classes else None
+    step = flops_of(lambda: denoiser.loss(x0, sigma, noise, labels).mean().backward())
+    with torch.no_grad():
+        evaluation = flops_of(lambda: denoiser(x0, sigma, labels))
+    return step / 2, evaluation / 2
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes: the most GPU memory allocated, or elsewhere the process's peak resident size
+    (None on Windows, which has no ``resource`` module)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024       # macOS counts bytes, Linux KiB
 
 
 def device_name(device: torch.device) -> str:
@@ -117,15 +149,6 @@ class Bench:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def flops_per_image(self) -> tuple[float, float]:
-        x0, labels = self.batch(2)
-        step = flops_of(lambda: self.module.batch_loss((x0, labels)).backward())
-        self.module.zero_grad(set_to_none=True)
-        sigma = torch.ones(2, device=self.device)
-        with torch.no_grad():
-            evaluation = flops_of(lambda: self.module.ema(x0, sigma, labels))
-        return step / 2, evaluation / 2
 
     def training_speed(self, n: int) -> float:
         batch = self.batch(n)

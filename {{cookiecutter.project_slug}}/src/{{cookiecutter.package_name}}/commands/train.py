@@ -16,6 +16,7 @@ from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
 from ..runs import Run
+from .bench import flops_per_image
 from ..trainer import build_trainer, evaluation_sampling, graceful_stop, seed_process
 
 USAGE = """\
@@ -38,6 +39,7 @@ def run(overrides: list[str]) -> Path:
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir.root}" + (f" (resuming from {resume_from})" if resume_from else ""))
+        print(model_summary(module, cfg))
         if extractor is not None:
             print(quality_cost(cfg, extractor.name, trainer.world_size))
     resume = f"{program} " + " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
@@ -61,6 +63,14 @@ def run(overrides: list[str]) -> Path:
                   f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
         print(f"done: checkpoints in {run_dir.last_checkpoint.parent}, sample grids in {run_dir.samples}")
     return run_dir.root
+
+
+def model_summary(module: DiffusionModule, cfg) -> str:
+    """Size and cost of the model, before training; its measured speed follows after 30 steps."""
+    parameters = sum(p.numel() for p in module.denoiser.parameters())
+    step_flops, _ = flops_per_image(module)
+    return (f"model: {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image "
+            f"per training step, batch {cfg.data.batch_size}; `bench` measures what that costs here")
 
 
 def quality_cost(cfg, extractor_name: str, world_size: int) -> str:

@@ -37,6 +37,7 @@ def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Seq
     """
     if sum(start is not None for start in (shape, noise, image)) != 1:
         raise ValueError("generate needs exactly one starting point: shape= or noise= (pure noise), or image= (SDEdit)")
+    sigmas = sigmas.cpu()     # read as Python numbers at every step: on the host, so no step waits for the GPU
     if image is not None:
         start = image
     else:

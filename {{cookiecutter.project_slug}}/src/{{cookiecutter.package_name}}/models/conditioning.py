@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,8 @@ class ConditionEmbedding(nn.Module):
     def forward(self, c_noise: Tensor, labels: Tensor | None) -> Tensor:
         """In float32 even under autocast: nearby noise levels must stay distinguishable, and
         bf16 keeps only 8 bits of mantissa."""
-        with torch.autocast(c_noise.device.type, enabled=False):
+        device = c_noise.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
             emb = self.noise(sinusoidal_features(c_noise, self.features))
             if self.label is not None:
                 if labels is None:
