@@ -146,7 +146,7 @@ class TrainerConfig:
     devices: Any = MISSING
     strategy: Literal["auto", "ddp"] = MISSING
     num_nodes: int = MISSING
-    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true"] = MISSING
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = MISSING      # mixed: noising and loss stay float32
     compile: CompileMode = MISSING
     channels_last: bool = MISSING
     tf32: bool = MISSING

@@ -30,7 +30,7 @@ USAGE = """\
 bench   [key=value ...]   measure training and sampling speed of the configured model here
                           (the keys of train, e.g. bench preset=h100 data.batch_size=256)"""
 
-MATMUL_DTYPE = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16}
+MATMUL_DTYPE = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 TIMED_STEPS = 20
 
 
@@ -73,6 +73,8 @@ def run(overrides: list[str]) -> None:
           f"batch {sample_batch}), MFU {100 * sampling * nfe * evaluation_flops / peak:.0f}%")
 
     if device.type == "cuda":
+        del bench
+        module.cpu()                   # the search has the GPU to itself
         fresh = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
         fits = largest_batch(Bench(fresh.to(device), device, precision).one_step, batch_size)
         print(f"  largest batch that fits: {fits} (training step, doubling from {batch_size}, not compiled)")
@@ -121,8 +123,6 @@ class Bench:
 
     def __init__(self, module: DiffusionModule, device: torch.device, precision: str):
         self.module, self.device, self.precision = module, device, precision
-        if precision == "bf16-true":
-            module.to(torch.bfloat16)
         optim = module.cfg.optim
         self.optimizer = torch.optim.AdamW(module.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
                                            weight_decay=optim.weight_decay, fused=optim.fused and precision != "16-mixed")
