@@ -1,0 +1,118 @@
+"""The course tasks against known answers: views that are orthogonal pixel maps, anagrams that
+reduce to plain sampling or to a closed-form Gaussian, spherical interpolation that keeps the
+norm, and inversion that reconstructs its input to the solver's accuracy."""
+import math
+
+import pytest
+import torch
+from test_diffusion import MU, STD, exact_ode_solution, gaussian_denoiser
+
+from {{ cookiecutter.package_name }}.diffusion.generate import generate
+from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
+from {{ cookiecutter.package_name }}.diffusion.samplers import ddim, dpmpp_2m, heun
+from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
+from {{ cookiecutter.package_name }}.tasks.illusion import VIEWS, Anagram, Hybrid, jigsaw, low_pass, view
+from {{ cookiecutter.package_name }}.tasks.interpolate import invert, slerp
+
+
+# -- illusions ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [*VIEWS, "jigsaw"])
+def test_every_view_is_an_orthogonal_pixel_map_with_its_inverse(name):
+    """Applied to every basis image, a view gives the columns of its matrix: each must hold one
+    entry +1 or -1 (a permutation with sign flips), so that M^T M = I and noise stays noise."""
+    v = view(name, 8)
+    basis = torch.eye(2 * 8 * 8, dtype=torch.float64).reshape(-1, 2, 8, 8)
+    matrix = v.apply(basis).reshape(len(basis), -1).T
+    assert torch.equal(matrix.abs().sum(0), torch.ones(len(basis), dtype=torch.float64))
+    assert torch.equal(matrix.abs().sum(1), torch.ones(len(basis), dtype=torch.float64))
+    assert torch.equal(matrix.T @ matrix, torch.eye(len(basis), dtype=torch.float64))
+    x = torch.randn(3, 2, 8, 8)
+    assert torch.equal(v.invert(v.apply(x)), x)
+
+
+def test_the_jigsaw_moves_whole_tiles_and_refuses_sizes_it_cannot_cut():
+    image = torch.arange(64.0).reshape(1, 1, 8, 8)
+    moved = jigsaw(8, pieces=4).apply(image)
+    tiles = {tuple(image[0, 0, i:i + 2, j:j + 2].flatten().tolist()) for i in range(0, 8, 2) for j in range(0, 8, 2)}
+    assert {tuple(moved[0, 0, i:i + 2, j:j + 2].flatten().tolist()) for i in range(0, 8, 2) for j in range(0, 8, 2)} == tiles
+    assert not torch.equal(moved, image)
+    with pytest.raises(ValueError, match="4x4 equal tiles"):
+        jigsaw(10, pieces=4)
+
+
+def labelled_denoiser(x, sigma, labels):
+    """A stand-in conditional denoiser whose estimate depends on the label and on x."""
+    return 0.5 * x + labels.float().view(-1, 1, 1, 1) - 0.1 * x.flip(-1)
+
+
+def test_an_anagram_of_the_identity_view_is_plain_guided_sampling():
+    guided = GuidedDenoiser(labelled_denoiser, [(torch.full((4,), 3), 2.0)], null_label=10)
+    sigmas = karras_sigmas(10, 0.002, 80.0)
+    plain = generate(guided, sigmas, heun, shape=(4, 1, 8, 8), generator=torch.Generator().manual_seed(0)).x
+    anagram = generate(Anagram([(VIEWS["identity"], guided)]), sigmas, heun, shape=(4, 1, 8, 8),
+                       generator=torch.Generator().manual_seed(0)).x
+    assert torch.equal(plain, anagram)
+
+
+PIXEL_MU, PIXEL_STD = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]]), torch.tensor([[[0.5, 1.0], [2.0, 0.25]]])
+
+
+def pixel_gaussian_denoiser(x, sigma):
+    """The ideal denoiser of images whose pixels are independent N(PIXEL_MU, PIXEL_STD^2)."""
+    shrink = PIXEL_STD**2 / (PIXEL_STD**2 + sigma.view(-1, 1, 1, 1) ** 2)
+    return PIXEL_MU + shrink * (x - PIXEL_MU)
+
+
+def test_an_anagram_with_the_negated_view_samples_the_symmetrised_gaussian():
+    """D(x) and -D(-x) average to PIXEL_STD^2 / (PIXEL_STD^2 + sigma^2) x: the ideal denoiser of
+    N(0, PIXEL_STD^2). Sampling the anagram must draw exactly that distribution."""
+    anagram = Anagram([(VIEWS["identity"], pixel_gaussian_denoiser), (VIEWS["negate"], pixel_gaussian_denoiser)])
+    n = 20_000
+    x = generate(anagram, karras_sigmas(40, 0.002, 80.0), heun, shape=(n, 1, 2, 2),
+                 generator=torch.Generator().manual_seed(0)).x
+    assert (x.mean(0).abs() < 4 * PIXEL_STD / math.sqrt(n)).all()
+    assert torch.allclose(x.std(0), PIXEL_STD, rtol=0.03)
+
+
+def test_a_hybrid_of_one_denoiser_is_that_denoiser_and_the_blur_splits_frequencies():
+    x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 2.0])
+    assert torch.allclose(Hybrid(pixel_gaussian_like, pixel_gaussian_like, std=2.0)(x, sigma),
+                          pixel_gaussian_like(x, sigma), atol=1e-6)
+    constant = torch.full((1, 1, 16, 16), 0.7)
+    assert torch.allclose(low_pass(constant, 2.0), constant)                       # DC passes
+    checkerboard = (-1.0) ** (torch.arange(16)[:, None] + torch.arange(16)[None]).float().view(1, 1, 16, 16)
+    assert low_pass(checkerboard, 2.0)[..., 4:-4, 4:-4].abs().max() < 1e-3         # the finest detail does not
+
+
+def pixel_gaussian_like(x, sigma):
+    return 0.3 + x / (1 + sigma.view(-1, 1, 1, 1) ** 2)
+
+
+# -- interpolation --------------------------------------------------------------------------------
+def test_slerp_keeps_the_norm_where_a_straight_line_loses_it():
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(8, 4096, generator=generator) for _ in range(2))
+    b = b * (a.norm(dim=1, keepdim=True) / b.norm(dim=1, keepdim=True))          # equal norms
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    for t in (0.25, 0.5, 0.8):
+        assert torch.allclose(slerp(a, b, t).norm(dim=1), a.norm(dim=1), rtol=1e-5)
+    assert ((a + b) / 2).norm(dim=1).div(a.norm(dim=1)).max() < 0.75                # about 1/sqrt(2)
+    assert torch.allclose(slerp(a, a, 0.3), a)                                       # parallel: no 0/0
+
+
+@pytest.mark.parametrize("sampler, order", [(ddim, 1), (heun, 2), (dpmpp_2m, 2)])
+def test_inversion_solves_the_ode_upwards_at_the_solvers_order_and_reconstructs(sampler, order):
+    """The inverted noise of Gaussian data is the exact ODE solution from sigma_min to sigma_max
+    (closed form) up to the solver's error, which halves (first order) or quarters (second)
+    when the steps double; generating from it gives the image back."""
+    image = MU + STD * torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errors, reconstructions = [], []
+    for steps in (50, 100, 200):
+        sigmas = karras_sigmas(steps, 0.002, 80.0)
+        noise = invert(gaussian_denoiser, sigmas, image, sampler)
+        exact = exact_ode_solution(image, sigmas[-2], sigmas[0])
+        errors.append(((noise - exact).abs().max() / exact.abs().max()).item())
+        reconstructions.append((sampler(gaussian_denoiser, sigmas, noise).x - image).abs().max().item())
+    rates = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(abs(rate - order) < 0.15 for rate in rates), rates
+    assert reconstructions[-1] < (0.2 if order == 1 else 1e-4) and reconstructions[-1] < reconstructions[0] / 3
