@@ -2,6 +2,7 @@
 reduce to plain sampling or to a closed-form Gaussian, spherical interpolation that keeps the
 norm, and inversion that reconstructs its input to the solver's accuracy."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,49 @@ def test_sdedit_strength_runs_from_the_image_itself_to_a_fresh_sample():
     assert half.nfe == 5
     with pytest.raises(ValueError, match="strength"):
         sdedit(pixel_gaussian_like, sigmas, image, 1.5, ddim)
+
+
+# -- the commands, end to end on tiny runs ----------------------------------------------------------
+@pytest.fixture
+def toy_run(project_dir):
+    from test_train import TOY
+
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["train", *TOY, "name=toy", "trainer.max_steps=20"]) == 0
+    return "runs/toy"
+
+
+@pytest.fixture
+def digits_run(project_dir):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["train", "experiment=digits", "logger=csv", "name=digits", "model.conditional=true",
+                 "model.unet.channels=8", "data.batch_size=32", "trainer.max_steps=10",
+                 "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
+    return "runs/digits"
+
+
+def gif_frames(path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as gif:
+        return gif.n_frames
+
+
+def test_visualize_draws_the_vector_fields_and_the_particles_of_2d_data(toy_run):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["visualize", f"run={toy_run}", "steps=7", "sampler=euler", "n=50", "sigmas=[2.0,0.1]"]) == 0
+    assert (Path(toy_run) / "visualize/vector_fields.png").is_file()
+    assert gif_frames(Path(toy_run) / "visualize/particles.gif") == 7 + 1           # each step, then the sample
+
+
+def test_visualize_draws_a_labelled_denoising_grid_and_gif_of_images(digits_run, capsys):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["visualize", f"run={digits_run}", "steps=5", "sampler=euler", "labels=[3,7]", "n=2"]) == 0
+    assert (Path(digits_run) / "visualize/denoising.png").is_file()
+    assert gif_frames(Path(digits_run) / "visualize/denoising.gif") == 5
+    assert main(["visualize", f"run={digits_run}", "labels=[12]"]) == 2
+    assert "labels must be class numbers from 0 to 9" in capsys.readouterr().err

@@ -115,3 +115,107 @@ def save_nfe_plot(results: list[dict], path: str | Path, ylabel: str) -> Path:
     ax.set(xscale="log", xlabel="network evaluations per sample (NFE)", ylabel=ylabel, title="quality against cost")
     ax.legend()
     return _save(fig, path)
+
+
+# -- labelled pictures and animations (the course tasks) --------------------------------------------
+def figure_array(fig: Figure) -> np.ndarray:
+    """A figure rendered to an RGB uint8 array (for animation frames)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def labelled_grid_figure(tiles: Tensor, row_labels: list[str], column_labels: list[str], title: str = "") -> Figure:
+    """uint8 tiles (rows * columns, C, H, W), in row order, drawn as one grid with every row and
+    column named."""
+    rows, columns = len(row_labels), len(column_labels)
+    size = tiles.shape[-1]
+    fig = Figure(figsize=(1.1 * columns + 1.2, 1.1 * rows + 0.6))
+    ax = fig.subplots()
+    ax.imshow(image_grid(tiles, ncol=columns), cmap="gray" if tiles.shape[1] == 1 else None, vmin=0, vmax=255)
+    centres = [1 + k * (size + 1) + size / 2 - 0.5 for k in range(max(rows, columns))]
+    ax.set_xticks(centres[:columns], column_labels, fontsize=7, rotation=45 if columns > 8 else 0)
+    ax.set_yticks(centres[:rows], row_labels, fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def save_labelled_grid(tiles: Tensor, row_labels: list[str], column_labels: list[str], path: str | Path,
+                       title: str = "") -> Path:
+    return _save(labelled_grid_figure(tiles, row_labels, column_labels, title), path)
+
+
+def save_gif(frames: list[np.ndarray], path: str | Path, seconds_per_frame: float = 0.15, hold: float = 1.5) -> Path:
+    """An animated GIF, looping, that rests ``hold`` seconds on its last frame."""
+    path = output_path(path)
+    images = [Image.fromarray(frame) for frame in frames]
+    durations = [round(1000 * seconds_per_frame)] * (len(images) - 1) + [round(1000 * hold)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path
+
+
+def scaled_state(step: Step) -> Tensor:
+    """x_t divided by sqrt(1 + sigma^2): the noisy state at the scale of the data, to be shown."""
+    return step.x / math.sqrt(1 + step.sigma**2)
+
+
+def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: int = 10) -> tuple[Path, Path]:
+    """Images: denoising.png, a grid with a row of x_t and a row of x0_hat per sample and a
+    column per chosen step, labelled with the step and its noise level; denoising.gif, every
+    step: x_t on the left, x0_hat on the right, one row per sample."""
+    picks = np.linspace(0, len(trajectory) - 1, min(columns, len(trajectory))).round().astype(int)
+    samples = len(trajectory[0].x)
+    tiles = torch.stack([tile for k in range(samples) for row in (
+        [scaled_state(trajectory[i])[k] for i in picks], [trajectory[i].x0_hat[k] for i in picks]) for tile in row])
+    rows = [label for k in range(samples) for label in (f"x_t #{k}", f"x0_hat #{k}")]
+    columns_named = [f"step {trajectory[i].i}\nσ={trajectory[i].sigma:.3g}" for i in picks]
+    grid = save_labelled_grid(to_uint8(tiles), rows, columns_named, folder / "denoising.png", title)
+    frames = []
+    for step in trajectory:
+        pairs = torch.stack([tile for k in range(samples) for tile in (scaled_state(step)[k], step.x0_hat[k])])
+        upscale = max(1, math.ceil(64 / pairs.shape[-1]))
+        frame = image_grid(to_uint8(pairs), ncol=2, upscale=upscale)
+        frames.append(frame[..., 0] if frame.shape[-1] == 1 else frame)
+    return grid, save_gif(frames, folder / "denoising.gif")
+
+
+def save_vector_fields(denoiser, sigmas: list[float], data: Tensor, path: str | Path, points: int = 21,
+                       device: torch.device | str = "cpu") -> Path:
+    """2D data: at each noise level, the arrows D(x, sigma) - x from a grid of noisy points
+    towards where the denoiser sends them (its vector field), over the data in grey. Arrows are
+    scaled per panel so that the longest spans two grid cells: compare lengths within a panel."""
+    low, high = data.min(0).values - 1, data.max(0).values + 1
+    axis_x, axis_y = (torch.linspace(low[d].item(), high[d].item(), points) for d in (0, 1))
+    grid = torch.stack(torch.meshgrid(axis_x, axis_y, indexing="xy"), -1).reshape(-1, 2)
+    fig = Figure(figsize=(3.2 * len(sigmas), 3.4))
+    for ax, sigma in zip(fig.subplots(1, len(sigmas), squeeze=False)[0], sigmas):
+        with torch.no_grad():
+            arrows = (denoiser(grid.to(device), torch.full((len(grid),), sigma, device=device)) - grid.to(device)).cpu()
+        arrows = arrows * 2 * (axis_x[1] - axis_x[0]) / arrows.norm(dim=1).max().clamp_min(1e-12)
+        ax.scatter(*data[:2000, :2].T.cpu(), s=1, c="0.75")
+        ax.quiver(*grid.T, *arrows.T, angles="xy", scale_units="xy", scale=1, width=0.004, color="tab:blue")
+        ax.set(title=f"σ = {sigma:g}", aspect="equal", xlim=(low[0], high[0]), ylim=(low[1], high[1]))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("the denoiser's pull D(x, σ) - x (longest arrow scaled to two cells in each panel)", fontsize=10)
+    return _save(fig, path)
+
+
+def save_particles_gif(trajectory: list[Step], final: Tensor, data: Tensor, path: str | Path, count: int = 500) -> Path:
+    """2D data: the samples moving from noise to data, one frame per step (x_t scaled to the
+    data's scale), over the data in grey."""
+    states = [scaled_state(step)[:count] for step in trajectory] + [final[:count].cpu()]
+    sigmas = [step.sigma for step in trajectory] + [0.0]
+    low, high = data.min(0).values - 1, data.max(0).values + 1
+    frames = []
+    for state, sigma in zip(states, sigmas):
+        fig = Figure(figsize=(4, 4))
+        ax = fig.subplots()
+        ax.scatter(*data[:2000, :2].T.cpu(), s=1, c="0.8")
+        ax.scatter(*state[:, :2].T, s=3, c="tab:blue")
+        ax.set(title=f"σ = {sigma:.3g}", aspect="equal", xlim=(low[0], high[0]), ylim=(low[1], high[1]))
+        frames.append(figure_array(fig))
+    return save_gif(frames, path)

@@ -66,15 +66,17 @@ def speed_up(module, precision: str, compile_mode: str, device: torch.device) ->
     return precision
 
 
-def check_conditions(command: SampleCommand, class_names: list[str]) -> None:
-    """Labels name classes the model knows; conditions are [label, weight] pairs."""
-    if (command.labels or command.conditions) and not class_names:
+def check_conditions(command, class_names: list[str]) -> None:
+    """Labels name classes the model knows; conditions (where the command has them) are
+    [label, weight] pairs."""
+    conditions = command.get("conditions") or []
+    if (command.labels or conditions) and not class_names:
         raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
                           "with model.conditional=false")
-    if any(len(pair) != 2 or not math.isfinite(pair[1]) for pair in command.conditions or []):
-        raise ConfigError(f"conditions={list(command.conditions)}: each condition is a [label, weight] pair with a "
+    if any(len(pair) != 2 or not math.isfinite(pair[1]) for pair in conditions):
+        raise ConfigError(f"conditions={list(conditions)}: each condition is a [label, weight] pair with a "
                           "finite weight, e.g. conditions=[[3,1.5],[8,1.0]]")
-    labels = list(command.labels or []) + [pair[0] for pair in command.conditions or []]
+    labels = list(command.labels or []) + [pair[0] for pair in conditions]
     known = range(len(class_names))
     if any(label != int(label) or int(label) not in known for label in labels):
         named = [f"{i}={name}" for i, name in enumerate(class_names) if name != str(i)]
@@ -142,17 +144,19 @@ def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str)
         print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")
 
 
-def split_overrides(overrides: list[str]) -> tuple[SampleCommand, DictConfig]:
-    """Sampling keys (steps=20) go to the run's sampling section; the rest describe the command."""
+def split_overrides(overrides: list[str], schema=SampleCommand, name: str = "sample",
+                    counts: tuple[str, ...] = ("n", "batch_size")) -> tuple:
+    """Sampling keys (steps=20) go to the run's sampling section; the rest describe the command
+    (the fields of the dataclass ``schema``), the ``counts`` among them at least 1."""
     parsed = parse_overrides(overrides)
-    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(SampleCommand)] + sampling_keys(), "the command line")
+    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(schema)] + sampling_keys(), "the command line")
     sampling = OmegaConf.create({k: v for k, v in parsed.items() if k in sampling_keys()})
     rest = OmegaConf.create({k: v for k, v in parsed.items() if k not in sampling_keys()})
-    command = merge(OmegaConf.structured(SampleCommand), rest, "the command line")
+    command = merge(OmegaConf.structured(schema), rest, "the command line")
     if OmegaConf.is_missing(command, "run"):
-        raise ConfigError("sample needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+        raise ConfigError(f"{name} needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
     test, valid = at_least(1)
-    for key in ("n", "batch_size"):
-        if not test(command[key]):
+    for key in counts:
+        if command[key] is not None and not test(command[key]):
             raise ConfigError(f"bad value for '{key}': {command[key]} (must be {valid})")
     return command, sampling

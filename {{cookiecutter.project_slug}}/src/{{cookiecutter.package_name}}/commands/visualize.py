@@ -1,0 +1,75 @@
+"""``visualize``: how a trained model turns noise into data, as pictures.
+
+Images: ``denoising.png``, the noisy state x_t and the estimate x0_hat at chosen steps of a
+few samples, every row and column labelled, and ``denoising.gif``, every step. 2D data:
+``vector_fields.png``, the denoiser's pull D(x, sigma) - x at several noise levels, and
+``particles.gif``, the samples travelling from noise to the data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import MISSING
+
+from ..config import run_config, sampling_keys
+from ..data import DiffusionDataModule
+from ..diffusion.samplers import Trajectory
+from ..runs import load_run, pick_device
+from ..visualize import save_denoising, save_particles_gif, save_vector_fields
+from .sample import check_conditions, split_overrides
+
+USAGE = f"""\
+visualize run=DIR [key=value ...]
+                          pictures of the denoising: a labelled x_t / x0_hat grid and a GIF
+                          (images), vector fields and moving particles (2D); keys: n, seed,
+                          labels, columns, sigmas, out, device, and any sampling key:
+                          {", ".join(sampling_keys())}"""
+
+
+FIELD_POINTS = 21        # arrows per side of a vector field
+
+
+@dataclass
+class VisualizeCommand:
+    run: str = MISSING                    # a run directory (runs/<name>) or a .ckpt file
+    n: Optional[int] = None               # samples followed: default 4 images, or 500 points
+    seed: int = 0
+    labels: Optional[list[int]] = None    # conditional models: labels of the samples, in turn
+    columns: int = 10                     # steps shown in denoising.png
+    sigmas: list[float] = field(default_factory=lambda: [5.0, 1.0, 0.3, 0.05])   # 2D: noise levels of the vector fields
+    out: Optional[str] = None             # default <run>/visualize
+    device: str = "auto"
+
+
+def run(overrides: list[str]) -> Path:
+    command, sampling_overrides = split_overrides(overrides, VisualizeCommand, "visualize", ("n", "columns"))
+    module, run_dir = load_run(command.run)
+    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    module.to(pick_device(command.device))
+    points = len(module.data_shape) == 1
+    n = command.n or (500 if points else 4)
+    labels = torch.tensor(command.labels)[torch.arange(n) % len(command.labels)] if command.labels else None
+    trajectory = Trajectory()
+    result = module.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
+    guidance = f", guidance {sampling.guidance:g}" if module.num_classes else ""
+    title = f"{run_dir.root.name}: {sampling.sampler}, {sampling.steps} steps, {result.nfe} NFE{guidance}"
+    out = Path(command.out) if command.out else run_dir.root / "visualize"
+    if points:
+        data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
+        data.setup()
+        reference = data.reference_images()
+        grid = FIELD_POINTS**2                       # one label for the whole field: the first asked for, or 0
+        label = (labels[:1] if labels is not None else torch.zeros(1, dtype=torch.long)).expand(grid)
+        denoiser = module.guided(grid, sampling.guidance, label)
+        pictures = [save_vector_fields(denoiser, command.sigmas, reference, out / "vector_fields.png",
+                                       FIELD_POINTS, module.device),
+                    save_particles_gif(trajectory.steps, result.x, reference, out / "particles.gif")]
+    else:
+        pictures = list(save_denoising(trajectory.steps, out, title, command.columns))
+    for picture in pictures:
+        print(picture)
+    return out
