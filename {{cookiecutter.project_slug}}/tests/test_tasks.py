@@ -234,3 +234,25 @@ def test_visualize_draws_a_labelled_denoising_grid_and_gif_of_images(digits_run,
     assert gif_frames(Path(digits_run) / "visualize/denoising.gif") == 5
     assert main(["visualize", f"run={digits_run}", "labels=[12]"]) == 2
     assert "labels must be class numbers from 0 to 9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("between", ["noise", "images", "labels", "guidance"])
+def test_interpolate_writes_a_labelled_strip_and_a_gif(digits_run, capsys, between):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    extra = {"labels": ["labels=[1,7]"], "guidance": ["weights=[0,2,4]"], "images": ["images=[3,40]"]}.get(between, [])
+    assert main(["interpolate", f"run={digits_run}", f"between={between}", "frames=4", "steps=4",
+                 "sampler=dpmpp_2m", *extra]) == 0
+    folder = Path(digits_run) / "interpolate"
+    assert (folder / f"{between}.png").is_file()
+    frames = gif_frames(folder / f"{between}.gif")        # there and back; identical neighbours merge in a GIF
+    assert frames == 6 if between == "noise" else 1 <= frames <= (3 if between == "guidance" else 4) * 2 - 2
+    if between == "images":
+        assert capsys.readouterr().out.count("inverted and regenerated with") == 2
+
+
+def test_interpolate_refuses_a_sampler_that_adds_noise(digits_run, capsys):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["interpolate", f"run={digits_run}", "sampler=ddpm"]) == 2
+    assert "needs a deterministic sampler" in capsys.readouterr().err

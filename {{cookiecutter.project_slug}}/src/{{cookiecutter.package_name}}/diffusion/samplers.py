@@ -248,3 +248,10 @@ def evaluations_per_sample(sampling) -> int:
     """NFE of the configured sampler: Heun corrects every step but the last (2N - 1 evaluations),
     the others evaluate the network once per step."""
     return 2 * sampling.steps - 1 if sampling.sampler == "heun" else sampling.steps
+
+
+def is_deterministic(sampling) -> bool:
+    """Whether the configured sampler adds no noise of its own: it then solves the
+    probability-flow ODE, and the same start always gives the same sample."""
+    return {"ddpm": False, "ddim": sampling.eta == 0, "heun": sampling.churn == 0,
+            "generalized": sampling.mu == 0}.get(sampling.sampler, True)

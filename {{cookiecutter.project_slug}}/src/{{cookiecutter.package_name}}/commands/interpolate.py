@@ -1,0 +1,147 @@
+"""``interpolate``: a strip of samples that changes one thing at a time, as a PNG and a GIF.
+
+* ``between=noise``: spherical interpolation between the noises of two seeds.
+* ``between=images``: two training images inverted to their noises (the deterministic sampler
+  run upwards), then interpolated; how well each inversion reconstructs its image is printed.
+* ``between=labels``: one noise, the guidance moving from one label to another.
+* ``between=guidance``: one noise and label, the guidance weight swept over ``weights``.
+
+The sampler must be deterministic (euler, ddim with eta=0, heun without churn, dpmpp_2m, ...):
+noise added along the way would change every frame, not only what is interpolated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from ..config import run_config, sampling_keys
+from ..data import DiffusionDataModule
+from ..diffusion.samplers import configured_sampler, is_deterministic
+from ..diffusion.schedules import sampling_sigmas
+from ..errors import ConfigError
+from ..pixels import to_uint8, to_unit_range
+from ..runs import load_run, pick_device
+from ..tasks.interpolate import invert, slerp
+from ..visualize import image_grid, save_gif, save_labelled_grid
+from .sample import check_conditions, split_overrides
+
+USAGE = f"""\
+interpolate run=DIR [key=value ...]
+                          a strip PNG and a GIF: between=noise (seeds=[0,1]), images (images=[i,j] of
+                          the training data, inverted), labels (labels=[3,8]) or guidance
+                          (weights=[0,1,2,4]); keys: frames, label, out, device, and any sampling key:
+                          {", ".join(sampling_keys())}"""
+
+
+@dataclass
+class InterpolateCommand:
+    run: str = MISSING
+    between: Literal["noise", "images", "labels", "guidance"] = "noise"
+    frames: int = 9                        # pictures in the strip (noise, images, labels)
+    seeds: list[int] = field(default_factory=lambda: [0, 1])      # between=noise: the two noises
+    images: list[int] = field(default_factory=lambda: [0, 1])     # between=images: indices into the training data
+    labels: Optional[list[int]] = None     # between=labels: the two labels; otherwise the label to draw (conditional)
+    weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0, 8.0])   # between=guidance
+    seed: int = 0                          # the noise of labels and guidance sweeps
+    out: Optional[str] = None              # default <run>/interpolate
+    device: str = "auto"
+
+
+def run(overrides: list[str]) -> Path:
+    command, sampling_overrides = split_overrides(overrides, InterpolateCommand, "interpolate", ("frames",))
+    module, run_dir = load_run(command.run)
+    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    check_request(command, sampling, module)
+    module.to(pick_device(command.device))
+    plan = {"noise": between_noises, "images": between_images, "labels": between_labels,
+            "guidance": across_guidance}[command.between]
+    frames, names = plan(module, command, sampling)
+    out = Path(command.out) if command.out else run_dir.root / "interpolate"
+    images = to_uint8(frames)
+    title = f"{run_dir.root.name}: between {command.between}, {sampling.sampler}, {sampling.steps} steps"
+    strip = save_labelled_grid(images, [""], names, out / f"{command.between}.png", title)
+    upscale = max(1, math.ceil(128 / images.shape[-1]))
+    pictures = [image_grid(image[None], 1, upscale) for image in images]
+    gif = save_gif([p[..., 0] if p.shape[-1] == 1 else p for p in pictures + pictures[-2:0:-1]],
+                   out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
+    print(f"{strip}\n{gif}")
+    return out
+
+
+def check_request(command, sampling, module) -> None:
+    if len(module.data_shape) != 3:
+        raise ConfigError(f"interpolate draws images; {command.run} was trained on data of shape {list(module.data_shape)}")
+    if not is_deterministic(sampling):
+        raise ConfigError(f"interpolate needs a deterministic sampler, and sampler={sampling.sampler} adds noise "
+                          "(eta, churn or mu above 0, or ddpm); use sampler=dpmpp_2m or sampler=euler")
+    if command.between in ("labels", "guidance") and not module.num_classes:
+        raise ConfigError(f"between={command.between} needs a class-conditional model; {command.run} is unconditional")
+    if command.between == "labels" and len(command.labels or []) != 2:
+        raise ConfigError("between=labels needs two labels, e.g. labels=[3,8]")
+    if len(command.seeds) != 2 or len(command.images) != 2:
+        raise ConfigError("seeds and images each name two, e.g. seeds=[0,1] images=[12,345]")
+
+
+def fractions(frames: int) -> list[float]:
+    return np.linspace(0, 1, frames).tolist()
+
+
+def first_label(command, module) -> torch.Tensor | None:
+    return torch.tensor([command.labels[0] if command.labels else 0]) if module.num_classes else None
+
+
+def between_noises(module, command, sampling):
+    a, b = (torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(seed)) for seed in command.seeds)
+    noise = torch.cat([slerp(a, b, t) for t in fractions(command.frames)])
+    labels = first_label(command, module)
+    labels = None if labels is None else labels.expand(len(noise))
+    x = module.sample(len(noise), torch.Generator(), sampling, labels=labels, noise=noise).x
+    return x, [f"t={t:.2f}" for t in fractions(command.frames)]
+
+
+def between_images(module, command, sampling):
+    data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
+    data.setup()
+    reference = data.reference_images()
+    if max(command.images) >= len(reference) or min(command.images) < 0:
+        raise ConfigError(f"images={list(command.images)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
+    images = to_unit_range(reference[list(command.images)]).to(module.device)
+    labels = first_label(command, module)
+    denoiser = module.guided(2, sampling.guidance, None if labels is None else labels.expand(2))
+    sigmas = sampling_sigmas(sampling, module.training_noise.table)
+    sampler = configured_sampler(sampling)
+    noises = invert(denoiser, sigmas, images, sampler) / sigmas[0].item()
+    rebuilt = module.sample(2, torch.Generator(), sampling, labels=None if labels is None else labels.expand(2),
+                            noise=noises.cpu()).x
+    for index, image, copy in zip(command.images, images, rebuilt):
+        error = (copy - image).square().mean().sqrt().item()
+        print(f"image {index}: inverted and regenerated with {100 * error / 2:.2f}% RMS error (of the [-1, 1] range)")
+    noise = torch.cat([slerp(noises[:1].cpu(), noises[1:].cpu(), t) for t in fractions(command.frames)])
+    batch_labels = None if labels is None else labels.expand(len(noise))
+    x = module.sample(len(noise), torch.Generator(), sampling, labels=batch_labels, noise=noise).x
+    return x, [f"t={t:.2f}" for t in fractions(command.frames)]
+
+
+def between_labels(module, command, sampling):
+    a, b = command.labels
+    noise = torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(command.seed))
+    frames = []
+    for t in fractions(command.frames):
+        conditions = [(torch.tensor([a]), (1 - t) * sampling.guidance), (torch.tensor([b]), t * sampling.guidance)]
+        frames.append(module.sample(1, torch.Generator(), sampling, conditions=conditions, noise=noise).x)
+    return torch.cat(frames), [f"{a}→{b}\nt={t:.2f}" for t in fractions(command.frames)]
+
+
+def across_guidance(module, command, sampling):
+    noise = torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(command.seed))
+    label = first_label(command, module)
+    frames = [module.sample(1, torch.Generator(), sampling, conditions=[(label, weight)], noise=noise).x
+              for weight in command.weights]
+    return torch.cat(frames), [f"w={weight:g}" for weight in command.weights]
