@@ -256,3 +256,29 @@ def test_interpolate_refuses_a_sampler_that_adds_noise(digits_run, capsys):
 
     assert main(["interpolate", f"run={digits_run}", "sampler=ddpm"]) == 2
     assert "needs a deterministic sampler" in capsys.readouterr().err
+
+
+def test_guidance_grid_and_illusions_draw_their_pictures(digits_run, capsys):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    common = [f"run={digits_run}", "steps=3", "sampler=euler"]
+    assert main(["guidance-grid", *common, "labels=[0,5]", "weights=[0,3]"]) == 0
+    assert main(["illusion", *common, "labels=[6,9]", "views=[identity,rot180]", "n=2"]) == 0
+    assert main(["illusion", *common, "kind=hybrid", "labels=[0,1]", "n=2"]) == 0
+    assert main(["illusion", *common, "labels=[6,9,1]", "views=[identity,jigsaw,negate]", "n=2"]) == 0
+    for picture in ("guidance/grid.png", "illusion/anagram.png", "illusion/anagram.gif", "illusion/hybrid.png"):
+        assert (Path(digits_run) / picture).is_file(), picture
+    capsys.readouterr()
+    assert main(["illusion", *common, "labels=[6]"]) == 2
+    assert "kind=anagram needs 2 labels (one per view)" in capsys.readouterr().err
+    assert main(["illusion", *common, "labels=[6,9]", "views=[identity,spin]"]) == 2
+    assert "unknown view 'spin'" in capsys.readouterr().err
+
+
+def test_illusions_and_guidance_need_a_conditional_image_model(toy_run, capsys):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["illusion", f"run={toy_run}", "labels=[0,1]"]) == 2
+    assert "needs a class-conditional image model" in capsys.readouterr().err
+    assert main(["guidance-grid", f"run={toy_run}"]) == 2
+    assert "needs a class-conditional model" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""``illusion``: samples that read as different classes under different views.
+
+* ``kind=anagram`` (visual anagrams): ``views=[identity,rot180] labels=[6,9]`` draws samples
+  that are a 6 as they are and a 9 upside down. Views: identity, hflip, vflip, rot90, rot180,
+  rot270, transpose, negate, jigsaw (see tasks/illusion.py).
+* ``kind=hybrid`` (hybrid images): ``labels=[far,near]`` draws samples that look like ``far``
+  when blurred (from a distance) and like ``near`` up close; ``std`` is the blur in pixels.
+
+Writes <run>/illusion/<kind>.png (each sample under each view, or sharp and blurred) and a GIF
+that turns between the views.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from omegaconf import MISSING
+
+from ..config import run_config, sampling_keys
+from ..diffusion.generate import generate
+from ..diffusion.samplers import configured_sampler
+from ..diffusion.schedules import sampling_sigmas
+from ..errors import ConfigError
+from ..pixels import to_uint8
+from ..runs import load_run, pick_device
+from ..tasks.illusion import Anagram, Hybrid, low_pass, view
+from ..visualize import image_grid, save_gif, save_labelled_grid
+from .sample import check_conditions, split_overrides
+
+USAGE = f"""\
+illusion run=DIR labels=[a,b] [key=value ...]
+                          kind=anagram (views=[identity,rot180]: one image, a label per view) or
+                          kind=hybrid (far and near label, std); keys: n, seed, out, device, and
+                          any sampling key: {", ".join(sampling_keys())}"""
+
+
+@dataclass
+class IllusionCommand:
+    run: str = MISSING
+    kind: Literal["anagram", "hybrid"] = "anagram"
+    labels: Optional[list[int]] = None                   # one per view (anagram), or [far, near] (hybrid)
+    views: list[str] = field(default_factory=lambda: ["identity", "rot180"])
+    std: float = 1.0                                     # hybrid: the blur separating far from near, in pixels
+    n: int = 8
+    seed: int = 0
+    out: Optional[str] = None                            # default <run>/illusion
+    device: str = "auto"
+
+
+def run(overrides: list[str]) -> Path:
+    command, sampling_overrides = split_overrides(overrides, IllusionCommand, "illusion", ("n",))
+    module, run_dir = load_run(command.run)
+    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    check_request(command, module)
+    module.to(pick_device(command.device))
+    size = module.data_shape[-1]
+    guided = [module.guided(command.n, sampling.guidance, torch.full((command.n,), label)) for label in command.labels]
+    if command.kind == "anagram":
+        views = [view(name, size) for name in command.views]
+        denoiser = Anagram(list(zip(views, guided)))
+    else:
+        denoiser = Hybrid(*guided, std=command.std)
+    x = generate(denoiser, sampling_sigmas(sampling, module.training_noise.table), configured_sampler(sampling),
+                 shape=(command.n, *module.data_shape), generator=torch.Generator().manual_seed(command.seed),
+                 device=module.device).x.cpu()
+    names = module.hparams.class_names
+    if command.kind == "anagram":
+        rows = [v.apply(x) for v in views]
+        row_labels = [f"{names[label]} ({v.name})" for label, v in zip(command.labels, views)]
+    else:
+        rows = [x, low_pass(x, command.std)]          # as it is, and its low frequencies alone
+        row_labels = [f"near: {names[command.labels[1]]}", f"far: {names[command.labels[0]]} (blurred)"]
+    out = Path(command.out) if command.out else run_dir.root / "illusion"
+    title = f"{run_dir.root.name}: {command.kind}, {sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance:g}"
+    tiles = to_uint8(torch.cat(rows).clamp(-1, 1))
+    grid = save_labelled_grid(tiles, row_labels, [f"#{k}" for k in range(command.n)], out / f"{command.kind}.png", title)
+    upscale = max(1, math.ceil(64 / size))
+    frames = [image_grid(to_uint8(row.clamp(-1, 1)), min(command.n, 8), upscale) for row in rows]
+    gif = save_gif([f[..., 0] if f.shape[-1] == 1 else f for f in frames], out / f"{command.kind}.gif",
+                   seconds_per_frame=1.0, hold=1.0)
+    print(f"{grid}\n{gif}")
+    return out
+
+
+def check_request(command, module) -> None:
+    if not module.num_classes or len(module.data_shape) != 3:
+        raise ConfigError(f"illusion needs a class-conditional image model; {command.run} is not one")
+    check_conditions(command, module.hparams.class_names)
+    wanted = len(command.views) if command.kind == "anagram" else 2
+    if len(command.labels or []) != wanted:
+        raise ConfigError(f"kind={command.kind} needs {wanted} labels ({'one per view' if command.kind == 'anagram' else 'far, near'}), "
+                          f"got labels={list(command.labels or [])}")
+    if command.kind == "anagram":
+        for name in command.views:
+            try:
+                view(name, module.data_shape[-1])
+            except ValueError as error:
+                raise ConfigError(f"views: {error}") from None
