@@ -282,3 +282,37 @@ def test_illusions_and_guidance_need_a_conditional_image_model(toy_run, capsys):
     assert "needs a class-conditional image model" in capsys.readouterr().err
     assert main(["guidance-grid", f"run={toy_run}"]) == 2
     assert "needs a class-conditional model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["inpaint", "repaint", "superres", "dps", "sdedit"])
+def test_restore_says_how_well_each_result_agrees_with_the_observation(digits_run, capsys, method):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["restore", f"run={digits_run}", f"method={method}", "images=[0,7]", "steps=4", "sampler=euler",
+                 "resample=2", "mask=left"]) == 0
+    out = capsys.readouterr().out
+    assert (Path(digits_run) / f"restore/{method}.png").is_file()
+    if method in ("inpaint", "repaint", "superres"):            # exact by construction (projection, replacement)
+        consistency = float(out.split("|A(x) - y| = ")[1].split()[0])
+        assert consistency < 1e-5, out
+    else:
+        assert ("measurement consistency" if method == "dps" else "RMS change from the input") in out
+
+
+def test_restore_takes_a_degradation_of_your_own_and_refuses_what_cannot_work(digits_run, project_dir, capsys,
+                                                                              monkeypatch):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    (project_dir / "my_blur.py").write_text("import torch.nn.functional as F\n\n"
+                                            "def blur(x):\n    return F.avg_pool2d(x, 3, stride=1, padding=1)\n")
+    monkeypatch.syspath_prepend(str(project_dir))
+    common = [f"run={digits_run}", "images=[1]", "steps=3", "sampler=euler"]
+    assert main(["restore", *common, "method=dps", "degradation=my_blur:blur"]) == 0
+    capsys.readouterr()
+    for args, message in [(["method=colorize"], "colorize needs an RGB model"),
+                          (["method=superres", "factor=3"], "factor=3 must divide the image size 8"),
+                          (["method=dps", "degradation=nowhere:blur"], "does not name a function"),
+                          (["method=inpaint", "images=[99999]"], "the training data has"),
+                          ([], "restore needs method=")]:
+        assert main(["restore", *common, *args]) == 2, args
+        assert message in capsys.readouterr().err
