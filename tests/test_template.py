@@ -196,3 +196,38 @@ def test_your_own_images_example_trains_on_a_folder(bake):
            "data.batch_size=4", "trainer.log_every_n_steps=1")
     run_in(project, "-m", "diffusion_lab", "sample", "run=runs/my-images", "n=2", "steps=3", "labels=[1]")
     assert (project / "runs" / "my-images" / "generated" / "samples.png").is_file()
+
+
+def example_commands(folder: str) -> list[list[str]]:
+    """The `<package> ...` command lines of an example's README, in order."""
+    import re
+
+    text = (REPO / "examples" / folder / "README.md").read_text()
+    return [line.split() for line in re.findall(r"<package> ([^`\n]+)", text)]
+
+
+def test_the_task_examples_run_as_their_readmes_say(bake):
+    """Tiny versions of the course-task recipes: every command their READMEs show, in order,
+    with the training cut to a few steps and the sampling to a few steps."""
+    import shutil
+
+    project = bake()
+    for folder, name in (("toy-2d-trajectories", "moons"), ("digits-guidance-and-illusions", "digits-class")):
+        shutil.copy(REPO / "examples" / folder / "experiment.yaml", project / "configs" / "experiments" / f"{name}.yaml")
+    tiny = {"train": ["trainer.max_steps=5", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
+                      "logger=csv"]}
+    for folder in ("toy-2d-trajectories", "digits-guidance-and-illusions", "restoration"):
+        commands = example_commands(folder)
+        assert commands, folder
+        for args in commands:
+            run_in(project, "-m", "diffusion_lab", *args, *tiny.get(args[0], ["steps=3"]))
+    for picture in ("moons/visualize/vector_fields.png", "moons/visualize/particles.gif",
+                    "digits-class/visualize/denoising.png", "digits-class/guidance/grid.png",
+                    "digits-class/interpolate/labels.png", "digits-class/illusion/anagram.png",
+                    "digits-class/restore/repaint.png", "digits-class/restore/superres.png",
+                    "digits-class/restore/sdedit.png"):
+        assert (project / "runs" / picture).is_file(), picture
+    for folder in ("toy-2d-trajectories", "digits-guidance-and-illusions", "restoration"):     # the README's pictures exist
+        import re
+        for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
+            assert (REPO / "examples" / folder / picture).is_file(), f"{folder}/{picture}"

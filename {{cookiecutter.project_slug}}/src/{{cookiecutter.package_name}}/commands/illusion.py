@@ -6,8 +6,8 @@
 * ``kind=hybrid`` (hybrid images): ``labels=[far,near]`` draws samples that look like ``far``
   when blurred (from a distance) and like ``near`` up close; ``std`` is the blur in pixels.
 
-Writes <run>/illusion/<kind>.png (each sample under each view, or sharp and blurred) and a GIF
-that turns between the views.
+Writes <run>/illusion/<kind>.png (each sample under each view, or sharp and blurred), a GIF
+that turns between the views, and the samples themselves (<kind>.pt, in [-1, 1]).
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def run(overrides: list[str]) -> Path:
     frames = [image_grid(to_uint8(row.clamp(-1, 1)), min(command.n, 8), upscale) for row in rows]
     gif = save_gif([f[..., 0] if f.shape[-1] == 1 else f for f in frames], out / f"{command.kind}.gif",
                    seconds_per_frame=1.0, hold=1.0)
-    print(f"{grid}\n{gif}")
+    torch.save(x, out / f"{command.kind}.pt")          # the samples as drawn, to check with a classifier
+    print(f"{grid}\n{gif}\n{out / f'{command.kind}.pt'}")
     return out
 
 
