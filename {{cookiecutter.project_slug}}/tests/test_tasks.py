@@ -313,6 +313,21 @@ def test_restore_takes_a_degradation_of_your_own_and_refuses_what_cannot_work(di
                           (["method=superres", "factor=3"], "factor=3 must divide the image size 8"),
                           (["method=dps", "degradation=nowhere:blur"], "does not name a function"),
                           (["method=inpaint", "images=[99999]"], "the training data has"),
+                          (["method=sdedit", "strength=1.5"], "strength=1.5 must be in [0, 1]"),
                           ([], "restore needs method=")]:
         assert main(["restore", *common, *args]) == 2, args
         assert message in capsys.readouterr().err
+
+
+def test_colorize_restores_colour_that_averages_to_the_observed_gray(project_dir, capsys):
+    from {{ cookiecutter.package_name }}.cli import main
+
+    torch.save(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), project_dir / "rgb.pt")
+    assert main(["train", "data.name=tensor_file", "data.root=rgb.pt", "data.image_size=8", "data.channels=3",
+                 "model.name=unet", "model.conditional=false", "model.unet.channels=8", "model.unet.channel_mult=[1,2]",
+                 "model.unet.attention_levels=[]", "data.batch_size=8", "trainer.max_steps=3", "logger=csv",
+                 "name=rgb", "evaluation.every_n_steps=0"]) == 0
+    capsys.readouterr()
+    assert main(["restore", "run=runs/rgb", "method=colorize", "images=[0,1]", "steps=4", "sampler=heun"]) == 0
+    consistency = float(capsys.readouterr().out.split("|A(x) - y| = ")[1].split()[0])
+    assert consistency < 1e-5

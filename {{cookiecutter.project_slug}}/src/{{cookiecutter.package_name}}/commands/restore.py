@@ -82,58 +82,76 @@ def user_degradation(where: str):
 
 def run(overrides: list[str]) -> Path:
     command, sampling_overrides = split_overrides(overrides, RestoreCommand, "restore", ("resample", "factor"))
-    if OmegaConf.is_missing(command, "method"):
-        raise ConfigError("restore needs method=inpaint|repaint|superres|colorize|dps|sdedit")
     module, run_dir = load_run(command.run)
     sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    check_request(command, module)
+    module.to(pick_device(command.device))
+    truth = training_images(module, command.images)
+    n, size = len(truth), module.data_shape[-1]
+    labels = torch.tensor(command.labels)[torch.arange(n) % len(command.labels)] if command.labels else None
+    denoiser = module.guided(n, sampling.guidance if labels is not None else 0.0, labels)
+    mask = hidden(command.mask, size, command.seed).to(module.device)
+    degrade, pseudo_inverse = {"superres": downsample(command.factor), "colorize": grayscale()}.get(
+        command.method, masked(mask))
+    if command.method == "dps" and command.degradation:
+        degrade = user_degradation(command.degradation)
+    y = degrade(truth)
+    x = restoration(command, denoiser, sampling, module, truth, mask, degrade, pseudo_inverse, y)
+    report(command, x, truth, degrade, y)
+    observed = (truth * mask if command.method in ("inpaint", "repaint", "dps") and not command.degradation
+                else pseudo_inverse(y) if command.method in ("superres", "colorize") else truth)
+    out = Path(command.out) if command.out else run_dir.root / "restore"
+    tiles = to_uint8(torch.cat([truth, observed, x]).clamp(-1, 1).cpu())
+    title = f"{run_dir.root.name}: {command.method}, {sampling.sampler}, {sampling.steps} steps"
+    path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
+                              out / f"{command.method}.png", title)
+    print(path)
+    return path
+
+
+def check_request(command, module) -> None:
+    if OmegaConf.is_missing(command, "method"):
+        raise ConfigError("restore needs method=inpaint|repaint|superres|colorize|dps|sdedit")
     check_conditions(command, module.hparams.class_names if module.num_classes else [])
     if len(module.data_shape) != 3:
         raise ConfigError(f"restore works on images; {command.run} was trained on data of shape {list(module.data_shape)}")
-    device = pick_device(command.device)
-    module.to(device)
     channels, size = module.data_shape[0], module.data_shape[-1]
+    if command.method == "superres" and size % command.factor:
+        raise ConfigError(f"factor={command.factor} must divide the image size {size}")
+    if command.method == "colorize" and channels != 3:
+        raise ConfigError(f"colorize needs an RGB model; {command.run} has {channels} channel(s)")
+    if not 0 <= command.strength <= 1:
+        raise ConfigError(f"strength={command.strength} must be in [0, 1] (0 keeps the image, 1 draws afresh)")
+
+
+def training_images(module, indices: list[int]) -> torch.Tensor:
+    """Images number ``indices`` of the run's training data, as the network sees them, in [-1, 1]."""
     data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
     data.setup()
     reference = data.reference_images()
-    if not command.images or max(command.images) >= len(reference) or min(command.images) < 0:
-        raise ConfigError(f"images={list(command.images)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
-    truth = to_unit_range(reference[list(command.images)]).to(device)
-    n = len(truth)
-    labels = torch.tensor(command.labels)[torch.arange(n) % len(command.labels)] if command.labels else None
-    denoiser = module.guided(n, sampling.guidance, labels) if labels is not None else module.guided(n, 0.0)
+    if not indices or max(indices) >= len(reference) or min(indices) < 0:
+        raise ConfigError(f"images={list(indices)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
+    return to_unit_range(reference[list(indices)]).to(module.device)
+
+
+def restoration(command, denoiser, sampling, module, truth, mask, degrade, pseudo_inverse, y) -> torch.Tensor:
     sigmas = sampling_sigmas(sampling, module.training_noise.table)
-    sampler = configured_sampler(sampling)
-    generator = torch.Generator().manual_seed(command.seed)
-    mask = hidden(command.mask, size, command.seed).to(device)
-    method = command.method
-    if method == "superres" and size % command.factor:
-        raise ConfigError(f"factor={command.factor} must divide the image size {size}")
-    if method == "colorize" and channels != 3:
-        raise ConfigError(f"colorize needs an RGB model; {command.run} has {channels} channel(s)")
-    degrade, pseudo_inverse = {"superres": downsample(command.factor), "colorize": grayscale()}.get(method, masked(mask))
-    if method == "dps" and command.degradation:
-        degrade = user_degradation(command.degradation)
-    y = degrade(truth)
-    if method in ("inpaint", "repaint"):
-        x = repaint(denoiser, sigmas, truth * mask, mask, resample=1 if method == "inpaint" else command.resample,
-                    generator=generator).x
-    elif method == "sdedit":
-        x = sdedit(denoiser, sigmas, truth, command.strength, sampler, generator).x
+    sampler, generator = configured_sampler(sampling), torch.Generator().manual_seed(command.seed)
+    if command.method in ("inpaint", "repaint"):
+        resample = 1 if command.method == "inpaint" else command.resample
+        return repaint(denoiser, sigmas, truth * mask, mask, resample=resample, generator=generator).x
+    if command.method == "sdedit":
+        return sdedit(denoiser, sigmas, truth, command.strength, sampler, generator).x
+    wrapped = (PosteriorSampling(denoiser, degrade, y, command.zeta) if command.method == "dps"
+               else Projected(denoiser, degrade, pseudo_inverse, y))
+    return generate(wrapped, sigmas, sampler, shape=truth.shape, generator=generator, device=module.device).x
+
+
+def report(command, x, truth, degrade, y) -> None:
+    """How well the result agrees with what was observed (and how far it is from the original)."""
+    distance = 100 * measurement_error(lambda v: v, x, truth) / 2
+    if command.method == "sdedit":
+        print(f"sdedit at strength {command.strength}: {distance:.1f}% RMS change from the input (of the [-1, 1] range)")
     else:
-        wrapped = (PosteriorSampling(denoiser, degrade, y, command.zeta) if method == "dps"
-                   else Projected(denoiser, degrade, pseudo_inverse, y))
-        x = generate(wrapped, sigmas, sampler, shape=truth.shape, generator=generator, device=device).x
-    shown = truth * mask if method in ("inpaint", "repaint", "dps") and not command.degradation else (
-        pseudo_inverse(y) if method in ("superres", "colorize") else truth)
-    if method == "sdedit":
-        print(f"sdedit at strength {command.strength}: {100 * measurement_error(lambda v: v, x, truth) / 2:.1f}% RMS "
-              "change from the input (of the [-1, 1] range)")
-    else:
-        print(f"{method}: measurement consistency |A(x) - y| = {measurement_error(degrade, x, y):.2e} RMS "
-              f"(0 = agrees exactly); distance to the original {100 * measurement_error(lambda v: v, x, truth) / 2:.1f}%")
-    out = Path(command.out) if command.out else run_dir.root / "restore"
-    tiles = to_uint8(torch.cat([truth, shown, x]).clamp(-1, 1).cpu())
-    path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
-                              out / f"{method}.png", f"{run_dir.root.name}: {method}, {sampling.sampler}, {sampling.steps} steps")
-    print(path)
-    return path
+        print(f"{command.method}: measurement consistency |A(x) - y| = {measurement_error(degrade, x, y):.2e} RMS "
+              f"(0 = agrees exactly); distance to the original {distance:.1f}%")
