@@ -9,13 +9,13 @@ from typing import Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import run_config, sampling_keys
+from ..config import sampling_keys
 from ..diffusion.generate import indexed_noise
 from ..errors import ConfigError
 from ..pixels import to_uint8
-from ..runs import load_run, pick_device
+from ..runs import pick_device
 from ..visualize import save_labelled_grid
-from .sample import check_conditions, split_overrides
+from .sample import open_run
 
 USAGE = f"""\
 guidance-grid run=DIR [key=value ...]
@@ -34,12 +34,9 @@ class GuidanceGridCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, sampling_overrides = split_overrides(overrides, GuidanceGridCommand, "guidance-grid", ())
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    command, module, run_dir, sampling = open_run(overrides, GuidanceGridCommand, "guidance-grid", ())
     if not module.num_classes:
         raise ConfigError(f"guidance-grid needs a class-conditional model; {command.run} is unconditional")
-    check_conditions(command, module.hparams.class_names)
     module.to(pick_device(command.device))
     labels = list(command.labels) if command.labels else list(range(min(16, module.num_classes)))
     noise = indexed_noise(torch.arange(len(labels)), module.data_shape, command.seed)

@@ -19,16 +19,16 @@ from typing import Literal, Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import run_config, sampling_keys
+from ..config import sampling_keys
 from ..diffusion.generate import generate
 from ..diffusion.samplers import configured_sampler
 from ..diffusion.schedules import sampling_sigmas
 from ..errors import ConfigError
 from ..pixels import to_uint8
-from ..runs import load_run, pick_device
+from ..runs import pick_device
 from ..tasks.illusion import Anagram, Hybrid, low_pass, view
 from ..visualize import image_grid, save_gif, save_labelled_grid
-from .sample import check_conditions, split_overrides
+from .sample import open_run
 
 USAGE = f"""\
 illusion run=DIR labels=[a,b] [key=value ...]
@@ -51,9 +51,7 @@ class IllusionCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, sampling_overrides = split_overrides(overrides, IllusionCommand, "illusion", ("n",))
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    command, module, run_dir, sampling = open_run(overrides, IllusionCommand, "illusion", ("n",))
     check_request(command, module)
     module.to(pick_device(command.device))
     size = module.data_shape[-1]
@@ -89,7 +87,6 @@ def run(overrides: list[str]) -> Path:
 def check_request(command, module) -> None:
     if not module.num_classes or len(module.data_shape) != 3:
         raise ConfigError(f"illusion needs a class-conditional image model; {command.run} is not one")
-    check_conditions(command, module.hparams.class_names)
     wanted = len(command.views) if command.kind == "anagram" else 2
     if len(command.labels or []) != wanted:
         raise ConfigError(f"kind={command.kind} needs {wanted} labels ({'one per view' if command.kind == 'anagram' else 'far, near'}), "

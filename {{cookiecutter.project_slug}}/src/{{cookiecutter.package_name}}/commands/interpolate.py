@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from ..config import run_config, sampling_keys
+from ..config import sampling_keys
 from ..data import DiffusionDataModule
 from ..diffusion.samplers import configured_sampler, is_deterministic
 from ..diffusion.schedules import sampling_sigmas
 from ..errors import ConfigError
 from ..pixels import to_uint8, to_unit_range
-from ..runs import load_run, pick_device
+from ..runs import pick_device
 from ..tasks.interpolate import invert, slerp
 from ..visualize import image_grid, save_gif, save_labelled_grid
-from .sample import check_conditions, split_overrides
+from .sample import open_run
 
 USAGE = f"""\
 interpolate run=DIR [key=value ...]
@@ -54,10 +54,7 @@ class InterpolateCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, sampling_overrides = split_overrides(overrides, InterpolateCommand, "interpolate", ("frames",))
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
-    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    command, module, run_dir, sampling = open_run(overrides, InterpolateCommand, "interpolate", ("frames",))
     check_request(command, sampling, module)
     module.to(pick_device(command.device))
     plan = {"noise": between_noises, "images": between_images, "labels": between_labels,

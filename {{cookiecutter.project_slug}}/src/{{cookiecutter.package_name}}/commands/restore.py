@@ -17,18 +17,18 @@ from typing import Literal, Optional
 import torch
 from omegaconf import MISSING, OmegaConf
 
-from ..config import run_config, sampling_keys
+from ..config import sampling_keys
 from ..data import DiffusionDataModule
 from ..diffusion.generate import generate
 from ..diffusion.samplers import configured_sampler
 from ..diffusion.schedules import sampling_sigmas
 from ..errors import ConfigError
 from ..pixels import to_uint8, to_unit_range
-from ..runs import load_run, pick_device
+from ..runs import pick_device
 from ..tasks.restore import (PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint,
                              sdedit)
 from ..visualize import save_labelled_grid
-from .sample import check_conditions, split_overrides
+from .sample import open_run
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
@@ -81,9 +81,7 @@ def user_degradation(where: str):
 
 
 def run(overrides: list[str]) -> Path:
-    command, sampling_overrides = split_overrides(overrides, RestoreCommand, "restore", ("resample", "factor"))
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    command, module, run_dir, sampling = open_run(overrides, RestoreCommand, "restore", ("resample", "factor"))
     check_request(command, module)
     module.to(pick_device(command.device))
     truth = training_images(module, command.images)
@@ -112,7 +110,6 @@ def run(overrides: list[str]) -> Path:
 def check_request(command, module) -> None:
     if OmegaConf.is_missing(command, "method"):
         raise ConfigError("restore needs method=inpaint|repaint|superres|colorize|dps|sdedit")
-    check_conditions(command, module.hparams.class_names if module.num_classes else [])
     if len(module.data_shape) != 3:
         raise ConfigError(f"restore works on images; {command.run} was trained on data of shape {list(module.data_shape)}")
     channels, size = module.data_shape[0], module.data_shape[-1]

@@ -44,10 +44,7 @@ class SampleCommand:
 
 def run(overrides: list[str]) -> Path:
     """Sample from a trained run; the sampling section of its config gives the defaults."""
-    command, sampling_overrides = split_overrides(overrides)
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
-    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    command, module, run_dir, sampling = open_run(overrides)
     device = pick_device(command.device)
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     module.to(device)
@@ -142,6 +139,18 @@ def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str)
     print(f"{len(x)} samples ({title}): {picture}")
     if trajectory:
         print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")
+
+
+def open_run(overrides: list[str], schema=SampleCommand, name: str = "sample",
+             counts: tuple[str, ...] = ("n", "batch_size")) -> tuple:
+    """How every command that draws from a trained run starts: its ``key=value`` pairs read
+    (``split_overrides``), the run loaded, its sampling section updated with the sampling keys
+    given, and the labels asked for checked. Returns (command, module, run directory, sampling)."""
+    command, sampling_overrides = split_overrides(overrides, schema, name, counts)
+    module, run_dir = load_run(command.run)
+    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    return command, module, run_dir, sampling
 
 
 def split_overrides(overrides: list[str], schema=SampleCommand, name: str = "sample",

@@ -14,12 +14,12 @@ from typing import Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import run_config, sampling_keys
+from ..config import sampling_keys
 from ..data import DiffusionDataModule
 from ..diffusion.samplers import Trajectory
-from ..runs import load_run, pick_device
+from ..runs import pick_device
 from ..visualize import save_denoising, save_particles_gif, save_vector_fields
-from .sample import check_conditions, split_overrides
+from .sample import open_run
 
 USAGE = f"""\
 visualize run=DIR [key=value ...]
@@ -45,10 +45,7 @@ class VisualizeCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, sampling_overrides = split_overrides(overrides, VisualizeCommand, "visualize", ("n", "columns"))
-    module, run_dir = load_run(command.run)
-    sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
-    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    command, module, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
     module.to(pick_device(command.device))
     points = len(module.data_shape) == 1
     n = command.n or (500 if points else 4)
