@@ -179,12 +179,17 @@ class DiffusionModule(L.LightningModule):
             self.to(memory_format=torch.channels_last)
         compile_in_place(self.denoiser.net, trainer_cfg.compile)
 
+    def adamw(self, precision: str) -> torch.optim.AdamW:
+        """AdamW over the denoiser's weights as optim says, fused (optim.fused) except under
+        16-mixed: the fused kernel unscales fp16 gradients itself, after clipping would have
+        seen them scaled."""
+        optim = self.cfg.optim
+        return torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                                 weight_decay=optim.weight_decay, fused=optim.fused and precision != "16-mixed")
+
     def configure_optimizers(self):
         optim = self.cfg.optim
-        # The fused kernel unscales fp16 gradients itself, after clipping would have seen them scaled.
-        fused = optim.fused and self.trainer.precision != "16-mixed"
-        optimizer = torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                      weight_decay=optim.weight_decay, fused=fused)
+        optimizer = self.adamw(self.trainer.precision)
         total = self.cfg.trainer.max_steps
 
         def factor(step: int) -> float:

@@ -35,10 +35,14 @@ def image_grid(images: Tensor, ncol: int | None = None, upscale: int = 1) -> np.
     return grid.permute(1, 2, 0).numpy()
 
 
+def enlarged_grid(images: Tensor, ncol: int | None = None, tile: int = 64) -> np.ndarray:
+    """``image_grid`` with pixels repeated until a tile is at least ``tile`` pixels wide."""
+    return image_grid(images, ncol, max(1, math.ceil(tile / images.shape[-1])))
+
+
 def save_image_grid(images: Tensor, path: str | Path, ncol: int | None = None) -> Path:
     """Save uint8 images as one PNG grid, enlarged to at least 64 pixels a tile."""
-    upscale = max(1, math.ceil(64 / images.shape[-1]))
-    return save_array(image_grid(images, ncol, upscale), path)
+    return save_array(enlarged_grid(images, ncol), path)
 
 
 def save_image(image: Tensor, path: str | Path) -> Path:
@@ -48,8 +52,13 @@ def save_image(image: Tensor, path: str | Path) -> Path:
 
 def save_array(array: np.ndarray, path: str | Path) -> Path:
     path = output_path(path)
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    pil_image(array).save(path)
     return path
+
+
+def pil_image(array: np.ndarray) -> Image.Image:
+    """An (H, W, C) uint8 array as a PIL image: grayscale when it has one channel."""
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
 def save_scatter(points: Tensor, path: str | Path, title: str = "", reference: Tensor | None = None) -> Path:
@@ -149,9 +158,9 @@ def save_labelled_grid(tiles: Tensor, row_labels: list[str], column_labels: list
 
 
 def save_gif(frames: list[np.ndarray], path: str | Path, seconds_per_frame: float = 0.15, hold: float = 1.5) -> Path:
-    """An animated GIF, looping, that rests ``hold`` seconds on its last frame."""
+    """An animated GIF of (H, W, C) uint8 frames, looping, that rests ``hold`` seconds on its last."""
     path = output_path(path)
-    images = [Image.fromarray(frame) for frame in frames]
+    images = [pil_image(frame) for frame in frames]
     durations = [round(1000 * seconds_per_frame)] * (len(images) - 1) + [round(1000 * hold)]
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
     return path
@@ -176,9 +185,7 @@ def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: in
     frames = []
     for step in trajectory:
         pairs = torch.stack([tile for k in range(samples) for tile in (scaled_state(step)[k], step.x0_hat[k])])
-        upscale = max(1, math.ceil(64 / pairs.shape[-1]))
-        frame = image_grid(to_uint8(pairs), ncol=2, upscale=upscale)
-        frames.append(frame[..., 0] if frame.shape[-1] == 1 else frame)
+        frames.append(enlarged_grid(to_uint8(pairs), ncol=2))
     return grid, save_gif(frames, folder / "denoising.gif")
 
 

@@ -123,9 +123,7 @@ class Bench:
 
     def __init__(self, module: DiffusionModule, device: torch.device, precision: str):
         self.module, self.device, self.precision = module, device, precision
-        optim = module.cfg.optim
-        self.optimizer = torch.optim.AdamW(module.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                           weight_decay=optim.weight_decay, fused=optim.fused and precision != "16-mixed")
+        self.optimizer = module.adamw(precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
 
     def autocast(self):

@@ -11,7 +11,6 @@ that turns between the views, and the samples themselves (<kind>.pt, in [-1, 1])
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -27,7 +26,7 @@ from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..runs import pick_device
 from ..tasks.illusion import Anagram, Hybrid, low_pass, view
-from ..visualize import image_grid, save_gif, save_labelled_grid
+from ..visualize import enlarged_grid, save_gif, save_labelled_grid
 from .sample import open_run
 
 USAGE = f"""\
@@ -75,10 +74,8 @@ def run(overrides: list[str]) -> Path:
     title = f"{run_dir.root.name}: {command.kind}, {sampling.sampler}, {sampling.steps} steps, guidance {sampling.guidance:g}"
     tiles = to_uint8(torch.cat(rows).clamp(-1, 1))
     grid = save_labelled_grid(tiles, row_labels, [f"#{k}" for k in range(command.n)], out / f"{command.kind}.png", title)
-    upscale = max(1, math.ceil(64 / size))
-    frames = [image_grid(to_uint8(row.clamp(-1, 1)), min(command.n, 8), upscale) for row in rows]
-    gif = save_gif([f[..., 0] if f.shape[-1] == 1 else f for f in frames], out / f"{command.kind}.gif",
-                   seconds_per_frame=1.0, hold=1.0)
+    frames = [enlarged_grid(to_uint8(row.clamp(-1, 1)), min(command.n, 8)) for row in rows]
+    gif = save_gif(frames, out / f"{command.kind}.gif", seconds_per_frame=1.0, hold=1.0)
     torch.save(x, out / f"{command.kind}.pt")          # the samples as drawn, to check with a classifier
     print(f"{grid}\n{gif}\n{out / f'{command.kind}.pt'}")
     return out

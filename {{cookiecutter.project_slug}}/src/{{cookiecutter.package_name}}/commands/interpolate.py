@@ -11,7 +11,6 @@ noise added along the way would change every frame, not only what is interpolate
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -28,7 +27,7 @@ from ..errors import ConfigError
 from ..pixels import to_uint8, to_unit_range
 from ..runs import pick_device
 from ..tasks.interpolate import invert, slerp
-from ..visualize import image_grid, save_gif, save_labelled_grid
+from ..visualize import enlarged_grid, save_gif, save_labelled_grid
 from .sample import open_run
 
 USAGE = f"""\
@@ -64,10 +63,8 @@ def run(overrides: list[str]) -> Path:
     images = to_uint8(frames)
     title = f"{run_dir.root.name}: between {command.between}, {sampling.sampler}, {sampling.steps} steps"
     strip = save_labelled_grid(images, [""], names, out / f"{command.between}.png", title)
-    upscale = max(1, math.ceil(128 / images.shape[-1]))
-    pictures = [image_grid(image[None], 1, upscale) for image in images]
-    gif = save_gif([p[..., 0] if p.shape[-1] == 1 else p for p in pictures + pictures[-2:0:-1]],
-                   out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
+    pictures = [enlarged_grid(image[None], 1, tile=128) for image in images]
+    gif = save_gif(pictures + pictures[-2:0:-1], out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
     print(f"{strip}\n{gif}")
     return out
 

@@ -28,7 +28,7 @@ from ..runs import pick_device
 from ..tasks.restore import (PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint,
                              sdedit)
 from ..visualize import save_labelled_grid
-from .sample import open_run
+from .sample import labels_in_turn, open_run
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
@@ -86,7 +86,7 @@ def run(overrides: list[str]) -> Path:
     module.to(pick_device(command.device))
     truth = training_images(module, command.images)
     n, size = len(truth), module.data_shape[-1]
-    labels = torch.tensor(command.labels)[torch.arange(n) % len(command.labels)] if command.labels else None
+    labels = labels_in_turn(command.labels, 0, n)
     denoiser = module.guided(n, sampling.guidance if labels is not None else 0.0, labels)
     mask = hidden(command.mask, size, command.seed).to(module.device)
     degrade, pseudo_inverse = {"superres": downsample(command.factor), "colorize": grayscale()}.get(

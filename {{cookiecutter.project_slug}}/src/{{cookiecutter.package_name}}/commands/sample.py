@@ -106,10 +106,14 @@ def fresh_output(out: Path) -> Path:
     return out
 
 
+def labels_in_turn(labels: list[int] | None, start: int, stop: int) -> torch.Tensor | None:
+    """The labels of samples start..stop-1 when ``labels`` are used in turn (None: no labels)."""
+    return torch.tensor(labels)[torch.arange(start, stop) % len(labels)] if labels else None
+
+
 def draw(module, command: SampleCommand, sampling: DictConfig) -> tuple[torch.Tensor, int, list[Step]]:
     """All samples in batches, with one progress bar over every step; the NFE per sample and
     the first batch's trajectory when asked for."""
-    labels = torch.tensor(command.labels) if command.labels else None
     weighted = [(int(label), weight) for label, weight in command.conditions or []]
     generator = torch.Generator().manual_seed(command.seed)
     starts = range(0, command.n, command.batch_size)
@@ -117,7 +121,7 @@ def draw(module, command: SampleCommand, sampling: DictConfig) -> tuple[torch.Te
     with tqdm(total=len(starts) * sampling.steps, desc="sampling", unit="step") as bar:
         for start in starts:
             size = min(command.batch_size, command.n - start)
-            batch_labels = None if labels is None else labels[torch.arange(start, start + size) % len(labels)]
+            batch_labels = labels_in_turn(command.labels, start, start + size)
             conditions = [(torch.full((size,), label), weight) for label, weight in weighted] or None
             hooks = [lambda step: bar.update()] + ([trajectory] if command.trajectory and start == 0 else [])
             result = module.sample(size, generator, sampling, batch_labels, conditions, hooks)

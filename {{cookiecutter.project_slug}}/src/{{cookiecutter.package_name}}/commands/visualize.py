@@ -19,7 +19,7 @@ from ..data import DiffusionDataModule
 from ..diffusion.samplers import Trajectory
 from ..runs import pick_device
 from ..visualize import save_denoising, save_particles_gif, save_vector_fields
-from .sample import open_run
+from .sample import labels_in_turn, open_run
 
 USAGE = f"""\
 visualize run=DIR [key=value ...]
@@ -49,7 +49,7 @@ def run(overrides: list[str]) -> Path:
     module.to(pick_device(command.device))
     points = len(module.data_shape) == 1
     n = command.n or (500 if points else 4)
-    labels = torch.tensor(command.labels)[torch.arange(n) % len(command.labels)] if command.labels else None
+    labels = labels_in_turn(command.labels, 0, n)
     trajectory = Trajectory()
     result = module.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
     guidance = f", guidance {sampling.guidance:g}" if module.num_classes else ""
