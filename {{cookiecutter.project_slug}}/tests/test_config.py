@@ -4,7 +4,9 @@ import typing
 import pytest
 
 from {{ cookiecutter.package_name }}.cli import main
-from {{ cookiecutter.package_name }}.config import ConfigError, load_config
+from omegaconf import OmegaConf
+
+from {{ cookiecutter.package_name }}.config import OBJECTIVE_DEFAULTS, ConfigError, load_config
 
 
 def test_layers_merge_in_order(project_dir):
@@ -13,6 +15,43 @@ def test_layers_merge_in_order(project_dir):
     assert cfg.data.name == "toy2d"                   # from the experiment
     assert cfg.optim.lr == 0.01                       # the command line beats the experiment's 1e-3
     assert cfg.diffusion.objective == load_config([]).diffusion.objective  # untouched keys keep config.yaml
+
+
+def test_config_yaml_carries_its_objectives_defaults(project_dir):
+    cfg = load_config([])
+    for key, value in OBJECTIVE_DEFAULTS[cfg.diffusion.objective].items():
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVE_DEFAULTS))
+def test_changing_the_objective_brings_its_noise_and_sampling_defaults(project_dir, objective):
+    cfg = load_config([f"diffusion.objective={objective}"])
+    assert cfg.sampling.schedule == ("uniform_t" if objective == "flow" else "karras")      # flows: t in [0, 1)
+    assert cfg.sampling.sigma_max == (1000.0 if objective == "flow" else 80.0)
+    assert cfg.diffusion.train_noise == {"eps": "ddpm", "v": "cosine"}.get(objective, "lognormal")
+    kept = load_config([f"diffusion.objective={objective}", "sampling.schedule=loglinear", "sampling.sigma_max=50"])
+    assert (kept.sampling.schedule, kept.sampling.sigma_max) == ("loglinear", 50)         # what you set stays
+
+
+def test_the_local_layer_sits_between_the_experiment_and_the_command_line(project_dir):
+    (project_dir / "configs" / "local.yaml").write_text("preset: debug\ndata:\n  batch_size: 7\noptim:\n  lr: 0.5\n")
+    cfg = load_config(["experiment=digits", "optim.lr=0.25"])
+    assert cfg.preset == "debug" and cfg.trainer.max_steps == load_config(["preset=debug"]).trainer.max_steps
+    assert cfg.data.batch_size == 7 and cfg.optim.lr == 0.25
+
+
+def test_data_root_without_a_file_source_is_refused(project_dir):
+    with pytest.raises(ConfigError, match="data.name=image_folder"):
+        load_config(["data.name=digits", "data.root=~/pictures"])
+    assert load_config(["data.name=image_folder", "data.root=~/pictures"]).data.root == "~/pictures"
+
+
+def test_sampler_options_the_sampler_does_not_read_are_reported(project_dir, capsys):
+    load_config(["sampling.sampler=heun", "sampling.gamma=2", "sampling.churn=1"])
+    err = capsys.readouterr().err
+    assert "sampling.gamma=2" in err and "generalized" in err and "churn" not in err
+    load_config(["sampling.sampler=generalized", "sampling.gamma=2"])
+    assert capsys.readouterr().err == ""
 
 
 def test_misspelt_key_names_the_path_and_the_fix(project_dir):

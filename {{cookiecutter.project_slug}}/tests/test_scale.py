@@ -18,7 +18,7 @@ from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.module import DiffusionModule
 
-PRESETS = ["cpu", "colab-t4", "a100", "h100", "mps", "multi-gpu", "slurm", "debug"]
+PRESETS = sorted(path.stem for path in (Path(__file__).parents[1] / "configs" / "presets").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)

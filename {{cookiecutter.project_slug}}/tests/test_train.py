@@ -19,6 +19,23 @@ from {{ cookiecutter.package_name }}.runs import load_run
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
 
+def test_a_run_in_a_log_file_reads_plainly(project_dir):
+    """What `train > log` shows: the start-up summary, plain progress lines over the steps (no
+    per-epoch bar, no third-party tips or deprecation warnings) and the closing summary."""
+    done = subprocess.run(package_command("train", "experiment=toy2d", "name=quiet", "logger=tensorboard",
+                                          "trainer.max_steps=40", "trainer.val_every_n_steps=20"),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
+    assert err == "", err
+    for noise in ("Tip", "litlogger", "LeafSpec", "Epoch", "GPU available", "it/s", "Warning"):
+        assert noise not in out, noise
+    assert "run        runs/quiet (new)" in out and "  data     toy2d: " in out and "precision 32-true" in out
+    assert "step 40/40 (100%)  loss " in out
+    assert "finished   step 40 of 40" in out and "runs/quiet/checkpoints/last.ckpt" in out
+    assert "tensorboard --logdir runs/quiet/tensorboard" in out
+
+
 def step_of(checkpoint):
     return torch.load(checkpoint, weights_only=False)["global_step"]
 
@@ -64,8 +81,6 @@ def test_conditional_image_run_with_each_network(project_dir, network, objective
             "model.dit.patch_size=2", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2",
             "model.mlp.width=32", "model.mlp.depth=1", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
             "trainer.sample_every_n_steps=3", "data.batch_size=16", "logger=tensorboard", *FAST]
-    if objective == "flow":
-        args += ["sampling.schedule=uniform_t", "sampling.sigma_max=1000"]
     assert main(["train", *args]) == 0
     assert main(["sample", f"run=runs/{network}", "n=6", "steps=3", "labels=[7]", "guidance=2.0",
                  "trajectory=true"]) == 0

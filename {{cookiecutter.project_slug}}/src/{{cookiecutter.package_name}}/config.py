@@ -4,9 +4,15 @@ The dataclasses below say which keys exist and what type each has; the values an
 they mean live in configs/config.yaml. Layers, each overriding the one before:
 
     configs/config.yaml < configs/presets/<preset>.yaml < configs/experiments/<experiment>.yaml
-    < command-line ``key=value`` pairs
+    < configs/local.yaml < command-line ``key=value`` pairs
 
 except that the ``debug`` preset, a short check of a setup, also wins over the experiment.
+``configs/local.yaml`` is optional and git-ignored: this machine's paths (data.root,
+data.cache_dir) and its preset, kept out of the files a project shares.
+
+Some keys follow others: a layer that changes ``diffusion.objective`` brings that objective's
+noise and sampling defaults (``OBJECTIVE_DEFAULTS``) for the keys it does not set itself, and
+sampler options that the chosen sampler does not read are reported (``unused_sampler_options``).
 
 A misspelt key or a value of the wrong type fails here, before any work, with the key path
 and the valid keys or choices.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -157,6 +164,7 @@ class TrainerConfig:
     val_batches: Optional[int] = None
     checkpoint_every_n_steps: int = MISSING
     sample_every_n_steps: int = MISSING
+    first_grid_minutes: float = MISSING
     sample_count: int = MISSING
     resume: bool = MISSING
     max_nonfinite_steps: int = MISSING
@@ -180,6 +188,25 @@ class Config:
 
 
 CHECK_PRESET = "debug"       # the preset that checks a setup in a few steps, whatever the experiment
+LOCAL_LAYER = "local.yaml"   # this machine's settings, git-ignored
+
+# Each objective's noise levels in training and in sampling. config.yaml is baked with its
+# objective's row (a test keeps the two in step); a layer that switches the objective gets the
+# new row for every key of it that the layer does not set itself.
+_EDM_NOISE = {"diffusion.noise_mean": -1.2, "diffusion.noise_std": 1.2,            # Karras et al. 2022
+              "sampling.schedule": "karras", "sampling.sigma_max": 80.0}
+OBJECTIVE_DEFAULTS = {
+    "eps": {"diffusion.train_noise": "ddpm", **_EDM_NOISE},
+    "v": {"diffusion.train_noise": "cosine", **_EDM_NOISE},
+    "x0": {"diffusion.train_noise": "lognormal", **_EDM_NOISE},
+    "edm": {"diffusion.train_noise": "lognormal", **_EDM_NOISE},
+    "flow": {"diffusion.train_noise": "lognormal", "diffusion.noise_mean": 0.0, "diffusion.noise_std": 1.0,
+             "sampling.schedule": "uniform_t", "sampling.sigma_max": 1000.0},     # logit-normal t (SD3)
+}
+
+# Options that only some samplers (or schedules) read.
+SAMPLER_OPTIONS = {"eta": ("ddim",), "churn": ("heun",), "gamma": ("generalized",), "mu": ("generalized",),
+                   "second_order": ("generalized",)}
 
 
 def default_config_dir() -> Path:
@@ -195,22 +222,59 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
     if not base_file.is_file():
         raise ConfigError(f"no config.yaml in {config_dir}; run from the project folder")
     cli = parse_overrides(overrides)
+    local_file = config_dir / LOCAL_LAYER
+    local = OmegaConf.load(local_file) if local_file.is_file() else OmegaConf.create()
     cfg = merge(OmegaConf.structured(Config), OmegaConf.load(base_file), str(base_file))
-    preset = cli.get("preset", cfg.preset)
+    baked_objective = cfg.diffusion.objective
+    preset = cli.get("preset", local.get("preset", cfg.preset))
     preset_layer = load_layer(config_dir / "presets", preset, "preset")
-    cfg = merge(cfg, preset_layer, f"preset {preset}")
-    experiment = cli.get("experiment", cfg.experiment)
+    layers = [(preset_layer, f"preset {preset}")]
+    experiment = cli.get("experiment", local.get("experiment", cfg.experiment))
     if experiment:
-        layer = load_layer(config_dir / "experiments", experiment, "experiment")
-        cfg = merge(cfg, layer, f"experiment {experiment}")
+        layers.append((load_layer(config_dir / "experiments", experiment, "experiment"), f"experiment {experiment}"))
         if preset == CHECK_PRESET:      # a short check of the experiment: its run length wins over the experiment's
-            cfg = merge(cfg, preset_layer, f"preset {preset}")
-    cfg = merge(cfg, cli, "the command line")
+            layers.append(layers[0])
+    layers += [(local, str(local_file)), (cli, "the command line")]
+    for layer, source in layers:
+        cfg = merge(cfg, layer, source)
+    given = set().union(*(dotted_keys(layer) for layer, _ in layers))
+    if cfg.diffusion.objective != baked_objective:
+        follow_objective(cfg, given)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}; set it in {base_file} or as key=value")
     check_values(cfg)
+    if "data.root" in given and cfg.data.name in ("toy2d", "digits"):
+        raise ConfigError(f"data.root={cfg.data.root} is given, but data.name={cfg.data.name} does not read files; "
+                          "for your own images add data.name=image_folder (or tensor_file for a .pt/.npy file)")
+    for note in unused_sampler_options(cfg.sampling, {k.partition(".")[2] for k in given if k.startswith("sampling.")}):
+        print(f"note: {note}", file=sys.stderr)
     return cfg
+
+
+def dotted_keys(layer: DictConfig, prefix: str = "") -> list[str]:
+    """The keys a configuration (or a layer of it) sets, as dotted paths (``trainer.max_steps``)."""
+    keys = []
+    for key, value in layer.items():
+        keys += dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
+    return keys
+
+
+def follow_objective(cfg: DictConfig, given: set[str]) -> None:
+    """Give the keys of ``OBJECTIVE_DEFAULTS`` that no layer set the current objective's values."""
+    for key, value in OBJECTIVE_DEFAULTS[cfg.diffusion.objective].items():
+        if key not in given:
+            OmegaConf.update(cfg, key, value)
+
+
+def unused_sampler_options(sampling: DictConfig, given: set[str]) -> list[str]:
+    """One line for each option in ``given`` that ``sampling.sampler`` (or its schedule) does not read."""
+    notes = [f"sampling.{key}={sampling[key]} is not used by sampler {sampling.sampler} "
+             f"(only by {' and '.join(users)})" for key, users in SAMPLER_OPTIONS.items()
+             if key in given and sampling.sampler not in users]
+    if "rho" in given and sampling.schedule != "karras":
+        notes.append(f"sampling.rho={sampling.rho} is not used by schedule {sampling.schedule} (only by karras)")
+    return notes
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
@@ -329,6 +393,7 @@ VALUE_RULES = {
     "trainer.val_every_n_steps": at_least(1),
     "trainer.checkpoint_every_n_steps": at_least(1),
     "trainer.sample_every_n_steps": at_least(1),
+    "trainer.first_grid_minutes": finite_above(0, inclusive=True),
     "trainer.sample_count": at_least(1),
     "trainer.max_nonfinite_steps": at_least(1),
 }
@@ -379,6 +444,9 @@ def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
         merged = merge(merged, layer or {}, source)
     OmegaConf.update(run, section, merged, force_add=True)
     check_values(run, [key for key in VALUE_RULES if key.startswith(section + ".")])
+    if section == "sampling" and overrides:
+        for note in unused_sampler_options(run.sampling, set(overrides.keys())):
+            print(f"note: {note}", file=sys.stderr)
     return run
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .config import dotted_keys
 from .errors import ConfigError
 from .module import DiffusionModule
 
@@ -73,7 +74,7 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     fixed = ("model.name", "model.conditional", f"model.{cfg.model.name}.", "data.image_size", "data.channels",
              "diffusion.objective", "diffusion.sigma_data")
     changes = {key: (OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key))
-               for key in leaf_keys(cfg) if key not in ("preset", "experiment")}
+               for key in dotted_keys(cfg) if key not in ("preset", "experiment")}
     changes = {key: (old, new) for key, (old, new) in changes.items() if old != new}
     refused = [f"{key}={new} (trained with {old})" for key, (old, new) in changes.items() if key.startswith(fixed)]
     if refused:
@@ -82,13 +83,6 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     if changes:
         print(f"resuming {root} with changed settings: "
               + ", ".join(f"{key}={new} (was {old})" for key, (old, new) in changes.items()))
-
-
-def leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in cfg.items():
-        keys += leaf_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
-    return keys
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -1,6 +1,7 @@
 """The Lightning Trainer as configured: precision, logger, callbacks, and the processes it runs in."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -12,7 +13,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from .callbacks import AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock
+from .callbacks import (AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock,
+                        StepProgress, say)
 from .errors import ConfigError, MissingPackage
 
 
@@ -108,7 +110,7 @@ def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:
         steps_left = cfg.trainer.max_steps - trainer.global_step
         epoch = len(trainer.datamodule.train_set) / images_per_second
         budget = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if cfg.trainer.max_time else ""
-        print(f"\nspeed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
+        say(f"speed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
               f"{duration(epoch)}, the {steps_left:,} steps left to trainer.max_steps about "
               f"{duration(steps_left * batch / images_per_second)}{budget}")
     return report
@@ -119,6 +121,21 @@ def evaluation_sampling(cfg):
     return OmegaConf.merge(cfg.sampling, {"sampler": cfg.evaluation.sampler, "steps": cfg.evaluation.steps})
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's output to what matters here: its info lines (accelerator found,
+    a logger-product tip, "fit stopped") are said by our own start-up and closing summaries,
+    and three warnings are noise for this project: a deprecation inside Lightning itself, the
+    logging interval of short runs, and the loader position on resume (only the DataLoader for
+    data too big for GPU memory cannot restore it; a fresh shuffle from the restored random
+    state is all that training needs)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                    "The number of training batches .* is smaller than the logging interval",
+                    "You're resuming from a checkpoint that ended before the epoch ended"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
                   speed_report: Callable[[L.Trainer, float], None] | None = None) -> L.Trainer:
     """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``);
@@ -127,20 +144,19 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     SPEED_WINDOW goes to ``speed_report`` (by default printed with what it means for the run)."""
     check_hardware(cfg.trainer)
     set_float32_matmuls(cfg.trainer.tf32)
-    # Only the DataLoader used for data too big for GPU memory cannot restore its position in
-    # an epoch; it resumes with a fresh shuffle from the restored random state, which is all
-    # that matters for training, so Lightning's warning about it is noise.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    quiet_lightning()
     trainer_cfg = cfg.trainer
     callbacks = [
         LastCheckpoint(run.last_checkpoint, trainer_cfg.checkpoint_every_n_steps, cfg.seed),
-        SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed),
+        SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed,
+                   trainer_cfg.first_grid_minutes),
         RunRecord(write_record),
         LearningRateMonitor(logging_interval="step"),
     ]
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
     callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
+    callbacks.append(StepProgress(cfg.data.batch_size))
     callbacks.append(GracefulStop(trainer_cfg.max_time))      # last: it acts once the checkpoint is saved
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(
@@ -162,5 +178,6 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
         benchmark=True,                 # cuDNN picks the fastest convolution for the fixed shapes
         detect_anomaly=trainer_cfg.detect_anomaly,
         enable_model_summary=False,
+        enable_progress_bar=False,      # StepProgress: one bar over the steps, not one per epoch
         enable_checkpointing=False,
     )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..diffusion.samplers import evaluations_per_sample
+from .progress import say
 from ..evaluation.quality import count_name, fid_kid, reference_file, reference_statistics, sample_features
 
 
@@ -76,7 +77,7 @@ class QualityMetrics(L.Callback):
         if trainer.logger:
             trainer.logger.log_metrics({f"val/fid@{count}": result["fid"], f"val/kid@{count}": result["kid"]},
                                        step=trainer.global_step)
-        print(f"step {trainer.global_step}: fid@{count} {result['fid']:.2f}, kid@{count} {result['kid']:.4f} "
+        say(f"step {trainer.global_step}: fid@{count} {result['fid']:.2f}, kid@{count} {result['kid']:.4f} "
               f"± {result['kid_std']:.4f} ({sampler}, {self.extractor.name}) in {seconds:.0f} s, "
               f"{100 * share:.0f}% of the time since the last evaluation")
 

@@ -1,8 +1,10 @@
-"""A fixed-seed grid of samples from the EMA weights, written every N steps.
+"""A fixed-seed grid of samples from the EMA weights, written every N steps, once a few minutes
+after the start (a slow first run shows early whether it learns), and at the end.
 
 The same starting noise every time, so successive grids show what training changed."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -15,12 +17,18 @@ from ..visualize import save_image_grid, save_scatter
 
 
 class SampleGrid(L.Callback):
-    def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0):
+    def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0, first_after_minutes: float = 0):
         self.folder, self.every_n_steps, self.count, self.seed = Path(folder), every_n_steps, count, seed
+        self.first_after = first_after_minutes * 60 or None
         self.last_step = -1
 
+    def on_train_start(self, trainer, module) -> None:
+        self.started = time.monotonic()
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step % self.every_n_steps == 0:
+        early = self.first_after is not None and time.monotonic() - self.started >= self.first_after
+        if trainer.global_step % self.every_n_steps == 0 or early:
+            self.first_after = None if early else self.first_after
             self.write(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:

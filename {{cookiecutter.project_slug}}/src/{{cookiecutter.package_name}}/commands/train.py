@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import shlex
 import signal
+import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 from omegaconf import OmegaConf
 
@@ -15,9 +17,9 @@ from ..errors import Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
-from ..runs import Run
+from ..runs import Run, read_checkpoint
 from .bench import flops_per_image
-from ..trainer import build_trainer, evaluation_sampling, graceful_stop, seed_process
+from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 
 USAGE = """\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
@@ -38,10 +40,10 @@ def run(overrides: list[str]) -> Path:
     resume_from = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
-        print(f"run directory: {run_dir.root}" + (f" (resuming from {resume_from})" if resume_from else ""))
-        print(model_summary(module, cfg))
+        print(startup_summary(cfg, run_dir, resume_from, data, module, trainer))
         if extractor is not None:
             print(quality_cost(cfg, extractor.name, trainer.world_size))
+    started = time.monotonic()
     resume = f"{program} " + " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
@@ -61,16 +63,66 @@ def run(overrides: list[str]) -> Path:
         if stop.reason == "max_time":
             print(f"time budget trainer.max_time={cfg.trainer.max_time} spent at step {trainer.global_step} of "
                   f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
-        print(f"done: checkpoints in {run_dir.last_checkpoint.parent}, sample grids in {run_dir.samples}")
+        print(closing_summary(cfg, run_dir, trainer.global_step, time.monotonic() - started, program))
     return run_dir.root
 
 
-def model_summary(module: DiffusionModule, cfg) -> str:
-    """Size and cost of the model, before training; its measured speed follows after 30 steps."""
+def device_name(trainer) -> str:
+    """The device training runs on and its number type, as a person would say them."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})"
+    else:
+        name = f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
+    processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+    return f"{name}{processes}, precision {trainer.precision}"
+
+
+def startup_summary(cfg, run_dir: Run, resume_from, data: DiffusionDataModule, module: DiffusionModule, trainer) -> str:
+    """What is about to happen, in a few lines: run, data, model, device, length."""
+    shape = "x".join(map(str, data.data_shape))
+    classes = data.class_names
+    labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})" if classes else ""
     parameters = sum(p.numel() for p in module.denoiser.parameters())
     step_flops, _ = flops_per_image(module)
-    return (f"model: {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image "
-            f"per training step, batch {cfg.data.batch_size}; `bench` measures what that costs here")
+    batch = cfg.data.batch_size * trainer.world_size
+    images = cfg.trainer.max_steps * batch
+    budget = f", at most {cfg.trainer.max_time} (trainer.max_time)" if cfg.trainer.max_time else ""
+    optional = [f"  compile    {cfg.trainer.compile} (the first steps wait for it)"] if cfg.trainer.compile != "none" else []
+    return "\n".join([
+        f"run        {run_dir.root}" + (f" (resuming from step {resumed_step(resume_from)})" if resume_from else " (new)"),
+        f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "
+        f"of {shape}{labels}",
+        f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
+        f"training step; objective {cfg.diffusion.objective}",
+        f"  device   {device_name(trainer)}",
+        f"  length   {cfg.trainer.max_steps:,} steps of {batch} = {images:,} images "
+        f"({images / len(data.train_set):.1f} epochs){budget}; speed and time left after {SPEED_WINDOW[1]} steps",
+        *optional,
+        f"  grids    every {cfg.trainer.sample_every_n_steps} steps" +
+        (f" and once after {cfg.trainer.first_grid_minutes:g} min" if cfg.trainer.first_grid_minutes else "") +
+        f", {cfg.sampling.sampler} {cfg.sampling.steps} steps, in {run_dir.samples}",
+    ])
+
+
+def resumed_step(checkpoint: Path) -> int:
+    return read_checkpoint(checkpoint)["global_step"]
+
+
+def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) -> str:
+    """Where everything the run wrote is, and what to do next."""
+    grids = sorted(run_dir.samples.glob("step_*.png"))
+    logs = run_dir.root / ("tensorboard" if cfg.logger == "tensorboard" else cfg.logger)
+    viewer = f" (view: tensorboard --logdir {logs})" if cfg.logger == "tensorboard" else ""
+    return "\n".join([
+        f"finished   step {step:,} of {cfg.trainer.max_steps:,} in {duration(seconds)}",
+        f"  checkpoint {run_dir.last_checkpoint}",
+        f"  grids      {run_dir.samples}/" + (f" (latest: {grids[-1].name})" if grids else ""),
+        f"  config     {run_dir.config}",
+        f"  logs       {logs}{viewer}",
+        f"  next       {program} sample run={run_dir.root}",
+    ])
 
 
 def quality_cost(cfg, extractor_name: str, world_size: int) -> str:

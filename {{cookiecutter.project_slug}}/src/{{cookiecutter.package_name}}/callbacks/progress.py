@@ -1,0 +1,75 @@
+"""Progress of a step-based run, in the first process: on a terminal one bar over the steps to
+trainer.max_steps (with the mean loss since the last update, images per second and the time
+left); in a log file (sbatch, nohup, a notebook's captured output) one plain line every
+``every_seconds``, since a bar is drawn there only once, at the end."""
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+import torch
+from tqdm.auto import tqdm
+
+
+def clock(seconds: float) -> str:
+    """1:02:03 or 02:03."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+class StepProgress(L.Callback):
+    def __init__(self, batch_size: int, every_seconds: float = 30.0, bar: bool | None = None):
+        self.batch_size, self.every_seconds = batch_size, every_seconds
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self.progress = None
+
+    def on_train_start(self, trainer, module) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.total, self.first_step = trainer.max_steps, trainer.global_step
+        self.images_per_step = self.batch_size * trainer.world_size
+        self.loss_sum, self.losses = torch.zeros((), device=module.device), 0
+        self.start = self.shown_at = time.monotonic()
+        self.shown_step = self.first_step
+        if self.bar:
+            self.progress = tqdm(total=self.total, initial=self.first_step, unit="step", dynamic_ncols=True,
+                                 desc="training", mininterval=1.0)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:                       # a skipped non-finite step returns none
+            self.loss_sum += loss.detach()         # on the device: no wait for the GPU on every step
+            self.losses += 1
+        interval = 1.0 if self.bar else self.every_seconds
+        if time.monotonic() - self.shown_at >= interval:
+            self.show(trainer.global_step)
+
+    def on_train_end(self, trainer, module) -> None:
+        if trainer.is_global_zero:
+            self.show(trainer.global_step)
+            if self.progress is not None:
+                self.progress.close()
+
+    def show(self, step: int) -> None:
+        now = time.monotonic()
+        loss = (self.loss_sum / max(self.losses, 1)).item() if self.losses else float("nan")
+        speed = (step - self.shown_step) * self.images_per_step / max(now - self.shown_at, 1e-9)
+        self.loss_sum.zero_()
+        self.losses, self.shown_at, self.shown_step = 0, now, step
+        if self.progress is not None:
+            self.progress.set_postfix_str(f"loss {loss:.4f}, {speed:,.0f} img/s", refresh=False)
+            self.progress.update(step - self.progress.n)
+            return
+        steps_per_second = (step - self.first_step) / max(now - self.start, 1e-9)
+        left = (self.total - step) / steps_per_second if steps_per_second > 0 else float("nan")
+        print(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)  loss {loss:.4f}  {speed:,.0f} img/s  "
+              f"elapsed {clock(now - self.start)}  left {clock(left) if left == left else '?'}", flush=True)
+
+
+def say(message: str) -> None:
+    """Print a line during training without breaking the progress bar."""
+    tqdm.write(message, file=sys.stdout)
