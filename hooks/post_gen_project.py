@@ -1,6 +1,7 @@
 """Record the answers in the project and optionally initialise git (never a commit)."""
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 answers = json.loads({{ cookiecutter|tojson|tojson }})
@@ -11,3 +12,6 @@ if public["git_init"] == "yes":
     result = subprocess.run(["git", "init", "--quiet"], capture_output=True, text=True)
     if result.returncode != 0:
         print(f"WARNING: git init failed ({result.stderr.strip()}); the project is complete without it")
+
+# The configuration reference in README.md, from the config.yaml just written (standard library only).
+subprocess.run([sys.executable, "scripts/config_reference.py"], check=True)

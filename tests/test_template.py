@@ -166,7 +166,7 @@ def test_train_is_killed_then_resumes_and_samples(bake):
     assert interrupted_at > 0
 
     result = run_in(project, *args[:4], f"trainer.max_steps={interrupted_at + 20}", *args[5:])
-    assert "resuming from" in result.stdout
+    assert f"(resuming from step {interrupted_at})" in result.stdout
     assert torch.load(checkpoint, weights_only=False)["global_step"] == interrupted_at + 20
 
     run_in(project, "-m", "diffusion_lab", "sample", "run=runs/killed", "n=100", "steps=5", "trajectory=true")

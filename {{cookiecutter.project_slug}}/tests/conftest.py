@@ -18,3 +18,14 @@ def project_dir(tmp_path, monkeypatch):
     shutil.copytree(PROJECT / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def digits_run(project_dir):
+    """A tiny class-conditional run on the scikit-learn digits, trained 10 steps."""
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["train", "experiment=digits", "logger=csv", "name=digits", "model.conditional=true",
+                 "model.unet.channels=8", "data.batch_size=32", "trainer.max_steps=10",
+                 "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
+    return "runs/digits"

@@ -164,3 +164,33 @@ def test_a_network_that_cannot_take_the_data_is_one_error_line(project_dir, caps
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR: model.name=") and "cannot be built" in err and "\n" not in err
+
+
+def config_reference_script():
+    import importlib.util
+
+    from conftest import PROJECT
+
+    spec = importlib.util.spec_from_file_location("config_reference", PROJECT / "scripts" / "config_reference.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script, PROJECT
+
+
+def test_the_readme_reference_config_yaml_and_the_schema_agree():
+    from {{ cookiecutter.package_name }}.config import Config
+
+    script, project = config_reference_script()
+    config_text = (project / "configs" / "config.yaml").read_text()
+    readme = (project / "README.md").read_text()
+    assert script.updated_readme(readme, config_text) == readme, "run python scripts/config_reference.py"
+    documented = {key for key, value, _ in script.entries(config_text) if value}
+    assert documented == {key for key, _ in schema_leaves(Config)}
+
+
+def test_the_reference_catches_a_drifted_readme():
+    script, project = config_reference_script()
+    config_text = (project / "configs" / "config.yaml").read_text()
+    readme = (project / "README.md").read_text()
+    drifted = config_text.replace("seed: 0 ", "seed: 1 ", 1)
+    assert drifted != config_text and script.updated_readme(readme, drifted) != readme

@@ -151,7 +151,7 @@ def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir
     tasks = srun(project_dir, [*args[:-1], f"trainer.max_steps={step + 5}"], free_port())
     outputs = [task.communicate(timeout=300) for task in tasks]
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-3000:]
-    assert "resuming from runs/slurm/checkpoints/last.ckpt" in outputs[0][0]
+    assert f"runs/slurm (resuming from step {step})" in outputs[0][0]
     assert checkpoint_of("slurm")["global_step"] == step + 5
 
 

@@ -378,8 +378,8 @@ def test_sample_never_mixes_outputs_of_two_draws(project_dir, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["n=0"], "'n'"), (["batch_size=0"], "'batch_size'"), (["device=banana"], "device=banana"),
-    (["out=/proc/none"], "out=/proc/none"), (["labels=[9]"], "labels must be class numbers from 0 to 7"),
-    (["conditions=[[1]]"], "[label, weight] pair"), (["labels=[1.5]"], "bad value for 'labels[0]'"),
+    (["out=/proc/none"], "out=/proc/none"), (["labels=[9]"], "label 9 is not one of the model's classes: give a class number from 0 to 7"),
+    (["conditions=[[1]]"], "[label, weight] pair"), (["labels=[1.5]"], "label 1.5 is not one of the model's classes"),
 ])
 def test_bad_sample_requests_are_one_error_line(project_dir, capsys, args, message):
     assert main(["train", *TOY, "name=cond", "data.toy_shape=gaussians", "model.conditional=true",

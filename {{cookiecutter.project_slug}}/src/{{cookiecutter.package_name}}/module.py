@@ -48,6 +48,7 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
         self.data_shape = tuple(data_shape)
+        self.origin: dict = {}            # where the weights came from (runs.load_run says)
         self.num_classes = len(class_names) if self.cfg.model.conditional and class_names else None
         if self.cfg.model.conditional and not self.num_classes:
             raise ConfigError(f"model.conditional=true needs class labels, but data.name="

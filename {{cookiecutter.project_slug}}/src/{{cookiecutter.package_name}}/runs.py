@@ -10,12 +10,24 @@
         inspect/               what ``inspect-data`` writes
         tensorboard/ or csv/   the logs
 
-``load_run`` turns a run directory (or a checkpoint file) back into a model ready to sample.
+An export (``export_run``) is the small folder a trained model is shared as:
+
+    exports/<name>/
+        model.safetensors      the EMA weights of the denoiser, tensors only
+        model.json             data shape, class names, training step and where it came from
+        config.yaml            the resolved configuration it was trained with
+        README.md              what it is and how to sample it
+        preview.png            the run's latest sample grid, when there is one
+
+``load_run`` turns a run directory, a checkpoint file or an export folder back into a model
+ready to sample. Nothing it reads can run code: checkpoints are loaded weights-only, exports
+are safetensors, JSON and YAML.
 """
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -106,14 +118,67 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "model.json"
+
+
+def export_run(module: DiffusionModule, source: Path, step: int, out: Path, preview: Path | None = None) -> Path:
+    """Write the export folder ``out`` (see above) for ``module``, trained ``step`` steps in ``source``."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {key: value.detach().cpu().contiguous() for key, value in module.ema.state_dict().items()}
+    save_file(weights, out / EXPORT_WEIGHTS)
+    info = {"format": "diffusion-lab export 1", "data_shape": list(module.data_shape),
+            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": str(source)}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    OmegaConf.save(module.cfg, out / "config.yaml")
+    classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""
+    (out / "README.md").write_text(
+        f"# {module.cfg.name}: a {module.cfg.model.name} diffusion model ({module.cfg.diffusion.objective} objective)\n\n"
+        f"Trained {step} steps on {module.cfg.data.name} data of shape {info['data_shape']}{classes}. "
+        f"Draw samples with the project that made it:\n\n    {__package__} sample run=<this folder>\n\n"
+        f"{EXPORT_WEIGHTS}: the EMA weights; {EXPORT_INFO}: data shape, class names, step; config.yaml: the "
+        "configuration it was trained with.\n")
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out
+
+
+def load_export(folder: Path) -> DiffusionModule:
+    """The model of an export folder, in eval mode on the CPU."""
+    from safetensors.torch import load_file
+
+    try:
+        info = json.loads((folder / EXPORT_INFO).read_text())
+        config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True)
+        weights = load_file(folder / EXPORT_WEIGHTS)
+    except Exception as error:         # a missing file, bad JSON or YAML, a damaged safetensors file
+        raise ConfigError(f"{folder} is not a readable export folder ({EXPORT_WEIGHTS}, {EXPORT_INFO} and "
+                          f"config.yaml; {type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''})") from None
+    with torch.random.fork_rng(devices=[]):
+        module = DiffusionModule(config, info["data_shape"], info["class_names"] or None)
+    try:
+        module.ema.load_state_dict(weights)
+        module.denoiser.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ConfigError(f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes: "
+                          f"{str(error).splitlines()[0]}") from None
+    module.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
+    return module.eval()
+
+
 def load_run(path: str | Path) -> tuple[DiffusionModule, Run]:
-    """The model saved in a run directory's last.ckpt (or in the given .ckpt), in eval mode on
-    the CPU, and its run. The caller's random state is left as it was (building the network
+    """The model saved in a run directory's last.ckpt (or in the given .ckpt, or in an export
+    folder), in eval mode on the CPU, and its run directory (for an export, the folder itself
+    takes the outputs). The caller's random state is left as it was (building the network
     draws initial weights that the checkpoint then replaces)."""
     path = Path(path).expanduser()
+    if (path / EXPORT_WEIGHTS).is_file():
+        return load_export(path), Run(path)
     checkpoint = path if path.suffix == ".ckpt" else Run(path).last_checkpoint
     if not checkpoint.is_file():
-        raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run or a .ckpt file")
+        raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file "
+                          "or an export folder")
     saved = read_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):
         module = DiffusionModule(**saved["hyper_parameters"])
@@ -122,6 +187,7 @@ def load_run(path: str | Path) -> tuple[DiffusionModule, Run]:
     except RuntimeError as error:
         raise ConfigError(f"{checkpoint} does not fit the model its own configuration describes: "
                           f"{str(error).splitlines()[0]}") from None
+    module.origin = {"checkpoint": str(checkpoint), "step": saved.get("global_step")}
     return module.eval(), Run(checkpoint.parent.parent)
 
 

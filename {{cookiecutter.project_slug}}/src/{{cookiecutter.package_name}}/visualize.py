@@ -145,7 +145,8 @@ def labelled_grid_figure(tiles: Tensor, row_labels: list[str], column_labels: li
     ax = fig.subplots()
     ax.imshow(image_grid(tiles, ncol=columns), cmap="gray" if tiles.shape[1] == 1 else None, vmin=0, vmax=255)
     centres = [1 + k * (size + 1) + size / 2 - 0.5 for k in range(max(rows, columns))]
-    ax.set_xticks(centres[:columns], column_labels, fontsize=7, rotation=45 if columns > 8 else 0)
+    crowded = columns > 8 and max(map(len, column_labels), default=0) > 3
+    ax.set_xticks(centres[:columns], column_labels, fontsize=7, rotation=45 if crowded else 0)
     ax.set_yticks(centres[:rows], row_labels, fontsize=7)
     ax.tick_params(length=0)
     ax.set_title(title, fontsize=9)
@@ -155,6 +156,20 @@ def labelled_grid_figure(tiles: Tensor, row_labels: list[str], column_labels: li
 def save_labelled_grid(tiles: Tensor, row_labels: list[str], column_labels: list[str], path: str | Path,
                        title: str = "") -> Path:
     return _save(labelled_grid_figure(tiles, row_labels, column_labels, title), path)
+
+
+def save_sample_grid(images: Tensor, path: str | Path, title: str, column_names: list[str] | None = None) -> Path:
+    """Samples as one titled grid; with ``column_names`` one column per name, named below (the
+    labels of a class-conditional model cycle through them), else a square grid."""
+    columns = len(column_names) if column_names else math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    return save_labelled_grid(images, [""] * rows, column_names or [""] * columns, path, title)
+
+
+def sampling_title(name: str, sampling, nfe: int, conditional: bool) -> str:
+    """What made a picture of samples: the run, sampler, steps, network evaluations and guidance."""
+    guidance = f", guidance {sampling.guidance:g}" if conditional else ""
+    return f"{name}: {sampling.sampler}, {sampling.steps} steps, {nfe} NFE{guidance}"
 
 
 def save_gif(frames: list[np.ndarray], path: str | Path, seconds_per_frame: float = 0.15, hold: float = 1.5) -> Path:

@@ -1,6 +1,6 @@
-"""Progress of a step-based run, in the first process: on a terminal one bar over the steps to
-trainer.max_steps (with the mean loss since the last update, images per second and the time
-left); in a log file (sbatch, nohup, a notebook's captured output) one plain line every
+"""Progress of a step-based run, in the first process: on a terminal or in a notebook one bar
+over the steps to trainer.max_steps (with the mean loss since the last update, images per
+second and the time left); in a log file (sbatch, nohup) one plain line every
 ``every_seconds``, since a bar is drawn there only once, at the end."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def clock(seconds: float) -> str:
 class StepProgress(L.Callback):
     def __init__(self, batch_size: int, every_seconds: float = 30.0, bar: bool | None = None):
         self.batch_size, self.every_seconds = batch_size, every_seconds
-        self.bar = sys.stderr.isatty() if bar is None else bar
+        self.bar = (sys.stderr.isatty() or "ipykernel" in sys.modules) if bar is None else bar   # a terminal or a notebook
         self.progress = None
 
     def on_train_start(self, trainer, module) -> None:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..pixels import to_uint8
-from ..visualize import save_image_grid, save_scatter
+from ..visualize import sampling_title, save_sample_grid, save_scatter
 
 
 class SampleGrid(L.Callback):
@@ -42,10 +42,13 @@ class SampleGrid(L.Callback):
         self.last_step = step
         result = module.sample(self.count, torch.Generator().manual_seed(self.seed))
         path = self.folder / f"step_{step:07d}.png"
+        title = f"step {step:,}, " + sampling_title(self.folder.parent.name, module.cfg.sampling, result.nfe,
+                                                    bool(module.num_classes))
         if result.x.ndim == 2:
-            save_scatter(result.x, path, f"step {step}", trainer.datamodule.reference_images()[: self.count])
+            save_scatter(result.x, path, title, trainer.datamodule.reference_images()[: self.count])
         else:
-            save_image_grid(to_uint8(result.x), path)
+            names = module.hparams.class_names if module.num_classes and module.num_classes <= 16 else None
+            save_sample_grid(to_uint8(result.x), path, title, names)       # labels 0, 1, 2, ... in turn
         log_picture(trainer.logger, path, step)
 
 

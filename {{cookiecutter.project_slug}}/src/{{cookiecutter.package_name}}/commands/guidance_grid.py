@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import MISSING
@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..runs import pick_device
 from ..visualize import save_labelled_grid
-from .sample import open_run
+from .sample import open_run, record_origin
 
 USAGE = f"""\
 guidance-grid run=DIR [key=value ...]
@@ -26,7 +26,7 @@ guidance-grid run=DIR [key=value ...]
 @dataclass
 class GuidanceGridCommand:
     run: str = MISSING
-    labels: Optional[list[int]] = None                   # the rows (default: the first 16 classes)
+    labels: Optional[list[Any]] = None                   # the rows (default: the first 16 classes)
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0, 8.0])   # the columns
     seed: int = 0
     out: Optional[str] = None                            # default <run>/guidance/grid.png
@@ -50,4 +50,5 @@ def run(overrides: list[str]) -> Path:
     title = f"{run_dir.root.name}: classifier-free guidance, {sampling.sampler}, {sampling.steps} steps"
     print(save_labelled_grid(to_uint8(tiles.cpu()), [names[label] for label in labels],
                              [f"w={weight:g}" for weight in command.weights], path, title))
+    record_origin(path.parent, "guidance-grid", command, module, sampling)
     return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from omegaconf import MISSING
@@ -27,7 +27,7 @@ from ..pixels import to_uint8
 from ..runs import pick_device
 from ..tasks.illusion import Anagram, Hybrid, low_pass, view
 from ..visualize import enlarged_grid, save_gif, save_labelled_grid
-from .sample import open_run
+from .sample import open_run, record_origin
 
 USAGE = f"""\
 illusion run=DIR labels=[a,b] [key=value ...]
@@ -40,7 +40,7 @@ illusion run=DIR labels=[a,b] [key=value ...]
 class IllusionCommand:
     run: str = MISSING
     kind: Literal["anagram", "hybrid"] = "anagram"
-    labels: Optional[list[int]] = None                   # one per view (anagram), or [far, near] (hybrid)
+    labels: Optional[list[Any]] = None                   # one per view (anagram), or [far, near] (hybrid)
     views: list[str] = field(default_factory=lambda: ["identity", "rot180"])
     std: float = 1.0                                     # hybrid: the blur separating far from near, in pixels
     n: int = 8
@@ -78,6 +78,7 @@ def run(overrides: list[str]) -> Path:
     gif = save_gif(frames, out / f"{command.kind}.gif", seconds_per_frame=1.0, hold=1.0)
     torch.save(x, out / f"{command.kind}.pt")          # the samples as drawn, to check with a classifier
     print(f"{grid}\n{gif}\n{out / f'{command.kind}.pt'}")
+    record_origin(out, "illusion", command, module, sampling)
     return out
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from ..config import load_config
 from ..data.inspect import data_report
 from ..runs import Run
-from ..visualize import save_image_grid, save_scatter
+from ..visualize import save_image_grid, save_labelled_grid, save_scatter
 
 USAGE = """\
 inspect-data [key=value ...]
@@ -23,8 +23,11 @@ def run(overrides: list[str]) -> Path:
 
 def write_report(data_cfg, out: Path) -> str:
     """Write ``preview.png`` and ``report.txt`` into ``out``; return the report."""
-    report, preview = data_report(data_cfg)
-    if preview is not None and preview.ndim == 4:
+    report, preview, class_names = data_report(data_cfg)
+    if preview is not None and class_names:
+        columns = [""] * (len(preview) // len(class_names))
+        report += f"\npreview: {save_labelled_grid(preview, class_names, columns, out / 'preview.png', 'training data by class')}"
+    elif preview is not None and preview.ndim == 4:
         report += f"\npreview: {save_image_grid(preview, out / 'preview.png')}"
     elif preview is not None:
         report += f"\npreview: {save_scatter(preview, out / 'preview.png', 'training data')}"

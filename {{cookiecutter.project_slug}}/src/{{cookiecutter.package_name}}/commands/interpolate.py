@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..pixels import to_uint8, to_unit_range
 from ..runs import pick_device
 from ..tasks.interpolate import invert, slerp
 from ..visualize import enlarged_grid, save_gif, save_labelled_grid
-from .sample import open_run
+from .sample import open_run, record_origin
 
 USAGE = f"""\
 interpolate run=DIR [key=value ...]
@@ -45,7 +45,7 @@ class InterpolateCommand:
     frames: int = 9                        # pictures in the strip (noise, images, labels)
     seeds: list[int] = field(default_factory=lambda: [0, 1])      # between=noise: the two noises
     images: list[int] = field(default_factory=lambda: [0, 1])     # between=images: indices into the training data
-    labels: Optional[list[int]] = None     # between=labels: the two labels; otherwise the label to draw (conditional)
+    labels: Optional[list[Any]] = None     # between=labels: the two labels; otherwise the label to draw (conditional)
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0, 8.0])   # between=guidance
     seed: int = 0                          # the noise of labels and guidance sweeps
     out: Optional[str] = None              # default <run>/interpolate
@@ -66,6 +66,7 @@ def run(overrides: list[str]) -> Path:
     pictures = [enlarged_grid(image[None], 1, tile=128) for image in images]
     gif = save_gif(pictures + pictures[-2:0:-1], out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
     print(f"{strip}\n{gif}")
+    record_origin(out, "interpolate", command, module, sampling)
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from omegaconf import MISSING, OmegaConf
@@ -28,7 +28,7 @@ from ..runs import pick_device
 from ..tasks.restore import (PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint,
                              sdedit)
 from ..visualize import save_labelled_grid
-from .sample import labels_in_turn, open_run
+from .sample import labels_in_turn, open_run, record_origin
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
@@ -50,7 +50,7 @@ class RestoreCommand:
     zeta: float = 10.0                   # dps: strength of the pull towards the observation
     degradation: Optional[str] = None    # dps: package.module:function, a differentiable A(x) on [-1, 1] images
     strength: float = 0.5                # sdedit: 0 keeps the image, 1 draws afresh
-    labels: Optional[list[int]] = None   # conditional models: the label to restore towards (default: unguided)
+    labels: Optional[list[Any]] = None   # conditional models: the label to restore towards (default: unguided)
     seed: int = 0
     out: Optional[str] = None            # default <run>/restore
     device: str = "auto"
@@ -104,6 +104,7 @@ def run(overrides: list[str]) -> Path:
     path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
                               out / f"{command.method}.png", title)
     print(path)
+    record_origin(out, "restore", command, module, sampling)
     return path
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -17,7 +18,7 @@ from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..runs import load_run, pick_device
 from ..trainer import resolve_precision
-from ..visualize import save_image, save_image_grid, save_scatter, save_trajectory_plot
+from ..visualize import sampling_title, save_image, save_sample_grid, save_scatter, save_trajectory_plot
 
 USAGE = f"""\
 sample  run=DIR [key=value ...]
@@ -33,8 +34,8 @@ class SampleCommand:
     n: int = 64                          # number of samples
     batch_size: int = 256
     seed: int = 0
-    labels: Optional[list[int]] = None   # conditional models: labels to draw, used in turn
-    conditions: Optional[list[list[float]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
+    labels: Optional[list[Any]] = None   # conditional models: labels to draw, used in turn, by name or number
+    conditions: Optional[list[list[Any]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
     out: Optional[str] = None            # output folder; default <run>/generated
     device: str = "auto"                 # auto | cpu | cuda | mps
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"   # auto: bf16 on Ampere+ GPUs, fp16 on older, float32 on CPU
@@ -50,8 +51,19 @@ def run(overrides: list[str]) -> Path:
     module.to(device)
     speed_up(module, command.precision, command.compile, device)
     x, nfe, trajectory = draw(module, command, sampling)
-    save_samples(x, trajectory, out, f"{sampling.sampler}, {sampling.steps} steps, {nfe} NFE")
+    names = column_names(module, command)
+    save_samples(x, trajectory, out, sampling_title(run_dir.root.name, sampling, nfe, bool(module.num_classes)), names)
+    record_origin(out, "sample", command, module, sampling)
     return out
+
+
+def column_names(module, command) -> list[str] | None:
+    """The class names of a grid's columns when the labels cycle (labels used in turn, or all
+    classes in turn) with a short enough period; else none."""
+    if not module.num_classes or command.conditions:
+        return None
+    cycle = command.labels or list(range(module.num_classes))
+    return [module.hparams.class_names[label] for label in cycle] if len(cycle) <= 16 else None
 
 
 def speed_up(module, precision: str, compile_mode: str, device: torch.device) -> str:
@@ -63,25 +75,54 @@ def speed_up(module, precision: str, compile_mode: str, device: torch.device) ->
     return precision
 
 
-def check_conditions(command, class_names: list[str]) -> None:
-    """Labels name classes the model knows; conditions (where the command has them) are
-    [label, weight] pairs."""
+def resolve_labels(command, class_names: list[str]) -> None:
+    """Labels given by class name (``labels=[rose]``) or by number (``labels=[3]``) become class
+    numbers, in the command itself; conditions (where the command has them) are [label, weight]
+    pairs with a finite weight."""
     conditions = command.get("conditions") or []
     if (command.labels or conditions) and not class_names:
         raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
                           "with model.conditional=false")
-    if any(len(pair) != 2 or not math.isfinite(pair[1]) for pair in conditions):
+    if any(len(pair) != 2 or not is_finite_number(pair[1]) for pair in conditions):
         raise ConfigError(f"conditions={list(conditions)}: each condition is a [label, weight] pair with a "
                           "finite weight, e.g. conditions=[[3,1.5],[8,1.0]]")
-    labels = list(command.labels or []) + [pair[0] for pair in conditions]
-    known = range(len(class_names))
-    if any(label != int(label) or int(label) not in known for label in labels):
-        named = [f"{i}={name}" for i, name in enumerate(class_names) if name != str(i)]
-        shown = f" ({', '.join(named[:10])}{', ...' if len(named) > 10 else ''})" if named else ""
-        raise ConfigError(f"labels must be class numbers from 0 to {len(class_names) - 1}{shown}; got {labels}")
+    if command.labels:
+        command.labels = [class_number(label, class_names) for label in command.labels]
+    if conditions:
+        command.conditions = [[class_number(label, class_names), float(weight)] for label, weight in conditions]
 
 
-OUTPUTS = ("samples.pt", "samples.png", "trajectory.png")
+def class_number(label, class_names: list[str]) -> int:
+    """A class by its name, else by its number."""
+    if str(label) in class_names:
+        return class_names.index(str(label))
+    if str(label).isdigit() and int(label) < len(class_names):
+        return int(label)
+    named = [f"{i}={name}" for i, name in enumerate(class_names) if name != str(i)]
+    shown = f" or a name ({', '.join(named[:12])}{', ...' if len(named) > 12 else ''})" if named else ""
+    raise ConfigError(f"label {label} is not one of the model's classes: give a class number from 0 to "
+                      f"{len(class_names) - 1}{shown}")
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_origin(out: Path, name: str, command, module, sampling: DictConfig | None = None) -> Path:
+    """made_by.yaml beside a command's pictures: the command line, the model (checkpoint or
+    export, and its training step), the sampling settings and the command's own settings."""
+    origin = {"command": f"{__package__.split('.')[0]} {name}",
+              "made": datetime.now().astimezone().isoformat(timespec="seconds"),
+              "model": dict(module.origin),
+              "sampling": OmegaConf.to_container(sampling) if sampling is not None else None,
+              "settings": OmegaConf.to_container(command)}
+    path = Path(out) / "made_by.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(origin), path)
+    return path
+
+
+OUTPUTS = ("samples.pt", "samples.png", "trajectory.png", "made_by.yaml")
 IMAGE_NAME = re.compile(r"\d{6}\.png")
 
 
@@ -129,15 +170,17 @@ def draw(module, command: SampleCommand, sampling: DictConfig) -> tuple[torch.Te
     return torch.cat(samples), result.nfe, trajectory.steps
 
 
-def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str) -> None:
-    """samples.pt, samples.png (a grid, or a scatter plot for 2D points), images/NNNNNN.png,
-    and trajectory.png when a trajectory was kept."""
+def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str,
+                 column_names: list[str] | None = None) -> None:
+    """samples.pt, samples.png (a titled grid, columns named by class when they cycle, or a
+    scatter plot for 2D points), images/NNNNNN.png (exact pixels), and trajectory.png when a
+    trajectory was kept."""
     torch.save(x, out / "samples.pt")
     if x.ndim == 2:
         picture = save_scatter(x, out / "samples.png", title)
     else:
         images = to_uint8(x)
-        picture = save_image_grid(images, out / "samples.png")
+        picture = save_sample_grid(images, out / "samples.png", title, column_names)
         for i, image in enumerate(images):
             save_image(image, out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
@@ -153,7 +196,7 @@ def open_run(overrides: list[str], schema=SampleCommand, name: str = "sample",
     command, sampling_overrides = split_overrides(overrides, schema, name, counts)
     module, run_dir = load_run(command.run)
     sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
-    check_conditions(command, module.hparams.class_names if module.num_classes else [])
+    resolve_labels(command, module.hparams.class_names if module.num_classes else [])
     return command, module, run_dir, sampling
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import MISSING
@@ -18,8 +18,8 @@ from ..config import sampling_keys
 from ..data import DiffusionDataModule
 from ..diffusion.samplers import Trajectory
 from ..runs import pick_device
-from ..visualize import save_denoising, save_particles_gif, save_vector_fields
-from .sample import labels_in_turn, open_run
+from ..visualize import sampling_title, save_denoising, save_particles_gif, save_vector_fields
+from .sample import labels_in_turn, open_run, record_origin
 
 USAGE = f"""\
 visualize run=DIR [key=value ...]
@@ -37,7 +37,7 @@ class VisualizeCommand:
     run: str = MISSING                    # a run directory (runs/<name>) or a .ckpt file
     n: Optional[int] = None               # samples followed: default 4 images, or 500 points
     seed: int = 0
-    labels: Optional[list[int]] = None    # conditional models: labels of the samples, in turn
+    labels: Optional[list[Any]] = None    # conditional models: labels of the samples, in turn
     columns: int = 10                     # steps shown in denoising.png
     sigmas: list[float] = field(default_factory=lambda: [5.0, 1.0, 0.3, 0.05])   # 2D: noise levels of the vector fields
     out: Optional[str] = None             # default <run>/visualize
@@ -52,8 +52,7 @@ def run(overrides: list[str]) -> Path:
     labels = labels_in_turn(command.labels, 0, n)
     trajectory = Trajectory()
     result = module.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
-    guidance = f", guidance {sampling.guidance:g}" if module.num_classes else ""
-    title = f"{run_dir.root.name}: {sampling.sampler}, {sampling.steps} steps, {result.nfe} NFE{guidance}"
+    title = sampling_title(run_dir.root.name, sampling, result.nfe, bool(module.num_classes))
     out = Path(command.out) if command.out else run_dir.root / "visualize"
     if points:
         data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
@@ -69,4 +68,5 @@ def run(overrides: list[str]) -> Path:
         pictures = list(save_denoising(trajectory.steps, out, title, command.columns))
     for picture in pictures:
         print(picture)
+    record_origin(out, "visualize", command, module, sampling)
     return out

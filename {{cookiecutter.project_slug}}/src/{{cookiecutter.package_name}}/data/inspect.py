@@ -14,10 +14,9 @@ from .sources import load_source
 FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
 
 
-def data_report(cfg) -> tuple[str, Tensor | None]:
-    """Decode (or load from the cache) the configured data; return the report and a preview:
-    up to 64 images (uint8, centre-cropped as training sees them), up to 2000 2D points, or
-    None for other data."""
+def data_report(cfg) -> tuple[str, Tensor | None, list[str]]:
+    """Decode (or load from the cache) the configured data; return the report, a preview (see
+    ``preview``) and the class names of its rows, if any."""
     decoded = load_source(cfg)
     lines = [f"data.name={cfg.name}" + (f"  data.root={cfg.root}" if cfg.name not in ("toy2d", "digits") else ""),
              f"examples: {len(decoded.data)}, stored as {tuple(decoded.data.shape[1:])} {decoded.data.dtype}"]
@@ -33,14 +32,28 @@ def data_report(cfg) -> tuple[str, Tensor | None]:
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")
     lines += [f"WARNING: {w}" for w in warnings] or ["no warnings"]
-    return "\n".join(lines), preview(decoded.data, cfg.image_size)
+    return "\n".join(lines), *preview(decoded, cfg.image_size)
 
 
-def preview(data: Tensor, size: int) -> Tensor | None:
+PREVIEW_PER_CLASS = 8
+
+
+def preview(decoded: Decoded, size: int) -> tuple[Tensor | None, list[str]]:
+    """Images (uint8, centre-cropped as training sees them): with up to 16 classes a row of 8
+    per class (blank where a class has fewer) and the class names; else 64 spread over the
+    data. 2D points: up to 2000. Other data: none."""
+    data, labels = decoded.data, decoded.labels
     if data.dtype == torch.uint8 and data.ndim == 4:
+        names = decoded.class_names or ([str(i) for i in range(int(labels.max()) + 1)] if labels is not None else [])
+        if labels is not None and len(names) <= 16:
+            rows = [data[labels == k][:PREVIEW_PER_CLASS] for k in range(len(names))]
+            tiles = torch.zeros(len(names), PREVIEW_PER_CLASS, *data.shape[1:], dtype=torch.uint8)
+            for k, row in enumerate(rows):
+                tiles[k, :len(row)] = row
+            return center_crop(tiles.flatten(0, 1), size), names
         pick = torch.linspace(0, len(data) - 1, min(64, len(data))).long()
-        return center_crop(data[pick], size)
-    return data[:2000] if data.ndim == 2 and data.shape[1] == 2 else None
+        return center_crop(data[pick], size), []
+    return (data[:2000] if data.ndim == 2 and data.shape[1] == 2 else None), []
 
 
 def describe_files(decoded: Decoded, size: int, warnings: list[str]) -> list[str]:

@@ -1,0 +1,123 @@
+"""The newcomer path, tried as a new user would: both notebooks executed by a real kernel, and
+every command of the generated README run as written, in the order written."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_in
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+TINY_FEATURES = """
+import torch
+
+class Features(torch.nn.Module):
+    '''A fixed random projection of the images: a stand-in for Inception, which is not here offline.'''
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Linear(64, 16)
+        torch.nn.init.normal_(self.project.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, images):
+        return self.project(torch.nn.functional.adaptive_avg_pool2d(images.mean(1, keepdim=True), 8).flatten(1))
+"""
+
+
+def execute(path, parameters: str, cwd):
+    """Run a notebook top to bottom in a fresh Python kernel, its parameters cell replaced."""
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = parameters
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute()
+    return notebook
+
+
+def outputs(notebook, kind: str) -> list:
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if kind in o.get("data", {})]
+
+
+def test_the_projects_colab_notebook_runs_top_to_bottom(bake):
+    project = bake()
+    (project / "tiny_features.py").write_text(TINY_FEATURES)
+    notebook = execute(project / "notebooks" / "colab.ipynb", f"""
+PROJECT = {str(project)!r}
+DATA = "digits"
+NAME = "nb"
+BUDGET = "00:00:10:00"
+MAX_STEPS = 30
+EXTRA = ["model.unet.channels=8", "data.batch_size=16", "logger=csv", "trainer.sample_every_n_steps=10",
+         "trainer.val_every_n_steps=1000", "model.conditional=true"]
+FID_SAMPLES = 20
+FID_SETTINGS = ["extractor=custom", "extractor_module=tiny_features:Features", "batch_size=10",
+                "kid_subset_size=10", "steps=2"]
+""", project)
+    assert len(outputs(notebook, "image/png")) == 4        # data preview, training grid, samples, denoising
+    run = project / "runs" / "nb"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "fid" / "evaluation.json").is_file()
+    assert (project / "exports" / "nb" / "model.safetensors").is_file()
+    text = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert "precision   trainer.precision=" in text and "finished   step 30 of 30" in text
+
+
+def test_the_template_notebook_bakes_a_project(tmp_path):
+    execute(REPO / "notebooks" / "colab.ipynb", f"""
+TEMPLATE = {str(REPO)!r}
+WHERE = {str(tmp_path)!r}
+ANSWERS = {{"project_name": "Flowers on Colab", "dataset": "image_folder", "hardware": "colab-t4"}}
+""", tmp_path)
+    project = tmp_path / "flowers-on-colab"
+    assert (project / "notebooks" / "colab.ipynb").is_file()
+    assert "preset: colab-t4" in (project / "configs" / "config.yaml").read_text()
+
+
+def readme_commands(readme: str, program: str) -> list[str]:
+    """The command lines of the README's bash blocks that call the project, in order, without
+    their comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith(program + " ")]
+
+
+# Lines not run: FID's protocol needs tens of thousands of samples (tests/test_evaluation.py runs
+# it small, with a stand-in extractor).
+NOT_RUN = ("evaluate ",)
+
+
+def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
+    """Each command line of the README, quoting and all, in order, on a scratch home folder with
+    a folder of pictures; configs/local.yaml makes every run the debug preset's 20 steps."""
+    project = bake()
+    readme = (project / "README.md").read_text()
+    commands = readme_commands(readme, "diffusion_lab")
+    assert len(commands) >= 20
+    for line in commands:                    # zsh reads unquoted brackets as a file pattern
+        for word in re.findall(r"(?:'[^']*'|\S)+", line):
+            assert "[" not in word or word.startswith("'"), f"unquoted brackets in: {line}"
+    home = tmp_path / "home"
+    pictures = home / "pictures"
+    pictures.mkdir(parents=True)
+    for i in range(40):
+        Image.new("RGB", (40, 36), (6 * i, 255 - 6 * i, 128)).save(pictures / f"{i:02d}.png")
+    (project / "tiny_features.py").write_text(TINY_FEATURES)
+    (project / "configs" / "local.yaml").write_text(
+        "preset: debug\nlogger: csv\nevaluation:\n  extractor: custom\n  extractor_module: tiny_features:Features\n")
+    runnable = [line for line in commands if not line.split(" ", 1)[1].startswith(NOT_RUN)]
+    script = ("import shlex, sys\nfrom diffusion_lab.cli import main\n"
+              "for line in sys.argv[1:]:\n"
+              "    print('$', line, flush=True)\n"
+              "    if main(shlex.split(line)[1:]) != 0:\n"
+              "        sys.exit(f'failed: {line}')\n")
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join([str(project / "src"), str(project)])}
+    result = subprocess.run([sys.executable, "-c", script, *runnable], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    for path in ("runs/toy2d/generated/trajectory.png", "runs/mine/inspect/preview.png", "runs/mine/generated/samples.png",
+                 "exports/digits/model.safetensors", "runs/digits-by-class/illusion/anagram.png"):
+        assert (project / path).is_file(), path

@@ -1,0 +1,104 @@
+"""What a newcomer meets: exported models that sample anywhere, labels by class name, pictures
+and folders that say what made them, and `doctor`."""
+import shutil
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.runs import load_run
+
+
+def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_path, monkeypatch, capsys):
+    assert main(["export", f"run={digits_run}"]) == 0
+    folder = tmp_path / "exports" / "digits"
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "config.yaml", "README.md"}
+    module, _ = load_run(digits_run)
+    weights = load_file(folder / "model.safetensors")
+    assert weights.keys() == module.ema.state_dict().keys()                    # the EMA weights, tensors only
+    assert all(torch.equal(weights[k], v) for k, v in module.ema.state_dict().items())
+    assert main(["sample", f"run={digits_run}", "n=6", "steps=3", "out=from_run"]) == 0
+
+    elsewhere = tmp_path / "elsewhere"                       # no runs/, no checkpoint: only the folder
+    shutil.copytree(folder, elsewhere / "model")
+    shutil.copytree(tmp_path / "configs", elsewhere / "configs")
+    monkeypatch.chdir(elsewhere)
+    assert main(["sample", "run=model", "n=6", "steps=3", "out=from_export"]) == 0
+    assert torch.equal(torch.load("from_export/samples.pt"), torch.load(tmp_path / "from_run/samples.pt"))
+    assert main(["guidance-grid", "run=model", "steps=2", "labels=[1,2]", "weights=[0,1]"]) == 0
+    made_by = yaml.safe_load(open("from_export/made_by.yaml"))
+    assert made_by["model"]["export"] == "model" and made_by["model"]["step"] == 10
+    assert main(["export", "run=model"]) == 2
+    assert "already an export" in capsys.readouterr().err
+
+
+def test_samples_record_what_made_them(digits_run):
+    assert main(["sample", f"run={digits_run}", "n=4", "steps=2", "sampler=euler", "seed=7", "guidance=2.5"]) == 0
+    made_by = yaml.safe_load(open(f"{digits_run}/generated/made_by.yaml"))
+    assert made_by["model"] == {"checkpoint": f"{digits_run}/checkpoints/last.ckpt", "step": 10}
+    assert made_by["sampling"]["sampler"] == "euler" and made_by["sampling"]["steps"] == 2
+    assert made_by["sampling"]["guidance"] == 2.5 and made_by["settings"]["seed"] == 7
+    for command in (["visualize", "n=2"], ["interpolate", "between=noise", "frames=3"]):
+        assert main([command[0], f"run={digits_run}", "steps=2", *command[1:]]) == 0
+        assert yaml.safe_load(open(f"{digits_run}/{command[0]}/made_by.yaml"))["sampling"]["steps"] == 2
+
+
+def test_labels_are_given_by_class_name_or_number(digits_run, capsys, monkeypatch):
+    import json
+
+    classes = json.loads(open(f"{digits_run}/classes.json").read())
+    assert classes[:3] == ["0", "1", "2"]               # the digits' names are their numbers
+    assert main(["sample", f"run={digits_run}", "n=4", "steps=2", "labels=[7,'3']", "out=a"]) == 0
+    assert main(["sample", f"run={digits_run}", "n=4", "steps=2", "labels=[7,3]", "out=b"]) == 0
+    assert torch.equal(torch.load("a/samples.pt"), torch.load("b/samples.pt"))
+    capsys.readouterr()
+    assert main(["sample", f"run={digits_run}", "labels=[rose]"]) == 2
+    err = capsys.readouterr().err
+    assert "label rose is not one of the model's classes: give a class number from 0 to 9" in err
+
+
+def test_class_names_resolve_by_name_first():
+    from omegaconf import OmegaConf
+
+    from {{ cookiecutter.package_name }}.commands.sample import resolve_labels
+
+    command = OmegaConf.create({"run": "r", "labels": ["tulip", 0, "2"], "conditions": [["rose", 1.5]]})
+    resolve_labels(command, ["rose", "tulip", "2", "daisy"])
+    assert list(command.labels) == [1, 0, 2] and [list(c) for c in command.conditions] == [[0, 1.5]]
+
+
+def test_doctor_reports_a_machine_without_a_gpu_or_weights(project_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "no-hub"))
+    assert main(["doctor", "experiment=digits"]) == 0
+    out = capsys.readouterr().out
+    assert f"torch       {torch.__version__}" in out and "cuda        not available" in out
+    assert "precision   trainer.precision=" in out and "-> 32-true here" in out
+    assert "Inception weights missing" in out and "fetch-weights" in out
+    assert "examples: 1797" in out and "classes: 10" in out
+    assert main(["doctor", "data.name=image_folder", "data.root=nowhere"]) == 0
+    assert "data        ERROR:" in capsys.readouterr().out            # a report, not a traceback
+
+
+def test_the_data_preview_has_a_row_per_class_named(project_dir):
+    from PIL import Image
+
+    assert main(["inspect-data", "experiment=digits", "name=look"]) == 0
+    preview = Image.open("runs/look/inspect/preview.png")
+    assert preview.width > 300 and preview.height > 300        # a matplotlib figure with its labels, not a bare grid
+
+
+def test_sample_grids_say_what_made_them_and_name_their_classes(project_dir, monkeypatch):
+    from {{ cookiecutter.package_name }} import visualize
+
+    drawn, draw = [], visualize.labelled_grid_figure
+    monkeypatch.setattr(visualize, "labelled_grid_figure",
+                        lambda tiles, rows, columns, title="": drawn.append((len(tiles), columns, title)) or
+                        draw(tiles, rows, columns, title))
+    assert main(["train", "experiment=digits", "logger=csv", "name=digits", "model.conditional=true",
+                 "model.unet.channels=8", "data.batch_size=32", "trainer.max_steps=4", "trainer.sample_count=20",
+                 "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
+    assert drawn[-1] == (20, [str(k) for k in range(10)], "step 4, digits: heun, 18 steps, 35 NFE, guidance 1")
+    assert main(["sample", "run=runs/digits", "n=6", "steps=3", "sampler=euler", "labels=[4,9]", "guidance=2"]) == 0
+    assert drawn[-1] == (6, ["4", "9"], "digits: euler, 3 steps, 3 NFE, guidance 2")
