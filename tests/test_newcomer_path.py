@@ -121,3 +121,29 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
     for path in ("runs/toy2d/generated/trajectory.png", "runs/mine/inspect/preview.png", "runs/mine/generated/samples.png",
                  "exports/digits/model.safetensors", "runs/digits-by-class/illusion/anagram.png"):
         assert (project / path).is_file(), path
+
+
+def test_the_template_readme_commands_run_in_order(tmp_path):
+    """The template README's "Make your own project" block in bash, line by line in one shell,
+    in a copy of this repository sharing its .venv. Three lines are stood in for, since they
+    would install or train for minutes: `pip install -e` is PYTHONPATH=src (what the editable
+    install gives), `pytest` runs one test file, and training takes the debug preset's 20 steps
+    (through configs/local.yaml, as a user would set a machine's own settings)."""
+    import shutil
+
+    if not (REPO / ".venv" / "installed").is_file():
+        pytest.skip("no .venv made by `make .venv/installed` to share")
+    block = re.search(r"## Make your own project\n\n```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)[1]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    stand_ins = {'pip install -e ".[dev]"': "export PYTHONPATH=$PWD/src && echo 'preset: debug' > configs/local.yaml",
+                 "pytest": "pytest -q -p no:cacheprovider tests/test_config.py",
+                 "cookiecutter .": "printf '\\n%.0s' $(seq 20) | cookiecutter ."}
+    copy = tmp_path / "template"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "demo", "gpu", ".whl", "__pycache__"))
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    script = "set -euo pipefail\ndiffusion_lab() { python -m diffusion_lab \"$@\"; }\n" + "\n".join(
+        f"echo '+ {line}'\n{stand_ins.get(line, line)}" for line in lines)
+    result = subprocess.run(["bash", "-c", script], cwd=copy, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert (copy / "my-projects" / "diffusion-lab" / "configs" / "config.yaml").is_file()
+    assert (copy / "diffusion-lab" / "runs" / "digits" / "checkpoints" / "last.ckpt").is_file()

@@ -72,16 +72,17 @@ def save_scatter(points: Tensor, path: str | Path, title: str = "", reference: T
     return _save(fig, path)
 
 
-def save_trajectory_plot(trajectory: list[Step], final: Tensor, path: str | Path) -> Path:
-    """How samples travel from noise to data: paths for 2D points, a picture strip for images."""
-    plot = save_paths_2d if final.ndim == 2 else save_denoising_strip
-    return plot(trajectory, final, path)
+def save_trajectory_plot(trajectory: list[Step], final: Tensor, path: str | Path, title: str = "") -> Path:
+    """How samples travel from noise to data: paths for 2D points; for images, rows of x_t and
+    x0_hat for up to 4 samples at 8 steps, labelled with the step and its noise level."""
+    if final.ndim == 2:
+        return save_paths_2d(trajectory, final, path)
+    return save_labelled_grid(*denoising_grid(trajectory, samples=4, columns=8), path, title)
 
 
 def save_paths_2d(trajectory: list[Step], final: Tensor, path: str | Path, count: int = 300) -> Path:
     """The paths of ``count`` samples, with x_t scaled by 1 / sqrt(1 + sigma^2) to stay in view."""
-    states = torch.stack([step.x[:count] / math.sqrt(1 + step.sigma**2) for step in trajectory]
-                         + [final[:count].cpu()])
+    states = torch.stack([scaled_state(step)[:count] for step in trajectory] + [final[:count].cpu()])
     fig, ax = new_figure()
     ax.plot(*states[..., :2].permute(2, 0, 1), lw=0.5, c="tab:blue", alpha=0.3)
     ax.scatter(*states[0, :, :2].T, s=4, c="0.6", label="noise (scaled)")
@@ -89,17 +90,6 @@ def save_paths_2d(trajectory: list[Step], final: Tensor, path: str | Path, count
     ax.set(title="sampling trajectories", aspect="equal")
     ax.legend(loc="upper right", markerscale=3)
     return _save(fig, path)
-
-
-def save_denoising_strip(trajectory: list[Step], final: Tensor, path: str | Path, samples: int = 4) -> Path:
-    """For each of ``samples`` images, a row of x_t (scaled to unit variance) and a row of
-    x0_hat, at 8 steps from the first to the last."""
-    picks = np.linspace(0, len(trajectory) - 1, 8).round().astype(int)
-    tiles = []
-    for k in range(min(samples, len(final))):
-        tiles += [trajectory[i].x[k] / math.sqrt(1 + trajectory[i].sigma**2) for i in picks]
-        tiles += [trajectory[i].x0_hat[k] for i in picks]
-    return save_image_grid(to_uint8(torch.stack(tiles)), path, ncol=len(picks))
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -186,17 +176,23 @@ def scaled_state(step: Step) -> Tensor:
     return step.x / math.sqrt(1 + step.sigma**2)
 
 
-def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: int = 10) -> tuple[Path, Path]:
-    """Images: denoising.png, a grid with a row of x_t and a row of x0_hat per sample and a
-    column per chosen step, labelled with the step and its noise level; denoising.gif, every
-    step: x_t on the left, x0_hat on the right, one row per sample."""
+def denoising_grid(trajectory: list[Step], samples: int, columns: int) -> tuple[Tensor, list[str], list[str]]:
+    """uint8 tiles with a row of x_t (at the data's scale) and a row of x0_hat for each of
+    ``samples`` samples, at ``columns`` steps from the first to the last; the rows' and
+    columns' labels (the step and its noise level)."""
     picks = np.linspace(0, len(trajectory) - 1, min(columns, len(trajectory))).round().astype(int)
-    samples = len(trajectory[0].x)
+    samples = min(samples, len(trajectory[0].x))
     tiles = torch.stack([tile for k in range(samples) for row in (
         [scaled_state(trajectory[i])[k] for i in picks], [trajectory[i].x0_hat[k] for i in picks]) for tile in row])
     rows = [label for k in range(samples) for label in (f"x_t #{k}", f"x0_hat #{k}")]
-    columns_named = [f"step {trajectory[i].i}\nσ={trajectory[i].sigma:.3g}" for i in picks]
-    grid = save_labelled_grid(to_uint8(tiles), rows, columns_named, folder / "denoising.png", title)
+    return to_uint8(tiles), rows, [f"step {trajectory[i].i}\nσ={trajectory[i].sigma:.3g}" for i in picks]
+
+
+def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: int = 10) -> tuple[Path, Path]:
+    """Images: denoising.png (``denoising_grid`` of every sample); denoising.gif, every step:
+    x_t on the left, x0_hat on the right, one row per sample."""
+    samples = len(trajectory[0].x)
+    grid = save_labelled_grid(*denoising_grid(trajectory, samples, columns), folder / "denoising.png", title)
     frames = []
     for step in trajectory:
         pairs = torch.stack([tile for k in range(samples) for tile in (scaled_state(step)[k], step.x0_hat[k])])

@@ -185,7 +185,7 @@ def save_samples(x: torch.Tensor, trajectory: list[Step], out: Path, title: str,
             save_image(image, out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
     if trajectory:
-        print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png')}")
+        print(f"trajectory: {save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / 'trajectory.png', title)}")
 
 
 def open_run(overrides: list[str], schema=SampleCommand, name: str = "sample",
