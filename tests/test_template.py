@@ -19,8 +19,7 @@ COMBINATIONS = [
     {},
     {"dataset": "toy2d", "network": "mlp", "objective": "flow", "conditioning": "class", "logger": "csv"},
     {"dataset": "toy2d", "network": "mlp", "objective": "eps", "hardware": "colab-t4"},
-    {"dataset": "image_folder", "network": "dit", "objective": "v", "conditioning": "class", "image_size": "64",
-     "hardware": "gpu"},
+    {"dataset": "image_folder", "network": "dit", "objective": "v", "conditioning": "class", "image_size": "64"},
     {"dataset": "mnist", "network": "unet", "objective": "eps", "image_size": "28", "logger": "wandb", "hardware": "a100"},
     {"dataset": "fashion_mnist", "network": "dit", "objective": "flow", "image_size": "32", "hardware": "h100"},
     {"dataset": "cifar10", "network": "unet", "objective": "v", "conditioning": "class", "image_size": "16",
@@ -28,6 +27,7 @@ COMBINATIONS = [
     {"dataset": "image_folder", "network": "unet", "objective": "edm", "image_size": "128", "hardware": "slurm"},
     {"dataset": "digits", "network": "mlp", "objective": "edm", "conditioning": "class", "git_init": "yes",
      "hardware": "mps"},
+    {"dataset": "cifar10", "network": "dit", "objective": "eps", "image_size": "32", "hardware": "gpu"},
 ]
 
 

@@ -98,6 +98,8 @@ SPEED_WINDOW = (10, 30)      # steps timed for the speed estimate, once compilat
 
 
 def duration(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
@@ -122,16 +124,19 @@ def evaluation_sampling(cfg):
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's output to what matters here: its info lines (accelerator found,
-    a logger-product tip, "fit stopped") are said by our own start-up and closing summaries,
-    and three warnings are noise for this project: a deprecation inside Lightning itself, the
-    logging interval of short runs, and the loader position on resume (only the DataLoader for
-    data too big for GPU memory cannot restore it; a fresh shuffle from the restored random
-    state is all that training needs)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    """Keep Lightning's output to what matters here: its info lines (accelerator found, visible
+    GPUs, a logger-product tip, "fit stopped") are said by our own start-up and closing
+    summaries, and four warnings are noise for this project: a deprecation inside Lightning
+    itself, the logging interval of short runs, loader workers (data held in memory needs
+    none), and the loader position on resume (only the DataLoader for data too big for GPU
+    memory cannot restore it; a fresh shuffle from the restored random state is all that
+    training needs)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                     "The number of training batches .* is smaller than the logging interval",
+                    "The '(train|val)_dataloader' does not have many workers",
                     "You're resuming from a checkpoint that ended before the epoch ended"):
         warnings.filterwarnings("ignore", message=message)
 

@@ -59,11 +59,13 @@ def run(overrides: list[str]) -> Path:
 
 def column_names(module, command) -> list[str] | None:
     """The class names of a grid's columns when the labels cycle (labels used in turn, or all
-    classes in turn) with a short enough period; else none."""
+    classes in turn) with a period of at most 16: the cycle repeated to about the square root
+    of the number of samples, so that every column holds one class; else none."""
     if not module.num_classes or command.conditions:
         return None
     cycle = command.labels or list(range(module.num_classes))
-    return [module.hparams.class_names[label] for label in cycle] if len(cycle) <= 16 else None
+    repeats = max(1, round(math.sqrt(command.n) / len(cycle)))
+    return [module.hparams.class_names[label] for label in cycle] * repeats if len(cycle) <= 16 else None
 
 
 def speed_up(module, precision: str, compile_mode: str, device: torch.device) -> str:
