@@ -57,21 +57,23 @@ class Run:
     def named(cls, name: str) -> Run:
         return cls(RUNS / name)
 
-    def checkpoint_to_resume(self, cfg: DictConfig, data_shape, class_names: list[str]) -> Path | None:
-        """last.ckpt when the run exists and trainer.resume is set, after checking that it can be
-        resumed with ``cfg`` (a finished or interrupted run is never overwritten)."""
+    def checkpoint_to_resume(self, cfg: DictConfig, data_shape, class_names: list[str]) -> tuple[Path | None, int]:
+        """last.ckpt and its step when the run exists and trainer.resume is set, after checking
+        that it can be resumed with ``cfg`` (a finished or interrupted run is never overwritten);
+        (None, 0) for a new run."""
         if not self.last_checkpoint.is_file():
-            return None
+            return None, 0
         if not cfg.trainer.resume:
             raise ConfigError(f"{self.root} already holds a run; resume it with trainer.resume=true "
                               f"or start another with name=<new name>")
-        saved = read_checkpoint(self.last_checkpoint)["hyper_parameters"]
+        checkpoint = read_checkpoint(self.last_checkpoint)
+        saved = checkpoint["hyper_parameters"]
         check_resumable(OmegaConf.create(saved["config"]), cfg, self.root)
         if list(saved["data_shape"]) != list(data_shape) or list(saved["class_names"] or []) != list(class_names):
             raise ConfigError(f"{self.root} was trained on data of shape {saved['data_shape']} with classes "
                               f"{saved['class_names'] or 'none'}; the data now gives {list(data_shape)} and "
                               f"{class_names or 'none'}. Resume with the same data, or start a new run with name=<new name>")
-        return self.last_checkpoint
+        return self.last_checkpoint, checkpoint["global_step"]
 
     def save_config(self, cfg: DictConfig, class_names: list[str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

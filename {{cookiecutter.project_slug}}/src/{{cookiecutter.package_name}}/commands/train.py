@@ -17,7 +17,7 @@ from ..errors import Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
-from ..runs import Run, read_checkpoint
+from ..runs import Run
 from .bench import flops_per_image
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 
@@ -37,10 +37,10 @@ def run(overrides: list[str]) -> Path:
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
     module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
-    resume_from = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
+    resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
-        print(startup_summary(cfg, run_dir, resume_from, data, module, trainer))
+        print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer))
         if extractor is not None:
             print(quality_cost(cfg, extractor.name, trainer.world_size))
     started = time.monotonic()
@@ -79,8 +79,10 @@ def device_name(trainer) -> str:
     return f"{name}{processes}, precision {trainer.precision}"
 
 
-def startup_summary(cfg, run_dir: Run, resume_from, data: DiffusionDataModule, module: DiffusionModule, trainer) -> str:
-    """What is about to happen, in a few lines: run, data, model, device, length."""
+def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDataModule, module: DiffusionModule,
+                    trainer) -> str:
+    """What is about to happen, in a few lines: run (and the step it resumes from), data, model,
+    device, length."""
     shape = "x".join(map(str, data.data_shape))
     classes = data.class_names
     labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})" if classes else ""
@@ -91,7 +93,7 @@ def startup_summary(cfg, run_dir: Run, resume_from, data: DiffusionDataModule, m
     budget = f", at most {cfg.trainer.max_time} (trainer.max_time)" if cfg.trainer.max_time else ""
     optional = [f"  compile    {cfg.trainer.compile} (the first steps wait for it)"] if cfg.trainer.compile != "none" else []
     return "\n".join([
-        f"run        {run_dir.root}" + (f" (resuming from step {resumed_step(resume_from)})" if resume_from else " (new)"),
+        f"run        {run_dir.root}" + (" (new)" if resumed_at is None else f" (resuming from step {resumed_at})"),
         f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "
         f"of {shape}{labels}",
         f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
@@ -104,10 +106,6 @@ def startup_summary(cfg, run_dir: Run, resume_from, data: DiffusionDataModule, m
         (f" and once after {cfg.trainer.first_grid_minutes:g} min" if cfg.trainer.first_grid_minutes else "") +
         f", {cfg.sampling.sampler} {cfg.sampling.steps} steps, in {run_dir.samples}",
     ])
-
-
-def resumed_step(checkpoint: Path) -> int:
-    return read_checkpoint(checkpoint)["global_step"]
 
 
 def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) -> str:
