@@ -123,15 +123,17 @@ def read_checkpoint(path: Path) -> dict:
 EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "model.json"
 
 
-def export_run(module: DiffusionModule, source: Path, step: int, out: Path, preview: Path | None = None) -> Path:
-    """Write the export folder ``out`` (see above) for ``module``, trained ``step`` steps in ``source``."""
+def export_run(module: DiffusionModule, out: Path, preview: Path | None = None) -> Path:
+    """Write the export folder ``out`` (see above) for ``module``, loaded from a checkpoint
+    (its ``origin`` says which, and the step)."""
+    source, step = module.origin["checkpoint"], module.origin["step"]
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     weights = {key: value.detach().cpu().contiguous() for key, value in module.ema.state_dict().items()}
     save_file(weights, out / EXPORT_WEIGHTS)
     info = {"format": "diffusion-lab export 1", "data_shape": list(module.data_shape),
-            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": str(source)}
+            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": source}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     OmegaConf.save(module.cfg, out / "config.yaml")
     classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""

@@ -33,7 +33,7 @@ def run(overrides: list[str]) -> Path:
         raise ConfigError(f"{command.run} is already an export folder; copy it as it is")
     out = Path(command.out) if command.out else Path("exports") / run_dir.root.name
     grids = sorted(run_dir.samples.glob("step_*.png"))
-    export_run(module, Path(module.origin["checkpoint"]), module.origin["step"], out, grids[-1] if grids else None)
+    export_run(module, out, grids[-1] if grids else None)
     megabytes = sum(path.stat().st_size for path in out.iterdir()) / 1e6
     program = __package__.split(".")[0]
     print(f"exported step {module.origin['step']} of {run_dir.root} to {out} ({megabytes:.1f} MB)\n"

@@ -111,7 +111,7 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
 def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) -> str:
     """Where everything the run wrote is, and what to do next."""
     grids = sorted(run_dir.samples.glob("step_*.png"))
-    logs = run_dir.root / ("tensorboard" if cfg.logger == "tensorboard" else cfg.logger)
+    logs = run_dir.root / cfg.logger
     viewer = f" (view: tensorboard --logdir {logs})" if cfg.logger == "tensorboard" else ""
     return "\n".join([
         f"finished   step {step:,} of {cfg.trainer.max_steps:,} in {duration(seconds)}",
