@@ -113,7 +113,7 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
     from {{ cookiecutter.package_name }}.models import MODELS
     from {{ cookiecutter.package_name }}.trainer import LOGGERS
 
-    tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES, "model.name": MODELS,
+    tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES, "model.name": {**MODELS, "pretrained": "adapters"},
               "diffusion.objective": PARAMETERIZATIONS, "diffusion.train_noise": TRAINING_NOISE,
               "diffusion.loss_weight": LOSS_WEIGHTS, "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES,
               "evaluation.sampler": SAMPLERS, "evaluation.extractor": EXTRACTORS}

@@ -30,7 +30,7 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     made_by = yaml.safe_load(open("from_export/made_by.yaml"))
     assert made_by["model"]["export"] == "model" and made_by["model"]["step"] == 10
     assert main(["export", "run=model"]) == 2
-    assert "already an export" in capsys.readouterr().err
+    assert "already a folder to share" in capsys.readouterr().err
 
 
 def test_samples_record_what_made_them(digits_run):

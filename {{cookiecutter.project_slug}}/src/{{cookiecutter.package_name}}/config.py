@@ -77,12 +77,18 @@ class MLPConfig:
 
 
 @dataclass
+class PretrainedConfig:
+    source: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
-    name: Literal["unet", "dit", "mlp"] = MISSING
+    name: Literal["unet", "dit", "mlp", "pretrained"] = MISSING
     conditional: bool = MISSING
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
 
 
 @dataclass
@@ -407,9 +413,13 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
         value = OmegaConf.select(cfg, key)
         if not test(value):
             raise ConfigError(f"bad value for '{key}': {value} (must be {valid})")
+    if cfg.model.name == "pretrained" and not cfg.model.pretrained.source:
+        raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or hub id>, "
+                          "e.g. google/ddpm-cifar10-32")
     if cfg.data.name == "toy2d" and cfg.model.name != "mlp":
         raise ConfigError(f"model.name={cfg.model.name} needs images, but data.name=toy2d is 2D points: use model.name=mlp")
-    if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine"):
+    if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine") \
+            and cfg.model.name != "pretrained":
         raise ConfigError("sampling.schedule=trailing needs a discrete training schedule "
                           "(diffusion.train_noise=ddpm or cosine); use karras or loglinear")
     if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:

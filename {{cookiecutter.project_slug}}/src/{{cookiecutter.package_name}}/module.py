@@ -18,7 +18,7 @@ from .diffusion.generate import generate, indexed_noise
 from .diffusion.guidance import GuidedDenoiser
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization, x0_loss_weight
 from .diffusion.samplers import Denoiser, Hook, SampleResult, configured_sampler
-from .diffusion.schedules import sampling_sigmas, training_noise
+from .diffusion.schedules import DiscreteNoise, sampling_sigmas, training_noise
 from .errors import ConfigError, TrainingDiverged
 from .models import build_model
 
@@ -38,17 +38,23 @@ class DiffusionModule(L.LightningModule):
 
     ``config`` is the resolved configuration as a dict; ``data_shape`` and ``class_names``
     come from the data. All three are saved in every checkpoint, so ``runs.load_run(path)``
-    rebuilds the model with nothing else. The optimisation is written out in ``training_step``
-    (Lightning's manual optimisation), so that a step with a non-finite loss is skipped
-    entirely: no update, no step counted, on every process alike.
+    rebuilds the model with nothing else. With model.name=pretrained the network, its noise
+    levels and its prediction type come from a diffusers pipeline (``adapters/pretrained.py``),
+    and so does the shape when no data gives one. The optimisation is written out in
+    ``training_step`` (Lightning's manual optimisation), so that a step with a non-finite loss
+    is skipped entirely: no update, no step counted, on every process alike.
     """
 
-    def __init__(self, config: dict, data_shape: list[int], class_names: list[str] | None = None):
+    def __init__(self, config: dict, data_shape: list[int] | None, class_names: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
-        self.data_shape = tuple(data_shape)
         self.origin: dict = {}            # where the weights came from (runs.load_run says)
+        self.pretrained = None
+        if self.cfg.model.name == "pretrained":
+            self.adopt_pretrained(data_shape)
+            return
+        self.data_shape = tuple(data_shape)
         self.num_classes = len(class_names) if self.cfg.model.conditional and class_names else None
         if self.cfg.model.conditional and not self.num_classes:
             raise ConfigError(f"model.conditional=true needs class labels, but data.name="
@@ -64,11 +70,60 @@ class DiffusionModule(L.LightningModule):
         parameterization = build_parameterization(diffusion.objective, diffusion.sigma_data)
         self.denoiser = NetworkDenoiser(net, parameterization, self.training_noise.sigma_min,
                                         self.training_noise.sigma_max)
+        self.setup_training()
+
+    def setup_training(self) -> None:
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.nonfinite_steps = 0
         self.gradients_finite = True
         self.sampling_dtype: torch.dtype | None = None      # see speed_up_sampling
         self.automatic_optimization = False          # training_step takes (or skips) the step itself
+
+    def adopt_pretrained(self, data_shape: list[int] | None) -> None:
+        """model.name=pretrained: the pipeline at model.pretrained.source gives the denoiser (its
+        network, prediction type and noise levels) and, unless the data does, the shape. A pixel
+        UNet is fine-tuned like ours; a text-to-image pipeline is only sampled, with prompts as
+        classes (``use_prompts``), and its VAE decodes the samples."""
+        from .adapters.pretrained import load_pretrained
+
+        if self.cfg.model.conditional:
+            raise ConfigError("model.name=pretrained: the model brings its own conditioning (prompts for a "
+                              "text-to-image pipeline, none for a UNet2DModel); set model.conditional=false")
+        self.pretrained = load_pretrained(self.cfg.model.pretrained.source)
+        shape = self.pretrained.data_shape
+        if data_shape is not None and self.pretrained.takes_prompts:
+            raise ConfigError(f"model.pretrained.source={self.cfg.model.pretrained.source} is a text-to-image pipeline: "
+                              "those are sampled only here; fine-tuning takes an unconditional UNet2DModel pipeline (DDPM)")
+        if data_shape is not None and data_shape[0] != shape[0]:
+            raise ConfigError(f"model.pretrained.source={self.cfg.model.pretrained.source} takes {shape[0]} channels, "
+                              f"the data has {data_shape[0]}: set data.channels={shape[0]}")
+        self.data_shape = tuple(data_shape or shape)
+        self.num_classes = None
+        self.training_noise = DiscreteNoise(self.pretrained.sigmas)
+        self.denoiser = self.pretrained.denoiser.train()      # diffusers loads networks in eval mode
+        self.vae = self.pretrained.vae            # a submodule, so that it moves with the model
+        self.setup_training()
+        if self.pretrained.takes_prompts:         # sampled only: no second copy of a large network
+            self.ema = self.denoiser.requires_grad_(False)
+
+    @property
+    def takes_prompts(self) -> bool:
+        return self.pretrained is not None and self.pretrained.takes_prompts
+
+    @property
+    def latent(self) -> bool:
+        """Whether samples are latents, decoded to images only at the end."""
+        return self.pretrained is not None and self.pretrained.vae is not None
+
+    def use_prompts(self, prompts: list[str]) -> None:
+        """A text-to-image model: these prompts become its classes (label k is prompts[k])."""
+        self.pretrained.use_prompts(prompts)
+        self.num_classes = len(prompts)
+        self.hparams.class_names = list(prompts)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples as data: a latent model's latents decoded by its VAE, anything else as it is."""
+        return x if self.pretrained is None else self.pretrained.decode(x)
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
         diffusion = self.cfg.diffusion
@@ -245,10 +300,11 @@ class DiffusionModule(L.LightningModule):
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
         with torch.autocast(self.device.type, self.sampling_dtype, enabled=self.sampling_dtype is not None):
-            return generate(self.guided(n, sampling.guidance, labels, conditions),
-                            sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
-                            shape=(n, *self.data_shape) if noise is None else None, noise=noise,
-                            generator=generator, hooks=hooks, device=self.device)
+            result = generate(self.guided(n, sampling.guidance, labels, conditions),
+                              sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
+                              shape=(n, *self.data_shape) if noise is None else None, noise=noise,
+                              generator=generator, hooks=hooks, device=self.device)
+            return SampleResult(self.decode(result.x), result.nfe)
 
     def sample_numbered(self, indices: Tensor, seed: int, sampling: DictConfig | None = None) -> Tensor:
         """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of

@@ -19,9 +19,13 @@ An export (``export_run``) is the small folder a trained model is shared as:
         README.md              what it is and how to sample it
         preview.png            the run's latest sample grid, when there is one
 
-``load_run`` turns a run directory, a checkpoint file or an export folder back into a model
-ready to sample. Nothing it reads can run code: checkpoints are loaded weights-only, exports
-are safetensors, JSON and YAML.
+A run trained from a pretrained diffusers UNet (model.name=pretrained) is exported as a
+diffusers pipeline folder instead, which diffusers' ``from_pretrained`` loads as well as we do.
+
+``load_run`` turns a run directory, a checkpoint file, an export folder, or a pretrained
+diffusers pipeline (a folder with model_index.json, or ``hf:<hub id>``; its outputs go to
+runs/pretrained/<name>/) back into a model ready to sample. Nothing it reads can run code:
+checkpoints are loaded weights-only, exports are safetensors, JSON and YAML.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import dotted_keys
+from .config import dotted_keys, load_config
 from .errors import ConfigError
 from .module import DiffusionModule
 
@@ -127,6 +131,8 @@ def export_run(module: DiffusionModule, out: Path, preview: Path | None = None) 
     """Write the export folder ``out`` (see above) for ``module``, loaded from a checkpoint
     (its ``origin`` says which, and the step)."""
     source, step = module.origin["checkpoint"], module.origin["step"]
+    if module.pretrained is not None:
+        return export_pipeline(module, out, preview)
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,38 @@ def export_run(module: DiffusionModule, out: Path, preview: Path | None = None) 
     if preview is not None:
         shutil.copyfile(preview, out / "preview.png")
     return out
+
+
+def export_pipeline(module: DiffusionModule, out: Path, preview: Path | None = None) -> Path:
+    """A fine-tuned pretrained model as the pipeline it came from, with the EMA network in place
+    of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
+    module.pretrained.save(out, module.ema.net.unet)
+    (out / "README.md").write_text(
+        f"# {module.cfg.name}: {module.cfg.model.pretrained.source} fine-tuned for {module.origin['step']} steps\n\n"
+        f"A diffusers pipeline (EMA weights) fine-tuned on {module.cfg.data.name} data of shape "
+        f"{list(module.data_shape)}.\n\n    from diffusers import DiffusionPipeline\n"
+        f"    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
+        f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
+    OmegaConf.save(module.cfg, out / "config.yaml")
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out
+
+
+PRETRAINED_PREFIX = "hf:"
+PRETRAINED_SAMPLING = ["sampling.sampler=dpmpp_2m", "sampling.steps=25", "sampling.schedule=trailing",
+                       "sampling.guidance=7.5"]    # guidance: Stable Diffusion's usual scale, for text models
+
+
+def load_pretrained_run(source: str) -> tuple[DiffusionModule, Run]:
+    """A diffusers pipeline, sampled as it was trained (DPM-Solver++(2M) over its own discrete
+    noise levels), with this project's other defaults. Outputs go to runs/pretrained/<name>."""
+    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
+                       *PRETRAINED_SAMPLING])
+    with torch.random.fork_rng(devices=[]):
+        module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), None)
+    module.origin = {"pretrained": source, "step": None}
+    return module.eval(), Run(RUNS / "pretrained" / Path(source).name)
 
 
 def load_export(folder: Path) -> DiffusionModule:
@@ -176,13 +214,17 @@ def load_run(path: str | Path) -> tuple[DiffusionModule, Run]:
     folder), in eval mode on the CPU, and its run directory (for an export, the folder itself
     takes the outputs). The caller's random state is left as it was (building the network
     draws initial weights that the checkpoint then replaces)."""
+    if str(path).startswith(PRETRAINED_PREFIX):
+        return load_pretrained_run(str(path).removeprefix(PRETRAINED_PREFIX))
     path = Path(path).expanduser()
+    if (path / "model_index.json").is_file():
+        return load_pretrained_run(str(path))
     if (path / EXPORT_WEIGHTS).is_file():
         return load_export(path), Run(path)
     checkpoint = path if path.suffix == ".ckpt" else Run(path).last_checkpoint
     if not checkpoint.is_file():
-        raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file "
-                          "or an export folder")
+        raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file, "
+                          f"an export folder, or a diffusers pipeline (a folder, or {PRETRAINED_PREFIX}<hub id>)")
     saved = read_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):
         module = DiffusionModule(**saved["hyper_parameters"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,9 @@ def figure_array(fig: Figure) -> np.ndarray:
 
 def labelled_grid_figure(tiles: Tensor, row_labels: list[str], column_labels: list[str], title: str = "") -> Figure:
     """uint8 tiles (rows * columns, C, H, W), in row order, drawn as one grid with every row and
-    column named."""
+    column named (long names, such as prompts, wrapped to the width of a tile)."""
     rows, columns = len(row_labels), len(column_labels)
+    column_labels = ["\n".join(textwrap.fill(line, 16) for line in label.split("\n")) for label in column_labels]
     size = tiles.shape[-1]
     fig = Figure(figsize=(1.1 * columns + 1.2, 1.1 * rows + 0.6))
     ax = fig.subplots()

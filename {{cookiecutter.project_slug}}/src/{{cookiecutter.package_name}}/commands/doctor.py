@@ -1,5 +1,5 @@
-"""``doctor``: what a teaching assistant asks for first, in one report to paste: versions,
-the GPU and what training would use on it, FID weights, and a check of the configured data."""
+"""``doctor``: what a teaching assistant asks for first, in one report to paste: versions
+(the optional diffusers and transformers included), the GPU and what training would use on it, FID weights, and a check of the configured data."""
 from __future__ import annotations
 
 import platform
@@ -29,6 +29,7 @@ def report(overrides: list[str]) -> list[str]:
              f"torch       {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only build'}), "
              f"{torch.get_num_threads()} CPU threads",
              f"lightning   {package_version('lightning')}",
+             pretrained_extra(),
              *accelerators()]
     try:
         cfg = load_config(overrides)
@@ -54,6 +55,13 @@ def package_version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "not installed"
+
+
+def pretrained_extra() -> str:
+    """The optional packages that pretrained diffusers pipelines need (adapters/)."""
+    versions = {name: package_version(name) for name in ("diffusers", "transformers")}
+    missing = "" if "not installed" not in versions.values() else " (pretrained models: pip install -e '.[pretrained]')"
+    return "pretrained  " + ", ".join(f"{name} {v}" for name, v in versions.items()) + missing
 
 
 def accelerators() -> list[str]:

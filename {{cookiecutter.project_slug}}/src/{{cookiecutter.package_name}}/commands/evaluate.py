@@ -23,7 +23,7 @@ from ..evaluation.quality import check_images, count_name, fid_kid, reference_fi
 from ..pixels import to_uint8
 from ..runs import load_run, pick_device
 from ..visualize import save_image, save_nfe_plot
-from .sample import fresh_output, speed_up
+from .sample import check_data_fits, fresh_output, speed_up
 
 EVALUATION_KEYS = [f.name for f in fields(EvaluationConfig) if f.name != "every_n_steps"]
 
@@ -51,12 +51,17 @@ class EvaluateCommand:
 def run(overrides: list[str]) -> Path:
     command, evaluation_overrides = split_overrides(overrides)
     module, run_dir = load_run(command.run)
+    if module.takes_prompts:
+        raise ConfigError(f"{command.run} is a text-to-image model: FID here compares unconditional or class-labelled "
+                          "samples with a data set, and a prompt per sample is not supported")
     evaluation = run_config(module.cfg, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
     cfg = run_config(module.cfg, "sampling", {"sampler": evaluation.sampler, "steps": evaluation.steps})
     device = pick_device(command.device)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup()
     check_images(data.data_shape, cfg.data.name)
+    if not module.latent:
+        check_data_fits(module, data.data_shape)
     extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
     module.to(device)
     precision = speed_up(module, command.precision, command.compile, device)

@@ -1,6 +1,7 @@
 """``export``: a trained run as a small folder to share or publish: the EMA weights as
 safetensors, the resolved config, the class names and a preview (``runs.export_run``).
-``sample``, ``evaluate`` and the task commands take the folder as ``run=`` on any machine."""
+``sample``, ``evaluate`` and the task commands take the folder as ``run=`` on any machine. A run
+fine-tuned from a diffusers pipeline (model.name=pretrained) is written as a diffusers folder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from ..runs import export_run, load_run
 
 USAGE = """\
 export  run=DIR [out=DIR] write the run's EMA weights (safetensors), config and class names to
-                          exports/<name>/ (or out=); sample and the tasks load it as run=exports/<name>"""
+                          exports/<name>/ (or out=); sample and the tasks load it as run=exports/<name>;
+                          a fine-tuned diffusers pipeline is written back as a diffusers folder"""
 
 
 @dataclass
@@ -29,12 +31,12 @@ def run(overrides: list[str]) -> Path:
     if OmegaConf.is_missing(command, "run"):
         raise ConfigError("export needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
     module, run_dir = load_run(command.run)
-    if "export" in module.origin:
-        raise ConfigError(f"{command.run} is already an export folder; copy it as it is")
+    if "checkpoint" not in module.origin:
+        raise ConfigError(f"{command.run} is already a folder to share (an export or a diffusers pipeline); copy it as it is")
     out = Path(command.out) if command.out else Path("exports") / run_dir.root.name
     grids = sorted(run_dir.samples.glob("step_*.png"))
     export_run(module, out, grids[-1] if grids else None)
-    megabytes = sum(path.stat().st_size for path in out.iterdir()) / 1e6
+    megabytes = sum(path.stat().st_size for path in out.rglob("*") if path.is_file()) / 1e6
     program = __package__.split(".")[0]
     print(f"exported step {module.origin['step']} of {run_dir.root} to {out} ({megabytes:.1f} MB)\n"
           f"use it anywhere with: {program} sample run={out}")

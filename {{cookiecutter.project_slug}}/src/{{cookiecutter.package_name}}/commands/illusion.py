@@ -40,7 +40,7 @@ illusion run=DIR labels=[a,b] [key=value ...]
 class IllusionCommand:
     run: str = MISSING
     kind: Literal["anagram", "hybrid"] = "anagram"
-    labels: Optional[list[Any]] = None                   # one per view (anagram), or [far, near] (hybrid)
+    labels: Optional[list[Any]] = None                   # one per view (anagram), or [far, near] (hybrid); text models: prompts
     views: list[str] = field(default_factory=lambda: ["identity", "rot180"])
     std: float = 1.0                                     # hybrid: the blur separating far from near, in pixels
     n: int = 8
@@ -60,12 +60,13 @@ def run(overrides: list[str]) -> Path:
         denoiser = Anagram(list(zip(views, guided)))
     else:
         denoiser = Hybrid(*guided, std=command.std)
-    x = generate(denoiser, sampling_sigmas(sampling, module.training_noise.table), configured_sampler(sampling),
+    z = generate(denoiser, sampling_sigmas(sampling, module.training_noise.table), configured_sampler(sampling),
                  shape=(command.n, *module.data_shape), generator=torch.Generator().manual_seed(command.seed),
-                 device=module.device).x.cpu()
+                 device=module.device).x
+    x = module.decode(z).cpu()                  # a latent model's views act on latents: decode each view
     names = module.hparams.class_names
     if command.kind == "anagram":
-        rows = [v.apply(x) for v in views]
+        rows = [module.decode(v.apply(z)).cpu() for v in views]
         row_labels = [f"{names[label]} ({v.name})" for label, v in zip(command.labels, views)]
     else:
         rows = [x, low_pass(x, command.std)]          # as it is, and its low frequencies alone

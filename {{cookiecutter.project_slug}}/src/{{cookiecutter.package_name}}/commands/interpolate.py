@@ -20,15 +20,14 @@ import torch
 from omegaconf import MISSING
 
 from ..config import sampling_keys
-from ..data import DiffusionDataModule
 from ..diffusion.samplers import configured_sampler, is_deterministic
 from ..diffusion.schedules import sampling_sigmas
 from ..errors import ConfigError
-from ..pixels import to_uint8, to_unit_range
+from ..pixels import to_uint8
 from ..runs import pick_device
 from ..tasks.interpolate import invert, slerp
 from ..visualize import enlarged_grid, save_gif, save_labelled_grid
-from .sample import open_run, record_origin
+from .sample import open_run, record_origin, training_images
 
 USAGE = f"""\
 interpolate run=DIR [key=value ...]
@@ -102,12 +101,7 @@ def between_noises(module, command, sampling):
 
 
 def between_images(module, command, sampling):
-    data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
-    data.setup()
-    reference = data.reference_images()
-    if max(command.images) >= len(reference) or min(command.images) < 0:
-        raise ConfigError(f"images={list(command.images)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
-    images = to_unit_range(reference[list(command.images)]).to(module.device)
+    images = training_images(module, command.images)
     labels = first_label(command, module)
     denoiser = module.guided(2, sampling.guidance, None if labels is None else labels.expand(2))
     sigmas = sampling_sigmas(sampling, module.training_noise.table)

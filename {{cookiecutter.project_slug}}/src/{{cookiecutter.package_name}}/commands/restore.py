@@ -18,17 +18,16 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from ..config import sampling_keys
-from ..data import DiffusionDataModule
 from ..diffusion.generate import generate
 from ..diffusion.samplers import configured_sampler
 from ..diffusion.schedules import sampling_sigmas
 from ..errors import ConfigError
-from ..pixels import to_uint8, to_unit_range
+from ..pixels import to_uint8
 from ..runs import pick_device
 from ..tasks.restore import (PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint,
                              sdedit)
 from ..visualize import save_labelled_grid
-from .sample import labels_in_turn, open_run, record_origin
+from .sample import labels_in_turn, open_run, record_origin, training_images
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
@@ -120,16 +119,6 @@ def check_request(command, module) -> None:
         raise ConfigError(f"colorize needs an RGB model; {command.run} has {channels} channel(s)")
     if not 0 <= command.strength <= 1:
         raise ConfigError(f"strength={command.strength} must be in [0, 1] (0 keeps the image, 1 draws afresh)")
-
-
-def training_images(module, indices: list[int]) -> torch.Tensor:
-    """Images number ``indices`` of the run's training data, as the network sees them, in [-1, 1]."""
-    data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
-    data.setup()
-    reference = data.reference_images()
-    if not indices or max(indices) >= len(reference) or min(indices) < 0:
-        raise ConfigError(f"images={list(indices)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
-    return to_unit_range(reference[list(indices)]).to(module.device)
 
 
 def restoration(command, denoiser, sampling, module, truth, mask, degrade, pseudo_inverse, y) -> torch.Tensor:

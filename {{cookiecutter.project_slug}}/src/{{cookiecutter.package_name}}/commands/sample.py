@@ -15,14 +15,16 @@ from tqdm import tqdm
 from ..config import CompileMode, at_least, merge, parse_overrides, refuse_unknown_keys, run_config, sampling_keys
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
-from ..pixels import to_uint8
+from ..data import DiffusionDataModule
+from ..pixels import to_uint8, to_unit_range
 from ..runs import load_run, pick_device
 from ..trainer import resolve_precision
 from ..visualize import sampling_title, save_image, save_sample_grid, save_scatter, save_trajectory_plot
 
 USAGE = f"""\
 sample  run=DIR [key=value ...]
-                          draw samples from runs/<name> or a .ckpt file; keys: n, batch_size,
+                          draw samples from runs/<name>, a .ckpt file, an export folder or a
+                          diffusers pipeline (a folder, or hf:<hub id>); keys: n, batch_size,
                           seed, labels, conditions, out, device, precision, compile, trajectory,
                           and any sampling key:
                           {", ".join(sampling_keys())}"""
@@ -30,11 +32,11 @@ sample  run=DIR [key=value ...]
 
 @dataclass
 class SampleCommand:
-    run: str = MISSING                   # a run directory (runs/<name>) or a .ckpt file
+    run: str = MISSING                   # a run directory (runs/<name>), a .ckpt file, an export or a diffusers pipeline
     n: int = 64                          # number of samples
     batch_size: int = 256
     seed: int = 0
-    labels: Optional[list[Any]] = None   # conditional models: labels to draw, used in turn, by name or number
+    labels: Optional[list[Any]] = None   # conditional models: labels to draw, used in turn, by name or number (text models: prompts)
     conditions: Optional[list[list[Any]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
     out: Optional[str] = None            # output folder; default <run>/generated
     device: str = "auto"                 # auto | cpu | cuda | mps
@@ -47,6 +49,8 @@ def run(overrides: list[str]) -> Path:
     """Sample from a trained run; the sampling section of its config gives the defaults."""
     command, module, run_dir, sampling = open_run(overrides)
     device = pick_device(command.device)
+    if command.trajectory and module.latent:
+        raise ConfigError(f"trajectory=true draws pixels along the way; {command.run} samples latents (decoded only at the end)")
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     module.to(device)
     speed_up(module, command.precision, command.compile, device)
@@ -198,8 +202,19 @@ def open_run(overrides: list[str], schema=SampleCommand, name: str = "sample",
     command, sampling_overrides = split_overrides(overrides, schema, name, counts)
     module, run_dir = load_run(command.run)
     sampling = run_config(module.cfg, "sampling", sampling_overrides).sampling
+    if module.takes_prompts:
+        module.use_prompts(prompts_asked(command, name))
     resolve_labels(command, module.hparams.class_names if module.num_classes else [])
     return command, module, run_dir, sampling
+
+
+def prompts_asked(command, name: str) -> list[str]:
+    """A text-to-image model's classes: the prompts given as labels (and in conditions), each once."""
+    given = [*(command.get("labels") or []), *(pair[0] for pair in command.get("conditions") or [])]
+    if not given:
+        how = "give prompts as labels, e.g. 'labels=[a photo of a cat]'" if "labels" in command else "it needs prompts"
+        raise ConfigError(f"{command.run} is a text-to-image model: {how} ({name})")
+    return list(dict.fromkeys(str(prompt) for prompt in given))
 
 
 def split_overrides(overrides: list[str], schema=SampleCommand, name: str = "sample",
@@ -218,3 +233,26 @@ def split_overrides(overrides: list[str], schema=SampleCommand, name: str = "sam
         if command[key] is not None and not test(command[key]):
             raise ConfigError(f"bad value for '{key}': {command[key]} (must be {valid})")
     return command, sampling
+
+
+def training_images(module, indices: list[int]) -> torch.Tensor:
+    """Images number ``indices`` of the run's training data, as the network sees them, in [-1, 1]
+    (for a pretrained pipeline: the data this project's configuration names)."""
+    if module.latent:
+        raise ConfigError("this model samples latents, decoded by its VAE only at the end: starting from training "
+                          "images needs a pixel-space model")
+    data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
+    data.setup()
+    reference = data.reference_images()
+    check_data_fits(module, reference.shape[1:])
+    if not indices or max(indices) >= len(reference) or min(indices) < 0:
+        raise ConfigError(f"images={list(indices)}: the training data has {len(reference)} images (0 to {len(reference) - 1})")
+    return to_unit_range(reference[list(indices)]).to(module.device)
+
+
+def check_data_fits(module, data_shape) -> None:
+    """The configured data has the model's shape (a pretrained model takes this project's data keys)."""
+    if tuple(data_shape) != module.data_shape:
+        raise ConfigError(f"the data (data.name={module.cfg.data.name}, shape {list(data_shape)}) does not fit the "
+                          f"model (shape {list(module.data_shape)}): set data.name, data.image_size and data.channels "
+                          "to data of the model's kind (in configs/local.yaml for a pretrained model)")

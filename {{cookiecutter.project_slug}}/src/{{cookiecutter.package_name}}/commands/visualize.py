@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from ..config import sampling_keys
 from ..data import DiffusionDataModule
 from ..diffusion.samplers import Trajectory
+from ..errors import ConfigError
 from ..runs import pick_device
 from ..visualize import sampling_title, save_denoising, save_particles_gif, save_vector_fields
 from .sample import labels_in_turn, open_run, record_origin
@@ -46,6 +47,9 @@ class VisualizeCommand:
 
 def run(overrides: list[str]) -> Path:
     command, module, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
+    if module.latent:
+        raise ConfigError(f"visualize draws x_t and x0_hat at every step; {command.run} samples latents, decoded "
+                          "only at the end")
     module.to(pick_device(command.device))
     points = len(module.data_shape) == 1
     n = command.n or (500 if points else 4)

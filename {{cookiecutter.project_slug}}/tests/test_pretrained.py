@@ -1,0 +1,212 @@
+"""Pretrained diffusers pipelines as our denoisers (adapters/pretrained.py), offline: tiny randomly
+initialised models are saved with ``save_pretrained`` and loaded back from a folder. Known
+answers come from diffusers itself: its schedulers' own sampling loops and targets."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROJECT
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from {{ cookiecutter.package_name }}.adapters.pretrained import (  # noqa: E402
+    import_diffusers, load_pretrained, sigma_to_timestep, sigmas_from_betas)
+from {{ cookiecutter.package_name }}.cli import main  # noqa: E402
+from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser  # noqa: E402
+from {{ cookiecutter.package_name }}.diffusion.samplers import ddim  # noqa: E402
+from {{ cookiecutter.package_name }}.diffusion.schedules import ddpm_linear_sigmas, trailing_sigmas  # noqa: E402
+from {{ cookiecutter.package_name }}.errors import ConfigError, MissingPackage  # noqa: E402
+
+import_diffusers()          # quiet loading
+STEPS = 100                 # training timesteps of the tiny schedulers
+
+
+def tiny_unet(channels: int = 1, size: int = 8):
+    """A two-level UNet2DModel of about 30k weights."""
+    return diffusers.UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+                                 block_out_channels=(8, 16), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def ddim_scheduler(prediction_type: str = "epsilon"):
+    return diffusers.DDIMScheduler(num_train_timesteps=STEPS, prediction_type=prediction_type, clip_sample=False,
+                                   timestep_spacing="trailing", steps_offset=1)
+
+
+def pixel_pipeline(folder, prediction_type="epsilon", channels=1, size=8) -> str:
+    torch.manual_seed(0)
+    diffusers.DDPMPipeline(unet=tiny_unet(channels, size), scheduler=ddim_scheduler(prediction_type)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pixel_folder(tmp_path_factory):
+    return pixel_pipeline(tmp_path_factory.mktemp("pixel") / "tiny-ddpm")
+
+
+def text_pipeline(folder) -> str:
+    """A Stable Diffusion pipeline in miniature: 8x8x4 latents, a 2x VAE, a one-layer CLIP text
+    encoder and a character-level tokenizer."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in "abcdefghijklmnopqrstuvwxyz":
+        vocab[char], vocab[char + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    torch.manual_seed(0)
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+    encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, layers_per_block=1,
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
+                                          attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    pipeline = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
+                                                 scheduler=ddim_scheduler(), safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def text_folder(tmp_path_factory):
+    return text_pipeline(tmp_path_factory.mktemp("text") / "tiny-sd")
+
+
+def test_the_noise_levels_are_the_schedule_in_sigma_form_and_timesteps_exact_at_training_steps():
+    """DDPM's linear betas of diffusers' scheduler give the sigmas of Ho et al.'s schedule (our
+    schedules.py, computed independently); each training step's sigma maps back
+    to its own timestep exactly, and half-way in log(sigma) to half-way between steps."""
+    scheduler = diffusers.DDPMScheduler()             # 1000 steps, betas 1e-4 to 0.02
+    sigmas = sigmas_from_betas(scheduler.betas)
+    assert sigmas.dtype == torch.float64
+    torch.testing.assert_close(sigmas, ddpm_linear_sigmas(), rtol=1e-6, atol=0)     # float32 betas
+    steps = torch.arange(len(sigmas), dtype=torch.float64)
+    assert torch.equal(sigma_to_timestep(sigmas, sigmas), steps)
+    middle = (sigmas[:-1].log() + sigmas[1:].log()).div(2).exp()
+    torch.testing.assert_close(sigma_to_timestep(middle, sigmas), steps[:-1] + 0.5, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_each_prediction_type_gives_back_the_clean_image(tmp_path, prediction_type):
+    """A network that returns diffusers' own training target for its input (the noise, the
+    velocity of ``get_velocity``, or the image) makes our denoiser return the clean image."""
+    pretrained = load_pretrained(pixel_pipeline(tmp_path / "p", prediction_type))
+    scheduler = pretrained.pipeline.scheduler
+    x0, eps = torch.rand(3, 1, 8, 8) * 2 - 1, torch.randn(3, 1, 8, 8)
+    t = torch.tensor([0, 40, 99])
+    targets = {"epsilon": eps, "v_prediction": scheduler.get_velocity(x0, eps, t), "sample": x0}
+    noisy = scheduler.add_noise(x0, eps, t)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, timestep, labels=None):
+            assert torch.allclose(x, noisy, atol=1e-5) and torch.allclose(timestep, t.float(), atol=1e-3)
+            return targets[prediction_type]
+
+    denoiser = pretrained.denoiser
+    denoiser.net = Oracle()
+    sigma = pretrained.sigmas[t].float()
+    x = noisy * (1 + sigma[:, None, None, None] ** 2).sqrt()          # x_t / sqrt(alpha_bar_t)
+    torch.testing.assert_close(denoiser(x, sigma), x0, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_through_the_adapter_matches_the_diffusers_ddim_loop(tmp_path, prediction_type):
+    """The same network and starting noise in float64: diffusers' DDIMScheduler loop (trailing
+    timesteps, eta 0) and our DDIM on the adapter agree within 1e-4, and our trailing sigmas are
+    the scheduler's timesteps."""
+    pretrained = load_pretrained(pixel_pipeline(tmp_path / "p", prediction_type))
+    unet, scheduler = pretrained.pipeline.unet.double(), pretrained.pipeline.scheduler
+    scheduler.set_timesteps(10)
+    sigmas = trailing_sigmas(10, pretrained.sigmas)
+    torch.testing.assert_close(sigmas[:-1], pretrained.sigmas[scheduler.timesteps])
+    start = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = start.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            theirs = scheduler.step(unet(theirs, t).sample, t, theirs).prev_sample
+        ours = ddim(pretrained.denoiser, sigmas, start * (1 + sigmas[0] ** 2).sqrt()).x   # x_T / sqrt(alpha_bar_T)
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_a_pipeline_folder_samples_through_the_commands(project_dir, pixel_folder):
+    assert main(["sample", f"run={pixel_folder}", "n=4", "steps=3"]) == 0
+    out = project_dir / "runs" / "pretrained" / "tiny-ddpm" / "generated"
+    assert torch.load(out / "samples.pt").shape == (4, 1, 8, 8) and (out / "samples.png").is_file()
+
+
+def test_fine_tuned_pipeline_exports_a_folder_that_diffusers_loads_with_identical_outputs(project_dir, pixel_folder):
+    assert main(["train", "experiment=finetune", f"model.pretrained.source={pixel_folder}", "data.name=digits",
+                 "data.channels=1", "logger=csv", "trainer.max_steps=3", "data.batch_size=16"]) == 0
+    assert main(["export", "run=runs/finetune"]) == 0
+    export = project_dir / "exports" / "finetune"
+    from {{ cookiecutter.package_name }}.runs import load_run
+
+    module, _ = load_run("runs/finetune")
+    original = diffusers.UNet2DModel.from_pretrained(pixel_folder, subfolder="unet")
+    reloaded = diffusers.DiffusionPipeline.from_pretrained(export)
+    assert isinstance(reloaded, diffusers.DDPMPipeline)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 80])
+    with torch.no_grad():
+        ours, theirs = module.ema.net.unet(x, t).sample, reloaded.unet(x, t).sample
+        assert not torch.equal(ours, original(x, t).sample)          # it was trained
+    assert torch.equal(ours, theirs)
+    assert main(["sample", f"run={export}", "n=2", "steps=2"]) == 0   # and the project loads it back
+
+
+def test_a_text_pipeline_matches_diffusers_with_guidance(text_folder):
+    """Prompts as classes: our DDIM on the guided denoiser (label 0 = the prompt, the null label
+    the empty prompt) equals StableDiffusionPipeline's own loop on the same latents."""
+    pretrained = load_pretrained(text_folder)
+    pretrained.use_prompts(["a red fox"])
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    theirs = pretrained.pipeline("a red fox", latents=latents, num_inference_steps=5, guidance_scale=4.0,
+                                 height=16, width=16, output_type="latent").images
+    sigmas = trailing_sigmas(5, pretrained.sigmas)
+    guided = GuidedDenoiser(pretrained.denoiser, [(torch.tensor([0]), 4.0)], null_label=1)
+    with torch.no_grad():
+        ours = ddim(guided, sigmas, latents * (1 + sigmas[0] ** 2).sqrt()).x
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_dir, text_folder):
+    out = project_dir / "out"
+    assert main(["illusion", f"run={text_folder}", "labels=[a cat, a dog]", "views=[identity,rot180]", "n=2",
+                 "steps=3", f"out={out / 'anagram'}"]) == 0
+    assert torch.load(out / "anagram" / "anagram.pt").shape == (2, 3, 16, 16)     # decoded from 8x8 latents
+    assert main(["interpolate", f"run={text_folder}", "between=labels", "labels=[a cat, a dog]", "frames=3",
+                 "steps=3", f"out={out / 'interpolate'}"]) == 0
+    assert (out / "interpolate" / "labels.gif").is_file()
+    from {{ cookiecutter.package_name }}.commands import sample, train
+
+    with pytest.raises(ConfigError, match="prompts as labels"):
+        sample.run([f"run={text_folder}", "n=1"])
+    with pytest.raises(ConfigError, match="text-to-image pipeline: those are sampled only"):
+        train.run(["experiment=finetune", f"model.pretrained.source={text_folder}", "data.channels=3"])
+
+
+def test_a_hub_id_offline_fails_with_one_line_that_says_what_to_run(project_dir):
+    """In a fresh process: the command line loads without diffusers, then a hub id that is not
+    in the (empty) cache fails offline with the id and the command that fetches it."""
+    code = ("import sys; from {{ cookiecutter.package_name }}.cli import main; assert 'diffusers' not in sys.modules; "
+            "sys.exit(main(['sample', 'run=hf:nobody/nothing']))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(project_dir / "hf"), "PYTHONPATH": str(PROJECT / "src")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("ERROR: could not load nobody/nothing") and "save_pretrained('models/nothing')" in result.stderr
+
+
+def test_without_diffusers_loading_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)           # import diffusers now raises ImportError
+    with pytest.raises(MissingPackage, match=r"pip install -e '\.\[pretrained\]'"):
+        load_pretrained("some/model")
