@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import PROJECT
 
+pytestmark = pytest.mark.pretrained
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
@@ -192,9 +193,10 @@ def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_di
     with pytest.raises(ConfigError, match="prompts as labels"):
         sample.run([f"run={text_folder}", "n=1"])
     with pytest.raises(ConfigError, match="text-to-image pipeline: those are sampled only"):
-        train.run(["experiment=finetune", f"model.pretrained.source={text_folder}", "data.channels=3"])
+        train.run(["experiment=finetune", f"model.pretrained.source={text_folder}", "data.name=digits"])
 
 
+@pytest.mark.subprocess
 def test_a_hub_id_offline_fails_with_one_line_that_says_what_to_run(project_dir):
     """In a fresh process: the command line loads without diffusers, then a hub id that is not
     in the (empty) cache fails offline with the id and the command that fetches it."""

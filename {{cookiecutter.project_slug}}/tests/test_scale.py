@@ -89,6 +89,7 @@ sys.exit(main(sys.argv[1:]))
 TWO_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 
 
+@pytest.mark.subprocess
 def test_two_processes_draw_their_own_noise_and_data_and_keep_one_ema(project_dir):
     """DDP over gloo with two CPU processes: each draws its own noise and its own half of every
     epoch; validation is shared out, not repeated; one process draws the grids; the gradients
@@ -132,6 +133,7 @@ def srun(project_dir: Path, args: list[str], port: int) -> list[subprocess.Popen
             for rank in (0, 1)]
 
 
+@pytest.mark.subprocess
 def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir):
     """SIGUSR1 (sbatch --signal=SIGUSR1@90) to both tasks: they stop at the same step, save,
     the first requeues the job once, and the same command then resumes from that step."""

@@ -19,6 +19,7 @@ from {{ cookiecutter.package_name }}.runs import load_run
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
 
+@pytest.mark.subprocess
 def test_a_run_in_a_log_file_reads_plainly(project_dir):
     """What `train > log` shows: the start-up summary, plain progress lines over the steps (no
     per-epoch bar, no third-party tips or deprecation warnings) and the closing summary."""
@@ -263,6 +264,7 @@ def test_skipped_steps_do_not_count_as_steps(project_dir, monkeypatch):
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 6, "position": 0}]  # 6 batches
 
 
+@pytest.mark.subprocess
 def test_sigterm_saves_and_exits_with_the_command_that_resumes(project_dir):
     process = subprocess.Popen(package_command("train", *TOY, "name=term", "trainer.max_steps=100000"),
                                env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -286,6 +288,7 @@ def wait_for_steps(process, log_folder, timeout: float = 120) -> None:
     assert process.poll() is None, process.communicate()
 
 
+@pytest.mark.subprocess
 def test_kill_9_then_resume_gives_the_uninterrupted_weights_and_ema(project_dir):
     """Killed without warning (twice, at random moments, checkpoints every step so some kills
     land in a write), then resumed: the same final step, weights and EMA as a run never
@@ -349,6 +352,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.subprocess
 def test_two_ddp_processes_skip_a_nonfinite_step_together(project_dir):
     """A NaN on one rank only: both ranks skip (or the other would wait forever in the gradient
     all-reduce), and the run finishes its steps. Two CPU processes, gloo."""

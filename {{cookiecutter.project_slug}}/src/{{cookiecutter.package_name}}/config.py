@@ -416,7 +416,7 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     if cfg.model.name == "pretrained" and not cfg.model.pretrained.source:
         raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or hub id>, "
                           "e.g. google/ddpm-cifar10-32")
-    if cfg.data.name == "toy2d" and cfg.model.name != "mlp":
+    if cfg.data.name == "toy2d" and cfg.model.name not in ("mlp", "pretrained"):   # pretrained: see DiffusionModule
         raise ConfigError(f"model.name={cfg.model.name} needs images, but data.name=toy2d is 2D points: use model.name=mlp")
     if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine") \
             and cfg.model.name != "pretrained":

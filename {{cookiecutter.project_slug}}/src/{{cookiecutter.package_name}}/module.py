@@ -94,6 +94,9 @@ class DiffusionModule(L.LightningModule):
         if data_shape is not None and self.pretrained.takes_prompts:
             raise ConfigError(f"model.pretrained.source={self.cfg.model.pretrained.source} is a text-to-image pipeline: "
                               "those are sampled only here; fine-tuning takes an unconditional UNet2DModel pipeline (DDPM)")
+        if data_shape is not None and len(data_shape) != len(shape):
+            raise ConfigError(f"model.pretrained.source={self.cfg.model.pretrained.source} draws images of shape "
+                              f"{list(shape)}, but data.name={self.cfg.data.name} gives examples of shape {list(data_shape)}")
         if data_shape is not None and data_shape[0] != shape[0]:
             raise ConfigError(f"model.pretrained.source={self.cfg.model.pretrained.source} takes {shape[0]} channels, "
                               f"the data has {data_shape[0]}: set data.channels={shape[0]}")

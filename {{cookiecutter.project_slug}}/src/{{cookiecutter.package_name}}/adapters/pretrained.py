@@ -188,8 +188,8 @@ def adapt(source: str, pipeline) -> Pretrained:
         raise ConfigError(f"{source} ({type(pipeline).__name__}) is not a UNet with a discrete-time (DDPM-family) "
                           "scheduler; supported: UNet2DModel pipelines (DDPM), Stable Diffusion 1.x/2.x, DeepFloyd IF stage I")
     text = hasattr(pipeline, "text_encoder") and hasattr(unet.config, "cross_attention_dim")
-    if text and getattr(unet.config, "addition_embed_type", None):
-        raise ConfigError(f"{source}: UNets with added conditioning (SDXL) are not supported")
+    if text and getattr(unet.config, "addition_embed_type", None) not in (None, "text"):   # IF's is made from the text
+        raise ConfigError(f"{source}: UNets that need added conditions besides the text (SDXL) are not supported")
     if hasattr(pipeline, "vqvae"):
         raise ConfigError(f"{source}: latent pipelines with a VQ autoencoder (LDM) are not supported")
     if not text and getattr(unet.config, "num_class_embeds", None):
