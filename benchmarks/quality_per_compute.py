@@ -1,0 +1,296 @@
+"""Sample quality per unit of compute on MNIST: a recipe of ours against the course library's,
+each trained for the same wall-clock budget in the same run on the same machine.
+
+Protocol (issue 14):
+- Data: the MNIST 10k test set (../shared/data/mnist, idx files), padded from 28 to 32 pixels.
+- Scorer: a small CNN trained here on images 0-8999 and on made-up non-digits (two digits
+  averaged, smooth blobs) as an eleventh class (held out: 9000-9999, where its accuracy and the
+  share of real digits it recognises with confidence > 0.9 are reported). Its
+  penultimate features (128) give FID and KID through the project's own evaluation code (a
+  custom extractor); its softmax gives the share of samples recognised with confidence > 0.9,
+  and, for class-conditional samples, the share recognised as the class asked for.
+- Recipes, each trained for ``--budget`` seconds of wall clock on all 10k images:
+  ``ours`` (a project baked for MNIST, its cpu preset, stopped by the trainer's own max_time),
+  ``ours-class`` (the same, class-conditional), variants of ours (``OURS`` below: one change
+  each, for the ablation table), and ``course`` (smalldiffusion 0.5.0: its U-Net at a size
+  comparable to ours, eps objective, log-linear schedule (0.02 to 20, 800 levels), batch 32,
+  AdamW 1e-3, EMA 0.995).
+- Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
+  the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); class-conditional samples
+  cycle through the ten classes, at guidance 1 and 3.
+
+Run on an idle machine (2 threads):
+    .venv/bin/python -m pip install smalldiffusion==0.5.0 accelerate     # the peer, for this only
+    .venv/bin/python benchmarks/quality_per_compute.py --budget 600
+Each (recipe, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
+and each recipe's first 100 samples at 20 NFE a grid in benchmarks/results/quality_<recipe>.png.
+A recipe already measured with the same budget is skipped: an interrupted run resumes.
+"""
+import argparse
+import gzip
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _baked import import_baked_package  # noqa: E402
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+RESULTS = Path(__file__).parent / "results"
+CONFIDENT = 0.9
+
+
+def load_mnist(folder: Path = MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (10000, 1, 32, 32), the 28x28 digits centred on a black border, and labels."""
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return F.pad(torch.from_numpy(images.copy()), (2, 2, 2, 2)), torch.from_numpy(labels.astype(np.int64))
+
+
+class Scorer(nn.Module):
+    """A small digit classifier on images in [-1, 1], with an eleventh class for "not a digit"
+    (see ``junk``), so that a blob or two digits on top of each other are not called a digit
+    with confidence. ``features`` is its 128-d penultimate layer."""
+
+    def __init__(self):
+        super().__init__()
+        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
+        self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
+                                  *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(128, 11)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def junk(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images that are not one clear digit, a quarter of each kind: two digits averaged, smooth
+    random blobs, pixel noise, and flat grey."""
+    n = len(x)
+    level = lambda: torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1  # noqa: E731
+    kinds = torch.stack([
+        (x + x[torch.randperm(n, generator=generator)]) / 2,
+        F.interpolate(torch.randn(n, 1, 6, 6, generator=generator), size=32, mode="bilinear").mul(2).tanh(),
+        (level() + torch.rand(n, 1, 1, 1, generator=generator) * torch.randn(n, 1, 32, 32, generator=generator)).clamp(-1, 1),
+        level().expand(n, 1, 32, 32)])
+    return kinds[torch.randint(4, (n,), generator=generator), torch.arange(n)]
+
+
+class ScorerFeatures(nn.Module):
+    """The scorer's features as the project's evaluation code takes an extractor: uint8 in."""
+
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, images):
+        return self.scorer.features(images.float() / 127.5 - 1)
+
+
+def train_scorer(images, labels, epochs: int = 10, seed: int = 0) -> tuple[Scorer, dict]:
+    """Trained on images 0-8999 with shifts of up to 2 pixels and a quarter of "not a digit"
+    examples; reports accuracy and confident recognition on the held-out 1000."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    scorer = Scorer()
+    x, y = images[:9000].float() / 127.5 - 1, labels[:9000]
+    steps = epochs * (len(x) // 96)
+    optimizer = torch.optim.AdamW(scorer.parameters(), 3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=steps)
+    for step in range(steps):
+        batch = torch.randint(len(x), (96,), generator=generator)
+        shifted = torch.roll(x[batch], tuple(torch.randint(-2, 3, (2,), generator=generator).tolist()), (2, 3))
+        inputs = torch.cat([shifted, junk(shifted[:32], generator)])
+        targets = torch.cat([y[batch], torch.full((32,), 10)])
+        loss = F.cross_entropy(scorer(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    scorer.eval().requires_grad_(False)
+    held_out_x, held_out_y = images[9000:].float() / 127.5 - 1, labels[9000:]
+    with torch.no_grad():
+        accuracy = (scorer(held_out_x).argmax(1) == held_out_y).float().mean().item()
+        junk_called_digits = judge(scorer, junk(held_out_x, generator))["confident"]
+    return scorer, {"accuracy": accuracy, "confident": judge(scorer, held_out_x, held_out_y)["class_match"],
+                    "junk_confident": junk_called_digits}
+
+
+@torch.no_grad()
+def judge(scorer: Scorer, x: torch.Tensor, asked: torch.Tensor | None = None) -> dict:
+    """Share of images in [-1, 1] the scorer recognises with confidence > 0.9, and (given the
+    classes asked for) the share recognised with that confidence as the class asked for."""
+    probabilities = torch.cat([scorer(part).softmax(1) for part in x.clamp(-1, 1).split(500)])
+    confidence, guess = probabilities[:, :10].max(1)             # class 10: not a digit
+    result = {"confident": (confidence > CONFIDENT).float().mean().item()}
+    if asked is not None:
+        result["class_match"] = ((confidence > CONFIDENT) & (guess == asked)).float().mean().item()
+    return result
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+# -- our recipes: the baked project, trained by its own train command --------------------------
+# Each is the default configuration (cpu preset) with these command-line changes.
+OURS = {
+    "ours": [],
+    "ours-class": ["model.conditional=true"],
+    "ours-short-ema": ["optim.ema_decay=0.995"],                       # EMA length ~ 10% of the run (EDM2)
+    "ours-short-ema-lr2e-3": ["optim.ema_decay=0.995", "optim.lr=2e-3"],
+    "ours-short-ema-batch32": ["optim.ema_decay=0.995", "data.batch_size=32"],
+    "ours-no-attention": ["optim.ema_decay=0.995", "model.unet.attention_levels=[]"],
+}
+
+def train_ours(name: str, data_file: Path, budget: int, extra: list[str]) -> dict:
+    from diffusion_lab.cli import main
+
+    minutes, seconds = divmod(budget, 60)
+    args = ["train", f"name={name}", "preset=cpu", "logger=csv", "data.name=tensor_file", f"data.root={data_file}",
+            "data.image_size=32", "data.channels=1", "data.hflip=false", "data.val_fraction=0",
+            f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "trainer.max_steps=10000000",
+            "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0",
+            "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0", *extra]
+    start = time.perf_counter()
+    assert main(args) == 0
+    from diffusion_lab.runs import load_run
+
+    module, _ = load_run(f"runs/{name}")
+    steps = module.origin["step"]
+    return {"train_seconds": time.perf_counter() - start, "steps": steps,
+            "images_seen": steps * module.cfg.data.batch_size, "batch_size": module.cfg.data.batch_size,
+            "params": sum(p.numel() for p in module.denoiser.parameters()), "module": module}
+
+
+def sample_ours(module, n: int, nfe: int, guidance: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from omegaconf import OmegaConf
+
+    sampling = OmegaConf.merge(module.cfg.sampling, {"sampler": "dpmpp_2m", "steps": nfe, "guidance": guidance})
+    generator = torch.Generator().manual_seed(seed)
+    asked = torch.arange(n) % 10 if module.num_classes else None
+    parts = [module.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
+             for batch in torch.arange(n).split(250)]
+    return torch.cat(parts), asked
+
+
+# -- the course library's recipe ----------------------------------------------------------------
+def train_course(images: torch.Tensor, budget: int, seed: int = 0) -> dict:
+    from smalldiffusion import ScheduleLogLinear, Unet, training_loop
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(seed)
+    data = images.float() / 127.5 - 1
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, drop_last=True)
+    schedule = ScheduleLogLinear(N=800, sigma_min=0.02, sigma_max=20)
+    model = Unet(32, 1, 1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.995))
+    start, steps = time.perf_counter(), 0
+    for _ in training_loop(loader, model, schedule, epochs=10**6, lr=1e-3):
+        steps += 1
+        if steps > 1:
+            ema.update_parameters(model)        # after the previous step's update
+        if time.perf_counter() - start > budget:
+            break
+    return {"train_seconds": time.perf_counter() - start, "steps": steps, "images_seen": steps * 32, "batch_size": 32,
+            "params": sum(p.numel() for p in model.parameters()), "module": (ema.module, schedule)}
+
+
+def sample_course(trained, n: int, nfe: int, seed: int = 0) -> torch.Tensor:
+    from smalldiffusion import samples
+
+    model, schedule = trained
+    torch.manual_seed(seed)
+    parts = []
+    for batch in torch.arange(n).split(250):
+        *_, x = samples(model, schedule.sample_sigmas(nfe), gam=1, mu=0, batchsize=len(batch))
+        parts.append(x)
+    return torch.cat(parts), None
+
+
+# -- the run ------------------------------------------------------------------------------------
+def measured(path: Path, budget: int) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {row["recipe"] for row in map(json.loads, path.read_text().splitlines()) if row["budget_s"] == budget}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=600, help="training wall clock per recipe, seconds")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--recipes", default="ours,ours-class,course", help=f"course and any of {', '.join(OURS)}")
+    parser.add_argument("--out", default=str(RESULTS / "quality_per_compute.jsonl"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images, labels = load_mnist()
+    scorer, real = train_scorer(images, labels)
+    print(f"scorer: held-out accuracy {real['accuracy']:.3f}, real digits recognised with confidence > 0.9: "
+          f"{real['confident']:.3f}, non-digits called digits: {real['junk_confident']:.3f}", flush=True)
+    project = import_baked_package(dataset="mnist")     # a 32x32 grayscale project: its U-Net sizes
+    os.chdir(project)
+    data_file = project / "mnist10k.pt"
+    torch.save({"data": images, "labels": labels}, data_file)
+    from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
+
+    extractor = ScorerFeatures(scorer)
+    reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
+    done = measured(out, args.budget)
+    for recipe in args.recipes.split(","):
+        if recipe in done:
+            print(f"{recipe}: measured already with budget {args.budget} s ({out})")
+            continue
+        if recipe == "course":
+            trained = train_course(images, args.budget)
+            plans = [(nfe, None) for nfe in (10, 20)]
+        else:
+            extra = OURS[recipe]
+            conditional = "model.conditional=true" in extra
+            trained = train_ours(recipe, data_file, args.budget, extra)
+            plans = [(nfe, guidance) for nfe in (10, 20) for guidance in ((1.0, 3.0) if conditional else (None,))]
+        model = trained.pop("module")
+        for nfe, guidance in plans:
+            start = time.perf_counter()
+            if recipe == "course":
+                x, asked = sample_course(model, args.samples, nfe)
+            else:
+                x, asked = sample_ours(model, args.samples, nfe, guidance or 1.0)
+            seconds = time.perf_counter() - start
+            to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]))
+            row = {"recipe": recipe, "changes": OURS.get(recipe, "smalldiffusion"), "budget_s": args.budget, **trained,
+                   "nfe": nfe, "guidance": guidance,
+                   "sample_seconds": round(seconds, 1), **quality, **judge(scorer, x, asked),
+                   "scorer": real, "machine": machine()}
+            print(json.dumps(row), flush=True)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if nfe == 20 and guidance in (None, 3.0):
+                save_grid(to_uint8[:100], out.parent / f"quality_{recipe}.png")
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    n = int(len(images) ** 0.5)
+    grid = images[:n * n, 0].reshape(n, n, 32, 32).permute(0, 2, 1, 3).reshape(n * 32, n * 32)
+    Image.fromarray(grid.numpy()).resize((n * 64, n * 64), Image.NEAREST).save(path)
+
+
+if __name__ == "__main__":
+    main()
