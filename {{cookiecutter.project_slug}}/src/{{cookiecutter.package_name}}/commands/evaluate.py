@@ -60,8 +60,7 @@ def run(overrides: list[str]) -> Path:
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup()
     check_images(data.data_shape, cfg.data.name)
-    if not module.latent:
-        check_data_fits(module, data.data_shape)
+    check_data_fits(module, data.data_shape)
     extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
     module.to(device)
     precision = speed_up(module, command.precision, command.compile, device)
