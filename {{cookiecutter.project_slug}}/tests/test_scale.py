@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from test_train import TOY, checkpoint_of, package_command, subprocess_env, wait_for_steps
 
+from {{ cookiecutter.package_name }}.callbacks.progress import StepProgress
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.module import DiffusionModule
@@ -164,6 +166,19 @@ def test_the_time_budget_ends_with_a_checkpoint_and_a_grid(project_dir, capsys):
     assert 0 < step < 100000
     assert (project_dir / f"runs/budget/samples/step_{step:07d}.png").is_file()
     assert f"trainer.max_time=00:00:00:02 spent at step {step} of 100000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("budget, shown", [(None, "(0%)  loss nan  10 img/s  elapsed 00:40  left 27:46:00"),
+                                           (100, "(40%)  loss nan  10 img/s  elapsed 00:40  left 01:00")])
+def test_the_progress_line_counts_down_to_whichever_end_comes_first(budget, shown, monkeypatch, capsys):
+    """400 steps of one image in 40 s: 999,600 steps left take 27 h 46 min, a 100 s budget 60 s."""
+    clock = iter([0.0, 40.0])
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    progress = StepProgress(batch_size=1, bar=False, budget_seconds=budget)
+    trainer = SimpleNamespace(is_global_zero=True, max_steps=1_000_000, global_step=0, world_size=1)
+    progress.on_train_start(trainer, SimpleNamespace(device="cpu"))
+    progress.show(400)
+    assert capsys.readouterr().out == f"step 400/1,000,000 {shown}\n"
 
 
 def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_dir, monkeypatch):

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from .callbacks import (AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock,
                         StepProgress, say)
+from .callbacks.graceful_stop import seconds
 from .errors import ConfigError, MissingPackage
 
 
@@ -111,10 +112,12 @@ def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:
         batch = cfg.data.batch_size * trainer.world_size
         steps_left = cfg.trainer.max_steps - trainer.global_step
         epoch = len(trainer.datamodule.train_set) / images_per_second
-        budget = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if cfg.trainer.max_time else ""
+        time_left = steps_left * batch / images_per_second
+        budget = seconds(cfg.trainer.max_time) if cfg.trainer.max_time else None
+        stop = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if budget and budget < time_left else ""
         say(f"speed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
               f"{duration(epoch)}, the {steps_left:,} steps left to trainer.max_steps about "
-              f"{duration(steps_left * batch / images_per_second)}{budget}")
+              f"{duration(time_left)}{stop}")
     return report
 
 
@@ -161,7 +164,8 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
     callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
-    callbacks.append(StepProgress(cfg.data.batch_size))
+    callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=seconds(trainer_cfg.max_time)
+                                  if trainer_cfg.max_time else None))
     callbacks.append(GracefulStop(trainer_cfg.max_time))      # last: it acts once the checkpoint is saved
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(

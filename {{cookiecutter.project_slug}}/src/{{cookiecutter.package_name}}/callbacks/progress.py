@@ -1,7 +1,8 @@
 """Progress of a step-based run, in the first process: on a terminal or in a notebook one bar
 over the steps to trainer.max_steps (with the mean loss since the last update, images per
 second and the time left); in a log file (sbatch, nohup) one plain line every
-``every_seconds``, since a bar is drawn there only once, at the end."""
+``every_seconds``, since a bar is drawn there only once, at the end. With a time budget
+(trainer.max_time, ``budget_seconds``) the line counts towards whichever end comes first."""
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,9 @@ def clock(seconds: float) -> str:
 
 
 class StepProgress(L.Callback):
-    def __init__(self, batch_size: int, every_seconds: float = 30.0, bar: bool | None = None):
-        self.batch_size, self.every_seconds = batch_size, every_seconds
+    def __init__(self, batch_size: int, every_seconds: float = 30.0, bar: bool | None = None,
+                 budget_seconds: float | None = None):
+        self.batch_size, self.every_seconds, self.budget = batch_size, every_seconds, budget_seconds
         self.bar = (sys.stderr.isatty() or "ipykernel" in sys.modules) if bar is None else bar   # a terminal or a notebook
         self.progress = None
 
@@ -64,10 +66,14 @@ class StepProgress(L.Callback):
             self.progress.set_postfix_str(f"loss {loss:.4f}, {speed:,.0f} img/s", refresh=False)
             self.progress.update(step - self.progress.n)
             return
-        steps_per_second = (step - self.first_step) / max(now - self.start, 1e-9)
-        left = (self.total - step) / steps_per_second if steps_per_second > 0 else float("nan")
-        print(f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f}%)  loss {loss:.4f}  {speed:,.0f} img/s  "
-              f"elapsed {clock(now - self.start)}  left {clock(left) if left == left else '?'}", flush=True)
+        elapsed = now - self.start
+        steps_per_second = (step - self.first_step) / max(elapsed, 1e-9)
+        left = (self.total - step) / steps_per_second if steps_per_second > 0 else float("inf")
+        done = step / self.total
+        if self.budget is not None and self.budget - elapsed < left:      # the time budget ends it first
+            left, done = max(self.budget - elapsed, 0.0), min(elapsed / self.budget, 1.0)
+        print(f"step {step:,}/{self.total:,} ({100 * done:.0f}%)  loss {loss:.4f}  {speed:,.0f} img/s  "
+              f"elapsed {clock(elapsed)}  left {clock(left) if left < float('inf') else '?'}", flush=True)
 
 
 def say(message: str) -> None:
