@@ -22,9 +22,12 @@ Protocol (issue 14):
 Run on an idle machine (2 threads):
     .venv/bin/python -m pip install smalldiffusion==0.5.0 accelerate     # the peer, for this only
     .venv/bin/python benchmarks/quality_per_compute.py --budget 600
-Each (recipe, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
+    .venv/bin/python benchmarks/quality_per_compute.py --images 48000       # a fixed number of images seen
+    .venv/bin/python benchmarks/quality_per_compute.py --recipes ours --samplers heun:18,dpmpp_2m:20 \
+        --project /tmp/bench-bake-XXXX/diffusion-lab --resume     # other samplers on runs trained before
+Each (recipe, sampler, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
 and each recipe's first 100 samples at 20 NFE a grid in benchmarks/results/quality_<recipe>.png.
-A recipe already measured with the same budget is skipped: an interrupted run resumes.
+With --resume, rows already in the file for the same budget are skipped: an interrupted run resumes.
 """
 import argparse
 import gzip
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _baked import import_baked_package  # noqa: E402
+from _baked import import_baked_package
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 RESULTS = Path(__file__).parent / "results"
@@ -64,7 +67,7 @@ class Scorer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
+        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
         self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
                                   *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(128, 11)
@@ -80,7 +83,7 @@ def junk(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Images that are not one clear digit, a quarter of each kind: two digits averaged, smooth
     random blobs, pixel noise, and flat grey."""
     n = len(x)
-    level = lambda: torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1  # noqa: E731
+    level = lambda: torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1
     kinds = torch.stack([
         (x + x[torch.randperm(n, generator=generator)]) / 2,
         F.interpolate(torch.randn(n, 1, 6, 6, generator=generator), size=32, mode="bilinear").mul(2).tanh(),
@@ -150,19 +153,27 @@ def machine() -> str:
 OURS = {
     "ours": [],
     "ours-class": ["model.conditional=true"],
-    "ours-short-ema": ["optim.ema_decay=0.995"],                       # EMA length ~ 10% of the run (EDM2)
-    "ours-short-ema-lr2e-3": ["optim.ema_decay=0.995", "optim.lr=2e-3"],
-    "ours-short-ema-batch32": ["optim.ema_decay=0.995", "data.batch_size=32"],
-    "ours-no-attention": ["optim.ema_decay=0.995", "model.unet.attention_levels=[]"],
+    "ours-noise-sd3": ["diffusion.noise_mean=0.0"],                           # SD3's logit-normal t
+    "ours-edm-noise": ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"],   # EDM's levels (the old default)
+    "ours-class-edm-noise": ["model.conditional=true", "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"],
+    "ours-edm-noise-ema0.995": ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2", "optim.ema_decay=0.995"],
+    "ours-edm-noise-ema0.995-lr2e-3": ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2", "optim.ema_decay=0.995",
+                                       "optim.lr=2e-3"],
+    "ours-edm-noise-ema0.995-batch32": ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2",
+                                        "optim.ema_decay=0.995", "data.batch_size=32"],
 }
 
-def train_ours(name: str, data_file: Path, budget: int, extra: list[str]) -> dict:
+
+def train_ours(name: str, data_file: Path, budget: int, images: int | None, extra: list[str]) -> dict:
+    """Train with the baked project's own command, for ``budget`` seconds, or for ``images`` images seen."""
     from diffusion_lab.cli import main
 
     minutes, seconds = divmod(budget, 60)
+    batch = int(next((change.split("=")[1] for change in extra if change.startswith("data.batch_size=")), 64))
+    stop = ([f"trainer.max_steps={images // batch}"] if images else
+            [f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "trainer.max_steps=10000000"])
     args = ["train", f"name={name}", "preset=cpu", "logger=csv", "data.name=tensor_file", f"data.root={data_file}",
-            "data.image_size=32", "data.channels=1", "data.hflip=false", "data.val_fraction=0",
-            f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "trainer.max_steps=10000000",
+            "data.image_size=32", "data.channels=1", "data.hflip=false", "data.val_fraction=0", *stop,
             "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0",
             "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0", *extra]
     start = time.perf_counter()
@@ -176,10 +187,11 @@ def train_ours(name: str, data_file: Path, budget: int, extra: list[str]) -> dic
             "params": sum(p.numel() for p in module.denoiser.parameters()), "module": module}
 
 
-def sample_ours(module, n: int, nfe: int, guidance: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sample_ours(module, n: int, sampler: str, steps: int, guidance: float,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     from omegaconf import OmegaConf
 
-    sampling = OmegaConf.merge(module.cfg.sampling, {"sampler": "dpmpp_2m", "steps": nfe, "guidance": guidance})
+    sampling = OmegaConf.merge(module.cfg.sampling, {"sampler": sampler, "steps": steps, "guidance": guidance})
     generator = torch.Generator().manual_seed(seed)
     asked = torch.arange(n) % 10 if module.num_classes else None
     parts = [module.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
@@ -187,8 +199,13 @@ def sample_ours(module, n: int, nfe: int, guidance: float, seed: int = 0) -> tup
     return torch.cat(parts), asked
 
 
+def network_evaluations(sampler: str, steps: int) -> int:
+    """Denoiser calls of a sample (guidance calls the network twice for each)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
 # -- the course library's recipe ----------------------------------------------------------------
-def train_course(images: torch.Tensor, budget: int, seed: int = 0) -> dict:
+def train_course(images: torch.Tensor, budget: int, seen: int | None, seed: int = 0) -> dict:
     from smalldiffusion import ScheduleLogLinear, Unet, training_loop
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -203,7 +220,7 @@ def train_course(images: torch.Tensor, budget: int, seed: int = 0) -> dict:
         steps += 1
         if steps > 1:
             ema.update_parameters(model)        # after the previous step's update
-        if time.perf_counter() - start > budget:
+        if (steps * 32 >= seen) if seen else (time.perf_counter() - start > budget):
             break
     return {"train_seconds": time.perf_counter() - start, "steps": steps, "images_seen": steps * 32, "batch_size": 32,
             "params": sum(p.numel() for p in model.parameters()), "module": (ema.module, schedule)}
@@ -222,18 +239,26 @@ def sample_course(trained, n: int, nfe: int, seed: int = 0) -> torch.Tensor:
 
 
 # -- the run ------------------------------------------------------------------------------------
-def measured(path: Path, budget: int) -> set[str]:
-    if not path.is_file():
-        return set()
-    return {row["recipe"] for row in map(json.loads, path.read_text().splitlines()) if row["budget_s"] == budget}
+def measured(path: Path, budget: int | None, images: int | None) -> dict[tuple, dict]:
+    """The rows already in ``path`` for this budget, by (recipe, sampler, NFE, guidance)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {(row["recipe"], row.get("sampler", "dpmpp_2m" if row["recipe"] != "course" else "ddim"), row["nfe"],
+             row["guidance"]): row for row in rows if (row["budget_s"], row.get("budget_images")) == (budget, images)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=600, help="training wall clock per recipe, seconds")
+    parser.add_argument("--images", type=int, default=None,
+                        help="train for this many images seen instead of for --budget seconds")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--recipes", default="ours,ours-class,course", help=f"course and any of {', '.join(OURS)}")
+    parser.add_argument("--samplers", default="dpmpp_2m:10,dpmpp_2m:20",
+                        help="our recipes' samplers, sampler:steps (the course's: its DDIM at 10 and 20)")
+    parser.add_argument("--project", default=None,
+                        help="the baked project of an earlier run: its trained runs are sampled again, not retrained")
     parser.add_argument("--out", default=str(RESULTS / "quality_per_compute.jsonl"))
+    parser.add_argument("--resume", action="store_true", help="skip the rows --out already has for this budget")
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
@@ -242,45 +267,59 @@ def main():
     scorer, real = train_scorer(images, labels)
     print(f"scorer: held-out accuracy {real['accuracy']:.3f}, real digits recognised with confidence > 0.9: "
           f"{real['confident']:.3f}, non-digits called digits: {real['junk_confident']:.3f}", flush=True)
-    project = import_baked_package(dataset="mnist")     # a 32x32 grayscale project: its U-Net sizes
+    project = Path(args.project) if args.project else import_baked_package(dataset="mnist")  # 32x32 grayscale
+    if args.project:
+        sys.path.insert(0, str(project / "src"))
     os.chdir(project)
     data_file = project / "mnist10k.pt"
     torch.save({"data": images, "labels": labels}, data_file)
     from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
+    from diffusion_lab.runs import load_run
 
     extractor = ScorerFeatures(scorer)
     reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
-    done = measured(out, args.budget)
+    budget = None if args.images else args.budget
+    earlier = measured(out, budget, args.images)
+    done = earlier if args.resume else {}
+    ours = [(sampler, int(steps)) for sampler, steps in (plan.split(":") for plan in args.samplers.split(","))]
     for recipe in args.recipes.split(","):
-        if recipe in done:
-            print(f"{recipe}: measured already with budget {args.budget} s ({out})")
+        if recipe == "course":
+            plans = [("ddim", nfe, None) for nfe in (10, 20)]
+        else:
+            conditional = "model.conditional=true" in OURS[recipe]
+            plans = [(sampler, steps, guidance) for sampler, steps in ours
+                     for guidance in ((1.0, 3.0) if conditional else (None,))]
+        plans = [plan for plan in plans if (recipe, plan[0], network_evaluations(*plan[:2]), plan[2]) not in done]
+        if not plans:
+            print(f"{recipe}: measured already with this budget ({out})")
             continue
         if recipe == "course":
-            trained = train_course(images, args.budget)
-            plans = [(nfe, None) for nfe in (10, 20)]
+            trained = train_course(images, args.budget, args.images)
+        elif (project / "runs" / recipe / "checkpoints").is_dir():      # trained by an earlier run: sample it again
+            row = next(row for key, row in earlier.items() if key[0] == recipe)
+            trained = {key: row[key] for key in ("train_seconds", "steps", "images_seen", "batch_size", "params")}
+            trained["module"] = load_run(f"runs/{recipe}")[0]
         else:
-            extra = OURS[recipe]
-            conditional = "model.conditional=true" in extra
-            trained = train_ours(recipe, data_file, args.budget, extra)
-            plans = [(nfe, guidance) for nfe in (10, 20) for guidance in ((1.0, 3.0) if conditional else (None,))]
+            trained = train_ours(recipe, data_file, args.budget, args.images, OURS[recipe])
         model = trained.pop("module")
-        for nfe, guidance in plans:
+        for sampler, steps, guidance in plans:
             start = time.perf_counter()
             if recipe == "course":
-                x, asked = sample_course(model, args.samples, nfe)
+                x, asked = sample_course(model, args.samples, steps)
             else:
-                x, asked = sample_ours(model, args.samples, nfe, guidance or 1.0)
+                x, asked = sample_ours(model, args.samples, sampler, steps, guidance or 1.0)
             seconds = time.perf_counter() - start
             to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]))
-            row = {"recipe": recipe, "changes": OURS.get(recipe, "smalldiffusion"), "budget_s": args.budget, **trained,
-                   "nfe": nfe, "guidance": guidance,
+            nfe = network_evaluations(sampler, steps)
+            row = {"recipe": recipe, "changes": OURS.get(recipe, "smalldiffusion"), "budget_s": budget,
+                   "budget_images": args.images, **trained, "sampler": sampler, "nfe": nfe, "guidance": guidance,
                    "sample_seconds": round(seconds, 1), **quality, **judge(scorer, x, asked),
                    "scorer": real, "machine": machine()}
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            if nfe == 20 and guidance in (None, 3.0):
+            if (sampler, nfe, guidance) in (("dpmpp_2m", 20, None), ("dpmpp_2m", 20, 3.0), ("ddim", 20, None)):
                 save_grid(to_uint8[:100], out.parent / f"quality_{recipe}.png")
 
 

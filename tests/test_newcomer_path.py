@@ -46,7 +46,7 @@ def outputs(notebook, kind: str) -> list:
 def test_the_projects_colab_notebook_runs_top_to_bottom(bake):
     project = bake()
     (project / "tiny_features.py").write_text(TINY_FEATURES)
-    subprocess.run([sys.executable, "-c", PRETRAINED_STAND_INS], cwd=project, check=True,
+    subprocess.run([sys.executable, "-c", STAND_INS], cwd=project, check=True,
                    env={**os.environ, "PYTHONPATH": str(project / "src")})
     notebook = execute(project / "notebooks" / "colab.ipynb", f"""
 PROJECT = {str(project)!r}
@@ -91,14 +91,24 @@ def readme_commands(readme: str, program: str) -> list[str]:
 # it small, with a stand-in extractor).
 NOT_RUN = ("evaluate ",)
 
-# The pretrained pipelines the README saves from the hub, as tiny random stand-ins of the same
-# kinds and shapes (the project's own test helpers make them).
-PRETRAINED_STAND_INS = """
+# What the README's commands download, as tiny stand-ins of the same kinds and shapes: the
+# pretrained pipelines it saves from the hub (the project's own test helpers make them), and
+# 32 random "digits" in MNIST's files where torchvision looks for them.
+STAND_INS = """
 import sys
+from pathlib import Path
+import numpy as np
 sys.path.insert(0, "tests")
 from test_pretrained import pixel_pipeline, text_pipeline
 pixel_pipeline("models/ddpm-cifar10-32", channels=3, size=32)
 text_pipeline("models/stable-diffusion")
+raw = Path("data/MNIST/raw")
+raw.mkdir(parents=True)
+digits = (np.random.default_rng(0).random((32, 28, 28)) * 255).astype(np.uint8)
+for split in ("train", "t10k"):
+    (raw / f"{split}-images-idx3-ubyte").write_bytes(np.array([2051, 32, 28, 28], ">i4").tobytes() + digits.tobytes())
+    labels = (np.arange(32) % 10).astype(np.uint8)
+    (raw / f"{split}-labels-idx1-ubyte").write_bytes(np.array([2049, 32], ">i4").tobytes() + labels.tobytes())
 """
 
 
@@ -118,7 +128,7 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
     for i in range(40):
         Image.new("RGB", (40, 36), (6 * i, 255 - 6 * i, 128)).save(pictures / f"{i:02d}.png")
     (project / "tiny_features.py").write_text(TINY_FEATURES)
-    subprocess.run([sys.executable, "-c", PRETRAINED_STAND_INS], cwd=project, check=True,
+    subprocess.run([sys.executable, "-c", STAND_INS], cwd=project, check=True,
                    env={**os.environ, "PYTHONPATH": str(project / "src")})
     (project / "configs" / "local.yaml").write_text(
         "preset: debug\nlogger: csv\nevaluation:\n  extractor: custom\n  extractor_module: tiny_features:Features\n")
@@ -133,7 +143,8 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
                             text=True, timeout=900)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     for path in ("runs/toy2d/generated/trajectory.png", "runs/mine/inspect/preview.png", "runs/mine/generated/samples.png",
-                 "exports/digits/model.safetensors", "runs/digits-by-class/illusion/anagram.png",
+                 "exports/digits/model.safetensors", "runs/mnist/generated/samples.png",
+                 "runs/digits-by-class/illusion/anagram.png",
                  "runs/pretrained/stable-diffusion/illusion/anagram.png", "exports/finetune/model_index.json"):
         assert (project / path).is_file(), path
 

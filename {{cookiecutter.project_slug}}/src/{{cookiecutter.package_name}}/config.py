@@ -199,7 +199,9 @@ LOCAL_LAYER = "local.yaml"   # this machine's settings, git-ignored
 # Each objective's noise levels in training and in sampling. config.yaml is baked with its
 # objective's row (a test keeps the two in step); a layer that switches the objective gets the
 # new row for every key of it that the layer does not set itself.
-_EDM_NOISE = {"diffusion.noise_mean": -1.2, "diffusion.noise_std": 1.2,            # Karras et al. 2022
+# The lognormal training levels are EDM2's (Karras et al. 2024), not EDM's N(-1.2, 1.2^2): on a
+# short budget they learn the coarse shapes much sooner (benchmarks/RESULTS.md, issue 14).
+_EDM_NOISE = {"diffusion.noise_mean": -0.4, "diffusion.noise_std": 1.0,
               "sampling.schedule": "karras", "sampling.sigma_max": 80.0}
 OBJECTIVE_DEFAULTS = {
     "eps": {"diffusion.train_noise": "ddpm", **_EDM_NOISE},

@@ -102,7 +102,8 @@ class DiscreteNoise:
 
 
 class LogNormalNoise:
-    """Training noise levels with ln(sigma) ~ N(mean, std^2) (EDM, P_mean = -1.2, P_std = 1.2).
+    """Training noise levels with ln(sigma) ~ N(mean, std^2) (EDM: P_mean = -1.2, P_std = 1.2;
+    EDM2, Karras et al. 2024, and our default: -0.4, 1.0).
     Because logit(t) = ln(t / (1 - t)) = ln(sigma), this is also the logit-normal t of flow
     models (Esser et al. 2024, "SD3", eq. 19, mean 0, std 1). Every sigma > 0 can be drawn."""
 
