@@ -24,7 +24,7 @@ Run on an idle machine (2 threads):
     .venv/bin/python benchmarks/quality_per_compute.py --budget 600
     .venv/bin/python benchmarks/quality_per_compute.py --images 48000       # a fixed number of images seen
     .venv/bin/python benchmarks/quality_per_compute.py --recipes ours --samplers heun:18,dpmpp_2m:20 \
-        --project /tmp/bench-bake-XXXX/diffusion-lab --resume     # other samplers on runs trained before
+        --project <the project folder a run printed> --resume     # other samplers on runs trained before
 Each (recipe, sampler, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
 and each recipe's first 100 samples at 20 NFE a grid in benchmarks/results/quality_<recipe>.png.
 With --resume, rows already in the file for the same budget are skipped: an interrupted run resumes.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _baked import import_baked_package
+from _baked import import_baked_package  # noqa: E402
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +67,7 @@ class Scorer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+        block = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
         self.body = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
                                   *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(128, 11)
@@ -83,7 +83,7 @@ def junk(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Images that are not one clear digit, a quarter of each kind: two digits averaged, smooth
     random blobs, pixel noise, and flat grey."""
     n = len(x)
-    level = lambda: torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1
+    level = lambda: torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1  # noqa: E731
     kinds = torch.stack([
         (x + x[torch.randperm(n, generator=generator)]) / 2,
         F.interpolate(torch.randn(n, 1, 6, 6, generator=generator), size=32, mode="bilinear").mul(2).tanh(),
@@ -169,7 +169,8 @@ def train_ours(name: str, data_file: Path, budget: int, images: int | None, extr
     from diffusion_lab.cli import main
 
     minutes, seconds = divmod(budget, 60)
-    batch = int(next((change.split("=")[1] for change in extra if change.startswith("data.batch_size=")), 64))
+    batch = int(next((change.split("=")[1] for change in extra if change.startswith("data.batch_size=")),
+                     64))                                                      # the cpu preset's batch
     stop = ([f"trainer.max_steps={images // batch}"] if images else
             [f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "trainer.max_steps=10000000"])
     args = ["train", f"name={name}", "preset=cpu", "logger=csv", "data.name=tensor_file", f"data.root={data_file}",
@@ -242,8 +243,8 @@ def sample_course(trained, n: int, nfe: int, seed: int = 0) -> torch.Tensor:
 def measured(path: Path, budget: int | None, images: int | None) -> dict[tuple, dict]:
     """The rows already in ``path`` for this budget, by (recipe, sampler, NFE, guidance)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return {(row["recipe"], row.get("sampler", "dpmpp_2m" if row["recipe"] != "course" else "ddim"), row["nfe"],
-             row["guidance"]): row for row in rows if (row["budget_s"], row.get("budget_images")) == (budget, images)}
+    return {(row["recipe"], row["sampler"], row["nfe"], row["guidance"]): row
+            for row in rows if (row["budget_s"], row["budget_images"]) == (budget, images)}
 
 
 def main():
@@ -270,6 +271,7 @@ def main():
     project = Path(args.project) if args.project else import_baked_package(dataset="mnist")  # 32x32 grayscale
     if args.project:
         sys.path.insert(0, str(project / "src"))
+    print(f"project: {project} (its runs/ can be sampled again with --project)", flush=True)
     os.chdir(project)
     data_file = project / "mnist10k.pt"
     torch.save({"data": images, "labels": labels}, data_file)
