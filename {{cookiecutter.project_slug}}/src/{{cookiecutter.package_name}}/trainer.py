@@ -113,7 +113,7 @@ def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:
         steps_left = cfg.trainer.max_steps - trainer.global_step
         epoch = len(trainer.datamodule.train_set) / images_per_second
         time_left = steps_left * batch / images_per_second
-        budget = seconds(cfg.trainer.max_time) if cfg.trainer.max_time else None
+        budget = seconds(cfg.trainer.max_time)
         stop = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if budget and budget < time_left else ""
         say(f"speed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
               f"{duration(epoch)}, the {steps_left:,} steps left to trainer.max_steps about "
@@ -164,8 +164,7 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
     callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
-    callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=seconds(trainer_cfg.max_time)
-                                  if trainer_cfg.max_time else None))
+    callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=seconds(trainer_cfg.max_time)))
     callbacks.append(GracefulStop(trainer_cfg.max_time))      # last: it acts once the checkpoint is saved
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(

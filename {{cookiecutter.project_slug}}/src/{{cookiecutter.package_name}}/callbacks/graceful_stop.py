@@ -15,8 +15,10 @@ import time
 import lightning as L
 
 
-def seconds(duration: str) -> int:
-    """``DD:HH:MM:SS`` in seconds."""
+def seconds(duration: str | None) -> int | None:
+    """``DD:HH:MM:SS`` in seconds; None (no budget) stays None."""
+    if duration is None:
+        return None
     days, hours, minutes, secs = map(int, duration.split(":"))
     return ((days * 24 + hours) * 60 + minutes) * 60 + secs
 
@@ -31,7 +33,7 @@ def slurm_job_id() -> str | None:
 
 class GracefulStop(L.Callback):
     def __init__(self, max_time: str | None):
-        self.budget = seconds(max_time) if max_time else None
+        self.budget = seconds(max_time)
         self.signalled = False          # set by the SIGUSR1 handler of this process
         self.reason: str | None = None  # why training stopped early: "max_time" or "SIGUSR1"
         self.requeued: str | None = None
