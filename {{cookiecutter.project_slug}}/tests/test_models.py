@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.models import DiT, MLP, UNet
+from {{ cookiecutter.package_name }}.models.unet import group_norm
 
 CASES = [
     (UNet, (1, 8, 8), dict(channels=16, channel_mult=(1, 2), blocks_per_level=1, attention_levels=(1,))),
@@ -42,6 +43,19 @@ def test_conditional_network_refuses_missing_labels():
     net = MLP((2,), width=32, depth=1, num_classes=3)
     with pytest.raises(ValueError, match="labels"):
         net(torch.randn(2, 2), torch.randn(2))
+
+
+@pytest.mark.parametrize("channels", [24, 40, 48, 96])
+def test_any_width_builds(channels):
+    """Decoder blocks normalise the concatenation of two widths (48 + 96 = 144 channels), which
+    32 groups do not divide."""
+    net = UNet((1, 16, 16), channels=channels, channel_mult=(1, 2, 2), blocks_per_level=1)
+    assert net(torch.randn(2, 1, 16, 16), torch.randn(2)).shape == (2, 1, 16, 16)
+
+
+def test_group_counts():
+    """Up to 32 groups of at least 4 channels: 144 = 24 x 6 is the most that divide 144."""
+    assert [group_norm(c).num_groups for c in (3, 16, 64, 144, 256)] == [1, 4, 16, 24, 32]
 
 
 def test_bad_sizes_are_explained():

@@ -12,7 +12,10 @@ from .conditioning import ConditionEmbedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(max(1, min(32, channels // 4)), channels)
+    """Group normalisation (Wu & He 2018) with up to 32 groups of at least 4 channels, the most
+    that divide the width: a decoder block of width 48 sees 144 channels, which 32 does not divide."""
+    most = max(1, min(32, channels // 4))
+    return nn.GroupNorm(max(g for g in range(1, most + 1) if channels % g == 0), channels)
 
 
 class ResBlock(nn.Module):
