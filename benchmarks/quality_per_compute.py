@@ -152,6 +152,7 @@ def machine() -> str:
 # -- our recipes: the baked project, trained by its own train command --------------------------
 # Each is the default configuration (cpu preset) with these command-line changes.
 W32 = "model.unet.channels=32"     # the CPU U-Net's width before the width ablation (today's: 16)
+EDM = ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"]   # EDM's training noise levels
 OURS = {
     "ours": [],
     "ours-width8": ["model.unet.channels=8"],                                  # 0.08M parameters
@@ -160,13 +161,11 @@ OURS = {
     "ours-class": ["model.conditional=true"],
     "ours-class-width32": [W32, "model.conditional=true"],
     "ours-noise-sd3": [W32, "diffusion.noise_mean=0.0"],                      # SD3's logit-normal t
-    "ours-edm-noise": [W32, "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"],   # EDM's levels
-    "ours-class-edm-noise": [W32, "model.conditional=true", "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"],
-    "ours-edm-noise-ema0.995": [W32, "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2", "optim.ema_decay=0.995"],
-    "ours-edm-noise-ema0.995-lr2e-3": [W32, "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2",
-                                       "optim.ema_decay=0.995", "optim.lr=2e-3"],
-    "ours-edm-noise-ema0.995-batch32": [W32, "diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2",
-                                        "optim.ema_decay=0.995", "data.batch_size=32"],
+    "ours-edm-noise": [W32, *EDM],
+    "ours-class-edm-noise": [W32, "model.conditional=true", *EDM],
+    "ours-edm-noise-ema0.995": [W32, *EDM, "optim.ema_decay=0.995"],
+    "ours-edm-noise-ema0.995-lr2e-3": [W32, *EDM, "optim.ema_decay=0.995", "optim.lr=2e-3"],
+    "ours-edm-noise-ema0.995-batch32": [W32, *EDM, "optim.ema_decay=0.995", "data.batch_size=32"],
 }
 
 

@@ -105,9 +105,9 @@ text_pipeline("models/stable-diffusion")
 raw = Path("data/MNIST/raw")
 raw.mkdir(parents=True)
 digits = (np.random.default_rng(0).random((32, 28, 28)) * 255).astype(np.uint8)
+labels = (np.arange(32) % 10).astype(np.uint8)
 for split in ("train", "t10k"):
     (raw / f"{split}-images-idx3-ubyte").write_bytes(np.array([2051, 32, 28, 28], ">i4").tobytes() + digits.tobytes())
-    labels = (np.arange(32) % 10).astype(np.uint8)
     (raw / f"{split}-labels-idx1-ubyte").write_bytes(np.array([2049, 32], ">i4").tobytes() + labels.tobytes())
 """
 
