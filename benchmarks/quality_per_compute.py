@@ -11,20 +11,27 @@ Protocol (issue 14):
   and, for class-conditional samples, the share recognised as the class asked for.
 - Recipes, each trained for ``--budget`` seconds of wall clock on all 10k images:
   ``ours`` (a project baked for MNIST, its cpu preset, stopped by the trainer's own max_time),
-  ``ours-class`` (the same, class-conditional), variants of ours (``OURS`` below: one change
-  each, for the ablation table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the size of
+  ``ours-class`` (the same, class-conditional), ``ours-clusters`` (no labels: conditional on
+  the data's own k-means clusters, ``data.clusters=30``), variants of ours (``OURS`` below, or
+  any recipe with changes as ``ours+key=value+...``: one change each, for the ablation
+  table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the size of
   our CPU U-Net before the width ablation (1.12M parameters; ours is now 0.31M, and 1.20M at
   width 32), eps objective, log-linear schedule (0.02 to 20, 800 levels), batch 32, AdamW 1e-3,
   EMA 0.995).
 - Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
-  the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); class-conditional samples
-  cycle through the ten classes, at guidance 1 and 3.
+  the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); conditional samples cycle
+  through the classes (or clusters), at guidance 1 and 3 (``--guidance``). Samples of a
+  cluster-guided recipe are scored as unconditional ones: a cluster is no digit class.
+- ``--device cuda`` trains and samples our recipes on a GPU, float32 as on the CPU: for a
+  fixed number of images seen (``--images``) the same recipe, only sooner, which is how
+  ``quality_sweep_gpu.sh`` runs many ablations in one GPU lease. ``--scorer FILE`` keeps the
+  scorer, so that every process and machine scores with the same network.
 
 Run on an idle machine (2 threads):
     .venv/bin/python -m pip install smalldiffusion==0.5.0 accelerate     # the peer, for this only
     .venv/bin/python benchmarks/quality_per_compute.py --budget 600
     .venv/bin/python benchmarks/quality_per_compute.py --images 48000       # a fixed number of images seen
-    .venv/bin/python benchmarks/quality_per_compute.py --recipes ours --samplers heun:18,dpmpp_2m:20 \
+    .venv/bin/python benchmarks/quality_per_compute.py --recipes ours --samplers heun+churn=40:10,dpmpp_2m:20 \
         --project <the project folder a run printed> --resume     # other samplers on runs trained before
 Each (recipe, sampler, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
 and each recipe's first 100 samples at 20 NFE a grid in benchmarks/results/quality_<recipe>.png.
@@ -35,6 +42,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,7 +53,6 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _baked import import_baked_package  # noqa: E402
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 RESULTS = Path(__file__).parent / "results"
@@ -133,6 +140,20 @@ def train_scorer(images, labels, epochs: int = 10, seed: int = 0) -> tuple[Score
                     "junk_confident": junk_called_digits}
 
 
+def trained_scorer(images, labels, path: Path | None) -> tuple[Scorer, dict]:
+    """``train_scorer``'s result, kept at ``path``: every process and machine then scores with
+    the very same network (trained on the CPU, where training is deterministic)."""
+    if path and path.is_file():
+        saved = torch.load(path, weights_only=True)
+        scorer = Scorer()
+        scorer.load_state_dict(saved["weights"])
+        return scorer.eval().requires_grad_(False), saved["real"]
+    scorer, real = train_scorer(images, labels)
+    if path:
+        torch.save({"weights": scorer.state_dict(), "real": real}, path)
+    return scorer, real
+
+
 @torch.no_grad()
 def judge(scorer: Scorer, x: torch.Tensor, asked: torch.Tensor | None = None) -> dict:
     """Share of images in [-1, 1] the scorer recognises with confidence > 0.9, and (given the
@@ -145,21 +166,27 @@ def judge(scorer: Scorer, x: torch.Tensor, asked: torch.Tensor | None = None) ->
     return result
 
 
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+def machine(device: torch.device) -> str:
+    where = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"{platform.machine()}, {os.cpu_count()} cores{where}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 # -- our recipes: the baked project, trained by its own train command --------------------------
 # Each is the default configuration (cpu preset) with these command-line changes.
 W32 = "model.unet.channels=32"     # the CPU U-Net's width before the width ablation (today's: 16)
 EDM = ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"]   # EDM's training noise levels
+EDM2 = "diffusion.noise_mean=-0.4"   # EDM2's: the default until the cpu preset's 0.4 (rows before run j)
 OURS = {
     "ours": [],
-    "ours-width8": ["model.unet.channels=8"],                                  # 0.08M parameters
-    "ours-width24": ["model.unet.channels=24"],                                # 0.7M, half the img/s of 16
-    "ours-width32": [W32],                                                     # 1.2M, a third of the img/s
+    "ours-edm2-noise": [EDM2],
+    "ours-width8": [EDM2, "model.unet.channels=8"],                            # 0.08M parameters
+    "ours-width24": [EDM2, "model.unet.channels=24"],                          # 0.7M, half the img/s of 16
+    "ours-width32": [W32, EDM2],                                               # 1.2M, a third of the img/s
     "ours-class": ["model.conditional=true"],
-    "ours-class-width32": [W32, "model.conditional=true"],
+    "ours-class-edm2-noise": ["model.conditional=true", EDM2],
+    "ours-class-width32": [W32, EDM2, "model.conditional=true"],
+    "ours-clusters": ["model.conditional=true", "data.clusters=30"],          # no labels: guided by k-means clusters
     "ours-noise-sd3": [W32, "diffusion.noise_mean=0.0"],                      # SD3's logit-normal t
     "ours-edm-noise": [W32, *EDM],
     "ours-class-edm-noise": [W32, "model.conditional=true", *EDM],
@@ -169,8 +196,22 @@ OURS = {
 }
 
 
-def train_ours(name: str, data_file: Path, budget: int, images: int | None, extra: list[str]) -> dict:
-    """Train with the baked project's own command, for ``budget`` seconds, or for ``images`` images seen."""
+def changes_of(recipe: str) -> list[str]:
+    """A recipe's command-line changes: ``OURS[name]``, or for ``name+key=value+...`` those of
+    ``name`` and then each ``key=value`` (an ablation that needs no entry of its own)."""
+    name, *extra = recipe.split("+")
+    return [*OURS[name], *extra]
+
+
+def run_name(recipe: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", recipe)
+
+
+def train_ours(name: str, data_file: Path, budget: int, images: int | None, extra: list[str],
+               device: torch.device) -> dict:
+    """Train with the baked project's own command, for ``budget`` seconds, or for ``images``
+    images seen. On a GPU (``device``) the same float32 recipe trains, only faster: a way to run
+    many ablations at a CPU's fixed number of images seen."""
     from diffusion_lab.cli import main
 
     minutes, seconds = divmod(budget, 60)
@@ -181,12 +222,14 @@ def train_ours(name: str, data_file: Path, budget: int, images: int | None, extr
     args = ["train", f"name={name}", "preset=cpu", "logger=csv", "data.name=tensor_file", f"data.root={data_file}",
             "data.image_size=32", "data.channels=1", "data.hflip=false", "data.val_fraction=0", *stop,
             "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0",
-            "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0", *extra]
+            "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0",
+            *(["trainer.accelerator=gpu"] if device.type == "cuda" else []), *extra]
     start = time.perf_counter()
     assert main(args) == 0
     from diffusion_lab.runs import load_run
 
     module, _ = load_run(f"runs/{name}")
+    module.to(device)
     steps = module.origin["step"]
     return {"train_seconds": time.perf_counter() - start, "steps": steps,
             "images_seen": steps * module.cfg.data.batch_size, "batch_size": module.cfg.data.batch_size,
@@ -197,17 +240,23 @@ def sample_ours(module, n: int, sampler: str, steps: int, guidance: float,
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     from omegaconf import OmegaConf
 
-    sampling = OmegaConf.merge(module.cfg.sampling, {"sampler": sampler, "steps": steps, "guidance": guidance})
+    sampling = OmegaConf.merge(module.cfg.sampling, {**sampler_changes(sampler), "steps": steps, "guidance": guidance})
     generator = torch.Generator().manual_seed(seed)
-    asked = torch.arange(n) % 10 if module.num_classes else None
+    asked = torch.arange(n) % module.num_classes if module.num_classes else None
     parts = [module.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
              for batch in torch.arange(n).split(250)]
-    return torch.cat(parts), asked
+    return torch.cat(parts).cpu(), asked
+
+
+def sampler_changes(sampler: str) -> dict:
+    """``heun+churn=40``: the sampler's name and its options (keys of the sampling section)."""
+    name, *options = sampler.split("+")
+    return {"sampler": name, **{key: float(value) for key, value in (option.split("=") for option in options)}}
 
 
 def network_evaluations(sampler: str, steps: int) -> int:
     """Denoiser calls of a sample (guidance calls the network twice for each)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return 2 * steps - 1 if sampler_changes(sampler)["sampler"] == "heun" else steps
 
 
 # -- the course library's recipe ----------------------------------------------------------------
@@ -258,56 +307,69 @@ def main():
     parser.add_argument("--images", type=int, default=None,
                         help="train for this many images seen instead of for --budget seconds")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--recipes", default="ours,ours-class,course", help=f"course and any of {', '.join(OURS)}")
+    parser.add_argument("--recipes", default="ours,ours-class,course",
+                        help=f"course and any of {', '.join(OURS)}, each with changes as name+key=value+...")
     parser.add_argument("--samplers", default="dpmpp_2m:10,dpmpp_2m:20",
-                        help="our recipes' samplers, sampler:steps (the course's: its DDIM at 10 and 20)")
+                        help="our recipes' samplers, sampler:steps or sampler+option=value:steps "
+                             "(heun+churn=40:10; the course's: its DDIM at 10 and 20)")
+    parser.add_argument("--guidance", default="1,3", help="the guidance weights of conditional recipes")
     parser.add_argument("--project", default=None,
                         help="the baked project of an earlier run: its trained runs are sampled again, not retrained")
     parser.add_argument("--out", default=str(RESULTS / "quality_per_compute.jsonl"))
     parser.add_argument("--resume", action="store_true", help="skip the rows --out already has for this budget")
+    parser.add_argument("--device", default="cpu", help="where our recipes train and sample (cuda: float32 all the same)")
+    parser.add_argument("--scorer", default=None, help="the scorer's weights: loaded if the file exists, else saved there")
+    parser.add_argument("--data", default=str(MNIST), help="folder of the MNIST 10k idx files")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    out = Path(args.out)
+    out = Path(args.out).resolve()             # the run works in the project folder
     out.parent.mkdir(parents=True, exist_ok=True)
-    images, labels = load_mnist()
-    scorer, real = train_scorer(images, labels)
+    images, labels = load_mnist(Path(args.data))
+    scorer, real = trained_scorer(images, labels, Path(args.scorer) if args.scorer else None)
     print(f"scorer: held-out accuracy {real['accuracy']:.3f}, real digits recognised with confidence > 0.9: "
           f"{real['confident']:.3f}, non-digits called digits: {real['junk_confident']:.3f}", flush=True)
-    project = Path(args.project) if args.project else import_baked_package(dataset="mnist")  # 32x32 grayscale
     if args.project:
+        project = Path(args.project).resolve()
         sys.path.insert(0, str(project / "src"))
+    else:
+        from _baked import import_baked_package
+
+        project = import_baked_package(dataset="mnist")  # 32x32 grayscale
     print(f"project: {project} (its runs/ can be sampled again with --project)", flush=True)
     os.chdir(project)
-    data_file = project / "mnist10k.pt"
-    torch.save({"data": images, "labels": labels}, data_file)
     from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
     from diffusion_lab.runs import load_run
+    from diffusion_lab.storage import save_atomically
 
+    data_file = save_atomically({"data": images, "labels": labels}, project / "mnist10k.pt")
     extractor = ScorerFeatures(scorer)
     reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
     budget = None if args.images else args.budget
     earlier = measured(out, budget, args.images)
     done = earlier if args.resume else {}
     ours = [(sampler, int(steps)) for sampler, steps in (plan.split(":") for plan in args.samplers.split(","))]
-    for recipe in args.recipes.split(","):
+    guidances = [float(weight) for weight in args.guidance.split(",")]
+    device = torch.device(args.device)
+    for recipe in re.split(r",(?![^\[]*\])", args.recipes):                # commas inside [...] belong to a value
         if recipe == "course":
             plans = [("ddim", nfe, None) for nfe in (10, 20)]
         else:
-            conditional = "model.conditional=true" in OURS[recipe]
+            conditional = "model.conditional=true" in changes_of(recipe)
             plans = [(sampler, steps, guidance) for sampler, steps in ours
-                     for guidance in ((1.0, 3.0) if conditional else (None,))]
+                     for guidance in (guidances if conditional else (None,))]
         plans = [plan for plan in plans if (recipe, plan[0], network_evaluations(*plan[:2]), plan[2]) not in done]
         if not plans:
             print(f"{recipe}: measured already with this budget ({out})")
             continue
+        run = run_name(recipe) + (f"-{args.images}img" if args.images else "")   # one folder per recipe and length
         if recipe == "course":
             trained = train_course(images, args.budget, args.images)
-        elif (project / "runs" / recipe / "checkpoints").is_dir():      # trained by an earlier run: sample it again
+        elif (project / "runs" / run / "checkpoints").is_dir():           # trained by an earlier run: sample it again
             row = next(row for key, row in earlier.items() if key[0] == recipe)
             trained = {key: row[key] for key in ("train_seconds", "steps", "images_seen", "batch_size", "params")}
-            trained["module"] = load_run(f"runs/{recipe}")[0]
+            trained["module"] = load_run(f"runs/{run}")[0].to(device)
         else:
-            trained = train_ours(recipe, data_file, args.budget, args.images, OURS[recipe])
+            trained = train_ours(run, data_file, args.budget, args.images, changes_of(recipe), device)
         model = trained.pop("module")
         for sampler, steps, guidance in plans:
             start = time.perf_counter()
@@ -315,19 +377,22 @@ def main():
                 x, asked = sample_course(model, args.samples, steps)
             else:
                 x, asked = sample_ours(model, args.samples, sampler, steps, guidance or 1.0)
+                if "data.clusters" in " ".join(changes_of(recipe)):          # clusters are no digit classes
+                    asked = None
             seconds = time.perf_counter() - start
             to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]))
             nfe = network_evaluations(sampler, steps)
-            row = {"recipe": recipe, "changes": OURS.get(recipe, "smalldiffusion"), "budget_s": budget,
+            row = {"recipe": recipe, "changes": "smalldiffusion" if recipe == "course" else changes_of(recipe),
+                   "budget_s": budget,
                    "budget_images": args.images, **trained, "sampler": sampler, "nfe": nfe, "guidance": guidance,
                    "sample_seconds": round(seconds, 1), **quality, **judge(scorer, x, asked),
-                   "scorer": real, "machine": machine()}
+                   "scorer": real, "machine": machine(device)}
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            if (sampler, nfe, guidance) in (("dpmpp_2m", 20, None), ("dpmpp_2m", 20, 3.0), ("ddim", 20, None)):
-                save_grid(to_uint8[:100], out.parent / f"quality_{recipe}.png")
+            if steps == max(plan[1] for plan in plans) and guidance in (None, max(guidances)):   # the last plan's
+                save_grid(to_uint8[:100], out.parent / f"quality_{run}.png")
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
