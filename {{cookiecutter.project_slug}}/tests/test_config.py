@@ -18,9 +18,15 @@ def test_layers_merge_in_order(project_dir):
 
 
 def test_config_yaml_carries_its_objectives_defaults(project_dir):
-    cfg = load_config([])
+    cfg = OmegaConf.load(project_dir / "configs" / "config.yaml")      # the file itself: presets may differ
     for key, value in OBJECTIVE_DEFAULTS[cfg.diffusion.objective].items():
         assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_the_cpu_preset_trains_at_higher_noise_unless_an_experiment_says_otherwise(project_dir):
+    assert load_config(["preset=cpu"]).diffusion.noise_mean == 0.4
+    assert load_config(["preset=cpu", "experiment=digits"]).diffusion.noise_mean == -0.4     # 8x8: EDM2's
+    assert load_config(["preset=cpu", "diffusion.noise_mean=-1.2"]).diffusion.noise_mean == -1.2
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVE_DEFAULTS))
