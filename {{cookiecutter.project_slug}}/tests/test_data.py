@@ -8,10 +8,11 @@ from PIL import Image
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.inspect_data import write_report
 from {{ cookiecutter.package_name }}.commands.train import run as train
-from {{ cookiecutter.package_name }}.config import load_config
+from {{ cookiecutter.package_name }}.config import ConfigError, load_config
 from {{ cookiecutter.package_name }}.data import DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d
 from {{ cookiecutter.package_name }}.data import sources
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
+from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
@@ -382,3 +383,43 @@ def test_broken_links_loops_and_pipes_in_a_folder_are_listed_not_fatal(project_d
     assert "named pipe" in bad["cats/pipe.png"] and len(decoded.data) == 6
     with pytest.raises(DataError, match="pipe.png"):
         DiffusionDataModule(folder_config(pics, "data.on_bad_file=fail")).setup()
+
+
+def planted_clusters(sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffled 8x8 images of three patterns (left half bright, top half bright, all dark), each
+    with pixel noise far smaller than the distance between patterns, and the pattern of each."""
+    generator = torch.Generator().manual_seed(0)
+    patterns = torch.zeros(3, 1, 8, 8)
+    patterns[0, :, :, :4] = 200
+    patterns[1, :, :4, :] = 200
+    which = torch.cat([torch.full((n,), k) for k, n in enumerate(sizes)])
+    which = which[torch.randperm(len(which), generator=generator)]
+    noise = torch.randint(0, 20, (len(which), 1, 8, 8), generator=generator)
+    return (patterns[which] + noise).to(torch.uint8), which
+
+
+def test_kmeans_finds_planted_clusters_and_numbers_them_from_the_largest():
+    images, which = planted_clusters([50, 30, 20])
+    assert torch.equal(kmeans(thumbnails(images), 3), which)        # pattern 0 is the largest: cluster 0
+    images, which = planted_clusters([20, 30, 50])
+    assert torch.equal(kmeans(thumbnails(images), 3), 2 - which)
+
+
+def test_kmeans_refuses_more_clusters_than_distinct_examples():
+    with pytest.raises(DataError, match="at least 5 examples"):
+        kmeans(torch.rand(4, 2), 5)
+    with pytest.raises(DataError, match="only 2 distinct"):
+        kmeans(torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat(5, 1), 3)
+
+
+def test_data_clusters_replace_the_labels_for_a_conditional_model(project_dir, tmp_path):
+    images, which = planted_clusters([40, 25, 15])
+    torch.save({"data": images, "labels": torch.arange(80) % 10}, tmp_path / "images.pt")
+    source = ["data.name=tensor_file", f"data.root={tmp_path / 'images.pt'}", "data.image_size=8",
+              "data.channels=1", "data.val_fraction=0"]
+    data = DiffusionDataModule(load_config([*source, "data.clusters=3", "model.conditional=true"]).data)
+    data.setup()
+    assert data.num_classes == 3 and data.class_names == ["cluster 0", "cluster 1", "cluster 2"]
+    assert torch.equal(data.train_set.labels, which)
+    with pytest.raises(ConfigError, match="model.conditional=true"):
+        load_config([*source, "data.clusters=3", "model.conditional=false"])

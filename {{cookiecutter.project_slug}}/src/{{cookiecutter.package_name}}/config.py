@@ -41,6 +41,7 @@ class DataConfig:
     image_size: int = MISSING
     channels: int = MISSING
     labels_from_subfolders: bool = MISSING
+    clusters: int = MISSING
     toy_shape: Literal["swiss_roll", "moons", "checkerboard", "gaussians"] = MISSING
     toy_samples: int = MISSING
     val_fraction: float = MISSING
@@ -347,6 +348,7 @@ VALUE_RULES = {
     "data.image_size": at_least(1),
     "data.channels": ((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"),
     "data.toy_samples": at_least(2),
+    "data.clusters": at_least(0),
     "data.val_fraction": UNIT_INTERVAL,
     "data.batch_size": at_least(1),
     "data.num_workers": at_least(0),
@@ -424,6 +426,9 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
             and cfg.model.name != "pretrained":
         raise ConfigError("sampling.schedule=trailing needs a discrete training schedule "
                           "(diffusion.train_noise=ddpm or cosine); use karras or loglinear")
+    if cfg.data.clusters and not cfg.model.conditional:
+        raise ConfigError(f"data.clusters={cfg.data.clusters} labels the data by its clusters for a conditional model "
+                          "to be guided by: add model.conditional=true (or set data.clusters=0)")
     if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:
         raise ConfigError("evaluation.extractor=custom needs evaluation.extractor_module=package.module:factory")
     if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:

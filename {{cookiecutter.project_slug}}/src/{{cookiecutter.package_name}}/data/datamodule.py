@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from ..errors import DataError
 from ..pixels import to_unit_range
 from .augment import center_crop, random_crop, random_flip
+from .clusters import cluster_labels
 from .loaders import DeviceBatches, InMemoryDataset, keep_batch
 from .sources import load_source, report_bad_files
 
@@ -44,6 +45,8 @@ class DiffusionDataModule(L.LightningDataModule):
         report_bad_files(decoded, self.cfg)
         check_trainable(decoded.data, self.cfg)
         data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
+        if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
+            labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.cfg.val_fraction * len(data))
         if len(data) - n_val < 1:

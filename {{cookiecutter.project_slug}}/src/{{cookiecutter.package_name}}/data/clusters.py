@@ -1,0 +1,67 @@
+"""Labels for unlabelled data, found in the data itself: self-guided diffusion (Hu et al. 2023,
+"Self-Guided Diffusion Models") trains a conditional model on cluster numbers instead of class
+labels, so that conditional sampling and classifier-free guidance work without any labels.
+
+The clusters are k-means clusters (Lloyd's algorithm from k-means++ seeds, Arthur & Vassilvitskii
+2007) of small thumbnails: 16x16 pixels keep the coarse shape that a cluster should stand for
+(which digit, which layout), not the stroke-level detail. On MNIST, 30 clusters of 16x16
+thumbnails hold one digit each for three quarters of the images, and guiding by them gives
+clear digits where the unconditional model draws ambiguous ones (benchmarks/RESULTS.md in the
+template's repository)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import DataError
+
+THUMBNAIL = 16          # pixels per side of the images that are clustered
+
+
+def thumbnails(data: Tensor) -> Tensor:
+    """(N, D) float features to cluster: uint8 images averaged down to at most 16x16 pixels and
+    scaled to [0, 1]; other data (2D points) as it is."""
+    if data.dtype == torch.uint8 and data.ndim == 4:
+        return F.adaptive_avg_pool2d(data.float() / 255, min(THUMBNAIL, data.shape[-1])).flatten(1)
+    return data.float().flatten(1)
+
+
+def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k starting centres: the first a random point, each next one a point drawn with
+    probability proportional to its squared distance from the nearest centre so far."""
+    centres = x[torch.randint(len(x), (1,), generator=generator)]
+    nearest = torch.cdist(x, centres).squeeze(1) ** 2
+    for found in range(1, k):
+        if not nearest.any():
+            raise DataError(f"data.clusters={k}, but the data holds only {found} distinct examples")
+        new = x[torch.multinomial(nearest, 1, generator=generator)]
+        centres = torch.cat([centres, new])
+        nearest = torch.minimum(nearest, torch.cdist(x, new).squeeze(1) ** 2)
+    return centres
+
+
+def kmeans(x: Tensor, k: int, seed: int = 0, max_iterations: int = 100) -> Tensor:
+    """The cluster of each row of ``x`` (N, D): Lloyd's algorithm (assign each point to its
+    nearest centre, move each centre to the mean of its points) until no point changes cluster.
+    Clusters are numbered from the largest down, so cluster 0 is the most common kind of example."""
+    if not 1 <= k <= len(x):
+        raise DataError(f"data.clusters={k} needs at least {k} examples; there are {len(x)}")
+    centres = kmeans_plus_plus(x, k, torch.Generator().manual_seed(seed))
+    assigned = torch.full((len(x),), -1)
+    for _ in range(max_iterations):
+        nearest = torch.cdist(x, centres).argmin(1)
+        if torch.equal(nearest, assigned):
+            break
+        assigned = nearest
+        sums = torch.zeros_like(centres).index_add_(0, assigned, x)
+        counts = torch.bincount(assigned, minlength=k)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+    by_size = torch.bincount(assigned, minlength=k).argsort(descending=True, stable=True)
+    return by_size.argsort()[assigned]
+
+
+def cluster_labels(data: Tensor, k: int, seed: int) -> tuple[Tensor, list[str]]:
+    """Each example's cluster among ``k`` (see ``kmeans``), and the clusters' names."""
+    labels = kmeans(thumbnails(data), k, seed)
+    return labels, [f"cluster {i}" for i in range(k)]
