@@ -34,7 +34,8 @@ Run on an idle machine (2 threads):
     .venv/bin/python benchmarks/quality_per_compute.py --recipes ours --samplers heun+churn=40:10,dpmpp_2m:20 \
         --project <the project folder a run printed> --resume     # other samplers on runs trained before
 Each (recipe, sampler, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
-and each recipe's first 100 samples at 20 NFE a grid in benchmarks/results/quality_<recipe>.png.
+and each recipe's first 100 samples at its most steps (and highest guidance) a grid in
+benchmarks/results/quality_<recipe>.png.
 With --resume, rows already in the file for the same budget are skipped: an interrupted run resumes.
 """
 import argparse
