@@ -20,7 +20,8 @@ Protocol (issue 14):
   EMA 0.995).
 - Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
   the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); conditional samples cycle
-  through the classes (or clusters), at guidance 1 and 3 (``--guidance``). Samples of a
+  through the classes (clusters: each as often as the data holds it), at guidance 1 and 3
+  (``--guidance``). Samples of a
   cluster-guided recipe are scored as unconditional ones: a cluster is no digit class.
 - ``--device cuda`` trains and samples our recipes on a GPU, float32 as on the CPU: for a
   fixed number of images seen (``--images``) the same recipe, only sooner, which is how
@@ -243,7 +244,7 @@ def sample_ours(module, n: int, sampler: str, steps: int, guidance: float,
 
     sampling = OmegaConf.merge(module.cfg.sampling, {**sampler_changes(sampler), "steps": steps, "guidance": guidance})
     generator = torch.Generator().manual_seed(seed)
-    asked = torch.arange(n) % module.num_classes if module.num_classes else None
+    asked = module.default_labels(torch.arange(n))             # classes in turn, clusters in proportion
     parts = [module.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
              for batch in torch.arange(n).split(250)]
     return torch.cat(parts).cpu(), asked

@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -14,6 +15,7 @@ from {{ cookiecutter.package_name }}.data import sources
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
 from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
+from {{ cookiecutter.package_name }}.module import DiffusionModule
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
 
@@ -420,6 +422,18 @@ def test_data_clusters_replace_the_labels_for_a_conditional_model(project_dir, t
     data = DiffusionDataModule(load_config([*source, "data.clusters=3", "model.conditional=true"]).data)
     data.setup()
     assert data.num_classes == 3 and data.class_names == ["cluster 0", "cluster 1", "cluster 2"]
-    assert torch.equal(data.train_set.labels, which)
+    assert torch.equal(data.train_set.labels, which) and data.cluster_sizes == [40, 25, 15]
     with pytest.raises(ConfigError, match="model.conditional=true"):
         load_config([*source, "data.clusters=3", "model.conditional=false"])
+
+
+def test_samples_of_a_cluster_guided_model_draw_each_cluster_as_often_as_the_data_holds_it(project_dir):
+    cfg = load_config(["experiment=digits", "model.conditional=true", "model.unet.channels=8", "data.clusters=3"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    clusters = DiffusionModule(config, [1, 8, 8], ["cluster 0", "cluster 1", "cluster 2"], [40, 25, 15])
+    labels, shares = clusters.default_labels(torch.arange(800)), torch.tensor([40, 25, 15]) / 80
+    for start, n in [(0, 800), *((start, 20) for start in range(0, 780, 7))]:   # all, and any run of 20 samples
+        counts = torch.bincount(labels[start:start + n], minlength=3)
+        assert (counts - n * shares).abs().max() <= 2
+    classes = DiffusionModule(config, [1, 8, 8], ["a", "b", "c"])    # class labels: in turn
+    assert torch.equal(classes.default_labels(torch.arange(7)), torch.tensor([0, 1, 2, 0, 1, 2, 0]))

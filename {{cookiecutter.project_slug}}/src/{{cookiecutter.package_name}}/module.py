@@ -24,6 +24,7 @@ from .models import build_model
 
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}     # Lightning's mixed precisions
+GOLDEN = (math.sqrt(5) - 1) / 2      # frac(i * GOLDEN), i = 0, 1, 2, ...: the most even spread over [0, 1)
 
 
 def compile_in_place(net: torch.nn.Module, mode: str) -> None:
@@ -37,7 +38,8 @@ class DiffusionModule(L.LightningModule):
     """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
 
     ``config`` is the resolved configuration as a dict; ``data_shape`` and ``class_names``
-    come from the data. All three are saved in every checkpoint, so ``runs.load_run(path)``
+    come from the data, and so do ``cluster_sizes`` when the labels are the data's own clusters
+    (data.clusters: how many examples each holds). All are saved in every checkpoint, so ``runs.load_run(path)``
     rebuilds the model with nothing else. With model.name=pretrained the network, its noise
     levels and its prediction type come from a diffusers pipeline (``adapters/pretrained.py``),
     and so does the shape when no data gives one. The optimisation is written out in
@@ -45,7 +47,8 @@ class DiffusionModule(L.LightningModule):
     is skipped entirely: no update, no step counted, on every process alike.
     """
 
-    def __init__(self, config: dict, data_shape: list[int] | None, class_names: list[str] | None = None):
+    def __init__(self, config: dict, data_shape: list[int] | None, class_names: list[str] | None = None,
+                 cluster_sizes: list[int] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
@@ -281,15 +284,33 @@ class DiffusionModule(L.LightningModule):
         self.sampling_dtype = AUTOCAST.get(precision)
         compile_in_place(self.ema.net, compile_mode)
 
+    @property
+    def draws_clusters(self) -> bool:
+        """Whether the labels are the data's own clusters (data.clusters), drawn in proportion."""
+        return bool(self.num_classes and self.hparams.get("cluster_sizes"))
+
+    def default_labels(self, indices: Tensor) -> Tensor | None:
+        """The labels of samples number ``indices`` when none are asked for. Classes come in
+        turn: 0, 1, 2, ... Clusters come as often as the data holds them, so that the samples
+        follow the data as an unconditional model's should: sample i takes the cluster into whose
+        share of [0, 1) the number frac(i * golden ratio) falls, a sequence that spreads any run of
+        consecutive samples over the clusters in proportion to their shares (Weyl 1916)."""
+        if not self.num_classes:
+            return None
+        if not self.draws_clusters:
+            return indices % self.num_classes
+        sizes = torch.tensor(self.hparams.cluster_sizes, dtype=torch.float64)
+        return torch.searchsorted(sizes.cumsum(0) / sizes.sum(), indices.double() * GOLDEN % 1, right=True)
+
     def guided(self, n: int, guidance: float, labels: Tensor | None = None,
                conditions: list[tuple[Tensor, float]] | None = None) -> Denoiser:
         """The EMA denoiser, guided when the model is class-conditional: towards ``labels``
-        (0, 1, 2, ... in turn by default) with weight ``guidance``, or towards several weighted
+        (``default_labels`` unless given) with weight ``guidance``, or towards several weighted
         ``conditions``, a list of (labels, weight) pairs, all evaluated in one batched call."""
         if not self.num_classes:
             return self.ema
         if conditions is None:
-            labels = torch.arange(n) % self.num_classes if labels is None else labels
+            labels = self.default_labels(torch.arange(n)) if labels is None else labels
             conditions = [(labels, guidance)]
         return GuidedDenoiser(self.ema, [(label.to(self.device), weight) for label, weight in conditions],
                               self.num_classes)
@@ -311,9 +332,8 @@ class DiffusionModule(L.LightningModule):
 
     def sample_numbered(self, indices: Tensor, seed: int, sampling: DictConfig | None = None) -> Tensor:
         """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of
-        seed + i and, for a conditional model, has label i mod the number of classes, whatever
+        seed + i and, for a conditional model, the label ``default_labels`` gives number i, whatever
         batch it is drawn in. Stochastic samplers draw their step noise from seed + indices[0]."""
         generator = torch.Generator().manual_seed(seed + int(indices[0]))
-        labels = indices % self.num_classes if self.num_classes else None
-        return self.sample(len(indices), generator, sampling, labels=labels,
+        return self.sample(len(indices), generator, sampling, labels=self.default_labels(indices),
                            noise=indexed_noise(indices, self.data_shape, seed)).x

@@ -14,7 +14,7 @@ An export (``export_run``) is the small folder a trained model is shared as:
 
     exports/<name>/
         model.safetensors      the EMA weights of the denoiser, tensors only
-        model.json             data shape, class names, training step and where it came from
+        model.json             data shape, class names (and cluster sizes), training step and where it came from
         config.yaml            the resolved configuration it was trained with
         README.md              what it is and how to sample it
         preview.png            the run's latest sample grid, when there is one
@@ -139,7 +139,8 @@ def export_run(module: DiffusionModule, out: Path, preview: Path | None = None) 
     weights = {key: value.detach().cpu().contiguous() for key, value in module.ema.state_dict().items()}
     save_file(weights, out / EXPORT_WEIGHTS)
     info = {"format": "diffusion-lab export 1", "data_shape": list(module.data_shape),
-            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": source}
+            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": source,
+            "cluster_sizes": module.hparams.get("cluster_sizes")}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     OmegaConf.save(module.cfg, out / "config.yaml")
     classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""
@@ -198,7 +199,7 @@ def load_export(folder: Path) -> DiffusionModule:
         raise ConfigError(f"{folder} is not a readable export folder ({EXPORT_WEIGHTS}, {EXPORT_INFO} and "
                           f"config.yaml; {type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''})") from None
     with torch.random.fork_rng(devices=[]):
-        module = DiffusionModule(config, info["data_shape"], info["class_names"] or None)
+        module = DiffusionModule(config, info["data_shape"], info["class_names"] or None, info.get("cluster_sizes"))
     try:
         module.ema.load_state_dict(weights)
         module.denoiser.load_state_dict(weights)

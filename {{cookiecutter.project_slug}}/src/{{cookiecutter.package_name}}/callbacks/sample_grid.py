@@ -47,7 +47,8 @@ class SampleGrid(L.Callback):
         if result.x.ndim == 2:
             save_scatter(result.x, path, title, trainer.datamodule.reference_images()[: self.count])
         else:
-            names = module.hparams.class_names if module.num_classes and module.num_classes <= 16 else None
+            in_turn = module.num_classes and module.num_classes <= 16 and not module.draws_clusters
+            names = module.hparams.class_names if in_turn else None
             save_sample_grid(to_uint8(result.x), path, title, names)       # labels 0, 1, 2, ... in turn
         log_picture(trainer.logger, path, step)
 

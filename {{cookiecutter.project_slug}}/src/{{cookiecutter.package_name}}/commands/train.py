@@ -36,7 +36,8 @@ def run(overrides: list[str]) -> Path:
     data.setup("fit")
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
-    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names)
+    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names,
+                             data.cluster_sizes)
     resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:

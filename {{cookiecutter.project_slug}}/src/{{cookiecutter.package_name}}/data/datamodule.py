@@ -36,6 +36,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.cfg, self.seed = cfg, seed
         self.train_set = self.val_set = None
         self.class_names: list[str] = []
+        self.cluster_sizes: list[int] | None = None     # examples per cluster, when data.clusters labels them
         self.fingerprint = ""
 
     def setup(self, stage: str | None = None) -> None:
@@ -47,6 +48,7 @@ class DiffusionDataModule(L.LightningDataModule):
         data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
         if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
+            self.cluster_sizes = torch.bincount(labels, minlength=self.cfg.clusters).tolist()
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.cfg.val_fraction * len(data))
         if len(data) - n_val < 1:
