@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.data.augment import center_crop, random_cro
 from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
 from {{ cookiecutter.package_name }}.module import DiffusionModule
+from {{ cookiecutter.package_name }}.runs import load_run
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
 
@@ -405,6 +406,8 @@ def test_kmeans_finds_planted_clusters_and_numbers_them_from_the_largest():
     assert torch.equal(kmeans(thumbnails(images), 3), which)        # pattern 0 is the largest: cluster 0
     images, which = planted_clusters([20, 30, 50])
     assert torch.equal(kmeans(thumbnails(images), 3), 2 - which)
+    as_floats = images.float() / 127.5 - 1                          # a tensor file's float images, in [-1, 1]
+    assert torch.allclose(thumbnails(as_floats), thumbnails(images), atol=1e-6)
 
 
 def test_kmeans_refuses_more_clusters_than_distinct_examples():
@@ -425,6 +428,18 @@ def test_data_clusters_replace_the_labels_for_a_conditional_model(project_dir, t
     assert torch.equal(data.train_set.labels, which) and data.cluster_sizes == [40, 25, 15]
     with pytest.raises(ConfigError, match="model.conditional=true"):
         load_config([*source, "data.clusters=3", "model.conditional=false"])
+
+
+def test_a_cluster_guided_run_keeps_its_cluster_sizes_in_checkpoint_and_export(project_dir, tmp_path):
+    images, _ = planted_clusters([40, 25, 15])
+    torch.save({"data": images}, tmp_path / "images.pt")               # no labels at all
+    train(["experiment=digits", "name=clusters", "data.name=tensor_file", f"data.root={tmp_path / 'images.pt'}",
+           "data.val_fraction=0", "data.clusters=3", "model.conditional=true", "model.unet.channels=8",
+           "logger=csv", "trainer.max_steps=2", "trainer.sample_every_n_steps=1000"])
+    assert main(["export", "run=runs/clusters", "out=exported"]) == 0
+    for saved in ("runs/clusters", "exported"):
+        module, _ = load_run(saved)
+        assert module.draws_clusters and module.hparams.cluster_sizes == [40, 25, 15]
 
 
 def test_samples_of_a_cluster_guided_model_draw_each_cluster_as_often_as_the_data_holds_it(project_dir):

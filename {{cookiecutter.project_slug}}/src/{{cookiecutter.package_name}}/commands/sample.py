@@ -63,8 +63,9 @@ def run(overrides: list[str]) -> Path:
 
 def column_names(module, command) -> list[str] | None:
     """The class names of a grid's columns when the labels cycle (labels used in turn, or all
-    classes in turn; clusters are drawn in proportion instead) with a period of at most 16: the cycle repeated to about the square root
-    of the number of samples, so that every column holds one class; else none."""
+    classes in turn, not clusters drawn in proportion) with a period of at most 16: the cycle
+    repeated to about the square root of the number of samples, so that every column holds one
+    class; else none."""
     if not module.num_classes or command.conditions or (module.draws_clusters and not command.labels):
         return None
     cycle = command.labels or list(range(module.num_classes))

@@ -20,10 +20,11 @@ THUMBNAIL = 16          # pixels per side of the images that are clustered
 
 
 def thumbnails(data: Tensor) -> Tensor:
-    """(N, D) float features to cluster: uint8 images averaged down to at most 16x16 pixels and
-    scaled to [0, 1]; other data (2D points) as it is."""
-    if data.dtype == torch.uint8 and data.ndim == 4:
-        return F.adaptive_avg_pool2d(data.float() / 255, min(THUMBNAIL, data.shape[-1])).flatten(1)
+    """(N, D) float features to cluster: images (N, C, H, W: uint8, or float in [-1, 1])
+    scaled to [0, 1] and averaged down to at most 16x16 pixels; other data (2D points) as it is."""
+    if data.ndim == 4:
+        unit = data.float() / 255 if data.dtype == torch.uint8 else (data.float() + 1) / 2
+        return F.adaptive_avg_pool2d(unit, min(THUMBNAIL, data.shape[-1])).flatten(1)
     return data.float().flatten(1)
 
 
