@@ -21,8 +21,8 @@ Protocol (issue 14):
 - Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
   the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); conditional samples cycle
   through the classes (clusters: each as often as the data holds it), at guidance 1 and 3
-  (``--guidance``). Samples of a
-  cluster-guided recipe are scored as unconditional ones: a cluster is no digit class.
+  (``--guidance``). Samples of a cluster-guided recipe are scored as unconditional ones: a
+  cluster is no digit class.
 - ``--device cuda`` trains and samples our recipes on a GPU, float32 as on the CPU: for a
   fixed number of images seen (``--images``) the same recipe, only sooner, which is how
   ``quality_sweep_gpu.sh`` runs many ablations in one GPU lease. ``--scorer FILE`` keeps the

@@ -38,13 +38,14 @@ class DiffusionModule(L.LightningModule):
     """Owns the denoiser (network + parameterization), its EMA copy and the optimiser.
 
     ``config`` is the resolved configuration as a dict; ``data_shape`` and ``class_names``
-    come from the data, and so do ``cluster_sizes`` when the labels are the data's own clusters
-    (data.clusters: how many examples each holds). All are saved in every checkpoint, so ``runs.load_run(path)``
-    rebuilds the model with nothing else. With model.name=pretrained the network, its noise
-    levels and its prediction type come from a diffusers pipeline (``adapters/pretrained.py``),
-    and so does the shape when no data gives one. The optimisation is written out in
-    ``training_step`` (Lightning's manual optimisation), so that a step with a non-finite loss
-    is skipped entirely: no update, no step counted, on every process alike.
+    come from the data, and so do ``cluster_sizes`` (how many examples each cluster holds) when
+    the labels are the data's own clusters (data.clusters). All are saved in every checkpoint,
+    so ``runs.load_run(path)`` rebuilds the model with nothing else. With model.name=pretrained
+    the network, its noise levels and its prediction type come from a diffusers pipeline
+    (``adapters/pretrained.py``), and so does the shape when no data gives one. The
+    optimisation is written out in ``training_step`` (Lightning's manual optimisation), so that
+    a step with a non-finite loss is skipped entirely: no update, no step counted, on every
+    process alike.
     """
 
     def __init__(self, config: dict, data_shape: list[int] | None, class_names: list[str] | None = None,

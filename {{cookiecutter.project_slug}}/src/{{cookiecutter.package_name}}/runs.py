@@ -179,8 +179,8 @@ PRETRAINED_SAMPLING = ["sampling.sampler=dpmpp_2m", "sampling.steps=25", "sampli
 def load_pretrained_run(source: str) -> tuple[DiffusionModule, Run]:
     """A diffusers pipeline, sampled as it was trained (DPM-Solver++(2M) over its own discrete
     noise levels), with this project's other defaults. Outputs go to runs/pretrained/<name>."""
-    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false", "data.clusters=0",
-                       *PRETRAINED_SAMPLING])
+    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
+                       "data.clusters=0", *PRETRAINED_SAMPLING])
     with torch.random.fork_rng(devices=[]):
         module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), None)
     module.origin = {"pretrained": source, "step": None}
