@@ -10,18 +10,18 @@ Protocol (issue 14):
   custom extractor); its softmax gives the share of samples recognised with confidence > 0.9,
   and, for class-conditional samples, the share recognised as the class asked for.
 - Recipes, each trained for ``--budget`` seconds of wall clock on all 10k images:
-  ``ours`` (a project baked for MNIST, its cpu preset, stopped by the trainer's own max_time),
-  ``ours-class`` (the same, class-conditional), ``ours-clusters`` (no labels: conditional on
-  the data's own k-means clusters, ``data.clusters=30``), variants of ours (``OURS`` below, or
-  any recipe with changes as ``ours+key=value+...``: one change each, for the ablation
-  table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the size of
+  ``ours`` (the default project baked for MNIST, its cpu preset, stopped by the trainer's own
+  max_time: no labels, guided by the data's own 50 k-means clusters), ``ours-plain`` (a plain
+  unconditional model, conditioning=none), ``ours-class`` (class-conditional on the labels),
+  variants of these (``OURS`` below, or any recipe with changes as ``ours+key=value+...``: one
+  change each, for the ablation table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the size of
   our CPU U-Net before the width ablation (1.12M parameters; ours is now 0.31M, and 1.20M at
   width 32), eps objective, log-linear schedule (0.02 to 20, 800 levels), batch 32, AdamW 1e-3,
   EMA 0.995).
 - Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
   the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); conditional samples cycle
-  through the classes (clusters: each as often as the data holds it), at guidance 1 and 3
-  (``--guidance``). Samples of a cluster-guided recipe are scored as unconditional ones: a
+  through the classes (clusters: each as often as the data holds it), at guidance 1 and at
+  the recipe's own (2 in the default bake; ``--guidance`` to choose). Samples of a cluster-guided recipe are scored as unconditional ones: a
   cluster is no digit class.
 - ``--device cuda`` trains and samples our recipes on a GPU, float32 as on the CPU: for a
   fixed number of images seen (``--images``) the same recipe, only sooner, which is how
@@ -175,26 +175,31 @@ def machine(device: torch.device) -> str:
 
 
 # -- our recipes: the baked project, trained by its own train command --------------------------
-# Each is the default configuration (cpu preset) with these command-line changes.
+# Each is the default bake's configuration (cpu preset) with these command-line changes. The
+# default bake guides by 50 k-means clusters at guidance 2 (conditioning=clusters); runs before
+# n baked a plain unconditional model by default, which is "ours-plain" here.
+PLAIN = ["model.conditional=false", "data.clusters=0"]        # conditioning=none
+CLASS = ["model.conditional=true", "data.clusters=0"]         # conditioning=class: the digits' labels
 W32 = "model.unet.channels=32"     # the CPU U-Net's width before the width ablation (today's: 16)
 EDM = ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"]   # EDM's training noise levels
 EDM2 = "diffusion.noise_mean=-0.4"   # EDM2's: the default until the cpu preset's 0.4 (rows before run j)
 OURS = {
     "ours": [],
-    "ours-edm2-noise": [EDM2],
-    "ours-width8": [EDM2, "model.unet.channels=8"],                            # 0.08M parameters
-    "ours-width24": [EDM2, "model.unet.channels=24"],                          # 0.7M, half the img/s of 16
-    "ours-width32": [W32, EDM2],                                               # 1.2M, a third of the img/s
-    "ours-class": ["model.conditional=true"],
-    "ours-class-edm2-noise": ["model.conditional=true", EDM2],
-    "ours-class-width32": [W32, EDM2, "model.conditional=true"],
-    "ours-clusters": ["model.conditional=true", "data.clusters=30"],          # no labels: guided by k-means clusters
-    "ours-noise-sd3": [W32, "diffusion.noise_mean=0.0"],                      # SD3's logit-normal t
-    "ours-edm-noise": [W32, *EDM],
-    "ours-class-edm-noise": [W32, "model.conditional=true", *EDM],
-    "ours-edm-noise-ema0.995": [W32, *EDM, "optim.ema_decay=0.995"],
-    "ours-edm-noise-ema0.995-lr2e-3": [W32, *EDM, "optim.ema_decay=0.995", "optim.lr=2e-3"],
-    "ours-edm-noise-ema0.995-batch32": [W32, *EDM, "optim.ema_decay=0.995", "data.batch_size=32"],
+    "ours-plain": PLAIN,
+    "ours-edm2-noise": [*PLAIN, EDM2],
+    "ours-width8": [*PLAIN, EDM2, "model.unet.channels=8"],                   # 0.08M parameters
+    "ours-width24": [*PLAIN, EDM2, "model.unet.channels=24"],                 # 0.7M, half the img/s of 16
+    "ours-width32": [*PLAIN, W32, EDM2],                                      # 1.2M, a third of the img/s
+    "ours-class": CLASS,
+    "ours-class-edm2-noise": [*CLASS, EDM2],
+    "ours-class-width32": [*CLASS, W32, EDM2],
+    "ours-clusters": ["model.conditional=true", "data.clusters=30"],          # the 30 clusters of runs j and k
+    "ours-noise-sd3": [*PLAIN, W32, "diffusion.noise_mean=0.0"],              # SD3's logit-normal t
+    "ours-edm-noise": [*PLAIN, W32, *EDM],
+    "ours-class-edm-noise": [*CLASS, W32, *EDM],
+    "ours-edm-noise-ema0.995": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995"],
+    "ours-edm-noise-ema0.995-lr2e-3": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995", "optim.lr=2e-3"],
+    "ours-edm-noise-ema0.995-batch32": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995", "data.batch_size=32"],
 }
 
 
@@ -309,12 +314,13 @@ def main():
     parser.add_argument("--images", type=int, default=None,
                         help="train for this many images seen instead of for --budget seconds")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--recipes", default="ours,ours-class,course",
+    parser.add_argument("--recipes", default="course,ours,ours-class",
                         help=f"course and any of {', '.join(OURS)}, each with changes as name+key=value+...")
     parser.add_argument("--samplers", default="dpmpp_2m:10,dpmpp_2m:20",
                         help="our recipes' samplers, sampler:steps or sampler+option=value:steps "
                              "(heun+churn=40:10; the course's: its DDIM at 10 and 20)")
-    parser.add_argument("--guidance", default="1,3", help="the guidance weights of conditional recipes")
+    parser.add_argument("--guidance", default=None,
+                        help="the guidance weights of conditional recipes (default: 1 and the recipe's own)")
     parser.add_argument("--project", default=None,
                         help="the baked project of an earlier run: its trained runs are sampled again, not retrained")
     parser.add_argument("--out", default=str(RESULTS / "quality_per_compute.jsonl"))
@@ -339,6 +345,7 @@ def main():
         project = import_baked_package(dataset="mnist")  # 32x32 grayscale
     print(f"project: {project} (its runs/ can be sampled again with --project)", flush=True)
     os.chdir(project)
+    from diffusion_lab.config import load_config
     from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
     from diffusion_lab.runs import load_run
     from diffusion_lab.storage import save_atomically
@@ -350,15 +357,16 @@ def main():
     earlier = measured(out, budget, args.images)
     done = earlier if args.resume else {}
     ours = [(sampler, int(steps)) for sampler, steps in (plan.split(":") for plan in args.samplers.split(","))]
-    guidances = [float(weight) for weight in args.guidance.split(",")]
+    asked_guidance = [float(weight) for weight in args.guidance.split(",")] if args.guidance else None
     device = torch.device(args.device)
     for recipe in re.split(r",(?![^\[]*\])", args.recipes):                # commas inside [...] belong to a value
         if recipe == "course":
-            plans = [("ddim", nfe, None) for nfe in (10, 20)]
+            plans, cfg = [("ddim", nfe, None) for nfe in (10, 20)], None
         else:
-            conditional = "model.conditional=true" in changes_of(recipe)
+            cfg = load_config(["preset=cpu", *changes_of(recipe)])
+            guidances = asked_guidance or sorted({1.0, cfg.sampling.guidance})
             plans = [(sampler, steps, guidance) for sampler, steps in ours
-                     for guidance in (guidances if conditional else (None,))]
+                     for guidance in (guidances if cfg.model.conditional else (None,))]
         plans = [plan for plan in plans if (recipe, plan[0], network_evaluations(*plan[:2]), plan[2]) not in done]
         if not plans:
             print(f"{recipe}: measured already with this budget ({out})")
@@ -379,13 +387,14 @@ def main():
                 x, asked = sample_course(model, args.samples, steps)
             else:
                 x, asked = sample_ours(model, args.samples, sampler, steps, guidance or 1.0)
-                if any(change.startswith("data.clusters=") for change in changes_of(recipe)):
+                if cfg.data.clusters:
                     asked = None                                         # a cluster is no digit class
             seconds = time.perf_counter() - start
             to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
             quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]))
             nfe = network_evaluations(sampler, steps)
             row = {"recipe": recipe, "changes": "smalldiffusion" if recipe == "course" else changes_of(recipe),
+                   **({} if cfg is None else {"conditional": cfg.model.conditional, "clusters": cfg.data.clusters}),
                    "budget_s": budget,
                    "budget_images": args.images, **trained, "sampler": sampler, "nfe": nfe, "guidance": guidance,
                    "sample_seconds": round(seconds, 1), **quality, **judge(scorer, x, asked),
@@ -393,7 +402,7 @@ def main():
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            if steps == max(plan[1] for plan in plans) and guidance in (None, max(guidances)):   # the last plan's
+            if (sampler, steps, guidance) == plans[-1]:                  # the most steps and guidance
                 save_grid(to_uint8[:100], out.parent / f"quality_{run}.png")
 
 

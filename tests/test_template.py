@@ -28,7 +28,8 @@ COMBINATIONS = [
     {"dataset": "image_folder", "network": "unet", "objective": "edm", "image_size": "128", "hardware": "slurm"},
     {"dataset": "digits", "network": "mlp", "objective": "edm", "conditioning": "class", "git_init": "yes",
      "hardware": "mps"},
-    {"dataset": "cifar10", "network": "dit", "objective": "eps", "image_size": "32", "hardware": "gpu"},
+    {"dataset": "cifar10", "network": "dit", "objective": "eps", "conditioning": "none", "image_size": "32",
+     "hardware": "gpu"},
 ]
 
 

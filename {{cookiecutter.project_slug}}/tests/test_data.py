@@ -430,6 +430,19 @@ def test_data_clusters_replace_the_labels_for_a_conditional_model(project_dir, t
         load_config([*source, "data.clusters=3", "model.conditional=false"])
 
 
+def test_small_data_gets_fewer_clusters_than_asked_with_a_warning(project_dir, tmp_path):
+    images, which = planted_clusters([40, 25, 15])                     # 80 examples: at most 4 clusters of 20
+    torch.save({"data": images}, tmp_path / "images.pt")
+    data = DiffusionDataModule(load_config(["data.name=tensor_file", f"data.root={tmp_path / 'images.pt'}",
+                                            "data.image_size=8", "data.channels=1", "data.val_fraction=0",
+                                            "data.clusters=50", "model.conditional=true"]).data)
+    with pytest.warns(UserWarning, match="data.clusters=50, but 80 examples fill only 4 cluster"):
+        data.setup()
+    assert data.num_classes == 4 and len(data.cluster_sizes) == 4 and sum(data.cluster_sizes) == 80
+    for k in range(4):                                                 # a fourth cluster splits a pattern
+        assert len(set(which[data.train_set.labels == k].tolist())) == 1
+
+
 def test_a_cluster_guided_run_keeps_its_cluster_sizes_in_checkpoint_and_export(project_dir, tmp_path):
     images, _ = planted_clusters([40, 25, 15])
     torch.save({"data": images}, tmp_path / "images.pt")               # no labels at all

@@ -48,7 +48,7 @@ class DiffusionDataModule(L.LightningDataModule):
         data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
         if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
-            self.cluster_sizes = torch.bincount(labels, minlength=self.cfg.clusters).tolist()
+            self.cluster_sizes = torch.bincount(labels, minlength=len(self.class_names)).tolist()
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
         n_val = round(self.cfg.val_fraction * len(data))
         if len(data) - n_val < 1:
