@@ -87,6 +87,10 @@ def test_unknown_preset_lists_the_available_ones(project_dir):
 def test_inconsistent_combination_is_refused(project_dir):
     with pytest.raises(ConfigError, match="model.name=mlp"):
         load_config(["data.name=toy2d", "model.name=unet"])
+    folder_classes = ["data.name=image_folder", "data.labels_from_subfolders=true", "model.conditional=true"]
+    with pytest.raises(ConfigError, match="set data.clusters=0"):          # clusters would replace the classes
+        load_config([*folder_classes, "data.clusters=10"])
+    assert load_config([*folder_classes, "data.clusters=0"]).data.labels_from_subfolders
 
 
 @pytest.mark.parametrize("override, named", [("data.nmae=x", "data.nmae"), ("model.name=resnet", "model.name")])

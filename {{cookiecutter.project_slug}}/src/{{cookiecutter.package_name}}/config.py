@@ -429,6 +429,9 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     if cfg.data.clusters and not cfg.model.conditional:
         raise ConfigError(f"data.clusters={cfg.data.clusters} labels the data by its clusters for a conditional model "
                           "to be guided by: add model.conditional=true (or set data.clusters=0)")
+    if cfg.data.clusters and cfg.data.name == "image_folder" and cfg.data.labels_from_subfolders:
+        raise ConfigError(f"data.labels_from_subfolders=true gives class labels, but data.clusters={cfg.data.clusters} "
+                          "would replace them by cluster numbers: set data.clusters=0 to train on the classes")
     if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:
         raise ConfigError("evaluation.extractor=custom needs evaluation.extractor_module=package.module:factory")
     if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:
