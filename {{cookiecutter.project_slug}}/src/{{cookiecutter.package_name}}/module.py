@@ -290,6 +290,17 @@ class DiffusionModule(L.LightningModule):
         """Whether the labels are the data's own clusters (data.clusters), drawn in proportion."""
         return bool(self.num_classes and self.hparams.get("cluster_sizes"))
 
+    def column_names(self, n: int, labels: list[int] | None = None) -> list[str] | None:
+        """The class names of the columns of a grid of ``n`` samples when their labels cycle
+        (``labels`` in turn, or else all classes in turn; not clusters drawn in proportion) with
+        a period of at most 16: the cycle repeated to about the square root of ``n``, so that
+        every column holds one class; else None."""
+        if not self.num_classes or (self.draws_clusters and not labels):
+            return None
+        cycle = labels or list(range(self.num_classes))
+        repeats = max(1, round(math.sqrt(n) / len(cycle)))
+        return [self.hparams.class_names[label] for label in cycle] * repeats if len(cycle) <= 16 else None
+
     def default_labels(self, indices: Tensor) -> Tensor | None:
         """The labels of samples number ``indices`` when none are asked for. Classes come in
         turn: 0, 1, 2, ... Clusters come as often as the data holds them, so that the samples

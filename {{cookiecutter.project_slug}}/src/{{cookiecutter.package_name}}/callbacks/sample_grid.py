@@ -47,9 +47,7 @@ class SampleGrid(L.Callback):
         if result.x.ndim == 2:
             save_scatter(result.x, path, title, trainer.datamodule.reference_images()[: self.count])
         else:
-            in_turn = module.num_classes and module.num_classes <= 16 and not module.draws_clusters
-            names = module.hparams.class_names if in_turn else None
-            save_sample_grid(to_uint8(result.x), path, title, names)       # labels 0, 1, 2, ... in turn
+            save_sample_grid(to_uint8(result.x), path, title, module.column_names(self.count))
         log_picture(trainer.logger, path, step)
 
 

@@ -55,22 +55,10 @@ def run(overrides: list[str]) -> Path:
     module.to(device)
     speed_up(module, command.precision, command.compile, device)
     x, nfe, trajectory = draw(module, command, sampling)
-    names = column_names(module, command)
+    names = None if command.conditions else module.column_names(command.n, command.labels)
     save_samples(x, trajectory, out, sampling_title(run_dir.root.name, sampling, nfe, bool(module.num_classes)), names)
     record_origin(out, "sample", command, module, sampling)
     return out
-
-
-def column_names(module, command) -> list[str] | None:
-    """The class names of a grid's columns when the labels cycle (labels used in turn, or all
-    classes in turn, not clusters drawn in proportion) with a period of at most 16: the cycle
-    repeated to about the square root of the number of samples, so that every column holds one
-    class; else none."""
-    if not module.num_classes or command.conditions or (module.draws_clusters and not command.labels):
-        return None
-    cycle = command.labels or list(range(module.num_classes))
-    repeats = max(1, round(math.sqrt(command.n) / len(cycle)))
-    return [module.hparams.class_names[label] for label in cycle] * repeats if len(cycle) <= 16 else None
 
 
 def speed_up(module, precision: str, compile_mode: str, device: torch.device) -> str:
