@@ -14,15 +14,15 @@ Protocol (issue 14):
   max_time: no labels, guided by the data's own 50 k-means clusters), ``ours-plain`` (a plain
   unconditional model, conditioning=none), ``ours-class`` (class-conditional on the labels),
   variants of these (``OURS`` below, or any recipe with changes as ``ours+key=value+...``: one
-  change each, for the ablation table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the size of
-  our CPU U-Net before the width ablation (1.12M parameters; ours is now 0.31M, and 1.20M at
-  width 32), eps objective, log-linear schedule (0.02 to 20, 800 levels), batch 32, AdamW 1e-3,
-  EMA 0.995).
+  change each, for the ablation table), and ``course`` (smalldiffusion 0.5.0: its U-Net at the
+  size of our CPU U-Net before the width ablation (1.12M parameters; ours is now 0.31M, and
+  1.20M at width 32), eps objective, log-linear schedule (0.02 to 20, 800 levels), batch 32,
+  AdamW 1e-3, EMA 0.995).
 - Samples: 1000 per recipe at 10 and 20 NFE (ours: DPM-Solver++(2M) on its Karras sigmas;
   the course: its DDIM, gamma 1, mu 0, on its own sigma sequence); conditional samples cycle
   through the classes (clusters: each as often as the data holds it), at guidance 1 and at
-  the recipe's own (2 in the default bake; ``--guidance`` to choose). Samples of a cluster-guided recipe are scored as unconditional ones: a
-  cluster is no digit class.
+  the recipe's own (2 in the default bake; ``--guidance`` to choose). Samples of a
+  cluster-guided recipe are scored as unconditional ones: a cluster is no digit class.
 - ``--device cuda`` trains and samples our recipes on a GPU, float32 as on the CPU: for a
   fixed number of images seen (``--images``) the same recipe, only sooner, which is how
   ``quality_sweep_gpu.sh`` runs many ablations in one GPU lease. ``--scorer FILE`` keeps the
