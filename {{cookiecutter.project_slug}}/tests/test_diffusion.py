@@ -405,4 +405,26 @@ def test_the_nfe_formula_matches_the_counted_evaluations(name):
     sampling = SimpleNamespace(sampler=name, steps=7, eta=0.5, churn=0.0, gamma=1.0, mu=0.0, second_order=False)
     result = configured_sampler(sampling)(gaussian_denoiser, karras_sigmas(7, 0.002, 80.0),
                                           torch.zeros(2, 2, dtype=torch.float64), generator=torch.Generator())
-    assert result.nfe == evaluations_per_sample(sampling)
+    assert result.nfe == evaluations_per_sample(sampling, conditional=False)
+
+
+@pytest.mark.parametrize("guidance, evaluations", [(0.0, 1), (1.0, 1), (2.0, 2), (-1.0, 2)])
+def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
+    """A guided step evaluates the network once per term of nonzero weight (w = 0: only the
+    unconditional term; w = 1: only the conditional one): counted from the rows the network is
+    given, 5 steps of 3 samples."""
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler, evaluations_per_sample
+
+    rows = []
+
+    def network(x, sigma, labels):
+        rows.append(len(x))
+        return x * 0
+
+    sampling = SimpleNamespace(sampler="dpmpp_2m", steps=5, guidance=guidance)
+    guided = GuidedDenoiser(network, [(torch.zeros(3, dtype=torch.long), guidance)], null_label=10)
+    result = configured_sampler(sampling)(guided, karras_sigmas(5, 0.002, 80.0), torch.zeros(3, 2, dtype=torch.float64))
+    assert sum(rows) == 3 * 5 * evaluations
+    assert result.nfe * guided.evaluations == evaluations_per_sample(sampling, conditional=True) == 5 * evaluations

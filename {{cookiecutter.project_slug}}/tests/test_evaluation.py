@@ -149,7 +149,7 @@ def custom_extractor(tmp_path, monkeypatch):
     return ["evaluation.extractor=custom", "evaluation.extractor_module=tiny_features:Features"]
 
 
-DIGITS = ["experiment=digits", "logger=csv", "model.unet.channels=8", "data.batch_size=16",
+DIGITS = ["experiment=digits", "logger=csv", "model.unet.channels=8", "data.batch_size=16", "sampling.guidance=1",
           "evaluation.samples=40", "evaluation.batch_size=16", "evaluation.steps=2", "evaluation.kid_subset_size=20",
           "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]
 
@@ -251,8 +251,9 @@ def test_the_default_cadence_costs_at_most_a_tenth_of_training():
 
     for preset in ("colab-t4", "a100", "h100"):
         cfg = load_config([f"preset={preset}", "evaluation.every_n_steps=10000"])
-        evaluating, training = evaluation_cost(cfg.evaluation.samples, evaluations_per_sample(evaluation_sampling(cfg)),
-                                               cfg.evaluation.every_n_steps, cfg.data.batch_size)
+        nfe = evaluations_per_sample(evaluation_sampling(cfg), cfg.model.conditional)
+        evaluating, training = evaluation_cost(cfg.evaluation.samples, nfe, cfg.evaluation.every_n_steps,
+                                               cfg.data.batch_size)
         assert evaluating <= 0.1 * training, preset
 
 

@@ -101,4 +101,4 @@ def test_sample_grids_say_what_made_them_and_name_their_classes(project_dir, mon
                  "trainer.sample_count=20", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
     assert drawn[-1] == (20, [str(k) for k in range(10)], "step 4, digits: dpmpp_2m, 20 steps, 20 NFE, guidance 1")
     assert main(["sample", "run=runs/digits", "n=6", "steps=3", "sampler=euler", "labels=[4,9]", "guidance=2"]) == 0
-    assert drawn[-1] == (6, ["4", "9"], "digits: euler, 3 steps, 3 NFE, guidance 2")
+    assert drawn[-1] == (6, ["4", "9"], "digits: euler, 3 steps, 6 NFE, guidance 2")   # guided: two evaluations a step

@@ -336,11 +336,12 @@ class DiffusionModule(L.LightningModule):
         sampling = sampling or self.cfg.sampling
         self.ema.eval()
         with torch.autocast(self.device.type, self.sampling_dtype, enabled=self.sampling_dtype is not None):
-            result = generate(self.guided(n, sampling.guidance, labels, conditions),
-                              sampling_sigmas(sampling, self.training_noise.table), configured_sampler(sampling),
-                              shape=(n, *self.data_shape) if noise is None else None, noise=noise,
-                              generator=generator, hooks=hooks, device=self.device)
-            return SampleResult(self.decode(result.x), result.nfe)
+            denoiser = self.guided(n, sampling.guidance, labels, conditions)
+            result = generate(denoiser, sampling_sigmas(sampling, self.training_noise.table),
+                              configured_sampler(sampling), shape=(n, *self.data_shape) if noise is None else None,
+                              noise=noise, generator=generator, hooks=hooks, device=self.device)
+            per_call = denoiser.evaluations if isinstance(denoiser, GuidedDenoiser) else 1
+            return SampleResult(self.decode(result.x), result.nfe * per_call)     # network evaluations
 
     def sample_numbered(self, indices: Tensor, seed: int, sampling: DictConfig | None = None) -> Tensor:
         """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of

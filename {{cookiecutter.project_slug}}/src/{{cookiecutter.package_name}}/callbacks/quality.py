@@ -69,7 +69,8 @@ class QualityMetrics(L.Callback):
     def record(self, trainer, result: dict, seconds: float, share: float) -> None:
         count = count_name(result["samples"])
         sampler = f"{self.sampling.sampler}, {self.sampling.steps} steps"
-        entry = {"step": trainer.global_step, **result, "sampler": sampler, "nfe": evaluations_per_sample(self.sampling),
+        nfe = evaluations_per_sample(self.sampling, bool(trainer.lightning_module.num_classes))
+        entry = {"step": trainer.global_step, **result, "sampler": sampler, "nfe": nfe,
                  "extractor": self.extractor.name, "seconds": round(seconds, 1), "share_of_training_time": round(share, 3)}
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "history.jsonl", "a") as file:

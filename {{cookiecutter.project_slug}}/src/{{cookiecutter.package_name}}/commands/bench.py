@@ -66,7 +66,7 @@ def run(overrides: list[str]) -> None:
     print(f"  training, full loop: {loop:,.0f} images/s, {100 * loop / bare:.0f}% of the bare step "
           f"(data, EMA, logging and checks), MFU {100 * loop * step_flops / peak:.0f}%")
 
-    nfe = evaluations_per_sample(cfg.sampling)
+    nfe = evaluations_per_sample(cfg.sampling, bool(module.num_classes))
     sample_batch = cfg.evaluation.batch_size
     sampling = bench.sampling_speed(sample_batch)
     print(f"  sampling: {sampling:,.1f} images/s ({cfg.sampling.sampler}, {cfg.sampling.steps} steps, {nfe} NFE, "

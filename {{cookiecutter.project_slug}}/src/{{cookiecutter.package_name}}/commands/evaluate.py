@@ -83,7 +83,8 @@ def run(overrides: list[str]) -> Path:
             features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
                                        keep=keep if k == 0 else None, progress=bar.update)
         results.append({"sampler": sampling.sampler, "steps": sampling.steps,
-                        "nfe": evaluations_per_sample(sampling), "seed": seed, "precision": precision,
+                        "nfe": evaluations_per_sample(sampling, bool(module.num_classes)),
+                        "seed": seed, "precision": precision,
                         **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
 
@@ -95,7 +96,8 @@ def announce(module, extractor, evaluation, plans, device) -> None:
     sampling = plans[0][0]
     extractor(to_uint8(module.sample_numbered(indices, 0, sampling)).to(device))
     per_sample = (time.perf_counter() - started) / len(indices)
-    work = sum(evaluations_per_sample(s) + 1 for s, _ in plans) / (evaluations_per_sample(sampling) + 1)
+    costs = [evaluations_per_sample(s, bool(module.num_classes)) + 1 for s, _ in plans]    # +1: the features
+    work = sum(costs) / costs[0]
     minutes = per_sample * evaluation.samples * work / 60
     print(f"evaluating {len(plans)} x {evaluation.samples} samples with {extractor.name}: about {minutes:.0f} min "
           f"(timed on one batch)")

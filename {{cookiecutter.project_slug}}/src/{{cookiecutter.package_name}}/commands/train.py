@@ -126,7 +126,7 @@ def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) 
 
 def quality_cost(cfg, extractor_name: str, world_size: int) -> str:
     """What FID during training will cost, said before training starts."""
-    evaluation, nfe = cfg.evaluation, evaluations_per_sample(evaluation_sampling(cfg))
+    evaluation, nfe = cfg.evaluation, evaluations_per_sample(evaluation_sampling(cfg), cfg.model.conditional)
     evaluating, training = evaluation_cost(evaluation.samples, nfe, evaluation.every_n_steps,
                                            cfg.data.batch_size * world_size)
     return (f"quality: FID and KID with {extractor_name}: {evaluation.samples} samples x ({nfe} NFE + features) = "

@@ -3,7 +3,9 @@
 A sampler takes a denoiser ``D(x, sigma) -> x0_hat`` (``sigma`` a tensor of shape (batch,)),
 a decreasing float64 sequence of noise levels ending at 0, and the starting point ``x``
 (usually ``sigmas[0] * noise``; see ``generate.py``). It returns a :class:`SampleResult`: the
-sample and the number of network evaluations (NFE).
+sample and the number of denoiser calls it made. A guided denoiser evaluates the network once
+per term of its guidance in each call; ``DiffusionModule.sample`` multiplies that in, so the NFE
+it reports counts network evaluations.
 
 Hooks are called once per step with that step's :class:`Step`, after the denoiser's first
 estimate and before the update; a hook may replace ``step.x`` or ``step.x0_hat`` (to project,
@@ -24,6 +26,8 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from .guidance import evaluations_per_call
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """The contract every sampler relies on: ``D(x, sigma) -> x0_hat``, ``sigma`` of shape (batch,)."""
@@ -244,10 +248,12 @@ def configured_sampler(sampling) -> Sampler:
     return SAMPLERS[sampling.sampler](sampling)
 
 
-def evaluations_per_sample(sampling) -> int:
-    """NFE of the configured sampler: Heun corrects every step but the last (2N - 1 evaluations),
-    the others evaluate the network once per step."""
-    return 2 * sampling.steps - 1 if sampling.sampler == "heun" else sampling.steps
+def evaluations_per_sample(sampling, conditional: bool) -> int:
+    """NFE of the configured sampler: Heun corrects every step but the last (2N - 1 denoiser
+    calls), the others call the denoiser once per step; a conditional model's call evaluates the
+    network once per term of its guidance (two at a guidance other than 0 or 1)."""
+    calls = 2 * sampling.steps - 1 if sampling.sampler == "heun" else sampling.steps
+    return calls * (evaluations_per_call([sampling.guidance]) if conditional else 1)
 
 
 def is_deterministic(sampling) -> bool:
