@@ -36,7 +36,9 @@ Run on an idle machine (2 threads):
         --project <the project folder a run printed> --resume     # other samplers on runs trained before
 Each (recipe, sampler, NFE, guidance) is one JSON line in benchmarks/results/quality_per_compute.jsonl,
 and each recipe's first 100 samples at its most steps (and highest guidance) a grid in
-benchmarks/results/quality_<recipe>.png.
+benchmarks/results/quality_<recipe>.png. All the samples of a row are kept for scoring by another
+network, in the baked project: runs/<recipe>/benchmark_samples/<sampler>-<steps>[-guidance<w>].pt
+(``torch.load``: uint8 "images" (n, 1, 32, 32), the classes "asked" for or None, and the "row").
 With --resume, rows already in the file for the same budget are skipped: an interrupted run resumes.
 """
 import argparse
@@ -262,7 +264,8 @@ def sampler_changes(sampler: str) -> dict:
 
 
 def network_evaluations(sampler: str, steps: int) -> int:
-    """Denoiser calls of a sample (guidance calls the network twice for each)."""
+    """Denoiser calls of a sample, the ``nfe`` of a row. A guided call evaluates the network
+    twice (the row's guidance says when), so "10 steps (20 NFE)" in RESULTS.md for guidance 2."""
     return 2 * steps - 1 if sampler_changes(sampler)["sampler"] == "heun" else steps
 
 
@@ -402,6 +405,10 @@ def main():
             print(json.dumps(row), flush=True)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            name = f"{sampler}-{steps}" + (f"-guidance{guidance:g}" if guidance is not None else "")
+            keep = project / "runs" / run / "benchmark_samples" / f"{name}.pt"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"images": to_uint8, "asked": asked, "row": row}, keep)   # for any other scorer
             if (sampler, steps, guidance) == plans[-1]:                  # the most steps and guidance
                 save_grid(to_uint8[:100], out.parent / f"quality_{run}.png")
 
