@@ -264,9 +264,14 @@ def sampler_changes(sampler: str) -> dict:
 
 
 def network_evaluations(sampler: str, steps: int) -> int:
-    """Denoiser calls of a sample, the ``nfe`` of a row. A guided call evaluates the network
-    twice (the row's guidance says when), so "10 steps (20 NFE)" in RESULTS.md for guidance 2."""
-    return 2 * steps - 1 if sampler_changes(sampler)["sampler"] == "heun" else steps
+    """Denoiser calls of a sample, the ``nfe`` of a row, by the project's own count. A guided
+    call evaluates the network twice (the row's guidance says when), so "10 steps (20 NFE)" in
+    RESULTS.md for guidance 2."""
+    from types import SimpleNamespace
+
+    from diffusion_lab.diffusion.samplers import evaluations_per_sample
+
+    return evaluations_per_sample(SimpleNamespace(**sampler_changes(sampler), steps=steps), conditional=False)
 
 
 # -- the course library's recipe ----------------------------------------------------------------
