@@ -146,7 +146,7 @@ def loop_against_bare(batch: int, device, smoke: bool) -> dict:
     from diffusion_lab.commands.bench import Bench, full_loop_speed
     from diffusion_lab.config import load_config
     from diffusion_lab.module import DiffusionModule
-    from omegaconf import OmegaConf
+    from diffusion_lab.runs import new_model
 
     data = Path(tempfile.mkdtemp()) / "images.pt"
     torch.save(torch.randint(0, 256, (256 if smoke else 20_000, 3, 32, 32), dtype=torch.uint8), data)
@@ -154,7 +154,7 @@ def loop_against_bare(batch: int, device, smoke: bool) -> dict:
                  "data.val_fraction=0", "model.conditional=false", "logger=csv", f"data.batch_size={batch}"]
     overrides += ["preset=cpu", "model.unet.channels=32"] if smoke else ["preset=h100"]
     cfg = load_config(overrides, PROJECT / "configs")
-    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), [3, 32, 32], None).to(device)
+    module = DiffusionModule(new_model(cfg, [3, 32, 32])).to(device)
     bench = Bench(module, device, "32-true" if smoke else "bf16-mixed")
     module.configure_model()
     bare = bench.training_speed(batch)

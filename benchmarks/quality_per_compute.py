@@ -237,22 +237,22 @@ def train_ours(name: str, data_file: Path, budget: int, images: int | None, extr
     assert main(args) == 0
     from diffusion_lab.runs import load_run
 
-    module, _ = load_run(f"runs/{name}")
-    module.to(device)
-    steps = module.origin["step"]
+    model, _ = load_run(f"runs/{name}")
+    model.to(device)
+    steps = model.origin["step"]
     return {"train_seconds": time.perf_counter() - start, "steps": steps,
-            "images_seen": steps * module.cfg.data.batch_size, "batch_size": module.cfg.data.batch_size,
-            "params": sum(p.numel() for p in module.denoiser.parameters()), "module": module}
+            "images_seen": steps * model.config.data.batch_size, "batch_size": model.config.data.batch_size,
+            "params": sum(p.numel() for p in model.denoiser.parameters()), "module": model}
 
 
-def sample_ours(module, n: int, sampler: str, steps: int, guidance: float,
+def sample_ours(model, n: int, sampler: str, steps: int, guidance: float,
                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     from omegaconf import OmegaConf
 
-    sampling = OmegaConf.merge(module.cfg.sampling, {**sampler_changes(sampler), "steps": steps, "guidance": guidance})
+    sampling = OmegaConf.merge(model.config.sampling, {**sampler_changes(sampler), "steps": steps, "guidance": guidance})
     generator = torch.Generator().manual_seed(seed)
-    asked = module.default_labels(torch.arange(n))             # classes in turn, clusters in proportion
-    parts = [module.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
+    asked = model.default_labels(torch.arange(n))             # classes in turn, clusters in proportion
+    parts = [model.sample(len(batch), generator, sampling, labels=None if asked is None else asked[batch]).x
              for batch in torch.arange(n).split(250)]
     return torch.cat(parts).cpu(), asked
 
@@ -267,11 +267,9 @@ def network_evaluations(sampler: str, steps: int) -> int:
     """Denoiser calls of a sample, the ``nfe`` of a row, by the project's own count. A guided
     call evaluates the network twice (the row's guidance says when), so "10 steps (20 NFE)" in
     RESULTS.md for guidance 2."""
-    from types import SimpleNamespace
+    from diffusion_lab.diffusion.samplers import SAMPLERS
 
-    from diffusion_lab.diffusion.samplers import evaluations_per_sample
-
-    return evaluations_per_sample(SimpleNamespace(**sampler_changes(sampler), steps=steps), conditional=False)
+    return SAMPLERS[sampler_changes(sampler)["sampler"]].calls(steps)
 
 
 # -- the course library's recipe ----------------------------------------------------------------

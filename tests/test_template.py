@@ -50,17 +50,17 @@ def test_every_choice_is_covered():
 # loss and draws two samples: the combination's config, model and sampler fit together.
 SMOKE = """
 import sys, torch
-from omegaconf import OmegaConf
 from {package}.config import load_config
 from {package}.module import DiffusionModule
+from {package}.runs import new_model
 cfg = load_config(sys.argv[1:])
 shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
-module = DiffusionModule(OmegaConf.to_container(cfg), shape, [str(i) for i in range(3)])
+module = DiffusionModule(new_model(cfg, shape, [str(i) for i in range(3)]))
 data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.rand(4, *shape) * 2 - 1
 loss = module.batch_loss((data, torch.tensor([0, 1, 2, 0])))
 assert torch.isfinite(loss)
 cfg.sampling.steps = 2
-x = module.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
+x = module.model.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
 assert x.shape == (2, *shape) and torch.isfinite(x).all()
 print("ok", cfg.data.name, cfg.model.name, cfg.diffusion.objective, cfg.trainer.precision)
 """

@@ -15,8 +15,7 @@ from {{ cookiecutter.package_name }}.data import sources
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
 from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
-from {{ cookiecutter.package_name }}.module import DiffusionModule
-from {{ cookiecutter.package_name }}.runs import load_run
+from {{ cookiecutter.package_name }}.runs import load_run, new_model
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
 
@@ -451,17 +450,17 @@ def test_a_cluster_guided_run_keeps_its_cluster_sizes_in_checkpoint_and_export(p
            "logger=csv", "trainer.max_steps=2", "trainer.sample_every_n_steps=1000"])
     assert main(["export", "run=runs/clusters", "out=exported"]) == 0
     for saved in ("runs/clusters", "exported"):
-        module, _ = load_run(saved)
-        assert module.draws_clusters and module.hparams.cluster_sizes == [40, 25, 15]
+        model, _ = load_run(saved)
+        assert model.draws_clusters and model.cluster_sizes == [40, 25, 15]
 
 
 def test_samples_of_a_cluster_guided_model_draw_each_cluster_as_often_as_the_data_holds_it(project_dir):
     cfg = load_config(["experiment=digits", "model.conditional=true", "model.unet.channels=8", "data.clusters=3"])
     config = OmegaConf.to_container(cfg, resolve=True)
-    clusters = DiffusionModule(config, [1, 8, 8], ["cluster 0", "cluster 1", "cluster 2"], [40, 25, 15])
+    clusters = new_model(config, [1, 8, 8], ["cluster 0", "cluster 1", "cluster 2"], [40, 25, 15])
     labels, shares = clusters.default_labels(torch.arange(800)), torch.tensor([40, 25, 15]) / 80
     for start, n in [(0, 800), *((start, 20) for start in range(0, 780, 7))]:   # all, and any run of 20 samples
         counts = torch.bincount(labels[start:start + n], minlength=3)
         assert (counts - n * shares).abs().max() <= 2
-    classes = DiffusionModule(config, [1, 8, 8], ["a", "b", "c"])    # class labels: in turn
+    classes = new_model(config, [1, 8, 8], ["a", "b", "c"])    # class labels: in turn
     assert torch.equal(classes.default_labels(torch.arange(7)), torch.tensor([0, 1, 2, 0, 1, 2, 0]))

@@ -320,11 +320,12 @@ def labelled_denoiser(x, sigma, labels):
 def test_guidance_weights_zero_and_one_give_the_unconditional_and_conditional_models():
     x, sigma, labels = torch.zeros(4, 2), torch.ones(4), torch.tensor([0, 1, 2, 3])
     null = 10
-    assert torch.all(GuidedDenoiser(labelled_denoiser, [(labels, 0.0)], null)(x, sigma) == null)
-    assert torch.equal(GuidedDenoiser(labelled_denoiser, [(labels, 1.0)], null)(x, sigma)[:, 0], labels.float())
-    guided = GuidedDenoiser(labelled_denoiser, [(labels, 3.0)], null)(x, sigma)[:, 0]
+    nulls = torch.full_like(labels, null)                  # the null condition of each example
+    assert torch.all(GuidedDenoiser(labelled_denoiser, [(labels, 0.0)], nulls)(x, sigma) == null)
+    assert torch.equal(GuidedDenoiser(labelled_denoiser, [(labels, 1.0)], nulls)(x, sigma)[:, 0], labels.float())
+    guided = GuidedDenoiser(labelled_denoiser, [(labels, 3.0)], nulls)(x, sigma)[:, 0]
     assert torch.allclose(guided, null + 3.0 * (labels.float() - null))
-    mixed = GuidedDenoiser(labelled_denoiser, [(labels, 0.5), (labels + 1, 0.5)], null)(x, sigma)[:, 0]
+    mixed = GuidedDenoiser(labelled_denoiser, [(labels, 0.5), (labels + 1, 0.5)], nulls)(x, sigma)[:, 0]
     assert torch.allclose(mixed, labels.float() + 0.5)
 
 
@@ -400,12 +401,12 @@ def test_networks_carry_the_noise_range_they_were_trained_on():
 def test_the_nfe_formula_matches_the_counted_evaluations(name):
     from types import SimpleNamespace
 
-    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler, evaluations_per_sample
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS, configured_sampler
 
     sampling = SimpleNamespace(sampler=name, steps=7, eta=0.5, churn=0.0, gamma=1.0, mu=0.0, second_order=False)
     result = configured_sampler(sampling)(gaussian_denoiser, karras_sigmas(7, 0.002, 80.0),
                                           torch.zeros(2, 2, dtype=torch.float64), generator=torch.Generator())
-    assert result.nfe == evaluations_per_sample(sampling, conditional=False)
+    assert result.nfe == SAMPLERS[name].calls(sampling.steps)
 
 
 @pytest.mark.parametrize("guidance, evaluations", [(0.0, 1), (1.0, 1), (2.0, 2), (-1.0, 2)])
@@ -415,7 +416,7 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
     given, 5 steps of 3 samples."""
     from types import SimpleNamespace
 
-    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler, evaluations_per_sample
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS, configured_sampler
 
     rows = []
 
@@ -424,7 +425,7 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
         return x * 0
 
     sampling = SimpleNamespace(sampler="dpmpp_2m", steps=5, guidance=guidance)
-    guided = GuidedDenoiser(network, [(torch.zeros(3, dtype=torch.long), guidance)], null_label=10)
+    guided = GuidedDenoiser(network, [(torch.zeros(3, dtype=torch.long), guidance)], torch.full((3,), 10))
     result = configured_sampler(sampling)(guided, karras_sigmas(5, 0.002, 80.0), torch.zeros(3, 2, dtype=torch.float64))
     assert sum(rows) == 3 * 5 * evaluations
-    assert result.nfe * guided.evaluations == evaluations_per_sample(sampling, conditional=True) == 5 * evaluations
+    assert result.nfe == SAMPLERS["dpmpp_2m"].calls(sampling.steps) * guided.evaluations == 5 * evaluations

@@ -245,13 +245,16 @@ def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tm
 def test_the_default_cadence_costs_at_most_a_tenth_of_training():
     """In network evaluations, at each GPU preset's defaults (the CPU preset does not evaluate)."""
     from {{ cookiecutter.package_name }}.config import load_config
-    from {{ cookiecutter.package_name }}.diffusion.samplers import evaluations_per_sample
     from {{ cookiecutter.package_name }}.evaluation.quality import evaluation_cost
+    from {{ cookiecutter.package_name }}.runs import new_model
     from {{ cookiecutter.package_name }}.trainer import evaluation_sampling
 
     for preset in ("colab-t4", "a100", "h100"):
-        cfg = load_config([f"preset={preset}", "evaluation.every_n_steps=10000"])
-        nfe = evaluations_per_sample(evaluation_sampling(cfg), cfg.model.conditional)
+        cfg = load_config([f"preset={preset}", "evaluation.every_n_steps=10000", "model.unet.channels=8",
+                           "model.dit.width=32", "model.mlp.width=8"])
+        shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
+        model = new_model(cfg, shape, [str(k) for k in range(cfg.data.clusters or 10)])
+        nfe = model.nfe(evaluation_sampling(cfg))
         evaluating, training = evaluation_cost(cfg.evaluation.samples, nfe, cfg.evaluation.every_n_steps,
                                                cfg.data.batch_size)
         assert evaluating <= 0.1 * training, preset

@@ -20,26 +20,31 @@ ALLOWED = {
     "errors": set(),
     "pixels": set(),
     "storage": set(),
-    "speed": set(),
+    "devices": {"errors"},
+    "speed": {"devices"},
     "diffusion": set(),
     "models": set(),
+    "codecs": set(),
     "tasks": {"diffusion", "pixels"},
     "evaluation": {"pixels", "storage", "errors"},
     "adapters": {"diffusion", "errors"},
     "data": {"pixels", "storage", "errors"},
-    "config": {"errors"},
+    "config": {"diffusion", "models", "errors"},
     "visualize": {"pixels", "diffusion"},
-    "module": {"diffusion", "models", "adapters", "config", "errors"},
-    "callbacks": {"evaluation", "visualize", "diffusion", "pixels", "storage", "speed"},
-    "trainer": {"callbacks", "config", "errors"},
-    "runs": {"module", "adapters", "config", "errors"},
-    "commands": {"runs", "config", "module", "trainer", "data", "tasks", "evaluation", "visualize", "adapters",
-                 "diffusion", "pixels", "storage", "speed", "errors"},
+    "model": {"diffusion", "models", "codecs", "devices", "errors"},
+    "module": {"model", "diffusion", "devices", "errors"},
+    "callbacks": {"evaluation", "visualize", "pixels", "storage", "devices"},
+    "trainer": {"callbacks", "devices", "errors"},
+    "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "errors"},
+    "commands": {"runs", "config", "model", "module", "trainer", "data", "tasks", "evaluation", "visualize",
+                 "diffusion", "pixels", "devices", "speed", "errors"},
     "cli": {"commands", "errors"},
     "__main__": {"cli"},
 }
-PURE_TORCH = {"diffusion", "models", "pixels", "errors", "storage", "tasks", "evaluation", "adapters"}
+PURE_TORCH = {"diffusion", "models", "codecs", "model", "devices", "speed", "pixels", "errors", "storage", "tasks",
+              "evaluation", "adapters"}
 FRAMEWORKS = {"lightning", "pytorch_lightning", "omegaconf"}
+TRAINING_COMMANDS = {"train", "bench"}       # the only commands that build a LightningModule
 
 
 def part_of(path: Path) -> str:
@@ -79,6 +84,50 @@ def test_imports_point_one_way(path):
     if part in PURE_TORCH:
         frameworks = {name.split(".")[0] for name in imports(path)} & FRAMEWORKS
         assert not frameworks, f"{part} is pure torch but imports {frameworks}"
+
+
+def test_no_command_imports_another_command():
+    """Each command is a leaf: what two commands share lives below them (runs, model, config, ...)."""
+    for path in (PACKAGE / "commands").glob("*.py"):
+        if path.name != "__init__.py":
+            others = {name for name in imports(path) if name.startswith(f"{NAME}.commands.")}
+            assert not others, f"{path.name} imports {sorted(others)}"
+
+
+def source_of(name: str) -> Path | None:
+    """The file of the package that the absolute module name ``name`` is, if any."""
+    parts = name.split(".")[1:]
+    for path in (PACKAGE.joinpath(*parts).with_suffix(".py"), PACKAGE.joinpath(*parts, "__init__.py")):
+        if parts and path.is_file():
+            return path
+    return None
+
+
+def reachable(path: Path) -> set[Path]:
+    """Every file of the package that importing ``path`` imports, directly or not (the packages
+    on the way included: importing a.b runs a/__init__.py)."""
+    seen, todo = set(), [path]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for name in imports(current):
+            parts = name.split(".")
+            for k in range(2, len(parts) + 1):
+                found = source_of(".".join(parts[:k]))
+                if found is not None:
+                    todo.append(found)
+    return seen
+
+
+@pytest.mark.parametrize("command", sorted(path.stem for path in (PACKAGE / "commands").glob("*.py")
+                                           if path.stem not in TRAINING_COMMANDS | {"__init__"}))
+def test_sampling_the_tasks_evaluate_and_export_never_build_a_lightning_module(command):
+    """Only ``train`` and ``bench`` reach module.py (the LightningModule): every other command
+    holds a ``Model`` (model.py), and neither it nor anything it imports knows the module."""
+    files = {path.relative_to(PACKAGE).as_posix() for path in reachable(PACKAGE / "commands" / f"{command}.py")}
+    assert "module.py" not in files and "trainer.py" not in files, sorted(files)
 
 
 def test_the_diffusion_core_imports_without_lightning():

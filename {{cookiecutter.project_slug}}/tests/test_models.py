@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from {{ cookiecutter.package_name }}.models import DiT, MLP, UNet
+from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
 from {{ cookiecutter.package_name }}.models.unet import group_norm
 
 CASES = [
@@ -17,7 +18,7 @@ CASES = [
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_output_has_the_input_shape_and_every_weight_gets_a_gradient(cls, shape, kwargs, num_classes):
     torch.manual_seed(0)
-    net = cls(shape, num_classes=num_classes, **kwargs)
+    net = cls(shape, condition=ClassLabels(num_classes) if num_classes else None, **kwargs)
     for p in net.parameters():                 # undo zero inits so gradients reach every layer
         torch.nn.init.normal_(p, std=0.05)
     x, c_noise = torch.randn(4, *shape), torch.randn(4)
@@ -30,7 +31,7 @@ def test_output_has_the_input_shape_and_every_weight_gets_a_gradient(cls, shape,
 
 def test_the_output_depends_on_noise_level_and_label():
     torch.manual_seed(0)
-    net = UNet((1, 8, 8), channels=16, channel_mult=(1, 2), blocks_per_level=1, num_classes=10)
+    net = UNet((1, 8, 8), channels=16, channel_mult=(1, 2), blocks_per_level=1, condition=ClassLabels(10))
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.05)
     x = torch.randn(1, 1, 8, 8)
@@ -40,7 +41,7 @@ def test_the_output_depends_on_noise_level_and_label():
 
 
 def test_conditional_network_refuses_missing_labels():
-    net = MLP((2,), width=32, depth=1, num_classes=3)
+    net = MLP((2,), width=32, depth=1, condition=ClassLabels(3))
     with pytest.raises(ValueError, match="labels"):
         net(torch.randn(2, 2), torch.randn(2))
 

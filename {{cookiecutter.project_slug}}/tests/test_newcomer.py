@@ -14,10 +14,10 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     assert main(["export", f"run={digits_run}"]) == 0
     folder = tmp_path / "exports" / "digits"
     assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "config.yaml", "README.md"}
-    module, _ = load_run(digits_run)
+    model, _ = load_run(digits_run)
     weights = load_file(folder / "model.safetensors")
-    assert weights.keys() == module.ema.state_dict().keys()                    # the EMA weights, tensors only
-    assert all(torch.equal(weights[k], v) for k, v in module.ema.state_dict().items())
+    assert weights.keys() == model.denoiser.state_dict().keys()                # the EMA weights, tensors only
+    assert all(torch.equal(weights[k], v) for k, v in model.denoiser.state_dict().items())
     assert main(["sample", f"run={digits_run}", "n=6", "steps=3", "out=from_run"]) == 0
 
     elsewhere = tmp_path / "elsewhere"                       # no runs/, no checkpoint: only the folder
@@ -61,10 +61,13 @@ def test_labels_are_given_by_class_name_or_number(digits_run, capsys, monkeypatc
 def test_class_names_resolve_by_name_first():
     from omegaconf import OmegaConf
 
-    from {{ cookiecutter.package_name }}.commands.sample import resolve_labels
+    from {{ cookiecutter.package_name }}.model import Model
+    from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+    from {{ cookiecutter.package_name }}.runs import resolve_labels
 
     command = OmegaConf.create({"run": "r", "labels": ["tulip", 0, "2"], "conditions": [["rose", 1.5]]})
-    resolve_labels(command, ["rose", "tulip", "2", "daisy"])
+    names = ["rose", "tulip", "2", "daisy"]
+    resolve_labels(command, Model(None, None, (1,), None, ClassLabels(len(names)), names))
     assert list(command.labels) == [1, 0, 2] and [list(c) for c in command.conditions] == [[0, 1.5]]
 
 

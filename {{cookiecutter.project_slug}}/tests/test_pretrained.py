@@ -153,13 +153,13 @@ def test_fine_tuned_pipeline_exports_a_folder_that_diffusers_loads_with_identica
     export = project_dir / "exports" / "finetune"
     from {{ cookiecutter.package_name }}.runs import load_run
 
-    module, _ = load_run("runs/finetune")
+    model, _ = load_run("runs/finetune")
     original = diffusers.UNet2DModel.from_pretrained(pixel_folder, subfolder="unet")
     reloaded = diffusers.DiffusionPipeline.from_pretrained(export)
     assert isinstance(reloaded, diffusers.DDPMPipeline)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 80])
     with torch.no_grad():
-        ours, theirs = module.ema.net.unet(x, t).sample, reloaded.unet(x, t).sample
+        ours, theirs = model.denoiser.net.unet(x, t).sample, reloaded.unet(x, t).sample
         assert not torch.equal(ours, original(x, t).sample)          # it was trained
     assert torch.equal(ours, theirs)
     assert main(["sample", f"run={export}", "n=2", "steps=2"]) == 0   # and the project loads it back
@@ -174,7 +174,7 @@ def test_a_text_pipeline_matches_diffusers_with_guidance(text_folder):
     theirs = pretrained.pipeline("a red fox", latents=latents, num_inference_steps=5, guidance_scale=4.0,
                                  height=16, width=16, output_type="latent").images
     sigmas = trailing_sigmas(5, pretrained.sigmas)
-    guided = GuidedDenoiser(pretrained.denoiser, [(torch.tensor([0]), 4.0)], null_label=1)
+    guided = GuidedDenoiser(pretrained.denoiser, [(torch.tensor([0]), 4.0)], torch.tensor([1]))
     with torch.no_grad():
         ours = ddim(guided, sigmas, latents * (1 + sigmas[0] ** 2).sqrt()).x
     assert (ours - theirs).abs().max() < 1e-4

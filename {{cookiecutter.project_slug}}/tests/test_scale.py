@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from test_train import TOY, checkpoint_of, package_command, subprocess_env, wait_for_steps
 
 from {{ cookiecutter.package_name }}.callbacks.progress import StepProgress
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.module import DiffusionModule
+from {{ cookiecutter.package_name }}.runs import new_model
 
 PRESETS = sorted(path.stem for path in (Path(__file__).parents[1] / "configs" / "presets").glob("*.yaml"))
 
@@ -52,12 +52,13 @@ DDP_RECORDER = """
 import json, os, sys, torch
 from {package}.cli import main
 from {package}.diffusion import schedules
+from {package}.model import Model
 from {package}.module import DiffusionModule
 
 rank = os.environ.get("LOCAL_RANK", "0")
 seen = dict(sigmas=[], rows=[], val_examples=0, grids=0)
 draw, batch_loss, validation_step, sample = (schedules.LogNormalNoise.__call__, DiffusionModule.batch_loss,
-                                              DiffusionModule.validation_step, DiffusionModule.sample)
+                                              DiffusionModule.validation_step, Model.sample)
 
 def record_draw(self, n, device, generator=None):
     sigma = draw(self, n, device, generator)
@@ -85,7 +86,7 @@ def save_record(self):
 
 schedules.LogNormalNoise.__call__ = record_draw
 DiffusionModule.batch_loss, DiffusionModule.validation_step = record_batch, record_validation
-DiffusionModule.sample, DiffusionModule.on_train_end = record_grid, save_record
+Model.sample, DiffusionModule.on_train_end = record_grid, save_record
 sys.exit(main(sys.argv[1:]))
 """
 TWO_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
@@ -205,7 +206,7 @@ def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_
 # -- fast paths -----------------------------------------------------------------------------------
 def image_module(*overrides: str) -> DiffusionModule:
     cfg = load_config(["experiment=digits", "model.conditional=false", "model.unet.channels=8", *overrides])
-    return DiffusionModule(OmegaConf.to_container(cfg), [1, 8, 8], None)
+    return DiffusionModule(new_model(cfg, [1, 8, 8]))
 
 
 def test_noising_the_loss_and_the_noise_embedding_stay_float32_under_autocast(project_dir):

@@ -15,7 +15,7 @@ from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
 from {{ cookiecutter.package_name }}.tasks.illusion import VIEWS, Anagram, Hybrid, jigsaw, low_pass, view
 from {{ cookiecutter.package_name }}.tasks.interpolate import invert, slerp
 from {{ cookiecutter.package_name }}.tasks.restore import (
-    PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint, sdedit)
+    PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint)
 
 
 # -- illusions ------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def labelled_denoiser(x, sigma, labels):
 
 
 def test_an_anagram_of_the_identity_view_is_plain_guided_sampling():
-    guided = GuidedDenoiser(labelled_denoiser, [(torch.full((4,), 3), 2.0)], null_label=10)
+    guided = GuidedDenoiser(labelled_denoiser, [(torch.full((4,), 3), 2.0)], torch.full((4,), 10))
     sigmas = karras_sigmas(10, 0.002, 80.0)
     plain = generate(guided, sigmas, heun, shape=(4, 1, 8, 8), generator=torch.Generator().manual_seed(0)).x
     anagram = generate(Anagram([(VIEWS["identity"], guided)]), sigmas, heun, shape=(4, 1, 8, 8),
@@ -183,11 +183,11 @@ def test_posterior_sampling_pulls_samples_towards_the_observation():
 def test_sdedit_strength_runs_from_the_image_itself_to_a_fresh_sample():
     image = torch.rand(2, 1, 4, 4) * 2 - 1
     sigmas = karras_sigmas(10, 0.002, 80.0)
-    assert torch.equal(sdedit(pixel_gaussian_like, sigmas, image, 0.0, ddim).x, image)
-    half = sdedit(pixel_gaussian_like, sigmas, image, 0.5, ddim, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=0.0).x, image)
+    half = generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=0.5, generator=torch.Generator().manual_seed(0))
     assert half.nfe == 5
     with pytest.raises(ValueError, match="strength"):
-        sdedit(pixel_gaussian_like, sigmas, image, 1.5, ddim)
+        generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=1.5)
 
 
 # -- the commands, end to end on tiny runs ----------------------------------------------------------

@@ -102,13 +102,12 @@ def test_sample_without_a_run_is_a_clear_error(project_dir, capsys):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(project_dir):
-    from omegaconf import OmegaConf
-
     from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model
 
     cfg = load_config(["experiment=toy2d", "trainer.max_nonfinite_steps=3"])
-    module = DiffusionModule(OmegaConf.to_container(cfg), [2])
+    module = DiffusionModule(new_model(cfg, [2]))
     module.log = lambda *args, **kwargs: None                  # no Trainer attached
     module.denoiser.loss = lambda *args: torch.full((4,), float("nan"))
     batch = (torch.randn(4, 2), None)
@@ -159,12 +158,12 @@ def test_sample_is_generate_on_the_ema_denoiser(project_dir):
     assert main(["train", "experiment=digits", "name=pin", "logger=csv", "model.unet.channels=8", "trainer.max_steps=4",
                  "data.batch_size=8", *FAST]) == 0
     assert main(["sample", "run=runs/pin", "n=5", "seed=3", "steps=4", "sampler=dpmpp_2m", "out=pinned"]) == 0
-    module, _ = load_run("runs/pin")
-    sampling = module.cfg.sampling
+    model, _ = load_run("runs/pin")
+    sampling = model.config.sampling
     sampling.sampler, sampling.steps = "dpmpp_2m", 4
-    sigmas = sampling_sigmas(sampling, module.training_noise.table)
-    expected = generate(module.guided(5, sampling.guidance), sigmas, configured_sampler(sampling), shape=(5, *module.data_shape),
-                        generator=torch.Generator().manual_seed(3)).x
+    sigmas = sampling_sigmas(sampling, model.noise.table)
+    expected = generate(model.guided(5, sampling.guidance), sigmas, configured_sampler(sampling),
+                        shape=(5, *model.data_shape), generator=torch.Generator().manual_seed(3)).x
     assert torch.equal(torch.load("pinned/samples.pt"), expected)
 
 

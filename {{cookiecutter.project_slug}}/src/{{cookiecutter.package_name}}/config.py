@@ -23,58 +23,91 @@ import difflib
 import math
 import re
 import sys
-from dataclasses import dataclass, field, fields
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .diffusion.samplers import SAMPLERS
 from .errors import ConfigError
+from .models import MODELS
 
 
+# -- value rules: (test, what passes), kept on their schema fields -------------------------------
+def finite_above(low: float, inclusive: bool = False) -> tuple:
+    text = f"a finite number {'>=' if inclusive else '>'} {low:g}"
+    return (lambda v: math.isfinite(v) and (v >= low if inclusive else v > low)), text
+
+
+def at_least(low: int) -> tuple:
+    return (lambda v: v >= low), f"at least {low}"
+
+
+UNIT_INTERVAL = (lambda v: 0 <= v < 1), "in [0, 1)"
+SEED = (lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"
+FINITE = math.isfinite, "a finite number"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DURATION = re.compile(r"\d{1,2}:\d{2}:\d{2}:\d{2}")
+
+
+def valid(rule: tuple, default: Any = MISSING) -> Any:
+    """A schema field whose value must pass ``rule``, (test, what passes): checked where it
+    enters (``check_values``), so that a bad value stops the run at once, naming its key."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def devices_rule(v) -> bool:
+    if isinstance(v, ListConfig):
+        return len(v) > 0 and all(isinstance(d, int) and d >= 0 for d in v)
+    return v == "auto" or (isinstance(v, int) and v >= 1)
+
+
+# -- the schema: every key and its type; the values and what they mean are in configs/config.yaml ---
 @dataclass
 class DataConfig:
     name: Literal["toy2d", "digits", "image_folder", "tensor_file", "mnist", "fashion_mnist", "cifar10",
                   "celeba", "flowers102"] = MISSING
     root: str = MISSING
-    image_size: int = MISSING
-    channels: int = MISSING
+    image_size: int = valid(at_least(1))
+    channels: int = valid(((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"))
     labels_from_subfolders: bool = MISSING
-    clusters: int = MISSING
+    clusters: int = valid(at_least(0))
     toy_shape: Literal["swiss_roll", "moons", "checkerboard", "gaussians"] = MISSING
-    toy_samples: int = MISSING
-    val_fraction: float = MISSING
-    batch_size: int = MISSING
-    num_workers: int = MISSING
+    toy_samples: int = valid(at_least(2))
+    val_fraction: float = valid(UNIT_INTERVAL)
+    batch_size: int = valid(at_least(1))
+    num_workers: int = valid(at_least(0))
     hflip: bool = MISSING
     random_crop: bool = MISSING
     on_bad_file: Literal["skip", "fail"] = MISSING
     cache_dir: str = MISSING
-    gpu_cache_gb: float = MISSING
+    gpu_cache_gb: float = valid(finite_above(0, inclusive=True))
 
 
 @dataclass
 class UNetConfig:
-    channels: int = MISSING
-    channel_mult: list[int] = MISSING
-    blocks_per_level: int = MISSING
-    attention_levels: list[int] = MISSING
-    dropout: float = MISSING
+    channels: int = valid(at_least(1))
+    channel_mult: list[int] = valid(((lambda v: len(v) > 0 and min(v) >= 1), "a non-empty list of integers >= 1"))
+    blocks_per_level: int = valid(at_least(1))
+    attention_levels: list[int] = valid(((lambda v: all(level >= 0 for level in v)), "a list of levels >= 0"))
+    dropout: float = valid(UNIT_INTERVAL)
 
 
 @dataclass
 class DiTConfig:
-    patch_size: int = MISSING
-    width: int = MISSING
-    depth: int = MISSING
-    heads: int = MISSING
+    patch_size: int = valid(at_least(1))
+    width: int = valid(at_least(1))
+    depth: int = valid(at_least(1))
+    heads: int = valid(at_least(1))
 
 
 @dataclass
 class MLPConfig:
-    width: int = MISSING
-    depth: int = MISSING
+    width: int = valid(at_least(1))
+    depth: int = valid(at_least(1))
 
 
 @dataclass
@@ -95,13 +128,13 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     objective: Literal["eps", "x0", "v", "edm", "flow"] = MISSING
-    sigma_data: float = MISSING
+    sigma_data: float = valid(finite_above(0))
     train_noise: Literal["ddpm", "cosine", "lognormal"] = MISSING
-    noise_mean: float = MISSING
-    noise_std: float = MISSING
+    noise_mean: float = valid(FINITE)
+    noise_std: float = valid(finite_above(0))
     loss_weight: Literal["natural", "uniform", "min_snr", "soft_min_snr", "edm"] = MISSING
-    min_snr_gamma: float = MISSING
-    p_uncond: float = MISSING
+    min_snr_gamma: float = valid(finite_above(0))
+    p_uncond: float = valid(((lambda v: 0 <= v <= 1), "in [0, 1]"))
 
 
 SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"]
@@ -110,78 +143,81 @@ SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"
 @dataclass
 class SamplingConfig:
     sampler: SamplerName = MISSING
-    steps: int = MISSING
+    steps: int = valid(at_least(1))
     schedule: Literal["karras", "loglinear", "uniform_t", "trailing"] = MISSING
-    sigma_min: float = MISSING
-    sigma_max: float = MISSING
-    rho: float = MISSING
-    eta: float = MISSING
-    churn: float = MISSING
-    gamma: float = MISSING
-    mu: float = MISSING
+    sigma_min: float = valid(finite_above(0))
+    sigma_max: float = valid(finite_above(0))
+    rho: float = valid(finite_above(0))
+    eta: float = valid(finite_above(0, inclusive=True))
+    churn: float = valid(finite_above(0, inclusive=True))
+    gamma: float = valid(FINITE)
+    mu: float = valid(UNIT_INTERVAL)
     second_order: bool = MISSING
-    guidance: float = MISSING
+    guidance: float = valid(FINITE)
 
 
 @dataclass
 class EvaluationConfig:
-    every_n_steps: int = MISSING
-    samples: int = MISSING
-    batch_size: int = MISSING
+    every_n_steps: int = valid(at_least(0))
+    samples: int = valid(at_least(2))
+    batch_size: int = valid(at_least(1))
     sampler: SamplerName = MISSING
-    steps: int = MISSING
+    steps: int = valid(at_least(1))
     extractor: Literal["inception", "custom"] = MISSING
     extractor_module: Optional[str] = None
     extractor_weights: Optional[str] = None
-    kid_subset_size: int = MISSING
-    kid_reference: int = MISSING
-    seed: int = MISSING
+    kid_subset_size: int = valid(at_least(2))
+    kid_reference: int = valid(at_least(2))
+    seed: int = valid(SEED)
     cache_dir: str = MISSING
 
 
 @dataclass
 class OptimConfig:
-    lr: float = MISSING
-    weight_decay: float = MISSING
-    betas: list[float] = MISSING
-    warmup_steps: int = MISSING
+    lr: float = valid(finite_above(0))
+    weight_decay: float = valid(finite_above(0, inclusive=True))
+    betas: list[float] = valid(((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"))
+    warmup_steps: int = valid(at_least(0))
     cosine_decay: bool = MISSING
-    grad_clip: float = MISSING
-    ema_decay: float = MISSING
+    grad_clip: float = valid(finite_above(0, inclusive=True))
+    ema_decay: float = valid(UNIT_INTERVAL)
     fused: bool = MISSING
 
 
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
+Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed"]         # mixed: noising and loss stay float32
 
 
 @dataclass
 class TrainerConfig:
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = MISSING
-    devices: Any = MISSING
+    devices: Any = valid((devices_rule, "auto, a number of devices >= 1, or a list of device indices like [0, 1]"))
     strategy: Literal["auto", "ddp"] = MISSING
-    num_nodes: int = MISSING
-    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] = MISSING      # mixed: noising and loss stay float32
+    num_nodes: int = valid(at_least(1))
+    precision: Precision = MISSING
     compile: CompileMode = MISSING
     channels_last: bool = MISSING
     tf32: bool = MISSING
-    max_steps: int = MISSING
-    max_time: Optional[str] = None
-    log_every_n_steps: int = MISSING
-    val_every_n_steps: int = MISSING
-    val_batches: Optional[int] = None
-    checkpoint_every_n_steps: int = MISSING
-    sample_every_n_steps: int = MISSING
-    first_grid_minutes: float = MISSING
-    sample_count: int = MISSING
+    max_steps: int = valid(at_least(1))
+    max_time: Optional[str] = valid(((lambda v: v is None or bool(DURATION.fullmatch(v))),
+                                     "null or a duration DD:HH:MM:SS, e.g. 00:02:00:00 for two hours"), default=None)
+    log_every_n_steps: int = valid(at_least(1))
+    val_every_n_steps: int = valid(at_least(1))
+    val_batches: Optional[int] = valid(((lambda v: v is None or v >= 1), "null (all) or at least 1"), default=None)
+    checkpoint_every_n_steps: int = valid(at_least(1))
+    sample_every_n_steps: int = valid(at_least(1))
+    first_grid_minutes: float = valid(finite_above(0, inclusive=True))
+    sample_count: int = valid(at_least(1))
     resume: bool = MISSING
-    max_nonfinite_steps: int = MISSING
+    max_nonfinite_steps: int = valid(at_least(1))
     detect_anomaly: bool = MISSING
 
 
 @dataclass
 class Config:
-    name: str = MISSING
-    seed: int = MISSING
+    name: str = valid(((lambda v: bool(RUN_NAME.fullmatch(v))),
+                       "letters, digits, '.', '_' and '-' (the folder runs/<name>)"))
+    seed: int = valid(SEED)
     preset: str = MISSING
     experiment: Optional[str] = None
     logger: Literal["tensorboard", "csv", "wandb"] = MISSING
@@ -192,6 +228,21 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def field_rules(schema, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> rule, for every field of ``schema`` (and its sections) that has one."""
+    hints = typing.get_type_hints(schema)
+    rules = {}
+    for item in fields(schema):
+        if is_dataclass(hints[item.name]):
+            rules.update(field_rules(hints[item.name], f"{prefix}{item.name}."))
+        elif "rule" in item.metadata:
+            rules[f"{prefix}{item.name}"] = item.metadata["rule"]
+    return rules
+
+
+VALUE_RULES = field_rules(Config)
 
 
 CHECK_PRESET = "debug"       # the preset that checks a setup in a few steps, whatever the experiment
@@ -212,11 +263,6 @@ OBJECTIVE_DEFAULTS = {
     "flow": {"diffusion.train_noise": "lognormal", "diffusion.noise_mean": 0.0, "diffusion.noise_std": 1.0,
              "sampling.schedule": "uniform_t", "sampling.sigma_max": 1000.0},     # logit-normal t (SD3)
 }
-
-# Options that only some samplers (or schedules) read.
-SAMPLER_OPTIONS = {"eta": ("ddim",), "churn": ("heun",), "gamma": ("generalized",), "mu": ("generalized",),
-                   "second_order": ("generalized",)}
-
 
 def default_config_dir() -> Path:
     """``./configs`` when run from the project folder, else the project's own ``configs/``."""
@@ -277,9 +323,14 @@ def follow_objective(cfg: DictConfig, given: set[str]) -> None:
 
 
 def unused_sampler_options(sampling: DictConfig, given: set[str]) -> list[str]:
-    """One line for each option in ``given`` that ``sampling.sampler`` (or its schedule) does not read."""
+    """One line for each option in ``given`` that ``sampling.sampler`` (or its schedule) does not
+    read, by the table of samplers."""
+    readers = {}
+    for name, sampler in SAMPLERS.items():
+        for option in sampler.options:
+            readers.setdefault(option, []).append(name)
     notes = [f"sampling.{key}={sampling[key]} is not used by sampler {sampling.sampler} "
-             f"(only by {' and '.join(users)})" for key, users in SAMPLER_OPTIONS.items()
+             f"(only by {' and '.join(users)})" for key, users in readers.items()
              if key in given and sampling.sampler not in users]
     if "rho" in given and sampling.schedule != "karras":
         notes.append(f"sampling.rho={sampling.rho} is not used by schedule {sampling.schedule} (only by karras)")
@@ -325,103 +376,21 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     return f"bad value for '{key}' in {source}: {message}"
 
 
-def finite_above(low: float, inclusive: bool = False) -> tuple:
-    text = f"a finite number {'>=' if inclusive else '>'} {low:g}"
-    return (lambda v: math.isfinite(v) and (v >= low if inclusive else v > low)), text
-
-
-def at_least(low: int) -> tuple:
-    return (lambda v: v >= low), f"at least {low}"
-
-
-UNIT_INTERVAL = (lambda v: 0 <= v < 1), "in [0, 1)"
-SEED = (lambda v: 0 <= v < 2**32), "an integer in [0, 2^32)"
-FINITE = math.isfinite, "a finite number"
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-DURATION = re.compile(r"\d{1,2}:\d{2}:\d{2}:\d{2}")
-
-# key: (test, what a valid value is). Every number in the schema is checked here, where it
-# enters, so that a bad one stops the run at once with its key instead of failing later.
-VALUE_RULES = {
-    "name": ((lambda v: bool(RUN_NAME.fullmatch(v))), "letters, digits, '.', '_' and '-' (the folder runs/<name>)"),
-    "seed": SEED,
-    "data.image_size": at_least(1),
-    "data.channels": ((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"),
-    "data.toy_samples": at_least(2),
-    "data.clusters": at_least(0),
-    "data.val_fraction": UNIT_INTERVAL,
-    "data.batch_size": at_least(1),
-    "data.num_workers": at_least(0),
-    "data.gpu_cache_gb": finite_above(0, inclusive=True),
-    "model.unet.channels": at_least(1),
-    "model.unet.channel_mult": ((lambda v: len(v) > 0 and min(v) >= 1), "a non-empty list of integers >= 1"),
-    "model.unet.blocks_per_level": at_least(1),
-    "model.unet.attention_levels": ((lambda v: all(level >= 0 for level in v)), "a list of levels >= 0"),
-    "model.unet.dropout": UNIT_INTERVAL,
-    "model.dit.patch_size": at_least(1),
-    "model.dit.width": at_least(1),
-    "model.dit.depth": at_least(1),
-    "model.dit.heads": at_least(1),
-    "model.mlp.width": at_least(1),
-    "model.mlp.depth": at_least(1),
-    "diffusion.sigma_data": finite_above(0),
-    "diffusion.noise_mean": FINITE,
-    "diffusion.noise_std": finite_above(0),
-    "diffusion.min_snr_gamma": finite_above(0),
-    "diffusion.p_uncond": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
-    "sampling.steps": at_least(1),
-    "sampling.sigma_min": finite_above(0),
-    "sampling.sigma_max": finite_above(0),
-    "sampling.rho": finite_above(0),
-    "sampling.eta": finite_above(0, inclusive=True),
-    "sampling.churn": finite_above(0, inclusive=True),
-    "sampling.gamma": FINITE,
-    "sampling.mu": UNIT_INTERVAL,
-    "sampling.guidance": FINITE,
-    "evaluation.every_n_steps": at_least(0),
-    "evaluation.samples": at_least(2),
-    "evaluation.batch_size": at_least(1),
-    "evaluation.steps": at_least(1),
-    "evaluation.kid_subset_size": at_least(2),
-    "evaluation.kid_reference": at_least(2),
-    "evaluation.seed": SEED,
-    "optim.lr": finite_above(0),
-    "optim.weight_decay": finite_above(0, inclusive=True),
-    "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
-    "optim.warmup_steps": at_least(0),
-    "optim.grad_clip": finite_above(0, inclusive=True),
-    "optim.ema_decay": UNIT_INTERVAL,
-    "trainer.devices": ((lambda v: v == "auto" or (isinstance(v, int) and v >= 1)
-                         or (isinstance(v, ListConfig) and len(v) > 0 and all(isinstance(d, int) and d >= 0 for d in v))),
-                        "auto, a number of devices >= 1, or a list of device indices like [0, 1]"),
-    "trainer.num_nodes": at_least(1),
-    "trainer.max_steps": at_least(1),
-    "trainer.max_time": ((lambda v: v is None or bool(DURATION.fullmatch(v))),
-                         "null or a duration DD:HH:MM:SS, e.g. 00:02:00:00 for two hours"),
-    "trainer.val_batches": ((lambda v: v is None or v >= 1), "null (all) or at least 1"),
-    "trainer.log_every_n_steps": at_least(1),
-    "trainer.val_every_n_steps": at_least(1),
-    "trainer.checkpoint_every_n_steps": at_least(1),
-    "trainer.sample_every_n_steps": at_least(1),
-    "trainer.first_grid_minutes": finite_above(0, inclusive=True),
-    "trainer.sample_count": at_least(1),
-    "trainer.max_nonfinite_steps": at_least(1),
-}
-
-
 def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     """Every value in its valid range (``VALUE_RULES``), then combinations that are each valid
     but do not work together."""
     for key in keys:
-        test, valid = VALUE_RULES[key]
+        test, what = VALUE_RULES[key]
         value = OmegaConf.select(cfg, key)
         if not test(value):
-            raise ConfigError(f"bad value for '{key}': {value} (must be {valid})")
+            raise ConfigError(f"bad value for '{key}': {value} (must be {what})")
     if cfg.model.name == "pretrained" and not cfg.model.pretrained.source:
         raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or hub id>, "
                           "e.g. google/ddpm-cifar10-32")
-    if cfg.data.name == "toy2d" and cfg.model.name not in ("mlp", "pretrained"):   # pretrained: see DiffusionModule
-        raise ConfigError(f"model.name={cfg.model.name} needs images, but data.name=toy2d is 2D points: use model.name=mlp")
+    if cfg.data.name == "toy2d" and cfg.model.name != "pretrained" and "vector" not in MODELS[cfg.model.name]:
+        fitting = " or ".join(name for name, networks in MODELS.items() if "vector" in networks)
+        raise ConfigError(f"model.name={cfg.model.name} has no network for vectors, but data.name=toy2d is 2D points: "
+                          f"use model.name={fitting}")
     if cfg.sampling.schedule == "trailing" and cfg.diffusion.train_noise not in ("ddpm", "cosine") \
             and cfg.model.name != "pretrained":
         raise ConfigError("sampling.schedule=trailing needs a discrete training schedule "
@@ -439,17 +408,18 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
                           f"{cfg.sampling.sigma_min} and {cfg.sampling.sigma_max}")
 
 
-def did_you_mean(key: str, valid: list[str], parent: str = "") -> str:
+def did_you_mean(key: str, choices: list[str], parent: str = "") -> str:
     """" Did you mean 'data.name'?" for the closest valid key, or nothing."""
-    close = difflib.get_close_matches(key, valid, n=1)
+    close = difflib.get_close_matches(key, choices, n=1)
     return f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
 
 
-def refuse_unknown_keys(keys, valid: list[str], source: str) -> None:
+def refuse_unknown_keys(keys, choices: list[str], source: str) -> None:
     """One message for a misspelt key, with the closest valid one."""
     for key in keys:
-        if key not in valid:
-            raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, valid)} Valid keys: {', '.join(valid)}")
+        if key not in choices:
+            raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, choices)} "
+                              f"Valid keys: {', '.join(choices)}")
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
@@ -459,8 +429,9 @@ def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
     base_file = default_config_dir() / "config.yaml"
     defaults = OmegaConf.select(OmegaConf.load(base_file), section) if base_file.is_file() else None
     run = cfg.copy()
-    merged = OmegaConf.structured({"sampling": SamplingConfig, "evaluation": EvaluationConfig}[section])
-    for layer, source in ((defaults, str(base_file)), (cfg.get(section), "the run's config"), (overrides, "the command line")):
+    merged = OmegaConf.structured(typing.get_type_hints(Config)[section])
+    layers = ((defaults, str(base_file)), (cfg.get(section), "the run's config"), (overrides, "the command line"))
+    for layer, source in layers:
         merged = merge(merged, layer or {}, source)
     OmegaConf.update(run, section, merged, force_add=True)
     check_values(run, [key for key in VALUE_RULES if key.startswith(section + ".")])
@@ -470,6 +441,27 @@ def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
     return run
 
 
-def sampling_keys() -> list[str]:
-    """Keys of the ``sampling`` section, which ``sample`` also accepts unprefixed."""
-    return [f.name for f in fields(SamplingConfig)]
+# The sections of a trained run's configuration that a command line may change, unprefixed
+# (``sample steps=20``, ``evaluate samples=10000``): evaluation during training is no command's.
+RUN_SECTIONS = {"sampling": [f.name for f in fields(SamplingConfig)],
+                "evaluation": [f.name for f in fields(EvaluationConfig) if f.name != "every_n_steps"]}
+
+
+def parse_command(overrides: list[str], schema, name: str, section: str | None = None,
+                  counts: tuple[str, ...] = ()) -> tuple[DictConfig, DictConfig]:
+    """A command's ``key=value`` pairs: the keys of the run's ``section`` (see ``RUN_SECTIONS``)
+    apart, for ``run_config``; the rest into the command's own dataclass ``schema``, whose
+    ``run`` (if it has one) must be given and whose ``counts`` must be at least 1."""
+    parsed = parse_overrides(overrides)
+    section_keys = RUN_SECTIONS.get(section, [])
+    refuse_unknown_keys(parsed.keys(), [item.name for item in fields(schema)] + section_keys, "the command line")
+    given = OmegaConf.create({key: value for key, value in parsed.items() if key in section_keys})
+    rest = OmegaConf.create({key: value for key, value in parsed.items() if key not in section_keys})
+    command = merge(OmegaConf.structured(schema), rest, "the command line")
+    if "run" in command and OmegaConf.is_missing(command, "run"):
+        raise ConfigError(f"{name} needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+    test, what = at_least(1)
+    for key in counts:
+        if command[key] is not None and not test(command[key]):
+            raise ConfigError(f"bad value for '{key}': {command[key]} (must be {what})")
+    return command, given

@@ -1,4 +1,5 @@
-"""A run directory: everything one training run keeps, laid out in one place.
+"""A run directory: everything one training run keeps, laid out in one place, and the models it
+holds.
 
     runs/<name>/
         config.yaml            the resolved configuration it was trained with
@@ -8,6 +9,8 @@
         generated/             what ``sample`` writes
         fid/                   FID and KID: history.jsonl during training, what ``evaluate`` writes
         inspect/               what ``inspect-data`` writes
+        <task>/                what each course task writes: visualize/, interpolate/, guidance/,
+                               illusion/, restore/ (``Run.task``), each with a made_by.yaml
         tensorboard/ or csv/   the logs
 
 An export (``export_run``) is the small folder a trained model is shared as:
@@ -22,26 +25,36 @@ An export (``export_run``) is the small folder a trained model is shared as:
 A run trained from a pretrained diffusers UNet (model.name=pretrained) is exported as a
 diffusers pipeline folder instead, which diffusers' ``from_pretrained`` loads as well as we do.
 
-``load_run`` turns a run directory, a checkpoint file, an export folder, or a pretrained
-diffusers pipeline (a folder with model_index.json, or ``hf:<hub id>``; its outputs go to
-runs/pretrained/<name>/) back into a model ready to sample. Nothing it reads can run code:
-checkpoints are loaded weights-only, exports are safetensors, JSON and YAML.
+``new_model`` is the one place that builds networks, our own and pretrained ones. ``load_run``
+turns a run directory, a checkpoint file, an export folder, or a pretrained diffusers pipeline
+(a folder with model_index.json, or ``hf:<hub id>``; its outputs go to runs/pretrained/<name>/)
+back into a ``Model`` ready to sample, with its run directory: no Lightning is involved. Nothing
+it reads can run code: checkpoints are loaded weights-only, exports are safetensors, JSON and YAML.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import dotted_keys, load_config
+from .codecs import Identity, PretrainedAutoencoder
+from .config import dotted_keys, load_config, parse_command, run_config
+from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
+from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
-from .module import DiffusionModule
+from .model import Model
+from .models import build_model
+from .models.conditioning import ClassLabels
 
 RUNS = Path("runs")
+SAMPLE_OUTPUTS = ("samples.pt", "samples.png", "trajectory.png", "made_by.yaml")
+IMAGE_NAME = re.compile(r"\d{6}\.png")
 
 
 class Run:
@@ -61,6 +74,10 @@ class Run:
     def named(cls, name: str) -> Run:
         return cls(RUNS / name)
 
+    def task(self, name: str, out: str | None = None) -> Path:
+        """Where a task writes its pictures: ``out`` when given, else runs/<name>/<task>/."""
+        return Path(out) if out else self.root / name
+
     def checkpoint_to_resume(self, cfg: DictConfig, data_shape, class_names: list[str]) -> tuple[Path | None, int]:
         """last.ckpt and its step when the run exists and trainer.resume is set, after checking
         that it can be resumed with ``cfg`` (a finished or interrupted run is never overwritten);
@@ -76,7 +93,8 @@ class Run:
         if list(saved["data_shape"]) != list(data_shape) or list(saved["class_names"] or []) != list(class_names):
             raise ConfigError(f"{self.root} was trained on data of shape {saved['data_shape']} with classes "
                               f"{saved['class_names'] or 'none'}; the data now gives {list(data_shape)} and "
-                              f"{class_names or 'none'}. Resume with the same data, or start a new run with name=<new name>")
+                              f"{class_names or 'none'}. Resume with the same data, or start a new run with "
+                              "name=<new name>")
         return self.last_checkpoint, checkpoint["global_step"]
 
     def save_config(self, cfg: DictConfig, class_names: list[str]) -> None:
@@ -84,6 +102,41 @@ class Run:
         OmegaConf.save(cfg, self.config)
         if class_names:
             self.classes.write_text(json.dumps(class_names, indent=1))
+
+
+def record_made_by(out: Path, command_name: str, settings, model: Model, sampling=None) -> Path:
+    """made_by.yaml beside a command's pictures: the command line, the model (checkpoint or
+    export, and its training step), the sampling settings and the command's own settings."""
+    origin = {"command": f"{__package__.split('.')[0]} {command_name}",
+              "made": datetime.now().astimezone().isoformat(timespec="seconds"),
+              "model": dict(model.origin),
+              "sampling": OmegaConf.to_container(sampling) if sampling is not None else None,
+              "settings": OmegaConf.to_container(settings)}
+    path = Path(out) / "made_by.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(origin), path)
+    return path
+
+
+def fresh_output(out: Path) -> Path:
+    """A folder of samples, writable and holding nothing from an earlier ``sample`` (mixed with
+    these, old images would poison an FID folder). Files that sample did not write are never
+    deleted: a folder of other images is refused instead."""
+    images = out / "images"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = sorted(images.iterdir()) if images.is_dir() else []
+        foreign = [path.name for path in stale if not IMAGE_NAME.fullmatch(path.name)]
+        if foreign:
+            raise ConfigError(f"out={out}: {images} holds files that sample did not write ({foreign[0]}, ...); "
+                              "choose another out=")
+        for path in stale + [out / name for name in SAMPLE_OUTPUTS if (out / name).exists()]:
+            path.unlink()
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write samples to out={out}: {error.strerror or error}") from None
+    return out
 
 
 def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
@@ -115,8 +168,8 @@ def read_checkpoint(path: Path) -> dict:
             raise ConfigError(f"refusing to load {path}: it holds a Python object ({python_object[1]}), and loading "
                               "one can run any code. This project's checkpoints hold only tensors and plain values; "
                               "load files from sources you trust") from None
-        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}" if str(error) else type(error).__name__
-        raise ConfigError(f"{path} is not a readable checkpoint (empty, truncated or not a torch file; {detail})") from None
+        raise ConfigError(f"{path} is not a readable checkpoint (empty, truncated or not a torch file; "
+                          f"{describe(error)})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or not {"config", "data_shape"} <= hparams.keys() or "state_dict" not in checkpoint:
         raise ConfigError(f"{path} is a torch file, but not a checkpoint of this project "
@@ -124,97 +177,73 @@ def read_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "model.json"
+def describe(error: Exception) -> str:
+    """An exception in one short line: its kind and the start of its message."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0][:100]}" if text else type(error).__name__
 
 
-def export_run(module: DiffusionModule, out: Path, preview: Path | None = None) -> Path:
-    """Write the export folder ``out`` (see above) for ``module``, loaded from a checkpoint
-    (its ``origin`` says which, and the step)."""
-    source, step = module.origin["checkpoint"], module.origin["step"]
-    if module.pretrained is not None:
-        return export_pipeline(module, out, preview)
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {key: value.detach().cpu().contiguous() for key, value in module.ema.state_dict().items()}
-    save_file(weights, out / EXPORT_WEIGHTS)
-    info = {"format": "diffusion-lab export 1", "data_shape": list(module.data_shape),
-            "class_names": list(module.hparams.class_names or []), "step": step, "trained_in": source,
-            "cluster_sizes": module.hparams.get("cluster_sizes")}
-    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
-    OmegaConf.save(module.cfg, out / "config.yaml")
-    classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""
-    (out / "README.md").write_text(
-        f"# {module.cfg.name}: a {module.cfg.model.name} diffusion model ({module.cfg.diffusion.objective} objective)\n\n"
-        f"Trained {step} steps on {module.cfg.data.name} data of shape {info['data_shape']}{classes}. "
-        f"Draw samples with the project that made it:\n\n    {__package__} sample run=<this folder>\n\n"
-        f"{EXPORT_WEIGHTS}: the EMA weights; {EXPORT_INFO}: data shape, class names, step; config.yaml: the "
-        "configuration it was trained with.\n")
-    if preview is not None:
-        shutil.copyfile(preview, out / "preview.png")
-    return out
+# -- building models ---------------------------------------------------------------------------
+def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: list[int] | None = None) -> Model:
+    """A Model with new weights for ``config`` (the resolved configuration, a dict or DictConfig)
+    and data of ``data_shape`` with ``class_names`` (and ``cluster_sizes`` when the classes are
+    the data's clusters): the network that model.name names for the shape of the data, or with
+    model.name=pretrained the pipeline at model.pretrained.source (its network, prediction type
+    and noise levels, and, unless the data gives one, its shape)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
+    if cfg.model.name == "pretrained":
+        return pretrained_model(cfg, data_shape)
+    condition = ClassLabels(len(class_names)) if cfg.model.conditional and class_names else None
+    if cfg.model.conditional and condition is None:
+        raise ConfigError(f"model.conditional=true needs class labels, but data.name={cfg.data.name} provides none "
+                          "(for an image folder set data.labels_from_subfolders=true; for toy2d use moons or gaussians)")
+    noise = training_noise(cfg.diffusion)
+    try:
+        net = build_model(cfg.model, tuple(data_shape), condition)
+    except ValueError as error:          # the networks explain sizes they cannot take
+        raise ConfigError(f"model.name={cfg.model.name} cannot be built for data of shape {list(data_shape)}: "
+                          f"{error}") from None
+    parameterization = build_parameterization(cfg.diffusion.objective, cfg.diffusion.sigma_data)
+    denoiser = NetworkDenoiser(net, parameterization, noise.sigma_min, noise.sigma_max)
+    return Model(denoiser, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)
 
 
-def export_pipeline(module: DiffusionModule, out: Path, preview: Path | None = None) -> Path:
-    """A fine-tuned pretrained model as the pipeline it came from, with the EMA network in place
-    of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
-    module.pretrained.save(out, module.ema.net.unet)
-    (out / "README.md").write_text(
-        f"# {module.cfg.name}: {module.cfg.model.pretrained.source} fine-tuned for {module.origin['step']} steps\n\n"
-        f"A diffusers pipeline (EMA weights) fine-tuned on {module.cfg.data.name} data of shape "
-        f"{list(module.data_shape)}.\n\n    from diffusers import DiffusionPipeline\n"
-        f"    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
-        f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
-    OmegaConf.save(module.cfg, out / "config.yaml")
-    if preview is not None:
-        shutil.copyfile(preview, out / "preview.png")
-    return out
+def pretrained_model(cfg: DictConfig, data_shape) -> Model:
+    """model.name=pretrained: a pixel UNet is fine-tuned like ours; a text-to-image pipeline is
+    only sampled, with prompts as classes (``Model.use_prompts``), and its VAE decodes the samples."""
+    from .adapters.pretrained import load_pretrained
+
+    source = cfg.model.pretrained.source
+    if cfg.model.conditional:
+        raise ConfigError("model.name=pretrained: the model brings its own conditioning (prompts for a "
+                          "text-to-image pipeline, none for a UNet2DModel); set model.conditional=false")
+    pretrained = load_pretrained(source)
+    shape = pretrained.data_shape
+    if data_shape is not None and pretrained.takes_prompts:
+        raise ConfigError(f"model.pretrained.source={source} is a text-to-image pipeline: those are sampled only "
+                          "here; fine-tuning takes an unconditional UNet2DModel pipeline (DDPM)")
+    if data_shape is not None and len(data_shape) != len(shape):
+        raise ConfigError(f"model.pretrained.source={source} draws images of shape {list(shape)}, but "
+                          f"data.name={cfg.data.name} gives examples of shape {list(data_shape)}")
+    if data_shape is not None and data_shape[0] != shape[0]:
+        raise ConfigError(f"model.pretrained.source={source} takes {shape[0]} channels, the data has "
+                          f"{data_shape[0]}: set data.channels={shape[0]}")
+    codec = PretrainedAutoencoder(pretrained.vae) if pretrained.vae is not None else Identity()
+    return Model(pretrained.denoiser, DiscreteNoise(pretrained.sigmas), tuple(data_shape or shape), cfg,
+                 codec=codec, pretrained=pretrained)
 
 
+# -- loading models --------------------------------------------------------------------------------
 PRETRAINED_PREFIX = "hf:"
 PRETRAINED_SAMPLING = ["sampling.sampler=dpmpp_2m", "sampling.steps=25", "sampling.schedule=trailing",
                        "sampling.guidance=7.5"]    # guidance: Stable Diffusion's usual scale, for text models
 
 
-def load_pretrained_run(source: str) -> tuple[DiffusionModule, Run]:
-    """A diffusers pipeline, sampled as it was trained (DPM-Solver++(2M) over its own discrete
-    noise levels), with this project's other defaults. Outputs go to runs/pretrained/<name>."""
-    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
-                       "data.clusters=0", *PRETRAINED_SAMPLING])
-    with torch.random.fork_rng(devices=[]):
-        module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), None)
-    module.origin = {"pretrained": source, "step": None}
-    return module.eval(), Run(RUNS / "pretrained" / Path(source).name)
-
-
-def load_export(folder: Path) -> DiffusionModule:
-    """The model of an export folder, in eval mode on the CPU."""
-    from safetensors.torch import load_file
-
-    try:
-        info = json.loads((folder / EXPORT_INFO).read_text())
-        config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True)
-        weights = load_file(folder / EXPORT_WEIGHTS)
-    except Exception as error:         # a missing file, bad JSON or YAML, a damaged safetensors file
-        raise ConfigError(f"{folder} is not a readable export folder ({EXPORT_WEIGHTS}, {EXPORT_INFO} and "
-                          f"config.yaml; {type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''})") from None
-    with torch.random.fork_rng(devices=[]):
-        module = DiffusionModule(config, info["data_shape"], info["class_names"] or None, info.get("cluster_sizes"))
-    try:
-        module.ema.load_state_dict(weights)
-        module.denoiser.load_state_dict(weights)
-    except RuntimeError as error:
-        raise ConfigError(f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes: "
-                          f"{str(error).splitlines()[0]}") from None
-    module.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
-    return module.eval()
-
-
-def load_run(path: str | Path) -> tuple[DiffusionModule, Run]:
+def load_run(path: str | Path) -> tuple[Model, Run]:
     """The model saved in a run directory's last.ckpt (or in the given .ckpt, or in an export
-    folder), in eval mode on the CPU, and its run directory (for an export, the folder itself
-    takes the outputs). The caller's random state is left as it was (building the network
-    draws initial weights that the checkpoint then replaces)."""
+    folder, or a diffusers pipeline), in eval mode on the CPU, and its run directory (for an
+    export, the folder itself takes the outputs). The caller's random state is left as it was
+    (building the network draws initial weights that the checkpoint then replaces)."""
     if str(path).startswith(PRETRAINED_PREFIX):
         return load_pretrained_run(str(path).removeprefix(PRETRAINED_PREFIX))
     path = Path(path).expanduser()
@@ -227,26 +256,147 @@ def load_run(path: str | Path) -> tuple[DiffusionModule, Run]:
         raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file, "
                           f"an export folder, or a diffusers pipeline (a folder, or {PRETRAINED_PREFIX}<hub id>)")
     saved = read_checkpoint(checkpoint)
+    hparams = saved["hyper_parameters"]
+    ema = {key.removeprefix("ema."): value for key, value in saved["state_dict"].items() if key.startswith("ema.")}
+    model = model_with_weights(hparams["config"], hparams["data_shape"], hparams.get("class_names") or [],
+                               hparams.get("cluster_sizes"), ema,
+                               f"{checkpoint} does not fit the model its own configuration describes")
+    model.origin = {"checkpoint": str(checkpoint), "step": saved.get("global_step")}
+    return model, Run(checkpoint.parent.parent)
+
+
+def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str) -> Model:
+    """A model with ``weights``, in eval mode on the CPU, the caller's random state untouched;
+    ``misfit`` says what is wrong when the weights do not fit."""
     with torch.random.fork_rng(devices=[]):
-        module = DiffusionModule(**saved["hyper_parameters"])
+        model = new_model(config, data_shape, class_names, cluster_sizes)
     try:
-        module.load_state_dict(saved["state_dict"])
+        model.denoiser.load_state_dict(weights)
     except RuntimeError as error:
-        raise ConfigError(f"{checkpoint} does not fit the model its own configuration describes: "
-                          f"{str(error).splitlines()[0]}") from None
-    module.origin = {"checkpoint": str(checkpoint), "step": saved.get("global_step")}
-    return module.eval(), Run(checkpoint.parent.parent)
+        raise ConfigError(f"{misfit}: {str(error).splitlines()[0]}") from None
+    model.denoiser.requires_grad_(False).eval()
+    return model
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, else Apple's MPS, else the CPU; a device asked for by name must exist here."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+def load_export(folder: Path) -> Model:
+    """The model of an export folder, in eval mode on the CPU."""
+    from safetensors.torch import load_file
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda, cuda:1 or mps") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available.get(device.type, False) or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"device={name} is not available on this machine; use device=auto or device=cpu")
-    return device
+        info = json.loads((folder / EXPORT_INFO).read_text())
+        config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"), resolve=True)
+        weights = load_file(folder / EXPORT_WEIGHTS)
+    except Exception as error:         # a missing file, bad JSON or YAML, a damaged safetensors file
+        raise ConfigError(f"{folder} is not a readable export folder ({EXPORT_WEIGHTS}, {EXPORT_INFO} and "
+                          f"config.yaml; {describe(error)})") from None
+    model = model_with_weights(config, info["data_shape"], info["class_names"] or [], info.get("cluster_sizes"),
+                               weights, f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes")
+    model.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
+    return model
+
+
+def load_pretrained_run(source: str) -> tuple[Model, Run]:
+    """A diffusers pipeline, sampled as it was trained (DPM-Solver++(2M) over its own discrete
+    noise levels), with this project's other defaults. Outputs go to runs/pretrained/<name>."""
+    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
+                       "data.clusters=0", *PRETRAINED_SAMPLING])
+    with torch.random.fork_rng(devices=[]):
+        model = new_model(cfg, None)
+    model.denoiser.requires_grad_(False).eval()
+    model.codec.eval()
+    model.origin = {"pretrained": source, "step": None}
+    return model, Run(RUNS / "pretrained" / Path(source).name)
+
+
+def open_run(overrides: list[str], schema, name: str, counts: tuple[str, ...] = ()) -> tuple:
+    """How every command that draws from a trained run starts: its ``key=value`` pairs read
+    (sampling keys apart, ``config.parse_command``), the run loaded, its sampling section updated
+    with the sampling keys given, a text model given its prompts (the labels asked for), and the
+    labels and conditions asked for turned into class numbers. Returns (command, model, run
+    directory, sampling)."""
+    command, sampling_overrides = parse_command(overrides, schema, name, "sampling", counts)
+    model, run = load_run(command.run)
+    sampling = run_config(model.config, "sampling", sampling_overrides).sampling
+    if model.pretrained is not None and model.pretrained.takes_prompts:
+        model.use_prompts(prompts_asked(command, name))
+    resolve_labels(command, model)
+    return command, model, run, sampling
+
+
+def prompts_asked(command, name: str) -> list[str]:
+    """A text-to-image model's classes: the prompts given as labels (and in conditions), each once."""
+    given = [*(command.get("labels") or []), *(pair[0] for pair in command.get("conditions") or [])]
+    if not given:
+        how = "give prompts as labels, e.g. 'labels=[a photo of a cat]'" if "labels" in command else "it needs prompts"
+        raise ConfigError(f"{command.run} is a text-to-image model: {how} ({name})")
+    return list(dict.fromkeys(str(prompt) for prompt in given))
+
+
+def resolve_labels(command, model: Model) -> None:
+    """Labels given by class name (``labels=[rose]``) or by number (``labels=[3]``) become class
+    numbers, in the command itself; conditions (where the command has them) are [label, weight]
+    pairs with a finite weight."""
+    conditions = command.get("conditions") or []
+    if (command.get("labels") or conditions) and not model.num_classes:
+        raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
+                          "with model.conditional=false")
+    if any(len(pair) != 2 or not is_finite_number(pair[1]) for pair in conditions):
+        raise ConfigError(f"conditions={list(conditions)}: each condition is a [label, weight] pair with a "
+                          "finite weight, e.g. conditions=[[3,1.5],[8,1.0]]")
+    if command.get("labels"):
+        command.labels = [model.class_number(label) for label in command.labels]
+    if conditions:
+        command.conditions = [[model.class_number(label), float(weight)] for label, weight in conditions]
+
+
+def is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- exports -----------------------------------------------------------------------------------
+EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "model.json"
+
+
+def export_run(model: Model, out: Path, preview: Path | None = None) -> Path:
+    """Write the export folder ``out`` (see above) for ``model``, loaded from a checkpoint (its
+    ``origin`` says which, and the step)."""
+    if model.pretrained is not None:
+        return export_pipeline(model, out, preview)
+    from safetensors.torch import save_file
+
+    source, step, cfg = model.origin["checkpoint"], model.origin["step"], model.config
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {key: value.detach().cpu().contiguous() for key, value in model.denoiser.state_dict().items()}
+    save_file(weights, out / EXPORT_WEIGHTS)
+    info = {"format": "diffusion-lab export 1", "data_shape": list(model.data_shape),
+            "class_names": list(model.class_names), "step": step, "trained_in": source,
+            "cluster_sizes": model.cluster_sizes}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    OmegaConf.save(cfg, out / "config.yaml")
+    classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""
+    (out / "README.md").write_text(
+        f"# {cfg.name}: a {cfg.model.name} diffusion model ({cfg.diffusion.objective} objective)\n\n"
+        f"Trained {step} steps on {cfg.data.name} data of shape {info['data_shape']}{classes}. "
+        f"Draw samples with the project that made it:\n\n    {__package__} sample run=<this folder>\n\n"
+        f"{EXPORT_WEIGHTS}: the EMA weights; {EXPORT_INFO}: data shape, class names, step; config.yaml: the "
+        "configuration it was trained with.\n")
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out
+
+
+def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Path:
+    """A fine-tuned pretrained model as the pipeline it came from, with the EMA network in place
+    of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
+    cfg = model.config
+    model.pretrained.save(out, model.denoiser.net.unet)
+    (out / "README.md").write_text(
+        f"# {cfg.name}: {cfg.model.pretrained.source} fine-tuned for {model.origin['step']} steps\n\n"
+        f"A diffusers pipeline (EMA weights) fine-tuned on {cfg.data.name} data of shape "
+        f"{list(model.data_shape)}.\n\n    from diffusers import DiffusionPipeline\n"
+        f"    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
+        f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
+    OmegaConf.save(cfg, out / "config.yaml")
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out

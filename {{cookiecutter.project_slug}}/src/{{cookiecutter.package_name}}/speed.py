@@ -6,19 +6,15 @@ of the hardware's arithmetic that does the model's work (Chowdhery et al. 2022, 
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait until the device has finished the work queued so far (GPU calls return at once)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+from .devices import synchronize
 
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
@@ -40,6 +36,20 @@ def flops_of(fn: Callable[[], object]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def flops_per_image(denoiser: nn.Module, data_shape: tuple[int, ...], condition=None) -> tuple[float, float]:
+    """FLOPs per image of a training step (forward and backward) and of one network evaluation,
+    counted by torch on a copy of ``denoiser`` on the meta device: shapes only, no arithmetic.
+    A conditional network (``condition``, its kind) is counted with its null condition."""
+    denoiser = copy.deepcopy(denoiser).to("meta")
+    x0, noise = (torch.ones(2, *data_shape, device="meta") for _ in range(2))
+    sigma = torch.ones(2, device="meta")
+    null = condition.null(2, "meta") if condition is not None else None
+    step = flops_of(lambda: denoiser.loss(x0, sigma, noise, null).mean().backward())
+    with torch.no_grad():
+        evaluation = flops_of(lambda: denoiser(x0, sigma, null))
+    return step / 2, evaluation / 2
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:

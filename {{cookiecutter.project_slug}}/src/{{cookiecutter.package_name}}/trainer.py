@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Callable
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -16,7 +15,8 @@ from omegaconf import OmegaConf
 from .callbacks import (AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock,
                         StepProgress, say)
 from .callbacks.graceful_stop import seconds
-from .errors import ConfigError, MissingPackage
+from .devices import check_training_hardware, resolve_precision, set_float32_matmuls
+from .errors import MissingPackage
 
 
 def process_rank() -> int:
@@ -31,17 +31,6 @@ def seed_process(seed: int) -> None:
     """Seed everything random in this process with seed + rank: each process of a multi-GPU run
     draws its own noise (Lightning's global seed alone would be the same on every rank)."""
     L.seed_everything(seed + process_rank(), verbose=False)
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: bf16 autocast on Ampere or newer GPUs, fp16 with a gradient scaler on older
-    ones (a T4 reports bf16 support, but only through slow emulation), float32 elsewhere."""
-    if precision != "auto":
-        return precision
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        major, _ = torch.cuda.get_device_capability()
-        return "bf16-mixed" if major >= 8 else "16-mixed"
-    return "32-true"
 
 
 def wandb_logger(cfg, run):
@@ -62,26 +51,6 @@ LOGGERS = {
     "csv": lambda cfg, run: CSVLogger(save_dir=run.root, name="csv"),
     "wandb": wandb_logger,
 }
-
-
-def check_hardware(trainer_cfg) -> None:
-    """The accelerator and precision asked for must exist on this machine."""
-    accelerator, precision = trainer_cfg.accelerator, trainer_cfg.precision
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU that torch can use; "
-                          "use preset=cpu (or trainer.accelerator=auto), or install a CUDA build of torch")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator=mps, but Apple's MPS is not available here; use trainer.accelerator=auto")
-    on_cpu = accelerator == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    if on_cpu and precision in ("16-mixed", "16-true"):
-        raise ConfigError(f"trainer.precision={precision} needs a GPU; on a CPU use 32-true or bf16-mixed")
-
-
-def set_float32_matmuls(tf32: bool) -> None:
-    """TensorFloat-32 (10-bit mantissa) for float32 matmuls on Ampere or newer GPUs: several
-    times faster, and precise enough for training under bf16 autocast. (torch already uses it
-    for convolutions.)"""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def cluster_plugins() -> list:
@@ -150,10 +119,10 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     ``write_record`` saves the run's configuration once training has started; with a feature
     ``extractor``, FID and KID are measured every evaluation.every_n_steps. The speed of steps
     SPEED_WINDOW goes to ``speed_report`` (by default printed with what it means for the run)."""
-    check_hardware(cfg.trainer)
-    set_float32_matmuls(cfg.trainer.tf32)
-    quiet_lightning()
     trainer_cfg = cfg.trainer
+    check_training_hardware(trainer_cfg.accelerator, trainer_cfg.precision)
+    set_float32_matmuls(trainer_cfg.tf32)
+    quiet_lightning()
     callbacks = [
         LastCheckpoint(run.last_checkpoint, trainer_cfg.checkpoint_every_n_steps, cfg.seed),
         SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed,

@@ -158,6 +158,25 @@ def save_sample_grid(images: Tensor, path: str | Path, title: str, column_names:
     return save_labelled_grid(images, [""] * rows, column_names or [""] * columns, path, title)
 
 
+def save_samples(x: Tensor, trajectory: list[Step], out: Path, title: str,
+                 column_names: list[str] | None = None) -> None:
+    """What ``sample`` writes: samples.pt, samples.png (a titled grid, columns named by class when
+    they cycle, or a scatter plot for 2D points), images/NNNNNN.png (exact pixels), and
+    trajectory.png when a trajectory was kept."""
+    torch.save(x, out / "samples.pt")
+    if x.ndim == 2:
+        picture = save_scatter(x, out / "samples.png", title)
+    else:
+        images = to_uint8(x)
+        picture = save_sample_grid(images, out / "samples.png", title, column_names)
+        for i, image in enumerate(images):
+            save_image(image, out / "images" / f"{i:06d}.png")
+    print(f"{len(x)} samples ({title}): {picture}")
+    if trajectory:
+        plot = save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / "trajectory.png", title)
+        print(f"trajectory: {plot}")
+
+
 def sampling_title(name: str, sampling, nfe: int, conditional: bool) -> str:
     """What made a picture of samples: the run, sampler, steps, network evaluations and guidance."""
     guidance = f", guidance {sampling.guidance:g}" if conditional else ""

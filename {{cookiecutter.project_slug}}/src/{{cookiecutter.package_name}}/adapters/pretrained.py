@@ -20,8 +20,8 @@ Text-to-image pipelines (Stable Diffusion, DeepFloyd IF's first stage) take a pr
 embeddings as the condition. Here prompts are classes: ``use_prompts`` encodes a list of them
 into a table, a label is a row of it, and the last row is the empty prompt, the null label of
 classifier-free guidance. Guidance, prompt interpolation and anagrams are then the same code as
-for class labels. A latent model (one with a VAE) is sampled in latent space and its samples are
-decoded at the end (Rombach et al. 2022).
+for class labels. A latent model (one with a VAE) is sampled in latent space, and its VAE
+(``codecs.PretrainedAutoencoder``) decodes the samples at the end (Rombach et al. 2022).
 
 Only diffusers and transformers are needed, imported when a pipeline is loaded: without them
 the package still imports, and loading says how to install them.
@@ -141,14 +141,6 @@ class Pretrained:
         """Make ``prompts`` the classes: label k is prompts[k], label len(prompts) the empty prompt."""
         embeddings = self.encode_prompts([*prompts, ""])
         self.denoiser.net.embeddings = embeddings.to(self.denoiser.sigmas.device)
-
-    @torch.no_grad()
-    def decode(self, x: Tensor) -> Tensor:
-        """Samples as images in [-1, 1]: latents through the VAE's decoder, pixels as they are."""
-        if self.vae is None:
-            return x
-        latents = (x / self.vae.config.scaling_factor).to(self.vae.dtype)
-        return self.vae.decode(latents).sample.float()
 
     def save(self, folder: Path, unet: nn.Module) -> Path:
         """This pipeline with ``unet`` in its place, saved as a diffusers folder (``from_pretrained``)."""

@@ -16,9 +16,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..diffusion.samplers import evaluations_per_sample
-from .progress import say
 from ..evaluation.quality import count_name, fid_kid, reference_file, reference_statistics, sample_features
+from .progress import say
 
 
 class QualityMetrics(L.Callback):
@@ -41,7 +40,7 @@ class QualityMetrics(L.Callback):
         evaluation = self.evaluation
         self.extractor.to(module.device)
         reference = self.reference_statistics(trainer, module.device)
-        draw = partial(module.sample_numbered, seed=evaluation.seed, sampling=self.sampling)
+        draw = partial(module.model.sample_numbered, seed=evaluation.seed, sampling=self.sampling)
         features = sample_features(draw, self.extractor, evaluation.samples, evaluation.batch_size,
                                    trainer.global_rank, trainer.world_size)
         result = fid_kid(reference, gather(trainer, features), evaluation.kid_subset_size, seed=evaluation.seed)
@@ -69,7 +68,7 @@ class QualityMetrics(L.Callback):
     def record(self, trainer, result: dict, seconds: float, share: float) -> None:
         count = count_name(result["samples"])
         sampler = f"{self.sampling.sampler}, {self.sampling.steps} steps"
-        nfe = evaluations_per_sample(self.sampling, bool(trainer.lightning_module.num_classes))
+        nfe = trainer.lightning_module.model.nfe(self.sampling)
         entry = {"step": trainer.global_step, **result, "sampler": sampler, "nfe": nfe,
                  "extractor": self.extractor.name, "seconds": round(seconds, 1), "share_of_training_time": round(share, 3)}
         self.folder.mkdir(parents=True, exist_ok=True)

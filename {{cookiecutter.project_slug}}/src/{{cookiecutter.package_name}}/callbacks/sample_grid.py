@@ -1,4 +1,4 @@
-"""A fixed-seed grid of samples from the EMA weights, written every N steps, once a few minutes
+"""A fixed-seed grid of samples from the EMA weights (the module's ``model``), written every N steps, once a few minutes
 after the start (a slow first run shows early whether it learns), and at the end.
 
 The same starting noise every time, so successive grids show what training changed."""
@@ -40,14 +40,15 @@ class SampleGrid(L.Callback):
         if step == self.last_step:
             return
         self.last_step = step
-        result = module.sample(self.count, torch.Generator().manual_seed(self.seed))
+        model = module.model
+        result = model.sample(self.count, torch.Generator().manual_seed(self.seed))
         path = self.folder / f"step_{step:07d}.png"
-        title = f"step {step:,}, " + sampling_title(self.folder.parent.name, module.cfg.sampling, result.nfe,
-                                                    bool(module.num_classes))
+        title = f"step {step:,}, " + sampling_title(self.folder.parent.name, model.config.sampling, result.nfe,
+                                                    model.condition is not None)
         if result.x.ndim == 2:
             save_scatter(result.x, path, title, trainer.datamodule.reference_images()[: self.count])
         else:
-            save_sample_grid(to_uint8(result.x), path, title, module.column_names(self.count))
+            save_sample_grid(to_uint8(result.x), path, title, model.column_names(self.count))
         log_picture(trainer.logger, path, step)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import lightning as L
 
-from ..speed import synchronize
+from ..devices import synchronize
 
 
 class StepClock(L.Callback):

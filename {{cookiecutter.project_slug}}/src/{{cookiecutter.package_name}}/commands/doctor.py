@@ -12,7 +12,7 @@ from ..config import load_config
 from ..data.inspect import data_report
 from ..errors import UserError
 from ..evaluation.features import INCEPTION_FILE, inception_weights
-from ..trainer import resolve_precision
+from ..devices import resolve_precision
 
 USAGE = """\
 doctor  [key=value ...]   report Python, torch, CUDA, the GPU, the precision auto picks, FID weights

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -14,24 +13,23 @@ import torch
 from omegaconf import MISSING, OmegaConf
 from tqdm import tqdm
 
-from ..config import CompileMode, EvaluationConfig, merge, parse_overrides, refuse_unknown_keys, run_config
+from ..config import RUN_SECTIONS, CompileMode, Precision, parse_command, run_config
 from ..data import DiffusionDataModule
-from ..diffusion.samplers import SAMPLERS, evaluations_per_sample
+from ..devices import pick_device, sampling_precision
+from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
-from ..evaluation.quality import check_images, count_name, fid_kid, reference_file, reference_statistics, sample_features
+from ..evaluation.quality import (check_images, count_name, fid_kid, reference_file, reference_statistics,
+                                  sample_features)
 from ..pixels import to_uint8
-from ..runs import load_run, pick_device
+from ..runs import fresh_output, load_run
 from ..visualize import save_image, save_nfe_plot
-from .sample import check_data_fits, fresh_output, speed_up
-
-EVALUATION_KEYS = [f.name for f in fields(EvaluationConfig) if f.name != "every_n_steps"]
 
 USAGE = f"""\
 evaluate run=DIR [key=value ...]
                           FID and KID of a run against its training data, into runs/<name>/fid/; keys:
                           seeds, sweep (FID against NFE for sweep_samplers x sweep_steps), keep_images,
-                          device, precision, compile, and the evaluation keys {", ".join(EVALUATION_KEYS)}
+                          device, precision, compile, and the evaluation keys {", ".join(RUN_SECTIONS["evaluation"])}
                           (samples defaults to 50000, the published protocol)"""
 
 
@@ -44,26 +42,28 @@ class EvaluateCommand:
     sweep_steps: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
     keep_images: bool = False            # save the first seed's samples as PNGs in runs/<name>/fid/images/
     device: str = "auto"                 # auto | cpu | cuda | mps
-    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"   # of the network while sampling
+    precision: Precision = "auto"        # of the network while sampling
     compile: CompileMode = "none"        # torch.compile the network (pays for 50,000 samples on a GPU)
 
 
 def run(overrides: list[str]) -> Path:
-    command, evaluation_overrides = split_overrides(overrides)
-    module, run_dir = load_run(command.run)
-    if module.takes_prompts:
+    command, evaluation_overrides = parse_command(overrides, EvaluateCommand, "evaluate", "evaluation")
+    check_request(command)
+    model, run_dir = load_run(command.run)
+    if model.pretrained is not None and model.pretrained.takes_prompts:
         raise ConfigError(f"{command.run} is a text-to-image model: FID here compares unconditional or class-labelled "
                           "samples with a data set, and a prompt per sample is not supported")
-    evaluation = run_config(module.cfg, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
-    cfg = run_config(module.cfg, "sampling", {"sampler": evaluation.sampler, "steps": evaluation.steps})
+    evaluation = run_config(model.config, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
+    cfg = run_config(model.config, "sampling", {"sampler": evaluation.sampler, "steps": evaluation.steps})
     device = pick_device(command.device)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup()
     check_images(data.data_shape, cfg.data.name)
-    check_data_fits(module, data.data_shape)
+    model.check_data(data.data_shape)
     extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
-    module.to(device)
-    precision = speed_up(module, command.precision, command.compile, device)
+    model.to(device)
+    precision = sampling_precision(command.precision, device)
+    model.speed_up(precision, command.compile)
     path = reference_file(evaluation.cache_dir, data.fingerprint, cfg.data.image_size, cfg.data.channels, extractor)
     images = data.reference_images()
     with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:
@@ -73,30 +73,29 @@ def run(overrides: list[str]) -> Path:
     if command.sweep:
         plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]
-    announce(module, extractor, evaluation, plans, device)
+    announce(model, extractor, evaluation, plans, device)
     keep = image_keeper(fresh_output(run_dir.fid) / "images") if command.keep_images else None     # no old images mixed in
     results = []
     for k, (sampling, seed) in enumerate(plans):
         with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
                   unit="sample") as bar:
-            draw = partial(module.sample_numbered, seed=seed, sampling=sampling)
+            draw = partial(model.sample_numbered, seed=seed, sampling=sampling)
             features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
                                        keep=keep if k == 0 else None, progress=bar.update)
-        results.append({"sampler": sampling.sampler, "steps": sampling.steps,
-                        "nfe": evaluations_per_sample(sampling, bool(module.num_classes)),
+        results.append({"sampler": sampling.sampler, "steps": sampling.steps, "nfe": model.nfe(sampling),
                         "seed": seed, "precision": precision,
                         **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
 
 
-def announce(module, extractor, evaluation, plans, device) -> None:
+def announce(model, extractor, evaluation, plans, device) -> None:
     """Time one batch, then say what the whole evaluation will take."""
     started = time.perf_counter()
     indices = torch.arange(min(evaluation.batch_size, evaluation.samples))
     sampling = plans[0][0]
-    extractor(to_uint8(module.sample_numbered(indices, 0, sampling)).to(device))
+    extractor(to_uint8(model.sample_numbered(indices, 0, sampling)).to(device))
     per_sample = (time.perf_counter() - started) / len(indices)
-    costs = [evaluations_per_sample(s, bool(module.num_classes)) + 1 for s, _ in plans]    # +1: the features
+    costs = [model.nfe(s) + 1 for s, _ in plans]    # +1: the features
     work = sum(costs) / costs[0]
     minutes = per_sample * evaluation.samples * work / 60
     print(f"evaluating {len(plans)} x {evaluation.samples} samples with {extractor.name}: about {minutes:.0f} min "
@@ -132,17 +131,8 @@ def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Pat
     return folder
 
 
-def split_overrides(overrides: list[str]) -> tuple[EvaluateCommand, dict]:
-    """Evaluation keys (samples=10000) go to the run's evaluation section; the rest describe the command."""
-    parsed = parse_overrides(overrides)
-    refuse_unknown_keys(parsed.keys(), [f.name for f in fields(EvaluateCommand)] + EVALUATION_KEYS, "the command line")
-    evaluation = {k: v for k, v in parsed.items() if k in EVALUATION_KEYS}
-    rest = OmegaConf.create({k: v for k, v in parsed.items() if k not in EVALUATION_KEYS})
-    command = merge(OmegaConf.structured(EvaluateCommand), rest, "the command line")
-    if OmegaConf.is_missing(command, "run"):
-        raise ConfigError("evaluate needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
+def check_request(command: EvaluateCommand) -> None:
     unknown = [name for name in command.sweep_samplers if name not in SAMPLERS]
     if unknown or command.seeds < 1 or min(command.sweep_steps, default=1) < 1:
         raise ConfigError(f"bad sweep or seeds: seeds >= 1, sweep_steps >= 1, sweep_samplers from {', '.join(SAMPLERS)}"
                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    return command, evaluation

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
-from ..config import merge, parse_overrides
+from ..config import parse_command
 from ..errors import ConfigError
 from ..runs import export_run, load_run
 
@@ -27,17 +27,15 @@ class ExportCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command = merge(OmegaConf.structured(ExportCommand), parse_overrides(overrides), "the command line")
-    if OmegaConf.is_missing(command, "run"):
-        raise ConfigError("export needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
-    module, run_dir = load_run(command.run)
-    if "checkpoint" not in module.origin:
+    command, _ = parse_command(overrides, ExportCommand, "export")
+    model, run_dir = load_run(command.run)
+    if "checkpoint" not in model.origin:
         raise ConfigError(f"{command.run} is already a folder to share (an export or a diffusers pipeline); copy it as it is")
     out = Path(command.out) if command.out else Path("exports") / run_dir.root.name
     grids = sorted(run_dir.samples.glob("step_*.png"))
-    export_run(module, out, grids[-1] if grids else None)
+    export_run(model, out, grids[-1] if grids else None)
     megabytes = sum(path.stat().st_size for path in out.rglob("*") if path.is_file()) / 1e6
     program = __package__.split(".")[0]
-    print(f"exported step {module.origin['step']} of {run_dir.root} to {out} ({megabytes:.1f} MB)\n"
+    print(f"exported step {model.origin['step']} of {run_dir.root} to {out} ({megabytes:.1f} MB)\n"
           f"use it anywhere with: {program} sample run={out}")
     return out

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
-
-from ..config import merge, parse_overrides
+from ..config import parse_command
 from ..errors import OfflineWeights
 from ..evaluation.features import INCEPTION_FILE, fetch_inception_weights, inception_weights
 
@@ -23,7 +21,7 @@ class FetchWeightsCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    options = merge(OmegaConf.structured(FetchWeightsCommand), parse_overrides(overrides), "the command line")
+    options, _ = parse_command(overrides, FetchWeightsCommand, "fetch-weights")
     path = inception_weights(options.path)
     try:
         fetch_inception_weights(path)

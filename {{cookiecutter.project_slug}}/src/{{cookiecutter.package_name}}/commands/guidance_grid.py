@@ -9,18 +9,19 @@ from typing import Any, Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import sampling_keys
+from ..config import RUN_SECTIONS
+from ..devices import pick_device
 from ..diffusion.generate import indexed_noise
 from ..errors import ConfigError
 from ..pixels import to_uint8
-from ..runs import pick_device
+from ..runs import open_run, record_made_by
 from ..visualize import save_labelled_grid
-from .sample import open_run, record_origin
 
 USAGE = f"""\
 guidance-grid run=DIR [key=value ...]
                           classes x guidance weights in one PNG; keys: labels (default all, at most
-                          16), weights, seed, out, device, and any sampling key: {", ".join(sampling_keys())}"""
+                          16), weights, seed, out, device, and any sampling key:
+                          {", ".join(RUN_SECTIONS["sampling"])}"""
 
 
 @dataclass
@@ -34,21 +35,20 @@ class GuidanceGridCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, module, run_dir, sampling = open_run(overrides, GuidanceGridCommand, "guidance-grid", ())
-    if not module.num_classes:
+    command, model, run_dir, sampling = open_run(overrides, GuidanceGridCommand, "guidance-grid")
+    if not model.num_classes:
         raise ConfigError(f"guidance-grid needs a class-conditional model; {command.run} is unconditional")
-    module.to(pick_device(command.device))
-    labels = list(command.labels) if command.labels else list(range(min(16, module.num_classes)))
-    noise = indexed_noise(torch.arange(len(labels)), module.data_shape, command.seed)
+    model.to(pick_device(command.device))
+    labels = list(command.labels) if command.labels else list(range(min(16, model.num_classes)))
+    noise = indexed_noise(torch.arange(len(labels)), model.data_shape, command.seed)
     columns = []
     for weight in command.weights:
         conditions = [(torch.tensor(labels), weight)]
-        columns.append(module.sample(len(labels), torch.Generator(), sampling, conditions=conditions, noise=noise).x)
+        columns.append(model.sample(len(labels), torch.Generator(), sampling, conditions=conditions, noise=noise).x)
     tiles = torch.stack(columns, 1).flatten(0, 1)                # row by row: a class, all its weights
-    names = module.hparams.class_names
-    path = Path(command.out) if command.out else run_dir.root / "guidance" / "grid.png"
+    path = Path(command.out) if command.out else run_dir.task("guidance") / "grid.png"
     title = f"{run_dir.root.name}: classifier-free guidance, {sampling.sampler}, {sampling.steps} steps"
-    print(save_labelled_grid(to_uint8(tiles.cpu()), [names[label] for label in labels],
+    print(save_labelled_grid(to_uint8(tiles.cpu()), [model.class_names[label] for label in labels],
                              [f"w={weight:g}" for weight in command.weights], path, title))
-    record_origin(path.parent, "guidance-grid", command, module, sampling)
+    record_made_by(path.parent, "guidance-grid", command, model, sampling)
     return path

@@ -19,22 +19,22 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from ..config import sampling_keys
-from ..diffusion.samplers import configured_sampler, is_deterministic
-from ..diffusion.schedules import sampling_sigmas
+from ..config import RUN_SECTIONS
+from ..data import DiffusionDataModule
+from ..devices import pick_device
+from ..diffusion.samplers import SAMPLERS, configured_sampler
 from ..errors import ConfigError
 from ..pixels import to_uint8
-from ..runs import pick_device
+from ..runs import open_run, record_made_by
 from ..tasks.interpolate import invert, slerp
 from ..visualize import enlarged_grid, save_gif, save_labelled_grid
-from .sample import open_run, record_origin, training_images
 
 USAGE = f"""\
 interpolate run=DIR [key=value ...]
                           a strip PNG and a GIF: between=noise (seeds=[0,1]), images (images=[i,j] of
                           the training data, inverted), labels (labels=[3,8]) or guidance
                           (weights=[0,1,2,4]); keys: frames, label, out, device, and any sampling key:
-                          {", ".join(sampling_keys())}"""
+                          {", ".join(RUN_SECTIONS["sampling"])}"""
 
 
 @dataclass
@@ -52,30 +52,31 @@ class InterpolateCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, module, run_dir, sampling = open_run(overrides, InterpolateCommand, "interpolate", ("frames",))
-    check_request(command, sampling, module)
-    module.to(pick_device(command.device))
+    command, model, run_dir, sampling = open_run(overrides, InterpolateCommand, "interpolate", ("frames",))
+    check_request(command, sampling, model)
+    model.to(pick_device(command.device))
     plan = {"noise": between_noises, "images": between_images, "labels": between_labels,
             "guidance": across_guidance}[command.between]
-    frames, names = plan(module, command, sampling)
-    out = Path(command.out) if command.out else run_dir.root / "interpolate"
+    frames, names = plan(model, command, sampling)
+    out = run_dir.task("interpolate", command.out)
     images = to_uint8(frames)
     title = f"{run_dir.root.name}: between {command.between}, {sampling.sampler}, {sampling.steps} steps"
     strip = save_labelled_grid(images, [""], names, out / f"{command.between}.png", title)
     pictures = [enlarged_grid(image[None], 1, tile=128) for image in images]
     gif = save_gif(pictures + pictures[-2:0:-1], out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
     print(f"{strip}\n{gif}")
-    record_origin(out, "interpolate", command, module, sampling)
+    record_made_by(out, "interpolate", command, model, sampling)
     return out
 
 
-def check_request(command, sampling, module) -> None:
-    if len(module.data_shape) != 3:
-        raise ConfigError(f"interpolate draws images; {command.run} was trained on data of shape {list(module.data_shape)}")
-    if not is_deterministic(sampling):
+def check_request(command, sampling, model) -> None:
+    if len(model.data_shape) != 3:
+        raise ConfigError(f"interpolate draws images; {command.run} was trained on data of shape "
+                          f"{list(model.data_shape)}")
+    if not SAMPLERS[sampling.sampler].deterministic(sampling):
         raise ConfigError(f"interpolate needs a deterministic sampler, and sampler={sampling.sampler} adds noise "
                           "(eta, churn or mu above 0, or ddpm); use sampler=dpmpp_2m or sampler=euler")
-    if command.between in ("labels", "guidance") and not module.num_classes:
+    if command.between in ("labels", "guidance") and not model.num_classes:
         raise ConfigError(f"between={command.between} needs a class-conditional model; {command.run} is unconditional")
     if command.between == "labels" and len(command.labels or []) != 2:
         raise ConfigError("between=labels needs two labels, e.g. labels=[3,8]")
@@ -87,50 +88,51 @@ def fractions(frames: int) -> list[float]:
     return np.linspace(0, 1, frames).tolist()
 
 
-def first_label(command, module) -> torch.Tensor | None:
-    return torch.tensor([command.labels[0] if command.labels else 0]) if module.num_classes else None
+def labels_of(command, model, n: int) -> torch.Tensor | None:
+    """n copies of the label to draw (the first asked for, or 0) for a conditional model, else None."""
+    if not model.num_classes:
+        return None
+    return torch.tensor([command.labels[0] if command.labels else 0]).expand(n)
 
 
-def between_noises(module, command, sampling):
-    a, b = (torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(seed)) for seed in command.seeds)
+def between_noises(model, command, sampling):
+    a, b = (torch.randn(1, *model.data_shape, generator=torch.Generator().manual_seed(seed)) for seed in command.seeds)
     noise = torch.cat([slerp(a, b, t) for t in fractions(command.frames)])
-    labels = first_label(command, module)
-    labels = None if labels is None else labels.expand(len(noise))
-    x = module.sample(len(noise), torch.Generator(), sampling, labels=labels, noise=noise).x
+    x = model.sample(len(noise), torch.Generator(), sampling, labels=labels_of(command, model, len(noise)),
+                     noise=noise).x
     return x, [f"t={t:.2f}" for t in fractions(command.frames)]
 
 
-def between_images(module, command, sampling):
-    images = training_images(module, command.images)
-    labels = first_label(command, module)
-    denoiser = module.guided(2, sampling.guidance, None if labels is None else labels.expand(2))
-    sigmas = sampling_sigmas(sampling, module.training_noise.table)
-    sampler = configured_sampler(sampling)
-    noises = invert(denoiser, sigmas, images, sampler) / sigmas[0].item()
-    rebuilt = module.sample(2, torch.Generator(), sampling, labels=None if labels is None else labels.expand(2),
-                            noise=noises.cpu()).x
+def between_images(model, command, sampling):
+    data = DiffusionDataModule.of_run(model.config)
+    model.check_data(data.data_shape)
+    images = data.training_examples(command.images).to(model.device)
+    denoiser = model.guided(2, sampling.guidance, labels_of(command, model, 2))
+    sigmas = model.sigmas(sampling)
+    noises = invert(denoiser, sigmas, images, configured_sampler(sampling)) / sigmas[0].item()
+    rebuilt = model.sample(2, torch.Generator(), sampling, labels=labels_of(command, model, 2), noise=noises.cpu()).x
     for index, image, copy in zip(command.images, images, rebuilt):
         error = (copy - image).square().mean().sqrt().item()
         print(f"image {index}: inverted and regenerated with {100 * error / 2:.2f}% RMS error (of the [-1, 1] range)")
     noise = torch.cat([slerp(noises[:1].cpu(), noises[1:].cpu(), t) for t in fractions(command.frames)])
-    batch_labels = None if labels is None else labels.expand(len(noise))
-    x = module.sample(len(noise), torch.Generator(), sampling, labels=batch_labels, noise=noise).x
+    x = model.sample(len(noise), torch.Generator(), sampling, labels=labels_of(command, model, len(noise)),
+                     noise=noise).x
     return x, [f"t={t:.2f}" for t in fractions(command.frames)]
 
 
-def between_labels(module, command, sampling):
+def between_labels(model, command, sampling):
     a, b = command.labels
-    noise = torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(command.seed))
+    noise = torch.randn(1, *model.data_shape, generator=torch.Generator().manual_seed(command.seed))
     frames = []
     for t in fractions(command.frames):
         conditions = [(torch.tensor([a]), (1 - t) * sampling.guidance), (torch.tensor([b]), t * sampling.guidance)]
-        frames.append(module.sample(1, torch.Generator(), sampling, conditions=conditions, noise=noise).x)
+        frames.append(model.sample(1, torch.Generator(), sampling, conditions=conditions, noise=noise).x)
     return torch.cat(frames), [f"{a}→{b}\nt={t:.2f}" for t in fractions(command.frames)]
 
 
-def across_guidance(module, command, sampling):
-    noise = torch.randn(1, *module.data_shape, generator=torch.Generator().manual_seed(command.seed))
-    label = first_label(command, module)
-    frames = [module.sample(1, torch.Generator(), sampling, conditions=[(label, weight)], noise=noise).x
+def across_guidance(model, command, sampling):
+    noise = torch.randn(1, *model.data_shape, generator=torch.Generator().manual_seed(command.seed))
+    frames = [model.sample(1, torch.Generator(), sampling, conditions=[(labels_of(command, model, 1), weight)],
+                           noise=noise).x
               for weight in command.weights]
     return torch.cat(frames), [f"w={weight:g}" for weight in command.weights]

@@ -17,23 +17,22 @@ from typing import Any, Literal, Optional
 import torch
 from omegaconf import MISSING, OmegaConf
 
-from ..config import sampling_keys
-from ..diffusion.generate import generate
-from ..diffusion.samplers import configured_sampler
-from ..diffusion.schedules import sampling_sigmas
+from ..config import RUN_SECTIONS
+from ..data import DiffusionDataModule
+from ..devices import pick_device
 from ..errors import ConfigError
+from ..model import labels_in_turn
 from ..pixels import to_uint8
-from ..runs import pick_device
-from ..tasks.restore import (PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint,
-                             sdedit)
+from ..runs import open_run, record_made_by
+from ..tasks.restore import PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint
 from ..visualize import save_labelled_grid
-from .sample import labels_in_turn, open_run, record_origin, training_images
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
                           inpaint | repaint | superres | colorize | dps | sdedit on images=[i,...] of the
                           training data; keys: mask, resample, factor, zeta, degradation, strength,
-                          labels, seed, out, device, and any sampling key: {", ".join(sampling_keys())}"""
+                          labels, seed, out, device, and any sampling key:
+                          {", ".join(RUN_SECTIONS["sampling"])}"""
 
 Method = Literal["inpaint", "repaint", "superres", "colorize", "dps", "sdedit"]
 
@@ -80,39 +79,40 @@ def user_degradation(where: str):
 
 
 def run(overrides: list[str]) -> Path:
-    command, module, run_dir, sampling = open_run(overrides, RestoreCommand, "restore", ("resample", "factor"))
-    check_request(command, module)
-    module.to(pick_device(command.device))
-    truth = training_images(module, command.images)
-    n, size = len(truth), module.data_shape[-1]
+    command, model, run_dir, sampling = open_run(overrides, RestoreCommand, "restore", ("resample", "factor"))
+    check_request(command, model)
+    model.to(pick_device(command.device))
+    data = DiffusionDataModule.of_run(model.config)
+    model.check_data(data.data_shape)
+    truth = data.training_examples(command.images).to(model.device)
+    n, size = len(truth), model.data_shape[-1]
     labels = labels_in_turn(command.labels, 0, n)
-    denoiser = module.guided(n, sampling.guidance if labels is not None else 0.0, labels)
-    mask = hidden(command.mask, size, command.seed).to(module.device)
+    denoiser = model.guided(n, sampling.guidance if labels is not None else 0.0, labels)
+    mask = hidden(command.mask, size, command.seed).to(model.device)
     degrade, pseudo_inverse = {"superres": downsample(command.factor), "colorize": grayscale()}.get(
         command.method, masked(mask))
     if command.method == "dps" and command.degradation:
         degrade = user_degradation(command.degradation)
     y = degrade(truth)
-    x = restoration(command, denoiser, sampling, module, truth, mask, degrade, pseudo_inverse, y)
+    x = restoration(command, denoiser, sampling, model, truth, mask, degrade, pseudo_inverse, y)
     report(command, x, truth, degrade, y)
-    observed = (truth * mask if command.method in ("inpaint", "repaint", "dps") and not command.degradation
-                else pseudo_inverse(y) if command.method in ("superres", "colorize") else truth)
-    out = Path(command.out) if command.out else run_dir.root / "restore"
-    tiles = to_uint8(torch.cat([truth, observed, x]).clamp(-1, 1).cpu())
+    out = run_dir.task("restore", command.out)
+    tiles = to_uint8(torch.cat([truth, observed(command, truth, mask, pseudo_inverse, y), x]).clamp(-1, 1).cpu())
     title = f"{run_dir.root.name}: {command.method}, {sampling.sampler}, {sampling.steps} steps"
     path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
                               out / f"{command.method}.png", title)
     print(path)
-    record_origin(out, "restore", command, module, sampling)
+    record_made_by(out, "restore", command, model, sampling)
     return path
 
 
-def check_request(command, module) -> None:
+def check_request(command, model) -> None:
     if OmegaConf.is_missing(command, "method"):
         raise ConfigError("restore needs method=inpaint|repaint|superres|colorize|dps|sdedit")
-    if len(module.data_shape) != 3:
-        raise ConfigError(f"restore works on images; {command.run} was trained on data of shape {list(module.data_shape)}")
-    channels, size = module.data_shape[0], module.data_shape[-1]
+    if len(model.data_shape) != 3:
+        raise ConfigError(f"restore works on images; {command.run} was trained on data of shape "
+                          f"{list(model.data_shape)}")
+    channels, size = model.data_shape[0], model.data_shape[-1]
     if command.method == "superres" and size % command.factor:
         raise ConfigError(f"factor={command.factor} must divide the image size {size}")
     if command.method == "colorize" and channels != 3:
@@ -121,17 +121,28 @@ def check_request(command, module) -> None:
         raise ConfigError(f"strength={command.strength} must be in [0, 1] (0 keeps the image, 1 draws afresh)")
 
 
-def restoration(command, denoiser, sampling, module, truth, mask, degrade, pseudo_inverse, y) -> torch.Tensor:
-    sigmas = sampling_sigmas(sampling, module.training_noise.table)
-    sampler, generator = configured_sampler(sampling), torch.Generator().manual_seed(command.seed)
+def restoration(command, denoiser, sampling, model, truth, mask, degrade, pseudo_inverse, y) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(command.seed)
     if command.method in ("inpaint", "repaint"):
         resample = 1 if command.method == "inpaint" else command.resample
-        return repaint(denoiser, sigmas, truth * mask, mask, resample=resample, generator=generator).x
+        return repaint(denoiser, model.sigmas(sampling), truth * mask, mask, resample=resample, generator=generator).x
     if command.method == "sdedit":
-        return sdedit(denoiser, sigmas, truth, command.strength, sampler, generator).x
-    wrapped = (PosteriorSampling(denoiser, degrade, y, command.zeta) if command.method == "dps"
-               else Projected(denoiser, degrade, pseudo_inverse, y))
-    return generate(wrapped, sigmas, sampler, shape=truth.shape, generator=generator, device=module.device).x
+        return model.generate(denoiser, sampling, image=truth, strength=command.strength, generator=generator).x
+    if command.method == "dps":
+        wrapped = PosteriorSampling(denoiser, degrade, y, command.zeta)
+    else:
+        wrapped = Projected(denoiser, degrade, pseudo_inverse, y)
+    return model.generate(wrapped, sampling, shape=tuple(truth.shape), generator=generator).x
+
+
+def observed(command, truth, mask, pseudo_inverse, y) -> torch.Tensor:
+    """What the method was given to see, as a picture: the kept pixels, the low-resolution or gray
+    image, or (SDEdit, DPS with a degradation of your own) the original."""
+    if command.method in ("inpaint", "repaint", "dps") and not command.degradation:
+        return truth * mask
+    if command.method in ("superres", "colorize"):
+        return pseudo_inverse(y)
+    return truth
 
 
 def report(command, x, truth, degrade, y) -> None:

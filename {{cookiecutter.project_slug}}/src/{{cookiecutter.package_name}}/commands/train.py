@@ -6,19 +6,17 @@ import signal
 import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch.trainer.states import TrainerStatus
-from omegaconf import OmegaConf
 
 from ..config import load_config
 from ..data import DiffusionDataModule
-from ..diffusion.samplers import evaluations_per_sample
+from ..devices import device_name
 from ..errors import Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
-from ..runs import Run
-from .bench import flops_per_image
+from ..runs import Run, new_model
+from ..speed import flops_per_image
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 
 USAGE = """\
@@ -36,16 +34,16 @@ def run(overrides: list[str]) -> Path:
     data.setup("fit")
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
-    module = DiffusionModule(OmegaConf.to_container(cfg, resolve=True), list(data.data_shape), data.class_names,
-                             data.cluster_sizes)
+    module = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
     resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
         print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer))
         if extractor is not None:
-            print(quality_cost(cfg, extractor.name, trainer.world_size))
+            print(quality_cost(cfg, module.model.nfe(evaluation_sampling(cfg)), extractor.name, trainer.world_size))
     started = time.monotonic()
-    resume = f"{program} " + " ".join(["train", *map(shlex.quote, (o for o in overrides if not o.startswith("trainer.resume=")))])
+    kept = (override for override in overrides if not override.startswith("trainer.resume="))
+    resume = f"{program} " + " ".join(["train", *map(shlex.quote, kept)])
     try:
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except SystemExit:       # Lightning's way out after Ctrl-C or SIGTERM, once last.ckpt is saved
@@ -68,18 +66,6 @@ def run(overrides: list[str]) -> Path:
     return run_dir.root
 
 
-def device_name(trainer) -> str:
-    """The device training runs on and its number type, as a person would say them."""
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        name = f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})"
-    else:
-        name = f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else device.type
-    processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
-    return f"{name}{processes}, precision {trainer.precision}"
-
-
 def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDataModule, module: DiffusionModule,
                     trainer) -> str:
     """What is about to happen, in a few lines: run (and the step it resumes from), data, model,
@@ -88,7 +74,8 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     classes = data.class_names
     labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})" if classes else ""
     parameters = sum(p.numel() for p in module.denoiser.parameters())
-    step_flops, _ = flops_per_image(module)
+    step_flops, _ = flops_per_image(module.denoiser, module.model.data_shape, module.model.condition)
+    processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
     batch = cfg.data.batch_size * trainer.world_size
     images = cfg.trainer.max_steps * batch
     budget = f", at most {cfg.trainer.max_time} (trainer.max_time)" if cfg.trainer.max_time else ""
@@ -99,7 +86,7 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
         f"of {shape}{labels}",
         f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
         f"training step; objective {cfg.diffusion.objective}",
-        f"  device   {device_name(trainer)}",
+        f"  device   {device_name(trainer.strategy.root_device)}{processes}, precision {trainer.precision}",
         f"  length   {cfg.trainer.max_steps:,} steps of {batch} = {images:,} images "
         f"({images / len(data.train_set):.1f} epochs){budget}; speed and time left after {SPEED_WINDOW[1]} steps",
         *optional,
@@ -124,9 +111,9 @@ def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) 
     ])
 
 
-def quality_cost(cfg, extractor_name: str, world_size: int) -> str:
-    """What FID during training will cost, said before training starts."""
-    evaluation, nfe = cfg.evaluation, evaluations_per_sample(evaluation_sampling(cfg), cfg.model.conditional)
+def quality_cost(cfg, nfe: int, extractor_name: str, world_size: int) -> str:
+    """What FID during training will cost (``nfe`` per sample), said before training starts."""
+    evaluation = cfg.evaluation
     evaluating, training = evaluation_cost(evaluation.samples, nfe, evaluation.every_n_steps,
                                            cfg.data.batch_size * world_size)
     return (f"quality: FID and KID with {extractor_name}: {evaluation.samples} samples x ({nfe} NFE + features) = "

@@ -14,20 +14,20 @@ from typing import Any, Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import sampling_keys
+from ..config import RUN_SECTIONS
 from ..data import DiffusionDataModule
+from ..devices import pick_device
 from ..diffusion.samplers import Trajectory
-from ..errors import ConfigError
-from ..runs import pick_device
+from ..model import labels_in_turn
+from ..runs import open_run, record_made_by
 from ..visualize import sampling_title, save_denoising, save_particles_gif, save_vector_fields
-from .sample import labels_in_turn, open_run, record_origin
 
 USAGE = f"""\
 visualize run=DIR [key=value ...]
                           pictures of the denoising: a labelled x_t / x0_hat grid and a GIF
                           (images), vector fields and moving particles (2D); keys: n, seed,
                           labels, columns, sigmas, out, device, and any sampling key:
-                          {", ".join(sampling_keys())}"""
+                          {", ".join(RUN_SECTIONS["sampling"])}"""
 
 
 FIELD_POINTS = 21        # arrows per side of a vector field
@@ -46,31 +46,27 @@ class VisualizeCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, module, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
-    if module.latent:
-        raise ConfigError(f"visualize draws x_t and x0_hat at every step; {command.run} samples latents, decoded "
-                          "only at the end")
-    module.to(pick_device(command.device))
-    points = len(module.data_shape) == 1
+    command, model, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
+    model.need_pixels("visualize draws x_t and x0_hat at every step")
+    model.to(pick_device(command.device))
+    points = len(model.data_shape) == 1
     n = command.n or (500 if points else 4)
     labels = labels_in_turn(command.labels, 0, n)
     trajectory = Trajectory()
-    result = module.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
-    title = sampling_title(run_dir.root.name, sampling, result.nfe, bool(module.num_classes))
-    out = Path(command.out) if command.out else run_dir.root / "visualize"
+    result = model.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
+    title = sampling_title(run_dir.root.name, sampling, result.nfe, model.condition is not None)
+    out = run_dir.task("visualize", command.out)
     if points:
-        data = DiffusionDataModule(module.cfg.data, module.cfg.seed)
-        data.setup()
-        reference = data.reference_images()
+        reference = DiffusionDataModule.of_run(model.config).reference_images()
         grid = FIELD_POINTS**2                       # one label for the whole field: the first asked for, or 0
         label = (labels[:1] if labels is not None else torch.zeros(1, dtype=torch.long)).expand(grid)
-        denoiser = module.guided(grid, sampling.guidance, label)
+        denoiser = model.guided(grid, sampling.guidance, label)
         pictures = [save_vector_fields(denoiser, command.sigmas, reference, out / "vector_fields.png",
-                                       FIELD_POINTS, module.device),
+                                       FIELD_POINTS, model.device),
                     save_particles_gif(trajectory.steps, result.x, reference, out / "particles.gif")]
     else:
         pictures = list(save_denoising(trajectory.steps, out, title, command.columns))
     for picture in pictures:
         print(picture)
-    record_origin(out, "visualize", command, module, sampling)
+    record_made_by(out, "visualize", command, model, sampling)
     return out

@@ -39,6 +39,13 @@ class DiffusionDataModule(L.LightningDataModule):
         self.cluster_sizes: list[int] | None = None     # examples per cluster, when data.clusters labels them
         self.fingerprint = ""
 
+    @classmethod
+    def of_run(cls, cfg) -> DiffusionDataModule:
+        """The data that the configuration ``cfg`` (a run's) names, set up."""
+        data = cls(cfg.data, cfg.seed)
+        data.setup()
+        return data
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
@@ -77,6 +84,16 @@ class DiffusionDataModule(L.LightningDataModule):
         FID compare samples with these."""
         data = self.train_set.data
         return center_crop(data, self.cfg.image_size) if self.is_image else data
+
+    def training_examples(self, indices: list[int]) -> Tensor:
+        """Training examples number ``indices`` as the network sees them (images centre-cropped
+        and in [-1, 1]): the starting points of restoration and of interpolation between images."""
+        reference = self.reference_images()
+        if not indices or max(indices) >= len(reference) or min(indices) < 0:
+            raise DataError(f"images={list(indices)}: the training data has {len(reference)} images "
+                            f"(0 to {len(reference) - 1})")
+        examples = reference[list(indices)]
+        return to_unit_range(examples) if examples.dtype == torch.uint8 else examples
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         """Lightning calls this on the training device (the GPU, when there is one). Images are

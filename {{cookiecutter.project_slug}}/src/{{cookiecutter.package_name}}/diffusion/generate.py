@@ -20,25 +20,30 @@ from .samplers import Denoiser, Hook, Sampler, SampleResult
 
 @torch.no_grad()
 def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Sequence[int] | None = None,
-             noise: Tensor | None = None, image: Tensor | None = None, generator: torch.Generator | None = None,
-             hooks: Iterable[Hook] = (), device: torch.device | str = "cpu") -> SampleResult:
+             noise: Tensor | None = None, image: Tensor | None = None, strength: float = 1.0,
+             generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+             device: torch.device | str = "cpu") -> SampleResult:
     """Run ``sampler`` down ``sigmas`` from one of three starting points:
 
     * ``shape``: pure noise, x = sigmas[0] * eps with eps ~ N(0, I) drawn from ``generator`` on
       the generator's device, so a seed gives the same samples on every device; the result is
       float32 on ``device``.
     * ``noise``: the same with eps given (to fix each sample's noise whatever the batch it is in).
-    * ``image``: a batch of images in [-1, 1], noised to the first level, x = image + sigmas[0] * eps.
-      Starting part-way down the sequence (``sigmas[k:]``) is SDEdit (Meng et al. 2022): the
-      sample keeps the image's coarse structure and redraws the details.
+    * ``image``: a batch of images in [-1, 1], noised to the level a fraction ``strength`` of the
+      way up ``sigmas`` (x = image + sigma * eps) and sampled down from there: SDEdit (Meng et al.
+      2022). The sample keeps the image's coarse structure and redraws the details; strength 0
+      returns the image as it is, strength 1 starts from sigmas[0], almost a fresh sample.
 
     ``generator`` also gives the noise of stochastic samplers. No gradients are recorded; a
     denoiser wrapper that needs them (guidance by a gradient) enables them itself.
     """
     if sum(start is not None for start in (shape, noise, image)) != 1:
         raise ValueError("generate needs exactly one starting point: shape= or noise= (pure noise), or image= (SDEdit)")
+    if not 0 <= strength <= 1 or (strength != 1 and image is None):
+        raise ValueError(f"strength={strength}: a fraction in [0, 1], for a start from image= only")
     sigmas = sigmas.cpu()     # read as Python numbers at every step: on the host, so no step waits for the GPU
     if image is not None:
+        sigmas = sigmas[round((1 - strength) * (len(sigmas) - 1)):]
         start = image
     else:
         start = torch.zeros(tuple(shape) if noise is None else noise.shape, device=device)

@@ -3,9 +3,8 @@
 A sampler takes a denoiser ``D(x, sigma) -> x0_hat`` (``sigma`` a tensor of shape (batch,)),
 a decreasing float64 sequence of noise levels ending at 0, and the starting point ``x``
 (usually ``sigmas[0] * noise``; see ``generate.py``). It returns a :class:`SampleResult`: the
-sample and the number of denoiser calls it made. A guided denoiser evaluates the network once
-per term of its guidance in each call; ``DiffusionModule.sample`` multiplies that in, so the NFE
-it reports counts network evaluations.
+sample and its NFE, the network evaluations it made: each denoiser call costs what the
+denoiser states (``guidance.evaluations``: two for a guided call, one for a network).
 
 Hooks are called once per step with that step's :class:`Step`, after the denoiser's first
 estimate and before the update; a hook may replace ``step.x`` or ``step.x0_hat`` (to project,
@@ -14,20 +13,21 @@ evaluation is not shown to hooks: a condition that must hold at every network ev
 belongs in a denoiser wrapper (see ``guidance.py``), not in a hook.
 
 Every stochastic sampler takes a ``torch.Generator``; the same generator state gives the
-same sample.
+same sample. ``SAMPLERS`` at the end is the one table of what each sampler is: its function, the
+options of the sampling section it reads, its denoiser calls per step and whether it draws noise.
 """
 from __future__ import annotations
 
 import functools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .guidance import evaluations_per_call
+from .guidance import evaluations
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """The contract every sampler relies on: ``D(x, sigma) -> x0_hat``, ``sigma`` of shape (batch,)."""
@@ -48,7 +48,7 @@ class Step:
 @dataclass
 class SampleResult:
     x: Tensor
-    nfe: int
+    nfe: int            # network evaluations per sample
 
 
 class Sampler(Protocol):
@@ -71,9 +71,10 @@ class _Bookkeeper:
 
     def __init__(self, denoiser: Denoiser, hooks: Iterable[Hook]):
         self.denoiser, self.hooks, self.nfe = denoiser, list(hooks), 0
+        self.cost = evaluations(denoiser)
 
     def denoise(self, x: Tensor, sigma: float) -> Tensor:
-        self.nfe += 1
+        self.nfe += self.cost
         return self.denoiser(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype))
 
     def step(self, i: int, sigma: float, x: Tensor, x0_hat: Tensor) -> Step:
@@ -116,7 +117,8 @@ def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
     book = _Bookkeeper(denoiser, hooks)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        step = book.step(i, sigma, x, book.denoise(x, sigma))
+        x0_hat = book.denoise(x, sigma)
+        step = book.step(i, sigma, x, x0_hat)
         eps = to_eps(step.x, step.x0_hat, sigma)
         s = min(sigma_next, eta * sigma_next * math.sqrt(max(0.0, 1 - sigma_next**2 / sigma**2)))
         x = step.x0_hat + math.sqrt(sigma_next**2 - s**2) * eps
@@ -145,11 +147,13 @@ def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
-        step = book.step(i, sigma_hat, x, book.denoise(x, sigma_hat))
+        x0_hat = book.denoise(x, sigma_hat)
+        step = book.step(i, sigma_hat, x, x0_hat)
         eps = to_eps(step.x, step.x0_hat, sigma_hat)
         x_next = step.x + (sigma_next - sigma_hat) * eps
         if sigma_next > 0:
-            eps_next = to_eps(x_next, book.denoise(x_next, sigma_next), sigma_next)
+            x0_next = book.denoise(x_next, sigma_next)
+            eps_next = to_eps(x_next, x0_next, sigma_next)
             x_next = step.x + (sigma_next - sigma_hat) * (eps + eps_next) / 2
         x = x_next
     return book.result(x)
@@ -171,12 +175,8 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
     paper's accelerated sampler. As an ODE solver gamma = 2 is still first order (it was chosen
     for few-step quality). ``second_order=True`` replaces gamma by the variable-step
     Adams-Bashforth weight gamma_i = 1 + h_i / (2 h_{i-1}), h_i = sigma_i - sigma_{i+1}, which
-    is second order.
-
-    The course library: this sigma' is the one in every smalldiffusion release on PyPI (0.1 to
-    0.5). An early version of its sampler, still found in copied course notes, instead solved
-    sigma_{i+1} = sigma_i^(1 - mu) sigma'^mu, i.e. sigma' = (sigma_{i+1} / sigma_i^(1 - mu))^(1 / mu);
-    the two agree only at mu = 0 (sigma' = sigma_{i+1}) and mu = 0.5 (sigma' = sigma_{i+1}^2 / sigma_i).
+    is second order. This sigma' is the course library's (smalldiffusion); README.md, "Sampling",
+    tells how an early version of it differs.
     """
     if not 0 <= mu < 1:
         raise ValueError(f"mu must be in [0, 1), got {mu}")
@@ -184,12 +184,15 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
     eps_previous = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        step = book.step(i, sigma, x, book.denoise(x, sigma))
+        x0_hat = book.denoise(x, sigma)
+        step = book.step(i, sigma, x, x0_hat)
         eps = to_eps(step.x, step.x0_hat, sigma)
         if eps_previous is None:
             eps_bar = eps
         else:
-            weight = 1 + (sigma - sigma_next) / (2 * (sigmas[i - 1].item() - sigma)) if second_order else gamma
+            weight = gamma
+            if second_order:
+                weight = 1 + (sigma - sigma_next) / (2 * (sigmas[i - 1].item() - sigma))
             eps_bar = weight * eps + (1 - weight) * eps_previous
         sigma_prime = (sigma_next / sigma**mu) ** (1 / (1 - mu))
         x = step.x - (sigma - sigma_prime) * eps_bar
@@ -216,7 +219,8 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.
     x0_previous, h_previous = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        step = book.step(i, sigma, x, book.denoise(x, sigma))
+        x0_hat = book.denoise(x, sigma)
+        step = book.step(i, sigma, x, x0_hat)
         if sigma_next == 0:
             x = step.x0_hat
             break
@@ -230,34 +234,52 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.
     return book.result(x)
 
 
+@dataclass(frozen=True)
+class SamplerFacts:
+    """What one sampler is: its ``function``, the ``options`` of the sampling section it reads,
+    the options it ``fixes`` itself, its denoiser calls per step (the step to sigma = 0 takes one:
+    the slope there is undefined, so a second-order step falls back to Euler's), and whether it
+    ``draws_noise`` with the options it is given (else it solves the probability-flow ODE, and
+    the same start always gives the same sample)."""
+
+    function: Callable[..., SampleResult]
+    options: tuple[str, ...] = ()
+    fixes: dict = field(default_factory=dict)
+    calls_per_step: int = 1
+    draws_noise: Callable[[dict], bool] = lambda options: False
+
+    def settings(self, sampling) -> dict:
+        return {**self.fixes, **{option: getattr(sampling, option) for option in self.options}}
+
+    def configured(self, sampling) -> Sampler:
+        """The sampler with its options from ``sampling`` (a sampling config section)."""
+        return functools.partial(self.function, **self.settings(sampling))
+
+    def calls(self, steps: int) -> int:
+        """Denoiser calls for ``steps`` steps: Heun's 2N - 1, one per step for the others."""
+        return self.calls_per_step * (steps - 1) + 1
+
+    def deterministic(self, sampling) -> bool:
+        return not self.draws_noise(self.settings(sampling))
+
+
+def _eta_above_zero(options: dict) -> bool:
+    return options["eta"] > 0
+
+
 # ``euler`` is DDIM with eta = 0 and ``ddpm`` is DDIM with eta = 1: the same updates, one
 # implementation (tests check both identities against the papers' own formulas).
-SAMPLERS: dict[str, Callable[..., Sampler]] = {
-    "euler": lambda sampling: functools.partial(ddim, eta=0.0),
-    "ddim": lambda sampling: functools.partial(ddim, eta=sampling.eta),
-    "ddpm": lambda sampling: functools.partial(ddim, eta=1.0),
-    "heun": lambda sampling: functools.partial(heun, churn=sampling.churn),
-    "generalized": lambda sampling: functools.partial(generalized, gamma=sampling.gamma, mu=sampling.mu,
-                                                      second_order=sampling.second_order),
-    "dpmpp_2m": lambda sampling: dpmpp_2m,
+SAMPLERS: dict[str, SamplerFacts] = {
+    "euler": SamplerFacts(ddim, fixes={"eta": 0.0}, draws_noise=_eta_above_zero),
+    "ddim": SamplerFacts(ddim, options=("eta",), draws_noise=_eta_above_zero),
+    "ddpm": SamplerFacts(ddim, fixes={"eta": 1.0}, draws_noise=_eta_above_zero),
+    "heun": SamplerFacts(heun, options=("churn",), calls_per_step=2, draws_noise=lambda options: options["churn"] > 0),
+    "generalized": SamplerFacts(generalized, options=("gamma", "mu", "second_order"),
+                                draws_noise=lambda options: options["mu"] > 0),
+    "dpmpp_2m": SamplerFacts(dpmpp_2m),
 }
 
 
 def configured_sampler(sampling) -> Sampler:
     """The sampler named by ``sampling.sampler``, with its options from the same config section."""
-    return SAMPLERS[sampling.sampler](sampling)
-
-
-def evaluations_per_sample(sampling, conditional: bool) -> int:
-    """NFE of the configured sampler: Heun corrects every step but the last (2N - 1 denoiser
-    calls), the others call the denoiser once per step; a conditional model's call evaluates the
-    network once per term of its guidance (two at a guidance other than 0 or 1)."""
-    calls = 2 * sampling.steps - 1 if sampling.sampler == "heun" else sampling.steps
-    return calls * (evaluations_per_call([sampling.guidance]) if conditional else 1)
-
-
-def is_deterministic(sampling) -> bool:
-    """Whether the configured sampler adds no noise of its own: it then solves the
-    probability-flow ODE, and the same start always gives the same sample."""
-    return {"ddpm": False, "ddim": sampling.eta == 0, "heun": sampling.churn == 0,
-            "generalized": sampling.mu == 0}.get(sampling.sampler, True)
+    return SAMPLERS[sampling.sampler].configured(sampling)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning import ConditionEmbedding
+from .conditioning import ClassLabels, ConditionEmbedding
 
 
 def sincos_positions(grid: int, dim: int) -> Tensor:
@@ -48,14 +48,14 @@ class DiTBlock(nn.Module):
 
 class DiT(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], patch_size: int = 2, width: int = 384,
-                 depth: int = 12, heads: int = 6, num_classes: int | None = None):
+                 depth: int = 12, heads: int = 6, condition: ClassLabels | None = None):
         super().__init__()
         channels, size, _ = data_shape
         if size % patch_size or width % heads or width % 4:
             raise ValueError(f"DiT needs image size ({size}) divisible by patch_size ({patch_size}) "
                              f"and width ({width}) divisible by heads ({heads}) and by 4")
         self.patch_size, self.grid = patch_size, size // patch_size
-        self.embed = ConditionEmbedding(width, num_classes)
+        self.embed = ConditionEmbedding(width, condition)
         self.patchify = nn.Conv2d(channels, width, patch_size, stride=patch_size)
         self.register_buffer("positions", sincos_positions(self.grid, width), persistent=False)
         self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))

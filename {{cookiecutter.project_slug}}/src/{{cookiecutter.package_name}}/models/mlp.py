@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor, nn
 
-from .conditioning import ConditionEmbedding
+from .conditioning import ClassLabels, ConditionEmbedding
 
 
 class ResidualBlock(nn.Module):
@@ -20,11 +20,11 @@ class ResidualBlock(nn.Module):
 
 class MLP(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 4,
-                 num_classes: int | None = None):
+                 condition: ClassLabels | None = None):
         super().__init__()
         self.data_shape = tuple(data_shape)
         dim = math.prod(data_shape)
-        self.embed = ConditionEmbedding(width, num_classes)
+        self.embed = ConditionEmbedding(width, condition)
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))

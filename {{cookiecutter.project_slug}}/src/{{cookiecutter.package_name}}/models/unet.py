@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning import ConditionEmbedding
+from .conditioning import ClassLabels, ConditionEmbedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -68,7 +68,7 @@ class UNet(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], channels: int = 64,
                  channel_mult: tuple[int, ...] = (1, 2, 2), blocks_per_level: int = 2,
                  attention_levels: tuple[int, ...] = (), dropout: float = 0.0,
-                 num_classes: int | None = None):
+                 condition: ClassLabels | None = None):
         super().__init__()
         in_channels, size, _ = data_shape
         if size % 2 ** (len(channel_mult) - 1):
@@ -78,7 +78,7 @@ class UNet(nn.Module):
             raise ValueError(f"attention_levels {list(attention_levels)} name levels beyond the "
                              f"{len(channel_mult)} of channel_mult {list(channel_mult)} (levels count from 0)")
         emb_dim = 4 * channels
-        self.embed = ConditionEmbedding(emb_dim, num_classes)
+        self.embed = ConditionEmbedding(emb_dim, condition)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         def block(cin, cout, level):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..diffusion.guidance import evaluations
 from ..diffusion.samplers import Denoiser
 
 
@@ -82,6 +83,7 @@ class Anagram:
 
     def __init__(self, parts: Sequence[tuple[View, Denoiser]]):
         self.parts = list(parts)
+        self.evaluations = sum(evaluations(denoiser) for _, denoiser in self.parts)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         return sum(v.invert(denoiser(v.apply(x), sigma)) for v, denoiser in self.parts) / len(self.parts)
@@ -105,6 +107,7 @@ class Hybrid:
 
     def __init__(self, far: Denoiser, near: Denoiser, std: float = 2.0):
         self.far, self.near, self.std = far, near, std
+        self.evaluations = evaluations(far) + evaluations(near)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         near = self.near(x, sigma)

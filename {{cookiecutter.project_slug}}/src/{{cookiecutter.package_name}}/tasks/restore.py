@@ -15,7 +15,11 @@ well it agrees with y is ``measurement_error``.
   The last estimate is the sample, so it satisfies the measurement exactly.
 * ``PosteriorSampling``: DPS (Chung et al. 2023) for any differentiable A: a gradient step
   towards agreement at every evaluation, of normalised size zeta.
-* ``sdedit``: SDEdit (Meng et al. 2022): noise an image part of the way and denoise it back.
+SDEdit (Meng et al. 2022), noising an image part of the way and denoising it back, is
+``generate(..., image=..., strength=...)`` (``diffusion/generate.py``).
+
+Each wrapper states its cost as ``GuidedDenoiser`` does: ``evaluations``, those of the denoiser
+it wraps (DPS's gradient is not counted: it costs about one more evaluation).
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..diffusion.generate import generate
-from ..diffusion.samplers import Denoiser, Sampler, SampleResult
+from ..diffusion.guidance import evaluations
+from ..diffusion.samplers import Denoiser, SampleResult
 
 Degradation = Callable[[Tensor], Tensor]
 
@@ -59,6 +63,7 @@ class Projected:
 
     def __init__(self, denoiser: Denoiser, degrade: Degradation, pseudo_inverse: Degradation, y: Tensor):
         self.denoiser, self.degrade, self.pseudo_inverse, self.y = denoiser, degrade, pseudo_inverse, y
+        self.evaluations = evaluations(denoiser)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         x0_hat = self.denoiser(x, sigma)
@@ -76,6 +81,7 @@ class PosteriorSampling:
 
     def __init__(self, denoiser: Denoiser, degrade: Degradation, y: Tensor, zeta: float = 10.0):
         self.denoiser, self.degrade, self.y, self.zeta = denoiser, degrade, y, zeta
+        self.evaluations = evaluations(denoiser)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         with torch.enable_grad():
@@ -104,19 +110,9 @@ def repaint(denoiser: Denoiser, sigmas: Tensor, y: Tensor, mask: Tensor, *, resa
         for attempt in range(resample):
             x = mask * (y + sigma * noise(y)) + (1 - mask) * x
             x0_hat = denoiser(x, torch.full((len(x),), sigma, device=x.device, dtype=x.dtype))
-            nfe += 1
+            nfe += evaluations(denoiser)
             fresh = sigma_next * math.sqrt(1 - sigma_next**2 / sigma**2)      # the posterior's noise
             x = x0_hat + math.sqrt(sigma_next**2 - fresh**2) * (x - x0_hat) / sigma + fresh * noise(x)
             if attempt < resample - 1:
                 x = x + math.sqrt(sigma**2 - sigma_next**2) * noise(x)
     return SampleResult(mask * y + (1 - mask) * x, nfe)
-
-
-def sdedit(denoiser: Denoiser, sigmas: Tensor, image: Tensor, strength: float, sampler: Sampler,
-           generator: torch.Generator | None = None) -> SampleResult:
-    """Noise ``image`` to the level a fraction ``strength`` of the way up ``sigmas`` (0: the
-    image as it is; 1: from sigmas[0], almost a fresh sample) and sample down from there."""
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
-    start = round((1 - strength) * (len(sigmas) - 1))
-    return generate(denoiser, sigmas[start:], sampler, image=image, generator=generator)

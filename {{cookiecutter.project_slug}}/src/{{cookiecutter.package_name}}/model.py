@@ -1,0 +1,200 @@
+"""``Model``: a trained diffusion model to hold, sample and steer, with no Lightning in sight.
+
+    model, run = load_run("runs/digits")        # runs.py: a run, a checkpoint, an export or a pipeline
+    samples = model.sample(16, torch.Generator().manual_seed(0)).x
+
+A Model holds the sampling network (the EMA weights of training), the noise levels it was
+trained on, the shape of one example, its condition table (the class names, the clusters'
+sizes, a text model's prompts), its codec (latents to pixels; nothing to do for pixel models),
+the run's configuration and where it came from. ``generate`` is the one way to draw from it:
+given any denoiser made from ``model.denoiser`` (guided by ``guided``, or wrapped by a task), it
+builds the noise levels and the sampler that a sampling section names, runs them in the
+sampling precision, decodes, and counts network evaluations as the denoiser states them.
+Training (``module.py``) hands its Model to the sample-grid and FID callbacks; every command
+gets one from ``runs.load_run``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .codecs import Identity
+from .devices import autocast, compile_in_place
+from .diffusion.generate import generate, indexed_noise
+from .diffusion.guidance import GuidedDenoiser, evaluations
+from .diffusion.samplers import SAMPLERS, Denoiser, Hook, SampleResult, configured_sampler
+from .diffusion.schedules import sampling_sigmas
+from .errors import ConfigError
+from .models.conditioning import ClassLabels
+
+GOLDEN = (math.sqrt(5) - 1) / 2      # frac(i * GOLDEN), i = 0, 1, 2, ...: the most even spread over [0, 1)
+
+
+@dataclass
+class Model:
+    denoiser: nn.Module                  # D(x, sigma, condition) -> x0_hat, with the EMA weights
+    noise: Any                           # the training noise levels (schedules.py); ``trailing`` walks their table
+    data_shape: tuple[int, ...]          # one example (a latent model's: one latent)
+    config: Any                          # the run's resolved configuration (its sampling section: the defaults)
+    condition: ClassLabels | None = None     # the kind of condition, None for an unconditional model
+    class_names: list[str] = field(default_factory=list)     # the classes' names (or the prompts)
+    cluster_sizes: list[int] | None = None   # examples per cluster, when the classes are the data's clusters
+    codec: nn.Module = field(default_factory=Identity)       # decodes samples to data (codecs.py)
+    origin: dict = field(default_factory=dict)               # where the weights came from (runs.py says)
+    pretrained: Any = None               # the diffusers pipeline it came from (adapters/pretrained.py), if any
+    precision: str = "32-true"           # of the network while sampling (``speed_up``)
+
+    # -- where it lives ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: torch.device | str) -> Model:
+        self.denoiser.to(device)
+        self.codec.to(device)
+        return self
+
+    def speed_up(self, precision: str, compile_mode: str = "none") -> None:
+        """Sample under autocast in ``precision`` (bf16-mixed or 16-mixed; the samplers' own
+        arithmetic stays float32), with the network compiled by ``compile_mode``
+        (reduce-overhead replays CUDA graphs: it pays for small batches and many steps)."""
+        self.precision = precision
+        compile_in_place(self.denoiser.net, compile_mode)
+
+    def need_pixels(self, why: str) -> None:
+        """Refuse, for a latent model, what needs its samples as pixels along the way."""
+        if self.codec.latent:
+            raise ConfigError(f"{why}, but this model samples latents, decoded to data only at the end")
+
+    def check_data(self, data_shape: tuple[int, ...]) -> None:
+        """Data to start from (training images, to restore or to interpolate between) must have
+        the shape of this model's samples, in pixels (a pretrained model takes this project's
+        data keys to name its data)."""
+        self.need_pixels("starting from training images needs a pixel-space model")
+        if tuple(data_shape) != self.data_shape:
+            raise ConfigError(f"the data (data.name={self.config.data.name}, shape {list(data_shape)}) does not fit "
+                              f"the model (shape {list(self.data_shape)}): set data.name, data.image_size and "
+                              "data.channels to data of the model's kind (in configs/local.yaml for a pretrained model)")
+
+    # -- the condition table -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        return self.condition.count if self.condition is not None else None
+
+    @property
+    def draws_clusters(self) -> bool:
+        """Whether the labels are the data's own clusters (data.clusters), drawn in proportion."""
+        return bool(self.num_classes and self.cluster_sizes)
+
+    def use_prompts(self, prompts: list[str]) -> None:
+        """A text-to-image model: these prompts become its classes (label k is prompts[k])."""
+        self.pretrained.use_prompts(prompts)
+        self.condition = ClassLabels(len(prompts))
+        self.class_names = list(prompts)
+
+    def class_number(self, label) -> int:
+        """A class by its name, else by its number."""
+        names = self.class_names
+        if str(label) in names:
+            return names.index(str(label))
+        if str(label).isdigit() and int(label) < len(names):
+            return int(label)
+        named = [f"{i}={name}" for i, name in enumerate(names) if name != str(i)]
+        shown = f" or a name ({', '.join(named[:12])}{', ...' if len(named) > 12 else ''})" if named else ""
+        raise ConfigError(f"label {label} is not one of the model's classes: give a class number from 0 to "
+                          f"{len(names) - 1}{shown}")
+
+    def default_labels(self, indices: Tensor) -> Tensor | None:
+        """The labels of samples number ``indices`` when none are asked for. Classes come in
+        turn: 0, 1, 2, ... Clusters come as often as the data holds them, so that the samples
+        follow the data as an unconditional model's should: sample i takes the cluster into whose
+        share of [0, 1) the number frac(i * golden ratio) falls, a sequence that spreads any run of
+        consecutive samples over the clusters in proportion to their shares (Weyl 1916)."""
+        if not self.num_classes:
+            return None
+        if not self.draws_clusters:
+            return indices % self.num_classes
+        sizes = torch.tensor(self.cluster_sizes, dtype=torch.float64)
+        return torch.searchsorted(sizes.cumsum(0) / sizes.sum(), indices.double() * GOLDEN % 1, right=True)
+
+    def column_names(self, n: int, labels: list[int] | None = None) -> list[str] | None:
+        """The class names of the columns of a grid of ``n`` samples when their labels cycle
+        (``labels`` in turn, or else all classes in turn; not clusters drawn in proportion) with
+        a period of at most 16: the cycle repeated to about the square root of ``n``, so that
+        every column holds one class; else None."""
+        if not self.num_classes or (self.draws_clusters and not labels):
+            return None
+        cycle = labels or list(range(self.num_classes))
+        if len(cycle) > 16:
+            return None
+        repeats = max(1, round(math.sqrt(n) / len(cycle)))
+        return [self.class_names[label] for label in cycle] * repeats
+
+    # -- drawing -----------------------------------------------------------------------------
+    def guided(self, n: int, guidance: float, labels: Tensor | None = None,
+               conditions: list[tuple[Tensor, float]] | None = None) -> Denoiser:
+        """The denoiser, guided when the model is conditional: towards ``labels`` (``default_labels``
+        unless given) with weight ``guidance``, or towards several weighted ``conditions``, a list
+        of (labels, weight) pairs, all evaluated in one batched call."""
+        if self.condition is None:
+            return self.denoiser
+        if conditions is None:
+            labels = self.default_labels(torch.arange(n)) if labels is None else labels
+            conditions = [(labels, guidance)]
+        device = self.device
+        null = self.condition.null(len(conditions[0][0]), device)
+        return GuidedDenoiser(self.denoiser, [(condition.to(device), weight) for condition, weight in conditions], null)
+
+    def sigmas(self, sampling) -> Tensor:
+        """The noise levels that the sampling section ``sampling`` names, for this model."""
+        return sampling_sigmas(sampling, self.noise.table)
+
+    def nfe(self, sampling) -> int:
+        """Network evaluations per sample of ``sample`` with the sampling section ``sampling``."""
+        return SAMPLERS[sampling.sampler].calls(sampling.steps) * evaluations(self.guided(1, sampling.guidance))
+
+    def generate(self, denoiser: Denoiser, sampling=None, *, shape: tuple[int, ...] | None = None,
+                 noise: Tensor | None = None, image: Tensor | None = None, strength: float = 1.0,
+                 generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+                 decode: bool = True) -> SampleResult:
+        """``diffusion.generate`` with ``denoiser`` (this model's, guided or wrapped) down the
+        noise levels of ``sampling`` (default: the run's own sampling section) with its sampler,
+        from ``shape`` (noise), ``noise`` or ``image`` (SDEdit, at ``strength``), in the sampling
+        precision; the samples decoded to data unless ``decode`` is False (a latent model's
+        latents, for a task that acts on them)."""
+        sampling = sampling or self.config.sampling
+        self.denoiser.eval()
+        with autocast(self.device, self.precision):
+            result = generate(denoiser, self.sigmas(sampling), configured_sampler(sampling), shape=shape, noise=noise,
+                              image=image, strength=strength, generator=generator, hooks=hooks, device=self.device)
+            x = self.codec.decode(result.x) if decode else result.x
+        return SampleResult(x, result.nfe)
+
+    def sample(self, n: int, generator: torch.Generator, sampling=None, labels: Tensor | None = None,
+               conditions: list[tuple[Tensor, float]] | None = None, hooks: Iterable[Hook] = (),
+               noise: Tensor | None = None) -> SampleResult:
+        """``n`` samples as ``sampling`` says (default: the run's own sampling section), from
+        ``noise`` if given (else drawn from ``generator``); see ``guided`` for ``labels`` and
+        ``conditions``."""
+        sampling = sampling or self.config.sampling
+        shape = None if noise is not None else (n, *self.data_shape)
+        return self.generate(self.guided(n, sampling.guidance, labels, conditions), sampling, shape=shape,
+                             noise=noise, generator=generator, hooks=hooks)
+
+    def sample_numbered(self, indices: Tensor, seed: int, sampling=None) -> Tensor:
+        """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of
+        seed + i and, for a conditional model, the label ``default_labels`` gives number i, whatever
+        batch it is drawn in. Stochastic samplers draw their step noise from seed + indices[0]."""
+        generator = torch.Generator().manual_seed(seed + int(indices[0]))
+        return self.sample(len(indices), generator, sampling, labels=self.default_labels(indices),
+                           noise=indexed_noise(indices, self.data_shape, seed)).x
+
+
+def labels_in_turn(labels: list[int] | None, start: int, stop: int) -> Tensor | None:
+    """The labels of samples start..stop-1 when ``labels`` are used in turn (None: no labels)."""
+    return torch.tensor(labels)[torch.arange(start, stop) % len(labels)] if labels else None
