@@ -137,6 +137,19 @@ def test_quotes_and_spaces_in_names_give_a_clean_project(bake):
     assert name in (project / "README.md").read_text()
 
 
+def test_ruff_is_clean_in_a_project_with_a_long_package_name(bake):
+    """Line length and import order hold whatever the package's name, up to 32 characters (the
+    tests import the package by its name; wrapped imports keep a trailing comma, so a short
+    name does not fold them either)."""
+    name = "my_research_diffusion_project_v2"
+    assert len(name) == 32
+    for package in (name, "dl"):
+        project = bake(package_name=package)
+        result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(project)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
 def test_pip_install_gives_a_console_script_that_names_a_bad_key(bake, tmp_path):
     project = bake()
     target = tmp_path / "site"

@@ -2,10 +2,9 @@ import dataclasses
 import typing
 
 import pytest
-
-from {{ cookiecutter.package_name }}.cli import main
 from omegaconf import OmegaConf
 
+from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import OBJECTIVE_DEFAULTS, ConfigError, load_config
 
 
@@ -123,12 +122,13 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
     from {{ cookiecutter.package_name }}.models import MODELS
     from {{ cookiecutter.package_name }}.trainer import LOGGERS
 
-    tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES, "model.name": {**MODELS, "pretrained": "adapters"},
-              "diffusion.objective": PARAMETERIZATIONS, "diffusion.train_noise": TRAINING_NOISE,
-              "diffusion.loss_weight": LOSS_WEIGHTS, "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES,
-              "evaluation.sampler": SAMPLERS, "evaluation.extractor": EXTRACTORS}
-    plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator",   # used as they are, or by Lightning
-                      "trainer.strategy", "trainer.compile"}
+    tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES,
+              "model.name": {**MODELS, "pretrained": "adapters"}, "diffusion.objective": PARAMETERIZATIONS,
+              "diffusion.train_noise": TRAINING_NOISE, "diffusion.loss_weight": LOSS_WEIGHTS,
+              "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES, "evaluation.sampler": SAMPLERS,
+              "evaluation.extractor": EXTRACTORS}
+    plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator",   # used as they are,
+                      "trainer.strategy", "trainer.compile"}                           # or by Lightning
     literals = {key: set(typing.get_args(kind)) for key, kind in schema_leaves(Config)
                 if typing.get_origin(kind) is typing.Literal}
     assert set(literals) == set(tables) | plain_switches
@@ -149,7 +149,8 @@ BAD_VALUES = [
     ("optim.lr=0", "optim.lr"), ("optim.lr=inf", "optim.lr"), ("optim.betas=[1.5,0.9]", "optim.betas"),
     ("optim.weight_decay=-1", "optim.weight_decay"), ("optim.ema_decay=1.0", "optim.ema_decay"),
     ("data.batch_size=0", "data.batch_size"), ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
-    ("trainer.val_every_n_steps=0", "trainer.val_every_n_steps"), ("trainer.checkpoint_every_n_steps=0", "trainer.checkpoint_every_n_steps"),
+    ("trainer.val_every_n_steps=0", "trainer.val_every_n_steps"),
+    ("trainer.checkpoint_every_n_steps=0", "trainer.checkpoint_every_n_steps"),
     ("trainer.sample_every_n_steps=0", "trainer.sample_every_n_steps"), ("trainer.max_steps=-5", "trainer.max_steps"),
     ("seed=-1", "seed"), ("trainer.devices=0", "trainer.devices"), ("trainer.accelerator=tpu9", "trainer.accelerator"),
     ("sampling.sigma_max=inf", "sampling.sigma_max"), ("sampling.sigma_max=nan", "sampling.sigma_max"),
@@ -168,7 +169,8 @@ def test_a_bad_value_is_one_error_line_naming_its_key(project_dir, capsys, overr
     assert err.startswith("ERROR:") and key in err and "\n" not in err
 
 
-@pytest.mark.parametrize("override", ["data.image_size=7", "model.unet.attention_levels=[5]", "model.name=dit model.dit.heads=3"])
+@pytest.mark.parametrize("override", ["data.image_size=7", "model.unet.attention_levels=[5]",
+                                      "model.name=dit model.dit.heads=3"])
 def test_a_network_that_cannot_take_the_data_is_one_error_line(project_dir, capsys, override):
     args = ["experiment=digits", "model.unet.channels=8", "model.dit.width=32", *override.split()]
     assert main(["train", *args]) == 2

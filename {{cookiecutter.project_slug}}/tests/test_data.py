@@ -10,13 +10,21 @@ from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.inspect_data import write_report
 from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
-from {{ cookiecutter.package_name }}.data import DeviceBatches, DiffusionDataModule, TOY_SHAPES, decode_folder, fit_image, load_source, make_toy2d
-from {{ cookiecutter.package_name }}.data import sources
+from {{ cookiecutter.package_name }}.data import (
+    TOY_SHAPES,
+    DeviceBatches,
+    DiffusionDataModule,
+    decode_folder,
+    fit_image,
+    load_source,
+    make_toy2d,
+    sources,
+)
 from {{ cookiecutter.package_name }}.data.augment import center_crop, random_crop, random_flip
 from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
-from {{ cookiecutter.package_name }}.runs import load_run, new_model
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
+from {{ cookiecutter.package_name }}.runs import load_run, new_model
 
 
 @pytest.mark.parametrize("shape", sorted(TOY_SHAPES))
@@ -57,7 +65,8 @@ def write_messy_folder(root):
     (root / "cats" / "b copy.png").write_bytes(gray)
     Image.new("L", (1, 1), 200).save(root / "cats" / "tiny.png")
     Image.fromarray(rng.integers(0, 255, (30, 30, 4), dtype=np.uint8), "RGBA").save(root / "dogs" / "c.png")
-    Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).convert("P").save(root / "dogs" / "puppies" / "d.gif")
+    palette = Image.fromarray(rng.integers(0, 255, (16, 32, 3), dtype=np.uint8)).convert("P")
+    palette.save(root / "dogs" / "puppies" / "d.gif")
     (root / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     whole = png_bytes(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     (root / "dogs" / "cut.png").write_bytes(whole[: len(whole) // 2])
@@ -237,7 +246,8 @@ def test_an_interrupted_run_trains_on_the_same_batches_as_an_uninterrupted_one(p
     """Through Lightning: the data position and the random state travel in last.ckpt, so the
     weights after 7 + 6 steps equal those after 13 straight steps (5 batches an epoch)."""
     common = ["experiment=toy2d", "data.toy_samples=200", "data.batch_size=36", "logger=csv",
-              "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000", "trainer.checkpoint_every_n_steps=1000"]
+              "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000",
+              "trainer.checkpoint_every_n_steps=1000"]
     train([*common, "name=straight", "trainer.max_steps=13"])
     train([*common, "name=resumed", "trainer.max_steps=7"])
     train([*common, "name=resumed", "trainer.max_steps=13"])
@@ -256,7 +266,7 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert len(data.val_set) == round(0.05 * 1797)
     assert data.data_shape == (1, 8, 8) and data.num_classes == 10      # stored at 9x9, cropped to 8
     loader = data.train_dataloader()
-    assert isinstance(loader, DeviceBatches)                            # on the CPU, batches come straight from the tensor
+    assert isinstance(loader, DeviceBatches)              # on the CPU, batches come straight from the tensor
     images, labels = next(iter(loader))
     assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
 
@@ -264,8 +274,9 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
 def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_path):
     write_messy_folder(tmp_path / "pics")
     report = write_report(folder_config(tmp_path / "pics"), tmp_path / "out")
-    for expected in ["examples: 6", "2 unreadable", "dogs/broken.png", ".txt x1", "duplicates: cats/b copy.png, cats/b.png",
-                     "classes: 2 (cats: 4, dogs: 2)", "RGBA x1", "will be upscaled (smallest: cats/tiny.png, 1x1)",
+    for expected in ["examples: 6", "2 unreadable", "dogs/broken.png", ".txt x1",
+                     "duplicates: cats/b copy.png, cats/b.png", "classes: 2 (cats: 4, dogs: 2)", "RGBA x1",
+                     "will be upscaled (smallest: cats/tiny.png, 1x1)",
                      "aspect ratios range from 1.00 to 2.00 (2 not square)", "only 6 images"]:
         assert expected in report, expected
     assert Image.open(tmp_path / "out" / "preview.png").size[0] > 8

@@ -9,10 +9,19 @@ import torch
 
 from {{ cookiecutter.package_name }}.diffusion.generate import generate
 from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
-from {{ cookiecutter.package_name }}.diffusion.parameterizations import NetworkDenoiser, build_parameterization, x0_loss_weight
+from {{ cookiecutter.package_name }}.diffusion.parameterizations import (
+    NetworkDenoiser,
+    build_parameterization,
+    x0_loss_weight,
+)
 from {{ cookiecutter.package_name }}.diffusion.samplers import Trajectory, ddim, dpmpp_2m, generalized, heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import (
-    LogNormalNoise, ddpm_linear_sigmas, karras_sigmas, trailing_sigmas, uniform_t_sigmas)
+    LogNormalNoise,
+    ddpm_linear_sigmas,
+    karras_sigmas,
+    trailing_sigmas,
+    uniform_t_sigmas,
+)
 
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 STD = torch.tensor([0.5, 2.0], dtype=torch.float64)
@@ -271,7 +280,8 @@ def test_ideal_denoiser_reaches_the_closed_form_minimum_loss(objective, weightin
     x0 = MU + STD * torch.randn(n, 2, generator=g, dtype=torch.float64)
     sigma = torch.full((n,), sigma_value, dtype=torch.float64)
     weight = x0_loss_weight(weighting, sigma)
-    loss = NetworkDenoiser(IdealNetwork(), parameterization).loss(x0, sigma, torch.randn(n, 2, generator=g, dtype=torch.float64), x0_weight=weight)
+    noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    loss = NetworkDenoiser(IdealNetwork(), parameterization).loss(x0, sigma, noise, x0_weight=weight)
     _, c_out, _ = parameterization.scalings(torch.tensor(sigma_value, dtype=torch.float64))
     lam = 1 / c_out**2 if weight is None else weight[0]
     expected = lam * (STD**2 * sigma_value**2 / (STD**2 + sigma_value**2)).mean()

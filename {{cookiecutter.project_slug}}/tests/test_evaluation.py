@@ -61,7 +61,8 @@ def test_kid_does_not_touch_the_global_random_state(two_sets):
     real, fake = two_sets
     state = torch.get_rng_state()
     first = fid_kid(statistics_of(real), fake, kid_subset_size=100)
-    assert torch.equal(torch.get_rng_state(), state) and first == fid_kid(statistics_of(real), fake, kid_subset_size=100)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first == fid_kid(statistics_of(real), fake, kid_subset_size=100)
 
 
 class MeanAndSpread(torch.nn.Module):
@@ -98,10 +99,11 @@ def test_samples_are_shared_out_disjointly_and_do_not_depend_on_batch_size_or_pr
 
 
 def test_reference_statistics_are_cached_and_rebuilt_when_the_data_changes(project_dir, tmp_path):
-    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
-    from {{ cookiecutter.package_name }}.config import load_config
-    from {{ cookiecutter.package_name }}.evaluation.quality import reference_file
     from PIL import Image
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.evaluation.quality import reference_file
 
     pics = tmp_path / "pics"
     pics.mkdir()
@@ -203,7 +205,8 @@ def test_offline_inception_weights_stop_training_before_it_starts(project_dir, m
     assert main(["train", *DIGITS, "name=offline", "evaluation.every_n_steps=2", "trainer.max_steps=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR: FID needs the Inception weights weights-inception-2015-12-05-6726825d.pth")
-    assert str(tmp_path / "hub" / "checkpoints") in err and "fetch-weights" in err and "evaluation.extractor_weights" in err
+    assert str(tmp_path / "hub" / "checkpoints") in err
+    assert "fetch-weights" in err and "evaluation.extractor_weights" in err
     assert "\n" not in err and not (project_dir / "runs" / "offline").exists()       # nothing started
 
 
@@ -225,7 +228,8 @@ def test_fid_on_data_that_are_not_images_is_one_error_line(project_dir, custom_e
 
 @pytest.mark.parametrize("module, message", [("nowhere:Net", "does not name a network"),
                                              ("tiny_features:Missing", "does not name a network")])
-def test_a_custom_extractor_that_cannot_be_found_is_one_error_line(project_dir, custom_extractor, capsys, module, message):
+def test_a_custom_extractor_that_cannot_be_found_is_one_error_line(project_dir, custom_extractor, capsys, module,
+                                                                   message):
     assert main(["train", *DIGITS, *custom_extractor, f"evaluation.extractor_module={module}",
                  "evaluation.every_n_steps=2"]) == 2
     assert message in capsys.readouterr().err
@@ -271,7 +275,8 @@ def test_the_inception_path_runs_offline_from_a_weights_file(project_dir, tmp_pa
         patch.setattr("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", lambda *a, **k: None)
         random_inception = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     torch.save(random_inception.state_dict(), tmp_path / "inception.pth")
-    torch.save(torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8), tmp_path / "digits.pt")   # few: Inception is slow on a CPU
+    digits = torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8)       # few: Inception is slow on a CPU
+    torch.save(digits, tmp_path / "digits.pt")
     assert main(["train", *DIGITS, "name=inception", "data.name=tensor_file", f"data.root={tmp_path / 'digits.pt'}",
                  "data.val_fraction=0", "model.conditional=false", "trainer.max_steps=2", "evaluation.every_n_steps=2",
                  "evaluation.samples=12", "evaluation.kid_subset_size=10", "evaluation.kid_reference=20",

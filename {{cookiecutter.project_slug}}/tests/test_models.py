@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.models import DiT, MLP, UNet
+from {{ cookiecutter.package_name }}.models import MLP, DiT, UNet
 from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
 from {{ cookiecutter.package_name }}.models.unet import group_norm
 

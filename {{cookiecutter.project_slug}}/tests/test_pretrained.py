@@ -9,19 +9,24 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import PROJECT
 
 pytestmark = pytest.mark.pretrained
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from {{ cookiecutter.package_name }}.adapters.pretrained import (  # noqa: E402
-    import_diffusers, load_pretrained, sigma_to_timestep, sigmas_from_betas)
-from {{ cookiecutter.package_name }}.cli import main  # noqa: E402
-from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser  # noqa: E402
-from {{ cookiecutter.package_name }}.diffusion.samplers import ddim  # noqa: E402
-from {{ cookiecutter.package_name }}.diffusion.schedules import ddpm_linear_sigmas, trailing_sigmas  # noqa: E402
-from {{ cookiecutter.package_name }}.errors import ConfigError, MissingPackage  # noqa: E402
+from {{ cookiecutter.package_name }}.adapters.pretrained import (
+    import_diffusers,
+    load_pretrained,
+    sigma_to_timestep,
+    sigmas_from_betas,
+)
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
+from {{ cookiecutter.package_name }}.diffusion.samplers import ddim
+from {{ cookiecutter.package_name }}.diffusion.schedules import ddpm_linear_sigmas, trailing_sigmas
+from {{ cookiecutter.package_name }}.errors import ConfigError, MissingPackage
 
 import_diffusers()          # quiet loading
 STEPS = 100                 # training timesteps of the tiny schedulers
@@ -42,7 +47,8 @@ def ddim_scheduler(prediction_type: str = "epsilon"):
 
 def pixel_pipeline(folder, prediction_type="epsilon", channels=1, size=8) -> str:
     torch.manual_seed(0)
-    diffusers.DDPMPipeline(unet=tiny_unet(channels, size), scheduler=ddim_scheduler(prediction_type)).save_pretrained(folder)
+    pipeline = diffusers.DDPMPipeline(unet=tiny_unet(channels, size), scheduler=ddim_scheduler(prediction_type))
+    pipeline.save_pretrained(folder)
     return str(folder)
 
 
@@ -67,10 +73,12 @@ def text_pipeline(folder) -> str:
         vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, layers_per_block=1,
-                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2)
     unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                           block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
-                                          attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          attention_head_dim=2,
+                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     pipeline = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
                                                  scheduler=ddim_scheduler(), safety_checker=None,
@@ -205,7 +213,8 @@ def test_a_hub_id_offline_fails_with_one_line_that_says_what_to_run(project_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(project_dir / "hf"), "PYTHONPATH": str(PROJECT / "src")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("ERROR: could not load nobody/nothing") and "save_pretrained('models/nothing')" in result.stderr
+    assert result.stderr.startswith("ERROR: could not load nobody/nothing")
+    assert "save_pretrained('models/nothing')" in result.stderr
 
 
 def test_without_diffusers_loading_says_how_to_install(monkeypatch):

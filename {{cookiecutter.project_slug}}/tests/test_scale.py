@@ -12,13 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_train import TOY, checkpoint_of, package_command, subprocess_env, wait_for_steps
 
 from {{ cookiecutter.package_name }}.callbacks.progress import StepProgress
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.module import DiffusionModule
 from {{ cookiecutter.package_name }}.runs import new_model
+
+from test_train import TOY, checkpoint_of, package_command, subprocess_env, wait_for_steps
 
 PRESETS = sorted(path.stem for path in (Path(__file__).parents[1] / "configs" / "presets").glob("*.yaml"))
 

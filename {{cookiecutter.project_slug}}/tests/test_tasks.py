@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_diffusion import MU, STD, exact_ode_solution, gaussian_denoiser
 
 from {{ cookiecutter.package_name }}.diffusion.generate import generate
 from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
@@ -15,7 +14,16 @@ from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
 from {{ cookiecutter.package_name }}.tasks.illusion import VIEWS, Anagram, Hybrid, jigsaw, low_pass, view
 from {{ cookiecutter.package_name }}.tasks.interpolate import invert, slerp
 from {{ cookiecutter.package_name }}.tasks.restore import (
-    PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint)
+    PosteriorSampling,
+    Projected,
+    downsample,
+    grayscale,
+    masked,
+    measurement_error,
+    repaint,
+)
+
+from test_diffusion import MU, STD, exact_ode_solution, gaussian_denoiser
 
 
 # -- illusions ------------------------------------------------------------------------------------
@@ -37,7 +45,8 @@ def test_the_jigsaw_moves_whole_tiles_and_refuses_sizes_it_cannot_cut():
     image = torch.arange(64.0).reshape(1, 1, 8, 8)
     moved = jigsaw(8, pieces=4).apply(image)
     tiles = {tuple(image[0, 0, i:i + 2, j:j + 2].flatten().tolist()) for i in range(0, 8, 2) for j in range(0, 8, 2)}
-    assert {tuple(moved[0, 0, i:i + 2, j:j + 2].flatten().tolist()) for i in range(0, 8, 2) for j in range(0, 8, 2)} == tiles
+    corners = [(i, j) for i in range(0, 8, 2) for j in range(0, 8, 2)]
+    assert {tuple(moved[0, 0, i:i + 2, j:j + 2].flatten().tolist()) for i, j in corners} == tiles
     assert not torch.equal(moved, image)
     with pytest.raises(ValueError, match="4x4 equal tiles"):
         jigsaw(10, pieces=4)
@@ -184,7 +193,8 @@ def test_sdedit_strength_runs_from_the_image_itself_to_a_fresh_sample():
     image = torch.rand(2, 1, 4, 4) * 2 - 1
     sigmas = karras_sigmas(10, 0.002, 80.0)
     assert torch.equal(generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=0.0).x, image)
-    half = generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=0.5, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    half = generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=0.5, generator=generator)
     assert half.nfe == 5
     with pytest.raises(ValueError, match="strength"):
         generate(pixel_gaussian_like, sigmas, ddim, image=image, strength=1.5)
@@ -193,9 +203,9 @@ def test_sdedit_strength_runs_from_the_image_itself_to_a_fresh_sample():
 # -- the commands, end to end on tiny runs ----------------------------------------------------------
 @pytest.fixture
 def toy_run(project_dir):
-    from test_train import TOY
-
     from {{ cookiecutter.package_name }}.cli import main
+
+    from test_train import TOY
 
     assert main(["train", *TOY, "name=toy", "trainer.max_steps=20"]) == 0
     return "runs/toy"

@@ -78,7 +78,8 @@ def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch, capsys):
 def test_conditional_image_run_with_each_network(project_dir, network, objective):
     args = [f"name={network}", "data.name=digits", "data.image_size=8", "data.channels=1",
             f"model.name={network}", "model.conditional=true", f"diffusion.objective={objective}",
-            "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.attention_levels=[1]", "model.unet.blocks_per_level=1",
+            "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.attention_levels=[1]",
+            "model.unet.blocks_per_level=1",
             "model.dit.patch_size=2", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2",
             "model.mlp.width=32", "model.mlp.depth=1", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
             "trainer.sample_every_n_steps=3", "data.batch_size=16", "logger=tensorboard", *FAST]
@@ -126,8 +127,8 @@ def test_sample_grids_reach_tensorboard(project_dir):
     events = EventAccumulator(str(project_dir / "runs" / "tb" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2, 4]
     assert "train/loss" in events.Tags()["scalars"]
-    assert main(["train", "experiment=toy2d", "name=tb2d", "logger=tensorboard", "trainer.max_steps=2", "trainer.sample_every_n_steps=2",
-                 "sampling.steps=2", *FAST]) == 0
+    assert main(["train", "experiment=toy2d", "name=tb2d", "logger=tensorboard", "trainer.max_steps=2",
+                 "trainer.sample_every_n_steps=2", "sampling.steps=2", *FAST]) == 0
     events = EventAccumulator(str(project_dir / "runs" / "tb2d" / "tensorboard")).Reload()
     assert [event.step for event in events.Images("samples")] == [2]       # 2D scatter plots too
 
@@ -177,12 +178,13 @@ def test_the_readme_python_example_runs(project_dir):
     code = re.search(r"```python\n(.*?)```", (PROJECT / "README.md").read_text(), re.S).group(1)
     scope = {}
     exec(code, scope)
-    assert scope["result"].x.shape == (16, *scope["module"].data_shape) and len(scope["path"].steps) == 20
+    assert scope["result"].x.shape == (16, *scope["model"].data_shape) and len(scope["path"].steps) == 20
+    assert scope["samples"].shape == scope["result"].x.shape
 
 
 # -- nothing lost, nothing executed ------------------------------------------------------------
-TOY = ["experiment=toy2d", "logger=csv", "data.toy_samples=400", "data.batch_size=64", "diffusion.train_noise=lognormal",
-       "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000"]
+TOY = ["experiment=toy2d", "logger=csv", "data.toy_samples=400", "data.batch_size=64",
+       "diffusion.train_noise=lognormal", "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000"]
 
 
 def package_command(*args: str) -> list[str]:
@@ -328,7 +330,8 @@ def test_a_checkpoint_write_cut_short_leaves_the_last_one_whole(tmp_path, monkey
         AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(2)}, target)
     monkeypatch.undo()
     assert torch.load(target, weights_only=True)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", f"last.ckpt.{os.getpid()}.partial"]  # removed at start
+    partial = f"last.ckpt.{os.getpid()}.partial"                       # removed at the next start
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", partial]
 
 
 DDP_WITH_NAN = """
@@ -371,7 +374,8 @@ def test_sample_never_mixes_outputs_of_two_draws(project_dir, capsys):
                  "data.batch_size=8", *FAST]) == 0
     assert main(["sample", "run=runs/mix", "n=12", "steps=2", "trajectory=true", "out=drawn"]) == 0
     assert main(["sample", "run=runs/mix", "n=3", "steps=2", "out=drawn"]) == 0
-    assert sorted(p.name for p in (project_dir / "drawn/images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    drawn = sorted(p.name for p in (project_dir / "drawn/images").iterdir())
+    assert drawn == ["000000.png", "000001.png", "000002.png"]
     assert not (project_dir / "drawn/trajectory.png").exists()
     (project_dir / "drawn/images/holiday.jpg").write_bytes(b"someone's photo")
     capsys.readouterr()
@@ -381,7 +385,8 @@ def test_sample_never_mixes_outputs_of_two_draws(project_dir, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["n=0"], "'n'"), (["batch_size=0"], "'batch_size'"), (["device=banana"], "device=banana"),
-    (["out=/proc/none"], "out=/proc/none"), (["labels=[9]"], "label 9 is not one of the model's classes: give a class number from 0 to 7"),
+    (["out=/proc/none"], "out=/proc/none"),
+    (["labels=[9]"], "label 9 is not one of the model's classes: give a class number from 0 to 7"),
     (["conditions=[[1]]"], "[label, weight] pair"), (["labels=[1.5]"], "label 1.5 is not one of the model's classes"),
 ])
 def test_bad_sample_requests_are_one_error_line(project_dir, capsys, args, message):

@@ -1,7 +1,9 @@
-"""The configuration: its schema, how its layers merge, and the errors a typo gets.
+"""The configuration: its schema, how its layers merge, the errors a typo gets, and the
+``key=value`` pairs of every command.
 
-The dataclasses below say which keys exist and what type each has; the values and what
-they mean live in configs/config.yaml. Layers, each overriding the one before:
+The dataclasses below say which keys exist, what type each has and, beside each number, the
+rule its value must pass (``valid``); the values and what they mean live in
+configs/config.yaml. Layers, each overriding the one before:
 
     configs/config.yaml < configs/presets/<preset>.yaml < configs/experiments/<experiment>.yaml
     < configs/local.yaml < command-line ``key=value`` pairs
@@ -12,10 +14,12 @@ data.cache_dir) and its preset, kept out of the files a project shares.
 
 Some keys follow others: a layer that changes ``diffusion.objective`` brings that objective's
 noise and sampling defaults (``OBJECTIVE_DEFAULTS``) for the keys it does not set itself, and
-sampler options that the chosen sampler does not read are reported (``unused_sampler_options``).
+sampler options that the chosen sampler does not read (by the table of samplers) are reported
+(``unused_sampler_options``).
 
-A misspelt key or a value of the wrong type fails here, before any work, with the key path
-and the valid keys or choices.
+A misspelt key, a value of the wrong type or out of its range fails here, before any work, with
+the key path and the valid keys, choices or range. A command that works on a trained run reads
+its own keys and the run's sampling (or evaluation) keys with ``parse_command``.
 """
 from __future__ import annotations
 
@@ -371,7 +375,8 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     if isinstance(node, DictConfig) and leaf not in node and "[" not in leaf:      # labels[0]: a bad list item
         valid = list(node.keys())
         where = f"'{parent}'" if parent else "the top level"
-        return f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} Valid keys in {where}: {', '.join(valid)}"
+        return (f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} "
+                f"Valid keys in {where}: {', '.join(valid)}")
     message = str(getattr(error, "msg", error)).strip().splitlines()[0]    # OmegaConf appends key details
     return f"bad value for '{key}' in {source}: {message}"
 
@@ -385,8 +390,8 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
         if not test(value):
             raise ConfigError(f"bad value for '{key}': {value} (must be {what})")
     if cfg.model.name == "pretrained" and not cfg.model.pretrained.source:
-        raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or hub id>, "
-                          "e.g. google/ddpm-cifar10-32")
+        raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or "
+                          "hub id>, e.g. google/ddpm-cifar10-32")
     if cfg.data.name == "toy2d" and cfg.model.name != "pretrained" and "vector" not in MODELS[cfg.model.name]:
         fitting = " or ".join(name for name, networks in MODELS.items() if "vector" in networks)
         raise ConfigError(f"model.name={cfg.model.name} has no network for vectors, but data.name=toy2d is 2D points: "

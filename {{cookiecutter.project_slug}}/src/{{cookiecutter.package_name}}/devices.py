@@ -54,7 +54,8 @@ def check_training_hardware(accelerator: str, precision: str) -> None:
         raise ConfigError(f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU that torch can use; "
                           "use preset=cpu (or trainer.accelerator=auto), or install a CUDA build of torch")
     if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.accelerator=mps, but Apple's MPS is not available here; use trainer.accelerator=auto")
+        raise ConfigError("trainer.accelerator=mps, but Apple's MPS is not available here; "
+                          "use trainer.accelerator=auto")
     on_cpu = accelerator == "cpu" or not (torch.cuda.is_available() or torch.backends.mps.is_available())
     if on_cpu and precision in ("16-mixed", "16-true"):
         raise ConfigError(f"trainer.precision={precision} needs a GPU; on a CPU use 32-true or bf16-mixed")

@@ -79,7 +79,8 @@ class Model:
         if tuple(data_shape) != self.data_shape:
             raise ConfigError(f"the data (data.name={self.config.data.name}, shape {list(data_shape)}) does not fit "
                               f"the model (shape {list(self.data_shape)}): set data.name, data.image_size and "
-                              "data.channels to data of the model's kind (in configs/local.yaml for a pretrained model)")
+                              "data.channels to data of the model's kind (in configs/local.yaml for a pretrained "
+                              "model)")
 
     # -- the condition table -----------------------------------------------------------------
     @property

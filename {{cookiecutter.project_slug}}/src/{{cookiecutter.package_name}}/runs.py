@@ -171,7 +171,8 @@ def read_checkpoint(path: Path) -> dict:
         raise ConfigError(f"{path} is not a readable checkpoint (empty, truncated or not a torch file; "
                           f"{describe(error)})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or not {"config", "data_shape"} <= hparams.keys() or "state_dict" not in checkpoint:
+    complete = isinstance(hparams, dict) and {"config", "data_shape"} <= hparams.keys() and "state_dict" in checkpoint
+    if not complete:
         raise ConfigError(f"{path} is a torch file, but not a checkpoint of this project "
                           "(no state_dict and hyper_parameters with config and data_shape)")
     return checkpoint
@@ -196,7 +197,8 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
     condition = ClassLabels(len(class_names)) if cfg.model.conditional and class_names else None
     if cfg.model.conditional and condition is None:
         raise ConfigError(f"model.conditional=true needs class labels, but data.name={cfg.data.name} provides none "
-                          "(for an image folder set data.labels_from_subfolders=true; for toy2d use moons or gaussians)")
+                          "(for an image folder set data.labels_from_subfolders=true; for toy2d use moons or "
+                          "gaussians)")
     noise = training_noise(cfg.diffusion)
     try:
         net = build_model(cfg.model, tuple(data_shape), condition)

@@ -12,8 +12,17 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
-from .callbacks import (AtomicCheckpointIO, GracefulStop, LastCheckpoint, QualityMetrics, RunRecord, SampleGrid, StepClock,
-                        StepProgress, say)
+from .callbacks import (
+    AtomicCheckpointIO,
+    GracefulStop,
+    LastCheckpoint,
+    QualityMetrics,
+    RunRecord,
+    SampleGrid,
+    StepClock,
+    StepProgress,
+    say,
+)
 from .callbacks.graceful_stop import seconds
 from .devices import check_training_hardware, resolve_precision, set_float32_matmuls
 from .errors import MissingPackage

@@ -1,4 +1,5 @@
-"""Pictures: image grids, 2D scatter plots and sampling trajectories, saved as PNG."""
+"""Pictures: image grids, 2D scatter plots, sequences as curves, and sampling trajectories, saved
+as PNG. ``save_samples_picture`` picks the picture that suits the kind of data."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from .diffusion.samplers import Step
+from .models import data_kind
 from .pixels import to_uint8
 
 
@@ -158,18 +160,44 @@ def save_sample_grid(images: Tensor, path: str | Path, title: str, column_names:
     return save_labelled_grid(images, [""] * rows, column_names or [""] * columns, path, title)
 
 
+def save_samples_picture(x: Tensor, path: str | Path, title: str, column_names: list[str] | None = None,
+                         reference: Tensor | None = None) -> Path:
+    """Samples as the picture that suits their kind: vectors as a scatter plot of their first two
+    coordinates (over ``reference`` data, when given), sequences as curves, images as a titled
+    grid (with columns named by class when their labels cycle)."""
+    kind = data_kind(tuple(x.shape[1:]))
+    if kind == "vector":
+        return save_scatter(x, path, title, reference)
+    if kind == "sequence":
+        return save_sequences(x, path, title)
+    return save_sample_grid(to_uint8(x), path, title, column_names)
+
+
+def save_sequences(x: Tensor, path: str | Path, title: str = "", count: int = 16) -> Path:
+    """Up to ``count`` sequences (N, C, L), one panel each, a curve per channel over the steps."""
+    shown = x[:count].cpu()
+    columns = min(4, len(shown))
+    rows = math.ceil(len(shown) / columns)
+    fig = Figure(figsize=(2.4 * columns, 1.6 * rows + 0.5))
+    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    for ax, sequence in zip(axes, shown):
+        for channel in sequence:
+            ax.plot(channel, lw=1)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def save_samples(x: Tensor, trajectory: list[Step], out: Path, title: str,
                  column_names: list[str] | None = None) -> None:
-    """What ``sample`` writes: samples.pt, samples.png (a titled grid, columns named by class when
-    they cycle, or a scatter plot for 2D points), images/NNNNNN.png (exact pixels), and
-    trajectory.png when a trajectory was kept."""
+    """What ``sample`` writes: samples.pt, samples.png (``save_samples_picture``), for images
+    images/NNNNNN.png (exact pixels), and trajectory.png when a trajectory was kept."""
     torch.save(x, out / "samples.pt")
-    if x.ndim == 2:
-        picture = save_scatter(x, out / "samples.png", title)
-    else:
-        images = to_uint8(x)
-        picture = save_sample_grid(images, out / "samples.png", title, column_names)
-        for i, image in enumerate(images):
+    picture = save_samples_picture(x, out / "samples.png", title, column_names)
+    if data_kind(tuple(x.shape[1:])) == "image":
+        for i, image in enumerate(to_uint8(x)):
             save_image(image, out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
     if trajectory:

@@ -166,7 +166,8 @@ def load_pretrained(source: str) -> Pretrained:
             raise ConfigError(f"{folder} could not be loaded as a diffusers pipeline: {first_line(error)}") from None
         raise OfflineWeights(
             f"could not load {source} from the hub or its local cache ({first_line(error)}). Where there is internet, "
-            f"save it as a folder and give that folder instead: python -c \"from diffusers import DiffusionPipeline as P; "
+            "save it as a folder and give that folder instead: "
+            "python -c \"from diffusers import DiffusionPipeline as P; "
             f"P.from_pretrained('{source}').save_pretrained('models/{source.split('/')[-1]}')\""
             f"{' (HF_HUB_OFFLINE is set here)' if offline() else ''}") from None
     pipeline.set_progress_bar_config(disable=True)
@@ -178,7 +179,8 @@ def adapt(source: str, pipeline) -> Pretrained:
     unet, scheduler = getattr(pipeline, "unet", None), getattr(pipeline, "scheduler", None)
     if unet is None or not hasattr(scheduler, "betas"):
         raise ConfigError(f"{source} ({type(pipeline).__name__}) is not a UNet with a discrete-time (DDPM-family) "
-                          "scheduler; supported: UNet2DModel pipelines (DDPM), Stable Diffusion 1.x/2.x, DeepFloyd IF stage I")
+                          "scheduler; supported: UNet2DModel pipelines (DDPM), Stable Diffusion 1.x/2.x, "
+                          "DeepFloyd IF stage I")
     text = hasattr(pipeline, "text_encoder") and hasattr(unet.config, "cross_attention_dim")
     if text and getattr(unet.config, "addition_embed_type", None) not in (None, "text"):   # IF's is made from the text
         raise ConfigError(f"{source}: UNets that need added conditions besides the text (SDXL) are not supported")

@@ -24,7 +24,9 @@ class StepProgress(L.Callback):
     def __init__(self, batch_size: int, every_seconds: float = 30.0, bar: bool | None = None,
                  budget_seconds: float | None = None):
         self.batch_size, self.every_seconds, self.budget = batch_size, every_seconds, budget_seconds
-        self.bar = (sys.stderr.isatty() or "ipykernel" in sys.modules) if bar is None else bar   # a terminal or a notebook
+        if bar is None:                                   # a terminal or a notebook
+            bar = sys.stderr.isatty() or "ipykernel" in sys.modules
+        self.bar = bar
         self.progress = None
 
     def on_train_start(self, trainer, module) -> None:

@@ -70,7 +70,8 @@ class QualityMetrics(L.Callback):
         sampler = f"{self.sampling.sampler}, {self.sampling.steps} steps"
         nfe = trainer.lightning_module.model.nfe(self.sampling)
         entry = {"step": trainer.global_step, **result, "sampler": sampler, "nfe": nfe,
-                 "extractor": self.extractor.name, "seconds": round(seconds, 1), "share_of_training_time": round(share, 3)}
+                 "extractor": self.extractor.name, "seconds": round(seconds, 1),
+                 "share_of_training_time": round(share, 3)}
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "history.jsonl", "a") as file:
             file.write(json.dumps(entry) + "\n")

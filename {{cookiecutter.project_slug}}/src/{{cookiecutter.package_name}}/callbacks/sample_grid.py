@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..pixels import to_uint8
-from ..visualize import sampling_title, save_sample_grid, save_scatter
+from ..visualize import sampling_title, save_samples_picture
 
 
 class SampleGrid(L.Callback):
-    def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0, first_after_minutes: float = 0):
+    def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0,
+                 first_after_minutes: float = 0):
         self.folder, self.every_n_steps, self.count, self.seed = Path(folder), every_n_steps, count, seed
         self.first_after = first_after_minutes * 60 or None
         self.last_step = -1
@@ -45,10 +45,8 @@ class SampleGrid(L.Callback):
         path = self.folder / f"step_{step:07d}.png"
         title = f"step {step:,}, " + sampling_title(self.folder.parent.name, model.config.sampling, result.nfe,
                                                     model.condition is not None)
-        if result.x.ndim == 2:
-            save_scatter(result.x, path, title, trainer.datamodule.reference_images()[: self.count])
-        else:
-            save_sample_grid(to_uint8(result.x), path, title, model.column_names(self.count))
+        reference = trainer.datamodule.train_set.data[: self.count]       # drawn under 2D points
+        save_samples_picture(result.x, path, title, model.column_names(self.count), reference)
         log_picture(trainer.logger, path, step)
 
 

@@ -17,8 +17,15 @@ import torch
 
 from ..config import load_config
 from ..data import DiffusionDataModule
-from ..devices import (autocast, device_name, matmul_dtype, pick_device, resolve_precision, set_float32_matmuls,
-                       synchronize)
+from ..devices import (
+    autocast,
+    device_name,
+    matmul_dtype,
+    pick_device,
+    resolve_precision,
+    set_float32_matmuls,
+    synchronize,
+)
 from ..module import DiffusionModule
 from ..runs import Run, new_model
 from ..speed import flops_per_image, largest_batch, matmul_peak, seconds_per_call

@@ -1,5 +1,6 @@
 """``doctor``: what a teaching assistant asks for first, in one report to paste: versions
-(the optional diffusers and transformers included), the GPU and what training would use on it, FID weights, and a check of the configured data."""
+(the optional diffusers and transformers included), the GPU and what training would use on it, FID
+weights, and a check of the configured data."""
 from __future__ import annotations
 
 import platform
@@ -10,9 +11,9 @@ import torch
 
 from ..config import load_config
 from ..data.inspect import data_report
+from ..devices import resolve_precision
 from ..errors import UserError
 from ..evaluation.features import INCEPTION_FILE, inception_weights
-from ..devices import resolve_precision
 
 USAGE = """\
 doctor  [key=value ...]   report Python, torch, CUDA, the GPU, the precision auto picks, FID weights
@@ -25,9 +26,9 @@ def run(overrides: list[str]) -> Path | None:
 
 
 def report(overrides: list[str]) -> list[str]:
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
     lines = [f"python      {sys.version.split()[0]} on {platform.system()} {platform.machine()}",
-             f"torch       {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only build'}), "
-             f"{torch.get_num_threads()} CPU threads",
+             f"torch       {torch.__version__} ({build}), {torch.get_num_threads()} CPU threads",
              f"lightning   {package_version('lightning')}",
              pretrained_extra(),
              *accelerators()]

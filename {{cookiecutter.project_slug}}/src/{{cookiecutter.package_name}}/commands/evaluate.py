@@ -19,8 +19,14 @@ from ..devices import pick_device, sampling_precision
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
-from ..evaluation.quality import (check_images, count_name, fid_kid, reference_file, reference_statistics,
-                                  sample_features)
+from ..evaluation.quality import (
+    check_images,
+    count_name,
+    fid_kid,
+    reference_file,
+    reference_statistics,
+    sample_features,
+)
 from ..pixels import to_uint8
 from ..runs import fresh_output, load_run
 from ..visualize import save_image, save_nfe_plot
@@ -74,7 +80,9 @@ def run(overrides: list[str]) -> Path:
         plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]
     announce(model, extractor, evaluation, plans, device)
-    keep = image_keeper(fresh_output(run_dir.fid) / "images") if command.keep_images else None     # no old images mixed in
+    keep = None
+    if command.keep_images:
+        keep = image_keeper(fresh_output(run_dir.fid) / "images")         # no old images mixed in
     results = []
     for k, (sampling, seed) in enumerate(plans):
         with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
@@ -117,7 +125,8 @@ def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Pat
     count = count_name(runs[0]["samples"])
     fids, kids = [r["fid"] for r in runs], [r["kid"] for r in runs]
     summary = {"extractor": extractor_name, "samples": runs[0]["samples"], "sampler": runs[0]["sampler"],
-               "steps": runs[0]["steps"], "nfe": runs[0]["nfe"], "precision": runs[0]["precision"], f"fid@{count}": statistics.mean(fids),
+               "steps": runs[0]["steps"], "nfe": runs[0]["nfe"], "precision": runs[0]["precision"],
+               f"fid@{count}": statistics.mean(fids),
                f"fid@{count}_std": statistics.stdev(fids) if len(fids) > 1 else 0.0,
                f"kid@{count}": statistics.mean(kids), "runs": runs}
     folder.mkdir(parents=True, exist_ok=True)

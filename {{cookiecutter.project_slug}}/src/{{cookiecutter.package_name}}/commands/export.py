@@ -30,7 +30,8 @@ def run(overrides: list[str]) -> Path:
     command, _ = parse_command(overrides, ExportCommand, "export")
     model, run_dir = load_run(command.run)
     if "checkpoint" not in model.origin:
-        raise ConfigError(f"{command.run} is already a folder to share (an export or a diffusers pipeline); copy it as it is")
+        raise ConfigError(f"{command.run} is already a folder to share (an export or a diffusers pipeline); "
+                          "copy it as it is")
     out = Path(command.out) if command.out else Path("exports") / run_dir.root.name
     grids = sorted(run_dir.samples.glob("step_*.png"))
     export_run(model, out, grids[-1] if grids else None)

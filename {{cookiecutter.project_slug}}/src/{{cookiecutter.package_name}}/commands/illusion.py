@@ -37,7 +37,7 @@ illusion run=DIR labels=[a,b] [key=value ...]
 class IllusionCommand:
     run: str = MISSING
     kind: Literal["anagram", "hybrid"] = "anagram"
-    labels: Optional[list[Any]] = None                   # one per view (anagram), or [far, near] (hybrid); text models: prompts
+    labels: Optional[list[Any]] = None                   # one per view (anagram), or [far, near] (hybrid); or prompts
     views: list[str] = field(default_factory=lambda: ["identity", "rot180"])
     std: float = 1.0                                     # hybrid: the blur separating far from near, in pixels
     n: int = 8
@@ -71,7 +71,8 @@ def run(overrides: list[str]) -> Path:
     title = (f"{run_dir.root.name}: {command.kind}, {sampling.sampler}, {sampling.steps} steps, "
              f"guidance {sampling.guidance:g}")
     tiles = to_uint8(torch.cat(rows).clamp(-1, 1))
-    grid = save_labelled_grid(tiles, row_labels, [f"#{k}" for k in range(command.n)], out / f"{command.kind}.png", title)
+    columns = [f"#{k}" for k in range(command.n)]
+    grid = save_labelled_grid(tiles, row_labels, columns, out / f"{command.kind}.png", title)
     frames = [enlarged_grid(to_uint8(row.clamp(-1, 1)), min(command.n, 8)) for row in rows]
     gif = save_gif(frames, out / f"{command.kind}.gif", seconds_per_frame=1.0, hold=1.0)
     torch.save(x, out / f"{command.kind}.pt")          # the samples as drawn, to check with a classifier
@@ -85,7 +86,8 @@ def check_request(command, model) -> None:
         raise ConfigError(f"illusion needs a class-conditional image model; {command.run} is not one")
     wanted, which = (len(command.views), "one per view") if command.kind == "anagram" else (2, "far, near")
     if len(command.labels or []) != wanted:
-        raise ConfigError(f"kind={command.kind} needs {wanted} labels ({which}), got labels={list(command.labels or [])}")
+        raise ConfigError(f"kind={command.kind} needs {wanted} labels ({which}), "
+                          f"got labels={list(command.labels or [])}")
     if command.kind == "anagram":
         for name in command.views:
             try:

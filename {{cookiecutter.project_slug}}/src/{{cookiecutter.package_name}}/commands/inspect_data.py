@@ -26,7 +26,8 @@ def write_report(data_cfg, out: Path) -> str:
     report, preview, class_names = data_report(data_cfg)
     if preview is not None and class_names:
         columns = [""] * (len(preview) // len(class_names))
-        report += f"\npreview: {save_labelled_grid(preview, class_names, columns, out / 'preview.png', 'training data by class')}"
+        picture = save_labelled_grid(preview, class_names, columns, out / "preview.png", "training data by class")
+        report += f"\npreview: {picture}"
     elif preview is not None and preview.ndim == 4:
         report += f"\npreview: {save_image_grid(preview, out / 'preview.png')}"
     elif preview is not None:

@@ -149,7 +149,8 @@ def report(command, x, truth, degrade, y) -> None:
     """How well the result agrees with what was observed (and how far it is from the original)."""
     distance = 100 * measurement_error(lambda v: v, x, truth) / 2
     if command.method == "sdedit":
-        print(f"sdedit at strength {command.strength}: {distance:.1f}% RMS change from the input (of the [-1, 1] range)")
+        print(f"sdedit at strength {command.strength}: {distance:.1f}% RMS change from the input "
+              "(of the [-1, 1] range)")
     else:
         print(f"{command.method}: measurement consistency |A(x) - y| = {measurement_error(degrade, x, y):.2e} RMS "
               f"(0 = agrees exactly); distance to the original {distance:.1f}%")

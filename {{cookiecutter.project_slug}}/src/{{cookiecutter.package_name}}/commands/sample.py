@@ -12,7 +12,9 @@ from tqdm import tqdm
 from ..config import RUN_SECTIONS, CompileMode, Precision
 from ..devices import pick_device, sampling_precision
 from ..diffusion.samplers import Step, Trajectory
+from ..errors import ConfigError
 from ..model import labels_in_turn
+from ..models import data_kind
 from ..runs import fresh_output, open_run, record_made_by
 from ..visualize import sampling_title, save_samples
 
@@ -27,16 +29,16 @@ sample  run=DIR [key=value ...]
 
 @dataclass
 class SampleCommand:
-    run: str = MISSING                   # a run directory (runs/<name>), a .ckpt file, an export or a diffusers pipeline
+    run: str = MISSING                   # runs/<name>, a .ckpt file, an export or a diffusers pipeline
     n: int = 64                          # number of samples
     batch_size: int = 256
     seed: int = 0
-    labels: Optional[list[Any]] = None   # conditional models: labels to draw, in turn, by name or number (text: prompts)
+    labels: Optional[list[Any]] = None   # conditional models: labels to draw in turn, by name or number; or prompts
     conditions: Optional[list[list[Any]]] = None   # or several weighted labels for every sample: [[3, 1.5], [8, 1.0]]
     out: Optional[str] = None            # output folder; default <run>/generated
     device: str = "auto"                 # auto | cpu | cuda | mps
     precision: Precision = "auto"        # auto: bf16 on Ampere+ GPUs, fp16 on older ones, float32 on CPU
-    compile: CompileMode = "none"        # torch.compile the network: default | reduce-overhead (CUDA graphs) | max-autotune
+    compile: CompileMode = "none"        # torch.compile: default | reduce-overhead (CUDA graphs) | max-autotune
     trajectory: bool = False             # also plot how samples travel from noise to data
 
 
@@ -46,6 +48,9 @@ def run(overrides: list[str]) -> Path:
     device = pick_device(command.device)
     if command.trajectory:
         model.need_pixels("trajectory=true draws pixels along the way")
+        if data_kind(model.data_shape) not in ("vector", "image"):
+            raise ConfigError("trajectory=true draws the paths of points or the steps of images; "
+                              f"{command.run} draws data of shape {list(model.data_shape)}")
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     model.to(device)
     model.speed_up(sampling_precision(command.precision, device), command.compile)

@@ -72,14 +72,18 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     device, length."""
     shape = "x".join(map(str, data.data_shape))
     classes = data.class_names
-    labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})" if classes else ""
+    labels = ""
+    if classes:
+        labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
     parameters = sum(p.numel() for p in module.denoiser.parameters())
     step_flops, _ = flops_per_image(module.denoiser, module.model.data_shape, module.model.condition)
     processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
     batch = cfg.data.batch_size * trainer.world_size
     images = cfg.trainer.max_steps * batch
     budget = f", at most {cfg.trainer.max_time} (trainer.max_time)" if cfg.trainer.max_time else ""
-    optional = [f"  compile    {cfg.trainer.compile} (the first steps wait for it)"] if cfg.trainer.compile != "none" else []
+    optional = []
+    if cfg.trainer.compile != "none":
+        optional.append(f"  compile    {cfg.trainer.compile} (the first steps wait for it)")
     return "\n".join([
         f"run        {run_dir.root}" + (" (new)" if resumed_at is None else f" (resuming from step {resumed_at})"),
         f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "

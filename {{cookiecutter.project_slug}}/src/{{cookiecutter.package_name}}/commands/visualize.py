@@ -18,7 +18,9 @@ from ..config import RUN_SECTIONS
 from ..data import DiffusionDataModule
 from ..devices import pick_device
 from ..diffusion.samplers import Trajectory
+from ..errors import ConfigError
 from ..model import labels_in_turn
+from ..models import data_kind
 from ..runs import open_run, record_made_by
 from ..visualize import sampling_title, save_denoising, save_particles_gif, save_vector_fields
 
@@ -48,8 +50,11 @@ class VisualizeCommand:
 def run(overrides: list[str]) -> Path:
     command, model, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
     model.need_pixels("visualize draws x_t and x0_hat at every step")
+    if data_kind(model.data_shape) not in ("vector", "image"):
+        raise ConfigError(f"visualize draws 2D points or images; {command.run} draws data of shape "
+                          f"{list(model.data_shape)}")
     model.to(pick_device(command.device))
-    points = len(model.data_shape) == 1
+    points = data_kind(model.data_shape) == "vector"
     n = command.n or (500 if points else 4)
     labels = labels_in_turn(command.labels, 0, n)
     trajectory = Trajectory()

@@ -52,7 +52,8 @@ class DiffusionDataModule(L.LightningDataModule):
         decoded = load_source(self.cfg, self.seed)
         report_bad_files(decoded, self.cfg)
         check_trainable(decoded.data, self.cfg)
-        data, labels, self.class_names, self.fingerprint = decoded.data, decoded.labels, decoded.class_names, decoded.fingerprint
+        data, labels = decoded.data, decoded.labels
+        self.class_names, self.fingerprint = decoded.class_names, decoded.fingerprint
         if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
             self.cluster_sizes = torch.bincount(labels, minlength=len(self.class_names)).tolist()

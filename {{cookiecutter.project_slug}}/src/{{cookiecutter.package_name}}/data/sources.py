@@ -50,7 +50,8 @@ def load_source(cfg, seed: int = 0) -> Decoded:
     size = stored_size(cfg)
     source = SOURCES[cfg.name]
     details, decode = source.prepare(cfg, size, seed)
-    fingerprint = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 3, **details}   # format: bump when decoding changes
+    # format: bump it when decoding changes
+    fingerprint = {"source": cfg.name, "size": size, "channels": cfg.channels, "format": 3, **details}
     decoded = cached(fingerprint, decode, cfg.cache_dir) if source.cached else decode()
     decoded.fingerprint = fingerprint_key(fingerprint)
     return decoded
@@ -94,7 +95,8 @@ def torchvision_source(cfg, size: int, seed: int) -> Prepared:
 def tensor_file_source(cfg, size: int, seed: int) -> Prepared:
     file = Path(cfg.root).expanduser()
     if not file.is_file():
-        raise DataError(f"data.root '{cfg.root}' is not a file; for data.name=tensor_file point it at a .pt or .npy file")
+        raise DataError(f"data.root '{cfg.root}' is not a file; for data.name=tensor_file point it at a .pt or "
+                        ".npy file")
     return {"root": str(file.resolve()), "file": file_signature(file, file.parent)}, lambda: load_tensor_file(file)
 
 
@@ -204,7 +206,8 @@ def class_numbers(labels: Tensor, n: int, file: Path) -> Tensor:
         raise DataError(f"'{file}': labels must be {n} non-negative integers (class numbers), one per example; "
                         f"found {labels.dtype} of shape {tuple(labels.shape)}")
     if labels.is_floating_point() and not (torch.isfinite(labels).all() and (labels == labels.round()).all()):
-        raise DataError(f"'{file}': labels must be whole class numbers 0, 1, 2, ...; found {labels[labels != labels.round()][:3].tolist()}")
+        found = labels[labels != labels.round()][:3].tolist()
+        raise DataError(f"'{file}': labels must be whole class numbers 0, 1, 2, ...; found {found}")
     labels = labels.to(torch.int64)
     if labels.min() < 0 or labels.max() >= n:
         raise DataError(f"'{file}': labels must number the classes 0..K-1 with K at most the {n} examples; "

@@ -31,7 +31,8 @@ def checkerboard(n: int, g: torch.Generator) -> tuple[Tensor, None]:
     return torch.stack([col, row], dim=1) + offset - 2, None
 
 
-def gaussians(n: int, g: torch.Generator, modes: int = 8, radius: float = 2.0, std: float = 0.15) -> tuple[Tensor, Tensor]:
+def gaussians(n: int, g: torch.Generator, modes: int = 8, radius: float = 2.0,
+              std: float = 0.15) -> tuple[Tensor, Tensor]:
     """``modes`` Gaussians evenly spaced on a circle; the label is the mode."""
     labels = torch.randint(modes, (n,), generator=g)
     angle = 2 * math.pi * labels / modes

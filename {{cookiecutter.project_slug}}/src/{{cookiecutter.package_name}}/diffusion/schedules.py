@@ -72,7 +72,8 @@ def append_zero(sigmas: Tensor) -> Tensor:
 
 
 SCHEDULES = {
-    "karras": lambda sampling, table: karras_sigmas(sampling.steps, sampling.sigma_min, sampling.sigma_max, sampling.rho),
+    "karras": lambda sampling, table: karras_sigmas(sampling.steps, sampling.sigma_min, sampling.sigma_max,
+                                                    sampling.rho),
     "loglinear": lambda sampling, table: loglinear_sigmas(sampling.steps, sampling.sigma_min, sampling.sigma_max),
     "uniform_t": lambda sampling, table: uniform_t_sigmas(sampling.steps, sampling.sigma_max),
     "trailing": lambda sampling, table: trailing_sigmas(sampling.steps, table),

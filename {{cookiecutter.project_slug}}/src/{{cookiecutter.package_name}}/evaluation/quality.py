@@ -88,7 +88,7 @@ def sample_features(draw: Callable[[Tensor], Tensor], extractor: nn.Module, n: i
                     rank: int = 0, world_size: int = 1, keep: Callable[[Tensor, Tensor], None] | None = None,
                     progress=None) -> Tensor:
     """Features of this process's share of ``n`` samples. ``draw(indices)`` returns the samples
-    (float in [-1, 1]) numbered ``indices`` (see ``DiffusionModule.sample_numbered``: they do not
+    (float in [-1, 1]) numbered ``indices`` (see ``Model.sample_numbered``: they do not
     depend on how the work is cut); ``keep(indices, images)`` may store their uint8 pixels.
     Outside autocast: features and metrics are computed in full precision."""
     device = next(extractor.parameters()).device
