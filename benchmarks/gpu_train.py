@@ -151,7 +151,8 @@ def loop_against_bare(batch: int, device, smoke: bool) -> dict:
     data = Path(tempfile.mkdtemp()) / "images.pt"
     torch.save(torch.randint(0, 256, (256 if smoke else 20_000, 3, 32, 32), dtype=torch.uint8), data)
     overrides = [f"data.root={data}", "data.name=tensor_file", "data.image_size=32", "data.channels=3",
-                 "data.val_fraction=0", "model.conditional=false", "logger=csv", f"data.batch_size={batch}"]
+                 "data.val_fraction=0", "model.conditional=false", "data.clusters=0", "logger=csv",
+                 f"data.batch_size={batch}"]
     overrides += ["preset=cpu", "model.unet.channels=32"] if smoke else ["preset=h100"]
     cfg = load_config(overrides, PROJECT / "configs")
     module = DiffusionModule(new_model(cfg, [3, 32, 32])).to(device)

@@ -416,7 +416,9 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
 def did_you_mean(key: str, choices: list[str], parent: str = "") -> str:
     """" Did you mean 'data.name'?" for the closest valid key, or nothing."""
     close = difflib.get_close_matches(key, choices, n=1)
-    return f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
+    if not close:
+        return ""
+    return f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?"
 
 
 def refuse_unknown_keys(keys, choices: list[str], source: str) -> None:

@@ -35,7 +35,7 @@ from .models.conditioning import ClassLabels
 GOLDEN = (math.sqrt(5) - 1) / 2      # frac(i * GOLDEN), i = 0, 1, 2, ...: the most even spread over [0, 1)
 
 
-@dataclass
+@dataclass(eq=False)
 class Model:
     denoiser: nn.Module                  # D(x, sigma, condition) -> x0_hat, with the EMA weights
     noise: Any                           # the training noise levels (schedules.py); ``trailing`` walks their table
@@ -92,6 +92,11 @@ class Model:
         """Whether the labels are the data's own clusters (data.clusters), drawn in proportion."""
         return bool(self.num_classes and self.cluster_sizes)
 
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether this is a text-to-image model, whose classes are the prompts it is given."""
+        return self.pretrained is not None and self.pretrained.takes_prompts
+
     def use_prompts(self, prompts: list[str]) -> None:
         """A text-to-image model: these prompts become its classes (label k is prompts[k])."""
         self.pretrained.use_prompts(prompts)
@@ -106,7 +111,9 @@ class Model:
         if str(label).isdigit() and int(label) < len(names):
             return int(label)
         named = [f"{i}={name}" for i, name in enumerate(names) if name != str(i)]
-        shown = f" or a name ({', '.join(named[:12])}{', ...' if len(named) > 12 else ''})" if named else ""
+        shown = ""
+        if named:
+            shown = f" or a name ({', '.join(named[:12])}{', ...' if len(named) > 12 else ''})"
         raise ConfigError(f"label {label} is not one of the model's classes: give a class number from 0 to "
                           f"{len(names) - 1}{shown}")
 

@@ -57,11 +57,10 @@ class DiffusionModule(L.LightningModule):
         x0, conditions = batch
         sigma = self.model.noise(len(x0), self.device)
         noise = torch.randn_like(x0)
-        condition = self.model.condition
-        if condition is not None:
-            conditions = condition.drop(conditions, self.cfg.diffusion.p_uncond)
+        if self.model.condition is None:
+            conditions = None                    # an unconditional model ignores any labels the data has
         else:
-            conditions = None
+            conditions = self.model.condition.drop(conditions, self.cfg.diffusion.p_uncond)
         return self.denoiser.loss(x0, sigma, noise, conditions, self.loss_weight(sigma)).mean()
 
     def training_step(self, batch, batch_idx):

@@ -252,7 +252,7 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
     if (path / "model_index.json").is_file():
         return load_pretrained_run(str(path))
     if (path / EXPORT_WEIGHTS).is_file():
-        return load_export(path), Run(path)
+        return load_export(path)
     checkpoint = path if path.suffix == ".ckpt" else Run(path).last_checkpoint
     if not checkpoint.is_file():
         raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file, "
@@ -280,8 +280,8 @@ def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: 
     return model
 
 
-def load_export(folder: Path) -> Model:
-    """The model of an export folder, in eval mode on the CPU."""
+def load_export(folder: Path) -> tuple[Model, Run]:
+    """The model of an export folder, in eval mode on the CPU; the folder itself takes the outputs."""
     from safetensors.torch import load_file
 
     try:
@@ -294,7 +294,7 @@ def load_export(folder: Path) -> Model:
     model = model_with_weights(config, info["data_shape"], info["class_names"] or [], info.get("cluster_sizes"),
                                weights, f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes")
     model.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
-    return model
+    return model, Run(folder)
 
 
 def load_pretrained_run(source: str) -> tuple[Model, Run]:
@@ -319,7 +319,7 @@ def open_run(overrides: list[str], schema, name: str, counts: tuple[str, ...] = 
     command, sampling_overrides = parse_command(overrides, schema, name, "sampling", counts)
     model, run = load_run(command.run)
     sampling = run_config(model.config, "sampling", sampling_overrides).sampling
-    if model.pretrained is not None and model.pretrained.takes_prompts:
+    if model.takes_prompts:
         model.use_prompts(prompts_asked(command, name))
     resolve_labels(command, model)
     return command, model, run, sampling

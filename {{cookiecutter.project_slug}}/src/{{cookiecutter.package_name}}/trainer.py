@@ -81,7 +81,11 @@ def duration(seconds: float) -> str:
         return "under a second"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+    if hours:
+        return f"{hours}h {minutes:02d}min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
 
 
 def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:

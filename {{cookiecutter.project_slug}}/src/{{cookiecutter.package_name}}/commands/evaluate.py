@@ -56,7 +56,7 @@ def run(overrides: list[str]) -> Path:
     command, evaluation_overrides = parse_command(overrides, EvaluateCommand, "evaluate", "evaluation")
     check_request(command)
     model, run_dir = load_run(command.run)
-    if model.pretrained is not None and model.pretrained.takes_prompts:
+    if model.takes_prompts:
         raise ConfigError(f"{command.run} is a text-to-image model: FID here compares unconditional or class-labelled "
                           "samples with a data set, and a prompt per sample is not supported")
     evaluation = run_config(model.config, "evaluation", {"samples": 50_000, **evaluation_overrides}).evaluation
