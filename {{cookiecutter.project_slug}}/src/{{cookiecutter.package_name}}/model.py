@@ -37,6 +37,9 @@ GOLDEN = (math.sqrt(5) - 1) / 2      # frac(i * GOLDEN), i = 0, 1, 2, ...: the m
 
 @dataclass(eq=False)
 class Model:
+    """What sampling needs of a trained model (see above); ``runs.new_model`` makes a new one,
+    ``runs.load_run`` a saved one."""
+
     denoiser: nn.Module                  # D(x, sigma, condition) -> x0_hat, with the EMA weights
     noise: Any                           # the training noise levels (schedules.py); ``trailing`` walks their table
     data_shape: tuple[int, ...]          # one example (a latent model's: one latent)

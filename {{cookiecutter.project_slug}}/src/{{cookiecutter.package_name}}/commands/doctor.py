@@ -11,7 +11,7 @@ import torch
 
 from ..config import load_config
 from ..data.inspect import data_report
-from ..devices import resolve_precision
+from ..devices import device_name, resolve_precision
 from ..errors import UserError
 from ..evaluation.features import INCEPTION_FILE, inception_weights
 
@@ -74,8 +74,7 @@ def accelerators() -> list[str]:
         lines = []
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
-            major, minor = torch.cuda.get_device_capability(index)
-            lines.append(f"cuda:{index:<6} {torch.cuda.get_device_name(index)}, compute {major}.{minor}, "
+            lines.append(f"cuda:{index:<6} {device_name(torch.device('cuda', index))}, "
                          f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
     lines.append(f"mps         {'available' if torch.backends.mps.is_available() else 'not available'}")
     return lines
