@@ -439,3 +439,39 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
     result = configured_sampler(sampling)(guided, karras_sigmas(5, 0.002, 80.0), torch.zeros(3, 2, dtype=torch.float64))
     assert sum(rows) == 3 * 5 * evaluations
     assert result.nfe == SAMPLERS["dpmpp_2m"].calls(sampling.steps) * guided.evaluations == 5 * evaluations
+
+
+# -- the table of sampler facts, held against the samplers themselves ----------------------------
+NOISY = [("euler", {}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.5}), ("ddpm", {}), ("heun", {"churn": 0.0}),
+         ("heun", {"churn": 10.0}), ("generalized", {"mu": 0.0}), ("generalized", {"mu": 0.5}), ("dpmpp_2m", {})]
+
+
+@pytest.mark.parametrize("name, options", NOISY, ids=[f"{name}{options}" for name, options in NOISY])
+def test_the_table_says_which_samplers_draw_noise(name, options):
+    """A sampler the table calls deterministic gives the same sample whatever its generator; one
+    that draws noise does not."""
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
+
+    sampling = SimpleNamespace(sampler=name, steps=6, **{"eta": 0.0, "churn": 0.0, "gamma": 1.0, "mu": 0.0,
+                                                         "second_order": False, **options})
+    facts, x = SAMPLERS[name], torch.ones(4, 2, dtype=torch.float64) * 80
+    samples = [facts.configured(sampling)(gaussian_denoiser, karras_sigmas(6, 0.002, 80.0), x,
+                                          generator=torch.Generator().manual_seed(seed)).x for seed in (0, 1)]
+    assert torch.equal(samples[0], samples[1]) == facts.deterministic(sampling)
+
+
+def test_the_table_names_every_sampling_option_each_sampler_reads():
+    """The options a sampler function takes from the sampling section are exactly those its row
+    reads or fixes: none left at the function's default, none read that it does not take."""
+    import dataclasses
+    import inspect
+
+    from {{ cookiecutter.package_name }}.config import SamplingConfig
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
+
+    section = {field.name for field in dataclasses.fields(SamplingConfig)}
+    for name, facts in SAMPLERS.items():
+        taken = set(inspect.signature(facts.function).parameters) & section
+        assert taken == set(facts.options) | set(facts.fixes), name

@@ -64,3 +64,18 @@ def test_bad_sizes_are_explained():
         UNet((1, 12, 12), channels=16, channel_mult=(1, 2, 2, 2))
     with pytest.raises(ValueError, match="patch_size"):
         DiT((3, 30, 30), patch_size=4, width=64, depth=1, heads=4)
+
+
+def test_class_labels_drop_a_share_to_the_null_label_and_keep_the_rest():
+    """Condition dropout for classifier-free guidance: label `count` is the null label; a share p
+    of the labels becomes it, the others stay as they were."""
+    condition = ClassLabels(10)
+    labels = torch.arange(10).repeat(1000)
+    assert torch.equal(condition.null(3), torch.tensor([10, 10, 10]))
+    assert torch.equal(condition.drop(labels, 0.0), labels)
+    assert torch.equal(condition.drop(labels, 1.0), torch.full_like(labels, 10))
+    torch.manual_seed(0)
+    dropped = condition.drop(labels, 0.2)
+    kept = dropped != 10
+    assert torch.equal(dropped[kept], labels[kept]) and abs((~kept).float().mean().item() - 0.2) < 0.02
+    assert condition.embedding(8).num_embeddings == 11                 # every class and the null label

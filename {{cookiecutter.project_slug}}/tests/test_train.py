@@ -168,6 +168,20 @@ def test_sample_is_generate_on_the_ema_denoiser(project_dir):
     assert torch.equal(torch.load("pinned/samples.pt"), expected)
 
 
+@pytest.mark.parametrize("sampler, steps", [("dpmpp_2m", 5), ("heun", 4)])
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 2.0])
+def test_the_nfe_a_model_predicts_is_the_nfe_it_counts(project_dir, sampler, steps, guidance):
+    """What evaluate, bench and the titles report before sampling (``Model.nfe``, from the table
+    of samplers and the guided denoiser's cost) equals what sampling counts, call by call."""
+    from {{ cookiecutter.package_name }}.config import load_config, run_config
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["experiment=digits", "model.conditional=true", "model.unet.channels=8"])
+    model = new_model(cfg, [1, 8, 8], [str(k) for k in range(10)])
+    sampling = run_config(model.config, "sampling", {"sampler": sampler, "steps": steps, "guidance": guidance}).sampling
+    assert model.nfe(sampling) == model.sample(2, torch.Generator().manual_seed(0), sampling).nfe
+
+
 def test_the_readme_python_example_runs(project_dir):
     import re
 
