@@ -58,8 +58,18 @@ def test_samplers_reproduce_gaussian_data(sampler, options, steps):
     assert torch.allclose(result.x.std(0), STD, rtol=0.02)
 
 
+def alternating_sigmas(steps: int) -> torch.Tensor:
+    """From 10 down to 0.1 (no final 0) in steps whose lengths in log(sigma) alternate 1 and 2:
+    the ratio of consecutive steps stays 2 or 1/2 however many there are. (A multistep weight
+    with its step ratio turned over is still second order even so: its first-order error
+    telescopes, the sum of h_(i-1)^2 - h_i^2. The comparisons with diffusers below catch it.)"""
+    gaps = torch.tensor([1.0, 2.0], dtype=torch.float64).repeat(steps // 2)
+    log_sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)]) / gaps.sum()
+    return 10 ** (1 - 2 * log_sigmas)
+
+
 def deterministic_error(sampler, steps):
-    sigmas = torch.logspace(1, -1, steps + 1, dtype=torch.float64)   # 10 -> 0.1, no final 0
+    sigmas = alternating_sigmas(steps)
     x = sigmas[0] * torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     result = sampler(gaussian_denoiser, sigmas, x)
     return (result.x - exact_ode_solution(x, sigmas[0], sigmas[-1])).abs().max().item()
@@ -69,8 +79,8 @@ def deterministic_error(sampler, steps):
     (ddim, 1), (heun, 2), (dpmpp_2m, 2), (partial(generalized, gamma=2.0), 1),
     (partial(generalized, second_order=True), 2)], ids=["euler", "heun", "dpmpp_2m", "gamma2", "gamma_ab2"])
 def test_deterministic_samplers_converge_at_their_order(sampler, order):
-    """Measured against the exact solution; the course's gamma = 2 is first order, its
-    variable-step weight 1 + h_i / (2 h_(i-1)) second order."""
+    """Measured against the exact solution on steps of alternating length; the course's
+    gamma = 2 is first order, its variable-step weight 1 + h_i / (2 h_(i-1)) second order."""
     errors = [deterministic_error(sampler, steps) for steps in (64, 128, 256, 512)]
     slopes = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert all(abs(slope - order) < 0.1 for slope in slopes), slopes
@@ -475,3 +485,141 @@ def test_the_table_names_every_sampling_option_each_sampler_reads():
     for name, facts in SAMPLERS.items():
         taken = set(inspect.signature(facts.function).parameters) & section
         assert taken == set(facts.options) | set(facts.fixes), name
+
+
+# -- the samplers against independent implementations, step for step ----------------------------
+# diffusers' schedulers run in the variance-preserving variables x_vp = x / sqrt(1 + sigma^2) of a
+# table of alpha_bar = 1 / (1 + sigma^2); given our Karras noise levels as that table (or, for the
+# multistep solver, as its sigmas), and x0_hat as the model's output, they take the same steps
+# (Karras et al. 2022, Appendix C). Heun and the course's sampler have no diffusers twin: they are
+# written out below from their papers' algorithms, with the papers' names.
+class Float64(torch.Tensor):
+    """A sample that stays float64: diffusers' multistep solver casts its sample to float32."""
+
+    def to(self, *args, **kwargs):
+        return self
+
+
+def on_the_grid(scheduler, sigmas: torch.Tensor, x: torch.Tensor, **step_options) -> torch.Tensor:
+    """Run a diffusers scheduler down ``sigmas`` from x (sigma form), the model's output being
+    our closed-form denoiser's x0_hat; the result in the sigma form (the last sigma is 0)."""
+    x_vp = (x / (1 + sigmas[0] ** 2).sqrt()).as_subclass(Float64)
+    for sigma, t in zip(sigmas, scheduler.timesteps):
+        x0_hat = gaussian_denoiser(x_vp * (1 + sigma**2).sqrt(), sigma.expand(len(x)))
+        x_vp = scheduler.step(x0_hat, t, x_vp, **step_options).prev_sample
+    return x_vp.as_subclass(torch.Tensor)
+
+
+def discrete_scheduler(name: str, sigmas: torch.Tensor):
+    """A DDIM or DDPM scheduler whose training table is our grid: its step t has noise level
+    sigmas[-2 - t] (increasing with t), and its last step goes to alpha_bar = 1 (sigma = 0)."""
+    diffusers = pytest.importorskip("diffusers")
+    steps = len(sigmas) - 1
+    options = {"set_alpha_to_one": True} if name == "DDIMScheduler" else {}
+    scheduler = getattr(diffusers, name)(num_train_timesteps=steps, prediction_type="sample", clip_sample=False,
+                                         **options)
+    scheduler.alphas_cumprod = 1 / (1 + sigmas[:-1].flip(0) ** 2)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+@pytest.mark.parametrize("steps", [10, 17, 25])
+def test_dpm_solver_2m_equals_diffusers_step_for_step(steps):
+    diffusers = pytest.importorskip("diffusers")
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+                                                      prediction_type="sample", final_sigmas_type="zero",
+                                                      lower_order_final=False)
+    scheduler.set_timesteps(steps)
+    scheduler.sigmas = sigmas.clone()
+    theirs = on_the_grid(scheduler, sigmas, x)
+    torch.testing.assert_close(dpmpp_2m(gaussian_denoiser, sigmas, x).x, theirs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [10, 25])
+def test_ddim_equals_diffusers_step_for_step(steps, eta):
+    """eta > 0 draws the same noise in the same order from the same generator in both."""
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = on_the_grid(discrete_scheduler("DDIMScheduler", sigmas), sigmas, x, eta=eta,
+                         generator=torch.Generator().manual_seed(3))
+    ours = ddim(gaussian_denoiser, sigmas, x, eta=eta, generator=torch.Generator().manual_seed(3)).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+def test_ddpm_equals_diffusers_ancestral_sampling_step_for_step(steps):
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler
+
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = on_the_grid(discrete_scheduler("DDPMScheduler", sigmas), sigmas, x,
+                         generator=torch.Generator().manual_seed(3))
+    sampler = configured_sampler(SimpleNamespace(sampler="ddpm"))
+    ours = sampler(gaussian_denoiser, sigmas, x, generator=torch.Generator().manual_seed(3)).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+
+
+def edm_algorithm_2(D, t, x, S_churn=0.0, S_tmin=0.0, S_tmax=float("inf"), S_noise=1.0, generator=None):
+    """Karras et al. 2022, Algorithm 2, line by line (sigma(t) = t, s(t) = 1)."""
+    N = len(t) - 1
+    for i in range(N):
+        eps_i = S_noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        gamma_i = min(S_churn / N, math.sqrt(2) - 1) if S_tmin <= t[i] <= S_tmax else 0.0
+        t_hat = t[i] + gamma_i * t[i]
+        x_hat = x + math.sqrt(t_hat**2 - t[i] ** 2) * eps_i
+        d_i = (x_hat - D(x_hat, t_hat.expand(len(x)))) / t_hat
+        x_next = x_hat + (t[i + 1] - t_hat) * d_i
+        if t[i + 1] != 0:
+            d_prime = (x_next - D(x_next, t[i + 1].expand(len(x)))) / t[i + 1]
+            x_next = x_hat + (t[i + 1] - t_hat) * (0.5 * d_i + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+@pytest.mark.parametrize("churn", [0.0, 10.0])
+@pytest.mark.parametrize("steps", [10, 25])
+def test_heun_equals_edm_algorithm_2(steps, churn):
+    """With churn every step draws its noise (Algorithm 2, line 3) and both draw the same."""
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = edm_algorithm_2(gaussian_denoiser, sigmas, x, S_churn=churn, generator=torch.Generator().manual_seed(3))
+    ours = heun(gaussian_denoiser, sigmas, x, churn=churn, generator=torch.Generator().manual_seed(3)).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
+
+
+def permenter_yuan_algorithm_2(D, sigmas, x, gam=1.0, mu=0.0, second_order=False, generator=None):
+    """Permenter & Yuan 2024, Algorithm 2 as the course library (smalldiffusion) writes it, with
+    eps = (x - D) / sigma; ``second_order`` replaces gam by 1 + h_i / (2 h_(i-1)),
+    h_i = sigma_i - sigma_(i+1) (the variable-step two-step Adams-Bashforth weight)."""
+    eps = None
+    for i in range(len(sigmas) - 1):
+        sig, sig_prev = sigmas[i], sigmas[i + 1]
+        eps_prev, eps = eps, (x - D(x, sig.expand(len(x)))) / sig
+        if second_order and i > 0:
+            gam = 1 + (sig - sig_prev) / (2 * (sigmas[i - 1] - sig))
+        eps_av = eps * gam + eps_prev * (1 - gam) if i > 0 else eps
+        sig_p = (sig_prev / sig**mu) ** (1 / (1 - mu))          # sig_prev = sig^mu sig_p^(1 - mu)
+        eta = (sig_prev**2 - sig_p**2).sqrt()
+        x = x - (sig - sig_p) * eps_av
+        if eta > 0:
+            x = x + eta * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+@pytest.mark.parametrize("options", [{"gam": 2.0}, {"gam": 1.5, "mu": 0.5}, {"mu": 0.3}, {"second_order": True}],
+                         ids=["accelerated", "gamma-mu", "mu", "second-order"])
+@pytest.mark.parametrize("steps", [10, 25])
+def test_the_generalized_sampler_equals_permenter_and_yuan_algorithm_2(steps, options):
+    sigmas = karras_sigmas(steps, 0.002, 80.0)
+    x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theirs = permenter_yuan_algorithm_2(gaussian_denoiser, sigmas, x, **options,
+                                        generator=torch.Generator().manual_seed(3))
+    ours = generalized(gaussian_denoiser, sigmas, x, gamma=options.get("gam", 1.0), mu=options.get("mu", 0.0),
+                       second_order=options.get("second_order", False),
+                       generator=torch.Generator().manual_seed(3)).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
