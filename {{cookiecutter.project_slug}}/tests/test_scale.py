@@ -161,6 +161,74 @@ def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir
     assert checkpoint_of("slurm")["global_step"] == step + 5
 
 
+@pytest.mark.subprocess
+def test_two_processes_resume_exactly_where_they_stopped(project_dir):
+    """DDP over gloo, 4 steps then 4 more, against 8 straight: the same weights and EMA, because
+    the checkpoint holds each process's own random state (its noise levels and noise) and the
+    shared position in the data, with grids and validation on."""
+    args = [*TOY, *TWO_PROCESSES, "trainer.val_every_n_steps=3", "trainer.sample_every_n_steps=3"]
+
+    def train(*more):
+        result = subprocess.run(package_command("train", *args, *more), env=subprocess_env(), capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    train("name=straight", "trainer.max_steps=8")
+    train("name=resumed", "trainer.max_steps=4")
+    assert "random stream restarts" not in train("name=resumed", "trainer.max_steps=8")
+    straight, resumed = checkpoint_of("straight"), checkpoint_of("resumed")
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert len(resumed["rng"]["ranks"]["torch"]) == 2
+    assert all(torch.equal(straight["state_dict"][key], resumed["state_dict"][key]) for key in straight["state_dict"])
+
+
+def test_an_mps_random_state_is_saved_and_restored(monkeypatch):
+    """Apple GPUs keep their own random state: it travels in last.ckpt like the CPU's (tested on
+    the CPU by standing in for torch.mps)."""
+    from {{ cookiecutter.package_name }}.callbacks import LastCheckpoint
+
+    saved, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: saved)
+    monkeypatch.setattr(torch.mps, "set_rng_state", restored.append)
+    callback, trainer, checkpoint = LastCheckpoint("last.ckpt", 1), SimpleNamespace(world_size=1), {}
+    callback.on_save_checkpoint(trainer, None, checkpoint)
+    callback.on_load_checkpoint(trainer, None, checkpoint)
+    assert torch.equal(checkpoint["rng"]["mps"], saved) and restored == [saved]
+
+
+def test_data_too_large_for_the_gpu_says_that_a_resumed_epoch_is_reshuffled(project_dir, capsys):
+    """Above data.gpu_cache_gb a DataLoader serves the batches; it does not keep its place in
+    the epoch, and a resumed run says so (on a GPU; stood in for here)."""
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+
+    cfg = load_config(["experiment=toy2d", "data.toy_samples=200", "data.gpu_cache_gb=0"])
+    data = DiffusionDataModule(cfg.data)
+    data.setup()
+    for ckpt_path, said in ((None, False), ("runs/x/checkpoints/last.ckpt", True)):
+        data.trainer = SimpleNamespace(global_rank=0, world_size=1, ckpt_path=ckpt_path,
+                                       strategy=SimpleNamespace(root_device=torch.device("cuda")))
+        assert isinstance(data.train_dataloader(), torch.utils.data.DataLoader)
+        assert ("reshuffles this epoch" in capsys.readouterr().out) == said
+
+
+def test_precision_auto_and_the_fused_optimiser_follow_the_gpu(project_dir, monkeypatch):
+    """bf16 autocast from Ampere (compute 8.0) on, fp16 before it, float32 on a CPU; AdamW's
+    fused kernel everywhere it was asked for except under fp16 (it would unscale the gradients
+    itself, after clipping had seen them scaled)."""
+    from {{ cookiecutter.package_name }}.devices import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, precision in (((7, 5), "16-mixed"), ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", "auto") == precision
+        assert resolve_precision("auto", "cpu") == "32-true" and resolve_precision("32-true", "auto") == "32-true"
+    module = image_module("optim.fused=true")
+    assert [module.adamw(p).defaults["fused"] for p in ("32-true", "bf16-mixed", "16-mixed")] == [True, True, False]
+    assert image_module("optim.fused=false").adamw("bf16-mixed").defaults["fused"] is False
+
+
 # -- ending cleanly -------------------------------------------------------------------------------
 def test_the_time_budget_ends_with_a_checkpoint_and_a_grid(project_dir, capsys):
     assert main(["train", *TOY, "name=budget", "trainer.max_steps=100000", "trainer.max_time=00:00:00:02"]) == 0

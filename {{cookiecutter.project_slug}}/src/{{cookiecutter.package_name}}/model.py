@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from .codecs import Identity
 from .devices import autocast, compile_in_place
-from .diffusion.generate import generate, indexed_noise
+from .diffusion.generate import generate, indexed_generators
 from .diffusion.guidance import GuidedDenoiser, evaluations
-from .diffusion.samplers import SAMPLERS, Denoiser, Hook, SampleResult, configured_sampler
+from .diffusion.samplers import SAMPLERS, Denoiser, Generators, Hook, SampleResult, configured_sampler
 from .diffusion.schedules import sampling_sigmas
 from .errors import ConfigError
 from .models.conditioning import ClassLabels
@@ -171,7 +171,7 @@ class Model:
 
     def generate(self, denoiser: Denoiser, sampling=None, *, shape: tuple[int, ...] | None = None,
                  noise: Tensor | None = None, image: Tensor | None = None, strength: float = 1.0,
-                 generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+                 generator: Generators = None, hooks: Iterable[Hook] = (),
                  decode: bool = True) -> SampleResult:
         """``diffusion.generate`` with ``denoiser`` (this model's, guided or wrapped) down the
         noise levels of ``sampling`` (default: the run's own sampling section) with its sampler,
@@ -186,7 +186,7 @@ class Model:
             x = self.codec.decode(result.x) if decode else result.x
         return SampleResult(x, result.nfe)
 
-    def sample(self, n: int, generator: torch.Generator, sampling=None, labels: Tensor | None = None,
+    def sample(self, n: int, generator: Generators, sampling=None, labels: Tensor | None = None,
                conditions: list[tuple[Tensor, float]] | None = None, hooks: Iterable[Hook] = (),
                noise: Tensor | None = None) -> SampleResult:
         """``n`` samples as ``sampling`` says (default: the run's own sampling section), from
@@ -198,12 +198,12 @@ class Model:
                              noise=noise, generator=generator, hooks=hooks)
 
     def sample_numbered(self, indices: Tensor, seed: int, sampling=None) -> Tensor:
-        """Samples number ``indices`` of a fixed, numbered set: sample i starts from the noise of
-        seed + i and, for a conditional model, the label ``default_labels`` gives number i, whatever
-        batch it is drawn in. Stochastic samplers draw their step noise from seed + indices[0]."""
-        generator = torch.Generator().manual_seed(seed + int(indices[0]))
-        return self.sample(len(indices), generator, sampling, labels=self.default_labels(indices),
-                           noise=indexed_noise(indices, self.data_shape, seed)).x
+        """Samples number ``indices`` of a fixed, numbered set: sample i draws all its noise (where
+        it starts, and a stochastic sampler's steps) from a generator seeded with seed + i and,
+        for a conditional model, takes the label ``default_labels`` gives number i, whatever batch
+        it is drawn in."""
+        return self.sample(len(indices), indexed_generators(indices, seed), sampling,
+                           labels=self.default_labels(indices)).x
 
 
 def labels_in_turn(labels: list[int] | None, start: int, stop: int) -> Tensor | None:

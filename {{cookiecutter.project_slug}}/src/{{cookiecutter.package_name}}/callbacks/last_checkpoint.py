@@ -1,6 +1,7 @@
 """Keeps ``checkpoints/last.ckpt`` current: every N steps, at the end of training, and when
 training is interrupted (Ctrl-C, SIGTERM, a crash), so that a rerun resumes where it stopped,
-random state and data position included."""
+random state and data position included: the random state of every process (CPU, and the
+CUDA or MPS device it trains on), so that each continues its own stream."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,21 +48,42 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
+        """Every process runs this (the first one writes the file): with several processes their
+        random states are gathered, one row each."""
         checkpoint["rng"] = {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                             "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None}
+        if trainer.world_size > 1:
+            device = trainer.strategy.root_device
+            states = {"torch": torch.get_rng_state()}
+            if device.type == "cuda":
+                states["cuda"] = torch.cuda.get_rng_state(device)
+            checkpoint["rng"]["ranks"] = {kind: trainer.strategy.all_gather(state.to(device)).cpu()
+                                          for kind, state in states.items()}
 
     def on_load_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        """Continue the saved random stream. Only a resumed fit gets here: loading weights to
-        sample leaves the caller's random state alone. With several processes each needs a
-        stream of its own, but the checkpoint holds rank 0's: they are reseeded instead."""
+        """Continue the saved random streams. Only a resumed fit gets here: loading weights to
+        sample leaves the caller's random state alone. A run resumed with another number of
+        processes than it was saved with cannot continue their streams: each is reseeded."""
         rng = checkpoint.get("rng")
         if rng is None:
             return
-        if trainer.world_size == 1:
+        ranks = rng.get("ranks")
+        if trainer.world_size == 1 and ranks is None:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+            if rng.get("mps") is not None and torch.backends.mps.is_available():
+                torch.mps.set_rng_state(rng["mps"])
+        elif ranks is not None and len(ranks["torch"]) == trainer.world_size:
+            own = {kind: states[trainer.global_rank].clone() for kind, states in ranks.items()}  # a row of its own:
+            torch.set_rng_state(own["torch"])                               # a view into the rows crashes torch
+            if "cuda" in own:
+                torch.cuda.set_rng_state(own["cuda"], trainer.strategy.root_device)
         else:
+            if trainer.is_global_zero:
+                print(f"note: {trainer.world_size} processes resume a run saved with another number of processes "
+                      "(or by an earlier version): each one's random stream restarts from a new seed")
             torch.manual_seed(resume_seed(self.seed, trainer.global_rank, checkpoint["global_step"]))
 
     def save(self, trainer) -> None:

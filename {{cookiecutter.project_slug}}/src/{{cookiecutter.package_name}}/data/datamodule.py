@@ -114,17 +114,24 @@ class DiffusionDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         """Batches indexed straight from the data tensor on the training device when the data
-        is there (CPU) or fits there (GPU, up to data.gpu_cache_gb); otherwise a DataLoader
-        streams them from pinned host memory."""
+        is there (CPU) or fits there (a CUDA or Apple GPU, up to data.gpu_cache_gb); otherwise a
+        DataLoader streams them from pinned host memory. ``DeviceBatches`` keep their place in
+        the epoch through a checkpoint; a DataLoader does not: a resumed run reshuffles the
+        epoch it was in, and says so."""
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batch_size = min(self.cfg.batch_size, len(self.train_set) // world_size)      # small data: one batch an epoch
         if batch_size < 1:
             raise DataError(f"{len(self.train_set)} training examples cannot be shared among {world_size} processes")
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         data, labels = self.train_set.data, self.train_set.labels
-        if device.type == "cpu" or (device.type == "cuda" and data.nbytes <= self.cfg.gpu_cache_gb * 2**30):
+        if device.type == "cpu" or data.nbytes <= self.cfg.gpu_cache_gb * 2**30:
             return DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
                                  rank, world_size, self.seed)
+        if self.trainer is not None and self.trainer.ckpt_path and rank == 0:
+            print(f"note: the training data ({data.nbytes / 2**30:.1f} GiB) is above data.gpu_cache_gb and comes "
+                  "through a DataLoader, which does not keep its place in the epoch: the resumed run reshuffles "
+                  "this epoch, so its batches differ from an uninterrupted run's (raise data.gpu_cache_gb if the "
+                  "GPU has room)")
         return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, drop_last=True,
                           collate_fn=keep_batch, num_workers=self.cfg.num_workers,
                           pin_memory=device.type == "cuda", persistent_workers=self.cfg.num_workers > 0)

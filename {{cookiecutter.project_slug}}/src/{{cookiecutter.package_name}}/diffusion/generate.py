@@ -15,13 +15,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .samplers import Denoiser, Hook, Sampler, SampleResult
+from .samplers import Denoiser, Generators, Hook, Sampler, SampleResult, standard_normal
 
 
 @torch.no_grad()
 def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Sequence[int] | None = None,
              noise: Tensor | None = None, image: Tensor | None = None, strength: float = 1.0,
-             generator: torch.Generator | None = None, hooks: Iterable[Hook] = (),
+             generator: Generators = None, hooks: Iterable[Hook] = (),
              device: torch.device | str = "cpu") -> SampleResult:
     """Run ``sampler`` down ``sigmas`` from one of three starting points:
 
@@ -34,7 +34,8 @@ def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Seq
       2022). The sample keeps the image's coarse structure and redraws the details; strength 0
       returns the image as it is, strength 1 starts from sigmas[0], almost a fresh sample.
 
-    ``generator`` also gives the noise of stochastic samplers. No gradients are recorded; a
+    ``generator`` (or one generator per sample) also gives the noise of stochastic samplers. No
+    gradients are recorded; a
     denoiser wrapper that needs them (guidance by a gradient) enables them itself.
     """
     if sum(start is not None for start in (shape, noise, image)) != 1:
@@ -48,14 +49,19 @@ def generate(denoiser: Denoiser, sigmas: Tensor, sampler: Sampler, *, shape: Seq
     else:
         start = torch.zeros(tuple(shape) if noise is None else noise.shape, device=device)
     if noise is None:
-        noise = torch.randn(start.shape, generator=generator, device=generator.device if generator else "cpu")
+        noise = standard_normal(start.shape, generator)
     x = start + (sigmas[0] * noise.double()).to(start)
     return sampler(denoiser, sigmas, x, generator=generator, hooks=hooks)
 
 
+def indexed_generators(indices: Tensor, seed: int) -> list[torch.Generator]:
+    """One generator for each of the samples numbered ``indices``, seeded with seed + its number:
+    sample i of a numbered set draws the same noise (where it starts, and a stochastic sampler's
+    noise at every step) whatever batch it is drawn in and however many processes share the
+    work (the FID protocol needs this)."""
+    return [torch.Generator().manual_seed(seed + int(i)) for i in indices]
+
+
 def indexed_noise(indices: Tensor, shape: Sequence[int], seed: int) -> Tensor:
-    """Standard normal noise for samples numbered ``indices``, each from a generator seeded with
-    seed + index: sample i of a numbered set starts from the same noise whatever batch it is
-    drawn in and however many processes share the work (the FID protocol needs this)."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed + int(i)))
-                        for i in indices])
+    """The starting noise of the samples numbered ``indices`` (see ``indexed_generators``)."""
+    return standard_normal((len(indices), *shape), indexed_generators(indices, seed))

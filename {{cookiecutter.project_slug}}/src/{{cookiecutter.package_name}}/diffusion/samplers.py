@@ -52,7 +52,7 @@ class SampleResult:
 
 
 class Sampler(Protocol):
-    def __call__(self, denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.Generator | None = None,
+    def __call__(self, denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Generators = None,
                  hooks: Iterable[Hook] = ()) -> SampleResult: ...
 
 
@@ -93,14 +93,29 @@ def to_eps(x: Tensor, x0_hat: Tensor, sigma: float) -> Tensor:
     return (x - x0_hat) / sigma
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from ``generator`` on its own device."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+Generators = torch.Generator | list[torch.Generator] | None
+"""One generator for the batch, or one per sample (``diffusion.generate.indexed_generators``)."""
+
+
+def standard_normal(shape: tuple[int, ...], generator: Generators, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> Tensor:
+    """N(0, I) noise of ``shape``, drawn from ``generator`` on the generator's own device (so a
+    seed gives the same noise on every device; ``device`` without a generator). From a list of
+    generators, one per sample, sample k's noise comes from generator k: it then does not depend
+    on the batch the sample is drawn in."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator])
+    device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def randn_like(x: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like x (see ``standard_normal``), moved to x's device."""
+    return standard_normal(x.shape, generator, x.dtype, x.device).to(x.device)
 
 
 def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
-         generator: torch.Generator | None = None, hooks: Iterable[Hook] = ()) -> SampleResult:
+         generator: Generators = None, hooks: Iterable[Hook] = ()) -> SampleResult:
     """DDIM (Song et al. 2021, eq. 12) in the sigma form.
 
     With eps = (x - x0_hat) / sigma_i, each step is
@@ -129,7 +144,7 @@ def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
 
 def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
          s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-         generator: torch.Generator | None = None, hooks: Iterable[Hook] = ()) -> SampleResult:
+         generator: Generators = None, hooks: Iterable[Hook] = ()) -> SampleResult:
     """Heun's second-order method with optional churn (Karras et al. 2022, Algorithm 2).
 
     With churn = 0 this is Algorithm 1, the deterministic probability-flow ODE solver. Each
@@ -160,7 +175,7 @@ def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
 
 
 def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float = 1.0, mu: float = 0.0,
-                second_order: bool = False, generator: torch.Generator | None = None,
+                second_order: bool = False, generator: Generators = None,
                 hooks: Iterable[Hook] = ()) -> SampleResult:
     """The course's generalised sampler (Permenter & Yuan 2024, "Interpreting and improving
     diffusion models from an optimization perspective", Algorithm 2).
@@ -203,7 +218,7 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
     return book.result(x)
 
 
-def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: torch.Generator | None = None,
+def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Generators = None,
              hooks: Iterable[Hook] = ()) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) in the sigma form
     (alpha = 1, lambda = -ln sigma, h_i = lambda_{i+1} - lambda_i):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..diffusion.guidance import evaluations
-from ..diffusion.samplers import Denoiser, SampleResult
+from ..diffusion.samplers import Denoiser, Generators, SampleResult, randn_like
 
 Degradation = Callable[[Tensor], Tensor]
 
@@ -93,26 +93,23 @@ class PosteriorSampling:
 
 
 def repaint(denoiser: Denoiser, sigmas: Tensor, y: Tensor, mask: Tensor, *, resample: int = 1,
-            generator: torch.Generator | None = None) -> SampleResult:
+            generator: Generators = None) -> SampleResult:
     """Inpaint the pixels where ``mask`` is 0 from those where it is 1 (``y``, in [-1, 1]).
 
     Ancestral sampling (DDPM's posterior step, ``ddim`` with eta = 1) in which, before each
     evaluation at level sigma_i, the known pixels are set to y + sigma_i z. With resample = r
     each step is taken r times, going back up to sigma_i (x + sqrt(sigma_i^2 - sigma_{i+1}^2) z)
     between tries: r = 1 is plain replacement; RePaint uses r = 10."""
-    def noise(like: Tensor) -> Tensor:
-        device = generator.device if generator is not None else like.device
-        return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-    x, nfe = sigmas[0].item() * noise(y), 0
+    x, nfe = sigmas[0].item() * randn_like(y, generator), 0
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         for attempt in range(resample):
-            x = mask * (y + sigma * noise(y)) + (1 - mask) * x
+            x = mask * (y + sigma * randn_like(y, generator)) + (1 - mask) * x
             x0_hat = denoiser(x, torch.full((len(x),), sigma, device=x.device, dtype=x.dtype))
             nfe += evaluations(denoiser)
             fresh = sigma_next * math.sqrt(1 - sigma_next**2 / sigma**2)      # the posterior's noise
-            x = x0_hat + math.sqrt(sigma_next**2 - fresh**2) * (x - x0_hat) / sigma + fresh * noise(x)
+            kept = math.sqrt(sigma_next**2 - fresh**2) * (x - x0_hat) / sigma          # of x's own noise
+            x = x0_hat + kept + fresh * randn_like(x, generator)
             if attempt < resample - 1:
-                x = x + math.sqrt(sigma**2 - sigma_next**2) * noise(x)
+                x = x + math.sqrt(sigma**2 - sigma_next**2) * randn_like(x, generator)
     return SampleResult(mask * y + (1 - mask) * x, nfe)
