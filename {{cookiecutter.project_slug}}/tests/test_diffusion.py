@@ -17,8 +17,10 @@ from {{ cookiecutter.package_name }}.diffusion.parameterizations import (
 from {{ cookiecutter.package_name }}.diffusion.samplers import Trajectory, ddim, dpmpp_2m, generalized, heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import (
     LogNormalNoise,
+    cosine_sigmas,
     ddpm_linear_sigmas,
     karras_sigmas,
+    loglinear_sigmas,
     trailing_sigmas,
     uniform_t_sigmas,
 )
@@ -319,6 +321,36 @@ def test_karras_sequence_endpoints():
     assert sigmas.dtype == torch.float64 and len(sigmas) == 19
     assert sigmas[0].item() == pytest.approx(80.0) and sigmas[-2].item() == pytest.approx(0.002)
     assert sigmas[-1] == 0 and torch.all(sigmas[:-1] > sigmas[1:])
+
+
+@pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
+def test_karras_levels_follow_edm_equation_5_inside_the_range_too(rho):
+    """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < N."""
+    n, low, high = 11, 0.002, 80.0
+    sigmas = karras_sigmas(n, low, high, rho)
+    for i in range(n):
+        root = high ** (1 / rho) + i / (n - 1) * (low ** (1 / rho) - high ** (1 / rho))
+        assert sigmas[i].item() == pytest.approx(root**rho, rel=1e-12)
+
+
+def test_cosine_schedule_matches_nichol_and_dhariwal_equation_17():
+    """alpha_bar_t = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) pi/2), s = 0.008, with the
+    betas 1 - alpha_bar_t / alpha_bar_(t-1) clipped at 0.999 (their section 3.2)."""
+    def f(t):
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    alpha_bar, expected = 1.0, []
+    for t in range(1, 1001):
+        alpha_bar *= 1 - min(1 - f(t) / f(t - 1), 0.999)
+        expected.append(math.sqrt((1 - alpha_bar) / alpha_bar))
+    torch.testing.assert_close(cosine_sigmas(), torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=0)
+
+
+def test_loglinear_levels_divide_evenly_in_log_sigma():
+    sigmas = loglinear_sigmas(9, 0.01, 100.0)
+    assert sigmas[-1] == 0 and len(sigmas) == 10
+    expected = [100.0 * (0.01 / 100.0) ** (i / 8) for i in range(9)]
+    torch.testing.assert_close(sigmas[:-1], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
 
 
 def test_trailing_spacing_starts_at_the_last_training_step():

@@ -144,6 +144,31 @@ def test_reference_statistics_are_cached_and_rebuilt_when_the_data_changes(proje
     assert not torch.equal(statistics()["sum"], first["sum"]) and extractor.calls > calls     # rebuilt
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 10_000])
+def test_reference_statistics_are_the_features_of_the_training_data_computed_directly(project_dir, tmp_path,
+                                                                                       batch_size):
+    """What the FID callback and evaluate compare with: the sum and the sum of outer products of
+    the extractor's features of every training image, un-augmented (the digits' own pixels,
+    rebuilt here from scikit-learn), and for KID a sample of those features; whatever the batch."""
+    from sklearn.datasets import load_digits
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+
+    data = DiffusionDataModule(load_config(["experiment=digits", "data.val_fraction=0"]).data)
+    data.setup()
+    extractor = MeanAndSpread()
+    stats = reference_statistics(data.reference_images(), extractor, tmp_path / "reference.pt", batch_size, 50,
+                                 torch.device("cpu"))
+    pixels = torch.from_numpy(load_digits().images).round().mul(255 / 16).round().to(torch.uint8)[:, None]
+    direct = extractor(pixels).double()
+    assert stats["count"] == len(pixels) == 1797
+    torch.testing.assert_close(stats["sum"], direct.sum(0), rtol=1e-9, atol=1e-6)
+    torch.testing.assert_close(stats["outer"], direct.T @ direct, rtol=1e-9, atol=1e-6)
+    kept = stats["kid_features"].double()
+    assert len(kept) == 50 and all(((direct - row).abs().max(1).values < 1e-6).any() for row in kept)
+
+
 EXTRACTOR_FILE = '''
 import torch
 

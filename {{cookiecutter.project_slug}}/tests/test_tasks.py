@@ -86,6 +86,51 @@ def test_an_anagram_with_the_negated_view_samples_the_symmetrised_gaussian():
     assert torch.allclose(x.std(0), PIXEL_STD, rtol=0.03)
 
 
+def image_gaussian_denoiser(mu, std):
+    """The ideal denoiser of images whose pixels are independent N(mu, std^2)."""
+    def denoiser(x, sigma):
+        return mu + std**2 / (std**2 + sigma.view(-1, 1, 1, 1) ** 2) * (x - mu)
+    return denoiser
+
+
+# Views that are not their own inverse, each inverse written out here (the jigsaw's order only
+# the view knows).
+INVERSES = {"rot90": lambda x: x.rot90(-1, (-2, -1)), "rot270": lambda x: x.rot90(1, (-2, -1)), "jigsaw": None}
+
+
+@pytest.mark.parametrize("name", sorted(INVERSES))
+def test_an_anagram_view_denoises_the_data_seen_through_its_inverse(name):
+    """Images x0 ~ N(mu, std^2) with nothing symmetric about mu or std, seen through the inverse
+    of a view v, are N(v^-1 mu, (v^-1 std)^2): their ideal denoiser is v^-1(D(v(x))), which is
+    what the anagram of that one view must compute. For these views, mapping back by the view
+    itself instead of its inverse would give something else."""
+    generator = torch.Generator().manual_seed(0)
+    mu, std = torch.randn(1, 1, 8, 8, generator=generator), torch.rand(1, 1, 8, 8, generator=generator) + 0.2
+    v = view(name, 8)
+    inverse = INVERSES[name] or v.invert
+    x, sigma = torch.randn(3, 1, 8, 8, generator=generator), torch.tensor([0.1, 1.0, 10.0])
+    expected = image_gaussian_denoiser(inverse(mu), inverse(std))(x, sigma)
+    torch.testing.assert_close(Anagram([(v, image_gaussian_denoiser(mu, std))])(x, sigma), expected)
+    assert not torch.allclose(v.apply(v.apply(mu)), mu)           # not its own inverse
+
+
+def test_a_hybrid_takes_each_band_from_its_own_denoiser():
+    """far = a constant image a (all low frequencies), near = a constant b plus a checkerboard c
+    (the finest detail): the hybrid is low(a) + near - low(near) = a + c - low(c), and in the
+    middle of the image low(c) is c times the square of a Gaussian kernel's response to the
+    alternating signal (+1, -1, ...), computed here from the kernel's definition (std 1, taps to
+    3 std). Neither band may come from the other denoiser."""
+    checkerboard = (-1.0) ** (torch.arange(16)[:, None] + torch.arange(16)[None]).float().view(1, 1, 16, 16)
+    far, near = (lambda x, sigma: torch.full_like(x, 0.25)), (lambda x, sigma: -0.5 + 0.3 * checkerboard.expand_as(x))
+    hybrid = Hybrid(far, near, std=1.0)(torch.zeros(2, 1, 16, 16), torch.ones(2))
+    taps = torch.arange(-3, 4, dtype=torch.float64)
+    weights = torch.exp(-taps**2 / 2)
+    response = ((-1.0) ** taps * weights).sum() / weights.sum()
+    expected = 0.25 + 0.3 * checkerboard * (1 - response**2)
+    torch.testing.assert_close(hybrid[..., 4:-4, 4:-4], expected.expand(2, 1, 16, 16)[..., 4:-4, 4:-4].float())
+    assert Hybrid(far, near, std=1.0).evaluations == 2
+
+
 def test_a_hybrid_of_one_denoiser_is_that_denoiser_and_the_blur_splits_frequencies():
     x, sigma = torch.randn(2, 3, 16, 16), torch.tensor([0.5, 2.0])
     assert torch.allclose(Hybrid(pixel_gaussian_like, pixel_gaussian_like, std=2.0)(x, sigma),
@@ -174,6 +219,24 @@ def test_projection_restoration_satisfies_the_measurement_exactly(degradation, s
                  generator=torch.Generator().manual_seed(0)).x
     assert measurement_error(degrade, x, y) < 1e-6
     assert measurement_error(degrade, torch.zeros_like(truth), y) > 0.1
+
+
+def test_ddnm_inpainting_samples_the_posterior_of_independent_pixels():
+    """Pixels independent N(PIXEL_MU, PIXEL_STD^2), the first row observed: the posterior keeps
+    the observed pixels and leaves the others at their prior. DDNM's projection must use the
+    denoiser for what it cannot see, so the unseen pixels come out as the prior, mean and spread."""
+    n = 20_000
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    y = torch.full((n, 1, 2, 2), 0.7) * mask
+    degrade, pseudo_inverse = masked(mask)
+    projected = Projected(pixel_gaussian_denoiser, degrade, pseudo_inverse, y)
+    sigmas, generator = karras_sigmas(40, 0.002, 80.0), torch.Generator().manual_seed(0)
+    start = PIXEL_MU + (PIXEL_STD**2 + sigmas[0] ** 2).sqrt() * torch.randn(n, 1, 2, 2, generator=generator)
+    x = heun(projected, sigmas, start.float()).x             # from the exact marginal at sigma_max
+    assert torch.allclose(x[:, :, 0], y[:, :, 0], atol=1e-6)
+    unseen_mu, unseen_std = PIXEL_MU[:, 1], PIXEL_STD[:, 1]
+    assert ((x[:, :, 1].mean(0) - unseen_mu).abs() < 4 * unseen_std / math.sqrt(n)).all()
+    assert torch.allclose(x[:, :, 1].std(0), unseen_std, rtol=0.03)
 
 
 def test_posterior_sampling_pulls_samples_towards_the_observation():
@@ -273,6 +336,27 @@ def test_guidance_grid_and_illusions_draw_their_pictures(digits_run, capsys):
     assert "kind=anagram needs 2 labels (one per view)" in capsys.readouterr().err
     assert main(["illusion", *common, "labels=[6,9]", "views=[identity,spin]"]) == 2
     assert "unknown view 'spin'" in capsys.readouterr().err
+
+
+def test_the_illusion_command_pairs_each_label_with_its_view(digits_run, monkeypatch):
+    """labels=[3,5] views=[identity,rot90]: label 3 is seen through the identity, label 5 through
+    rot90. Stand-in guided denoisers that each return a fixed picture of their label (one bright
+    pixel in column `label`) make the sample the average of the pictures, each mapped back
+    through the inverse of its own view."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.model import Model
+
+    def picture(label):
+        image = torch.zeros(1, 1, 8, 8)
+        image[0, 0, 1, label] = 1.0
+        return image
+
+    monkeypatch.setattr(Model, "guided", lambda self, n, guidance, labels=None, conditions=None:
+                        lambda x, sigma: picture(int(labels[0])).expand_as(x).to(x))
+    assert main(["illusion", f"run={digits_run}", "labels=[3,5]", "views=[identity,rot90]", "n=2", "steps=3",
+                 "sampler=dpmpp_2m", "out=pairs"]) == 0
+    expected = (picture(3) + picture(5).rot90(-1, (-2, -1))) / 2
+    torch.testing.assert_close(torch.load("pairs/anagram.pt"), expected.expand(2, 1, 8, 8))
 
 
 def test_illusions_and_guidance_need_a_conditional_image_model(toy_run, capsys):

@@ -285,6 +285,40 @@ def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(proje
     assert (project_dir / "runs/change/config.yaml").read_text() == record          # a failed resume writes nothing
 
 
+def test_the_ema_is_its_closed_form_after_every_step(project_dir, monkeypatch):
+    """EMA_0 = W_0 (the initial weights) and, after the optimiser's k-th step gives W_k,
+    EMA_k = d_k EMA_(k-1) + (1 - d_k) W_k with d_k = min(optim.ema_decay, (1 + k) / (10 + k)):
+    computed here from the weights seen after each step and compared with the EMA that the
+    checkpoint holds, through the warm-up (d_k < 0.6 for k < 13) and after it."""
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    weights = []
+    configure, take_step = DiffusionModule.configure_optimizers, DiffusionModule.take_step
+
+    def record_initial(self):
+        weights.append([p.detach().clone() for p in self.denoiser.parameters()])
+        return configure(self)
+
+    def record_step(self, loss):
+        taken = take_step(self, loss)
+        weights.append([p.detach().clone() for p in self.denoiser.parameters()])
+        return taken
+
+    monkeypatch.setattr(DiffusionModule, "configure_optimizers", record_initial)
+    monkeypatch.setattr(DiffusionModule, "take_step", record_step)
+    assert main(["train", *TOY, "name=ema", "trainer.max_steps=20", "optim.ema_decay=0.6", "optim.lr=0.01"]) == 0
+    assert len(weights) == 21
+    ema = weights[0]
+    for k in range(1, 21):
+        decay = min(0.6, (1 + k) / (10 + k))
+        ema = [decay * average + (1 - decay) * weight for average, weight in zip(ema, weights[k])]
+    saved = checkpoint_of("ema")["state_dict"]
+    names = [key for key in saved if key.startswith("ema.")]
+    assert len(names) == len(ema)
+    for name, expected in zip(names, ema):
+        torch.testing.assert_close(saved[name], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_skipped_steps_do_not_count_as_steps(project_dir, monkeypatch):
     """Two non-finite losses: the batches are used up, but the step count, the learning-rate
     schedule and the EMA only move on real updates."""
@@ -328,27 +362,38 @@ def wait_for_steps(process, log_folder, timeout: float = 120) -> None:
     assert process.poll() is None, process.communicate()
 
 
+def saved_step(name: str) -> int:
+    """The step of runs/<name>'s last.ckpt, 0 before there is one (the file is always whole)."""
+    path = f"runs/{name}/checkpoints/last.ckpt"
+    return torch.load(path, weights_only=True)["global_step"] if os.path.exists(path) else 0
+
+
 @pytest.mark.subprocess
 def test_kill_9_then_resume_gives_the_uninterrupted_weights_and_ema(project_dir):
-    """Killed without warning (twice, at random moments, checkpoints every step so some kills
-    land in a write), then resumed: the same final step, weights and EMA as a run never
-    interrupted, because last.ckpt carries the data position and the random state."""
-    import random
-
-    args = [*TOY, "trainer.max_steps=120", "trainer.checkpoint_every_n_steps=1"]
-    subprocess.run(package_command("train", *args, "name=straight"), env=subprocess_env(), check=True,
-                   capture_output=True, timeout=300)
-    for delay in (random.uniform(0, 2), random.uniform(0, 2)):
+    """Killed without warning twice, each time once the checkpoint shows 20 more steps (it is
+    written every step, so kills can land in a write), and resumed: each kill lands mid-run,
+    and the run ends with the same step, weights and EMA as one never interrupted, grids and
+    validation included, because last.ckpt carries the data position and the random state."""
+    end = 300
+    args = [*TOY, f"trainer.max_steps={end}", "trainer.checkpoint_every_n_steps=1", "trainer.val_every_n_steps=15",
+            "trainer.sample_every_n_steps=25", "trainer.sample_count=16", "model.mlp.width=32"]
+    stops = []
+    for _ in range(2):
         process = subprocess.Popen(package_command("train", *args, "name=killed"), env=subprocess_env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_steps(process, project_dir / "runs/killed/csv")
-        time.sleep(delay)
+        target, deadline = saved_step("killed") + 20, time.time() + 120
+        while saved_step("killed") < target and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
         process.kill()
         process.wait()
+        stops.append(saved_step("killed"))
+    assert 20 <= stops[0] and stops[0] + 20 <= stops[1] < end, stops           # both kills landed mid-run
     subprocess.run(package_command("train", *args, "name=killed"), env=subprocess_env(), check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=600)
+    subprocess.run(package_command("train", *args, "name=straight"), env=subprocess_env(), check=True,
+                   capture_output=True, timeout=600)
     straight, killed = checkpoint_of("straight"), checkpoint_of("killed")
-    assert killed["global_step"] == straight["global_step"] == 120
+    assert killed["global_step"] == straight["global_step"] == end
     assert straight["state_dict"].keys() == killed["state_dict"].keys()
     assert all(torch.equal(straight["state_dict"][k], killed["state_dict"][k]) for k in straight["state_dict"])
     assert not list((project_dir / "runs/killed/checkpoints").glob("*.partial"))
