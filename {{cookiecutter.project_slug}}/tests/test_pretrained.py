@@ -2,7 +2,9 @@
 initialised models are saved with ``save_pretrained`` and loaded back from a folder. Known
 answers come from diffusers itself: its schedulers' own sampling loops and targets."""
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +34,10 @@ import_diffusers()          # quiet loading
 STEPS = 100                 # training timesteps of the tiny schedulers
 
 
-def tiny_unet(channels: int = 1, size: int = 8):
+def tiny_unet(channels: int = 1, size: int = 8, **options):
     """A two-level UNet2DModel of about 30k weights."""
-    return diffusers.UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
-                                 block_out_channels=(8, 16), norm_num_groups=4,
+    return diffusers.UNet2DModel(**{"out_channels": channels, **options}, sample_size=size, in_channels=channels,
+                                 layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
                                  down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
@@ -186,6 +188,101 @@ def test_a_text_pipeline_matches_diffusers_with_guidance(text_folder):
     with torch.no_grad():
         ours = ddim(guided, sigmas, latents * (1 + sigmas[0] ** 2).sqrt()).x
     assert (ours - theirs).abs().max() < 1e-4
+
+
+def test_a_text_model_samples_and_decodes_its_latents_as_diffusers_does(project_dir, text_folder):
+    """The project's whole path for a latent text model (load_run, prompts as classes, guidance,
+    the run's DDIM over the scheduler's trailing levels, the VAE's decode with its scaling
+    factor, about 0.18) against StableDiffusionPipeline's images from the same latents."""
+    from {{ cookiecutter.package_name }}.config import run_config
+    from {{ cookiecutter.package_name }}.runs import load_run
+
+    model, _ = load_run(text_folder)
+    model.use_prompts(["a red fox"])
+    assert model.codec.latent and model.codec.vae.config.scaling_factor != 1
+    sampling = run_config(model.config, "sampling", {"sampler": "ddim", "steps": 5, "guidance": 4.0}).sampling
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma_max = model.sigmas(sampling)[0].item()
+    ours = model.generate(model.guided(1, 4.0, torch.tensor([0])), sampling,
+                          noise=latents * math.sqrt(1 + sigma_max**2) / sigma_max).x     # the pipeline's x_T
+    theirs = model.pretrained.pipeline("a red fox", latents=latents, num_inference_steps=5, guidance_scale=4.0,
+                                       height=16, width=16, output_type="pt").images
+    assert ours.shape == (1, 3, 16, 16)
+    torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), theirs, rtol=0, atol=1e-4)
+
+
+def test_a_pixel_pipeline_samples_by_default_as_diffusers_dpm_solver_does(pixel_folder):
+    """A pipeline loaded as a run is sampled by DPM-Solver++(2M), 25 steps down the trailing
+    levels of its own schedule (diffusers' multistep solver with that spacing, from the same noise)."""
+    from {{ cookiecutter.package_name }}.runs import load_run
+
+    model, _ = load_run(pixel_folder)
+    sampling = model.config.sampling
+    assert (sampling.sampler, sampling.steps, sampling.schedule) == ("dpmpp_2m", 25, "trailing")
+    start = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma_max = model.sigmas(sampling)[0].item()
+    ours = model.generate(model.denoiser, sampling, noise=start * math.sqrt(1 + sigma_max**2) / sigma_max).x
+    unet = model.pretrained.pipeline.unet
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
+        model.pretrained.pipeline.scheduler.config, algorithm_type="dpmsolver++", solver_order=2,
+        timestep_spacing="trailing", final_sigmas_type="zero")
+    scheduler.set_timesteps(25)
+    theirs = start.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            theirs = scheduler.step(unet(theirs, t).sample, t, theirs).prev_sample
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_a_network_that_also_predicts_its_variance_is_sampled_by_its_mean(tmp_path):
+    """A UNet2DModel with twice the channels out (DDPM's learned variance, Nichol & Dhariwal
+    2021): its first half is the noise, as diffusers' own pipelines split it for DDIM."""
+    torch.manual_seed(0)
+    pipeline = diffusers.DDPMPipeline(unet=tiny_unet(out_channels=2), scheduler=ddim_scheduler())
+    pipeline.save_pretrained(tmp_path / "learned")
+    pretrained = load_pretrained(str(tmp_path / "learned"))
+    scheduler = pretrained.pipeline.scheduler
+    scheduler.set_timesteps(10)                 # a whole number of training steps apart, as DDIM's step needs
+    start = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    theirs = start.clone()
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            noise, _ = pretrained.pipeline.unet(theirs, t).sample.split(1, dim=1)
+            theirs = scheduler.step(noise, t, theirs).prev_sample
+        sigmas = trailing_sigmas(10, pretrained.sigmas)
+        ours = ddim(pretrained.denoiser, sigmas, start * (1 + sigmas[0] ** 2).sqrt()).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def sdxl_like_unet():
+    return diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
+                                          attention_head_dim=2, addition_embed_type="text_time",
+                                          addition_time_embed_dim=8, projection_class_embeddings_input_dim=64,
+                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("sdxl", "added conditions besides the text (SDXL)"), ("vq", "VQ autoencoder (LDM)"),
+    ("class", "class-conditional UNet2DModels have no null class"), ("no-ddpm", "not a UNet with a discrete-time")])
+def test_pipelines_that_cannot_be_sampled_here_are_refused_by_name(text_folder, kind, message):
+    """Built from diffusers' own classes in miniature: a text UNet that also wants SDXL's added
+    time ids, a VQ latent pipeline, a class-conditional UNet2DModel (no null class to guide
+    against) and a score-SDE pipeline (no discrete-time schedule of betas)."""
+    from {{ cookiecutter.package_name }}.adapters.pretrained import adapt
+
+    torch.manual_seed(0)
+    text = load_pretrained(text_folder).pipeline
+    pipelines = {
+        "sdxl": lambda: diffusers.StableDiffusionPipeline(**{**text.components, "unet": sdxl_like_unet()}),
+        "vq": lambda: diffusers.LDMPipeline(vqvae=diffusers.VQModel(block_out_channels=(8,), norm_num_groups=4),
+                                            unet=tiny_unet(), scheduler=ddim_scheduler()),
+        "class": lambda: diffusers.DDPMPipeline(unet=tiny_unet(num_class_embeds=10), scheduler=ddim_scheduler()),
+        "no-ddpm": lambda: diffusers.ScoreSdeVePipeline(unet=tiny_unet(), scheduler=diffusers.ScoreSdeVeScheduler()),
+    }
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        adapt(f"tiny-{kind}", pipelines[kind]())
 
 
 def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_dir, text_folder):
