@@ -29,3 +29,19 @@ def bake(cookies):
         return Path(result.project_path)
 
     return _bake
+
+
+# No test of the template's own suite may skip: a skip here means this environment lacks what a
+# test needs (an optional package unimportable, no .venv to share), and CI must not pass so.
+SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        SKIPPED.append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else ''}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if SKIPPED and exitstatus == 0:
+        print("\nFAILED: skipped tests (none may skip):\n  " + "\n  ".join(SKIPPED))
+        session.exitstatus = 1

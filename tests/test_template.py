@@ -83,16 +83,42 @@ def test_bake_renders_completely_and_runs(bake, answers):
     assert result.stdout.startswith("ok")
 
 
+# Tests of a baked project that the template's CI lets skip, each with why: none. A test that
+# skips because an optional package is missing here means this environment lacks what the tests
+# need (a broken import would skip every pretrained test with CI green): that fails the run.
+EXPECTED_SKIPS: dict[str, str] = {}
+
+
+def unexpected_skips(output: str) -> list[str]:
+    """The "SKIPPED [n] file:line: reason" lines of a pytest run with -rs not on EXPECTED_SKIPS."""
+    return [line for line in output.splitlines()
+            if line.startswith("SKIPPED") and not any(test in line for test in EXPECTED_SKIPS)]
+
+
 @pytest.mark.parametrize("answers", [COMBINATIONS[0], COMBINATIONS[1], COMBINATIONS[3]],
                          ids=["defaults", "toy2d-flow-class", "folder-dit-v-class"])
 def test_baked_project_passes_its_own_tests(bake, answers):
     """Every test in the default project; in the others, those that the answers can change:
     the tests that start other processes (the same DDP, signal and fresh-interpreter checks in
-    every project) and the pretrained-model tests run once, to keep CI within its time."""
+    every project) and the pretrained-model tests run once, to keep CI within its time. No test
+    may skip unless EXPECTED_SKIPS says why."""
     project = bake(**answers)
     once = [] if answers == COMBINATIONS[0] else ["-m", "not subprocess and not pretrained"]
-    result = run_in(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", *once)
+    result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *once)
     assert " passed" in result.stdout and "failed" not in result.stdout
+    assert not unexpected_skips(result.stdout), unexpected_skips(result.stdout)
+
+
+def test_a_skip_in_a_baked_project_fails_the_template(bake):
+    """Made unimportable, an optional package skips tests in the baked project: caught."""
+    project = bake()
+    hidden = project / "hide"
+    hidden.mkdir()
+    (hidden / "diffusers.py").write_text("raise ModuleNotFoundError('hidden for this test')\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                             "tests/test_pretrained.py"], cwd=project, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": f"{hidden}:{project / 'src'}"})
+    assert unexpected_skips(result.stdout), result.stdout[-2000:]
 
 
 @pytest.mark.parametrize("answers, message", [
