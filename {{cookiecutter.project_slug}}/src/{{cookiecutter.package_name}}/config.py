@@ -461,11 +461,12 @@ def parse_command(overrides: list[str], schema, name: str, section: str | None =
     ``run`` (if it has one) must be given and whose ``counts`` must be at least 1."""
     parsed = parse_overrides(overrides)
     section_keys = RUN_SECTIONS.get(section, [])
-    refuse_unknown_keys(parsed.keys(), [item.name for item in fields(schema)] + section_keys, "the command line")
+    own_keys = [item.name for item in fields(schema)]
+    refuse_unknown_keys(parsed.keys(), own_keys + section_keys, "the command line")
     given = OmegaConf.create({key: value for key, value in parsed.items() if key in section_keys})
     rest = OmegaConf.create({key: value for key, value in parsed.items() if key not in section_keys})
     command = merge(OmegaConf.structured(schema), rest, "the command line")
-    if "run" in command and OmegaConf.is_missing(command, "run"):
+    if "run" in own_keys and OmegaConf.is_missing(command, "run"):
         raise ConfigError(f"{name} needs run=<run directory or .ckpt file>, e.g. run=runs/digits")
     test, what = at_least(1)
     for key in counts:

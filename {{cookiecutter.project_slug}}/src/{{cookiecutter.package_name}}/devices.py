@@ -8,6 +8,7 @@ float32), and ``auto``, resolved by ``resolve_precision``.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -88,6 +89,35 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+@contextlib.contextmanager
+def memory_errors(advice: str):
+    """Running out of memory (a GPU's, or the host's allocator refusing) as one ``ConfigError``
+    that says what to change, instead of a traceback from the allocator."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise ConfigError(f"{advice} (out of GPU memory: {str(error).splitlines()[0][:120]})") from None
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error):
+            raise
+        raise ConfigError(f"{advice} (out of memory: {str(error).splitlines()[0][-120:]})") from None
+
+
+def host_memory() -> int | None:
+    """Bytes of this machine's memory available now: Linux's MemAvailable (free memory and the
+    file cache it can drop), elsewhere all of it; None where the system does not say (Windows)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(line for line in meminfo if line.startswith("MemAvailable:"))
+        return int(available.split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def synchronize(device: torch.device) -> None:

@@ -51,6 +51,7 @@ from .errors import ConfigError
 from .model import Model
 from .models import build_model
 from .models.conditioning import ClassLabels
+from .storage import UnreadableFile, read_tensors
 
 RUNS = Path("runs")
 SAMPLE_OUTPUTS = ("samples.pt", "samples.png", "trajectory.png", "made_by.yaml")
@@ -161,15 +162,12 @@ def read_checkpoint(path: Path) -> dict:
     only load accepts tensors, numbers, strings, lists and dicts, and refuses anything else (a
     pickled object can run any code when loaded, so a shared file is never trusted with that)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:              # a file that is not a checkpoint can fail in many ways
-        python_object = re.search(r"GLOBAL (\S+)", str(error))
-        if python_object:
-            raise ConfigError(f"refusing to load {path}: it holds a Python object ({python_object[1]}), and loading "
-                              "one can run any code. This project's checkpoints hold only tensors and plain values; "
-                              "load files from sources you trust") from None
-        raise ConfigError(f"{path} is not a readable checkpoint (empty, truncated or not a torch file; "
-                          f"{describe(error)})") from None
+        checkpoint = read_tensors(path)
+    except UnreadableFile as why:
+        if "Python object" in str(why):
+            raise ConfigError(f"refusing to load {path}: {why}. This project's checkpoints hold only tensors and "
+                              "plain values; load files from sources you trust") from None
+        raise ConfigError(f"{path} is not a readable checkpoint ({why})") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     complete = isinstance(hparams, dict) and {"config", "data_shape"} <= hparams.keys() and "state_dict" in checkpoint
     if not complete:

@@ -1,6 +1,8 @@
 """Files that are never seen half-written: a reader finds the old version or the new one,
-whatever happens during the write (Ctrl-C, a kill, a full disk)."""
+whatever happens during the write (Ctrl-C, a kill, a full disk); and files read without running
+any code they might hold."""
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -20,3 +22,23 @@ def save_atomically(obj, path: str | Path) -> Path:
         os.fsync(file.fileno())
     os.replace(partial, path)
     return path
+
+
+class UnreadableFile(ValueError):
+    """A file that ``read_tensors`` refuses, with why in a few words."""
+
+
+def read_tensors(path: str | Path):
+    """A torch file read weights-only: tensors, numbers, strings, lists and dicts, nothing else (a
+    pickled object can run any code when it is loaded, so a shared file is never trusted with
+    that). Raises ``UnreadableFile`` saying what is wrong: an object it holds, or that it is no
+    torch file at all (empty, truncated, of another kind)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:              # a file that is not a torch file can fail in many ways
+        python_object = re.search(r"GLOBAL (\S+)", str(error))
+        if python_object:
+            raise UnreadableFile(f"it holds a Python object ({python_object[1]}), and loading one can run any "
+                                 "code") from None
+        detail = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}" if str(error) else type(error).__name__
+        raise UnreadableFile(f"empty, truncated or not a torch file; {detail}") from None

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..config import RUN_SECTIONS, CompileMode, Precision, parse_command, run_config
 from ..data import DiffusionDataModule
-from ..devices import pick_device, sampling_precision
+from ..devices import device_name, memory_errors, pick_device, sampling_precision
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
@@ -79,20 +79,22 @@ def run(overrides: list[str]) -> Path:
     if command.sweep:
         plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]
-    announce(model, extractor, evaluation, plans, device)
     keep = None
     if command.keep_images:
         keep = image_keeper(fresh_output(run_dir.fid) / "images")         # no old images mixed in
     results = []
-    for k, (sampling, seed) in enumerate(plans):
-        with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
-                  unit="sample") as bar:
-            draw = partial(model.sample_numbered, seed=seed, sampling=sampling)
-            features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
-                                       keep=keep if k == 0 else None, progress=bar.update)
-        results.append({"sampler": sampling.sampler, "steps": sampling.steps, "nfe": model.nfe(sampling),
-                        "seed": seed, "precision": precision,
-                        **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
+    with memory_errors(f"batch_size={evaluation.batch_size} does not fit in memory on {device_name(device)}: lower "
+                       "batch_size (the results do not depend on it)"):
+        announce(model, extractor, evaluation, plans, device)
+        for k, (sampling, seed) in enumerate(plans):
+            with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
+                      unit="sample") as bar:
+                draw = partial(model.sample_numbered, seed=seed, sampling=sampling)
+                features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
+                                           keep=keep if k == 0 else None, progress=bar.update)
+            results.append({"sampler": sampling.sampler, "steps": sampling.steps, "nfe": model.nfe(sampling),
+                            "seed": seed, "precision": precision,
+                            **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
 
 

@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from ..config import RUN_SECTIONS, CompileMode, Precision
-from ..devices import pick_device, sampling_precision
+from ..devices import device_name, host_memory, memory_errors, pick_device, sampling_precision
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
 from ..model import labels_in_turn
@@ -54,12 +54,25 @@ def run(overrides: list[str]) -> Path:
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     model.to(device)
     model.speed_up(sampling_precision(command.precision, device), command.compile)
-    x, nfe, trajectory = draw(model, command, sampling)
+    with memory_errors(f"batch_size={command.batch_size} does not fit in memory on {device_name(device)}: "
+                       "lower batch_size (the n samples are drawn in batches of it)"):
+        x, nfe, trajectory = draw(model, command, sampling)
     names = None if command.conditions else model.column_names(command.n, command.labels)
     title = sampling_title(run_dir.root.name, sampling, nfe, model.condition is not None)
     save_samples(x, trajectory, out, title, names)
     record_made_by(out, "sample", command, model, sampling)
     return out
+
+
+def check_room(command: SampleCommand, first: torch.Tensor) -> None:
+    """Once the first batch is drawn: all n samples (kept, then joined and saved) must fit in this
+    machine's free memory, or sample stops now, not at the end."""
+    needed = 2 * command.n * first[0].numel() * first.element_size()
+    free = host_memory()
+    if free is not None and needed > free:
+        raise ConfigError(f"n={command.n} samples of shape {list(first.shape[1:])} need about "
+                          f"{needed / 2**30:.1f} GiB, and this machine has {free / 2**30:.1f} GiB available: draw "
+                          "fewer at a time (several runs with different seed= and out=)")
 
 
 def draw(model, command: SampleCommand, sampling) -> tuple[torch.Tensor, int, list[Step]]:
@@ -77,4 +90,6 @@ def draw(model, command: SampleCommand, sampling) -> tuple[torch.Tensor, int, li
             hooks = [lambda step: bar.update()] + ([trajectory] if command.trajectory and start == 0 else [])
             result = model.sample(size, generator, sampling, batch_labels, conditions, hooks)
             samples.append(result.x.cpu())
+            if start == 0:
+                check_room(command, samples[0])
     return torch.cat(samples), result.nfe, trajectory.steps

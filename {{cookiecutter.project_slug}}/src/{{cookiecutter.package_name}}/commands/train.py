@@ -10,7 +10,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from ..config import load_config
 from ..data import DiffusionDataModule
-from ..devices import device_name
+from ..devices import device_name, memory_errors
 from ..errors import Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
@@ -44,8 +44,12 @@ def run(overrides: list[str]) -> Path:
     started = time.monotonic()
     kept = (override for override in overrides if not override.startswith("trainer.resume="))
     resume = f"{program} " + " ".join(["train", *map(shlex.quote, kept)])
+    device = device_name(trainer.strategy.root_device)
+    advice = (f"data.batch_size={cfg.data.batch_size} does not fit in memory on {device}: lower data.batch_size "
+              f"(`{program} bench` finds the largest that fits a GPU)")
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+        with memory_errors(advice):
+            trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except SystemExit:       # Lightning's way out after Ctrl-C or SIGTERM, once last.ckpt is saved
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise

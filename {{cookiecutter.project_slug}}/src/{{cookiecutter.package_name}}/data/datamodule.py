@@ -14,14 +14,32 @@ from .clusters import cluster_labels
 from .loaders import DeviceBatches, InMemoryDataset, keep_batch
 from .sources import load_source, report_bad_files
 
+LARGEST = 1e6      # float values beyond this are refused: far outside the scale that the noise levels assume
+
+
+def value_problem(data: Tensor) -> str | None:
+    """What makes float data unusable for training, or None: NaN or Inf values, or values so
+    large that the noise levels (and k-means' squared distances) mean nothing to them."""
+    if not data.is_floating_point():
+        return None
+    flat = data.flatten(1)
+    bad = (~torch.isfinite(flat)).any(1).nonzero().flatten()
+    if len(bad):
+        return (f"{len(bad)} example(s) hold NaN or Inf values (the first: index {bad[0].item()}); remove or fix "
+                "them")
+    largest = flat.abs().max().item() if flat.numel() else 0.0
+    if largest > LARGEST:
+        return (f"values reach {largest:.3g}: scale the data to about unit size (the noise levels and the networks "
+                "assume a standard deviation near diffusion.sigma_data)")
+    return None
+
 
 def check_trainable(data: Tensor, cfg) -> None:
-    """Values the network can learn from: finite numbers, and images at least as large as the
-    square that training crops from them."""
-    if data.is_floating_point() and not torch.isfinite(data).all():
-        bad = (~torch.isfinite(data.flatten(1))).any(1).nonzero().flatten()
-        raise DataError(f"{len(bad)} example(s) hold NaN or Inf values (the first: index {bad[0].item()}); "
-                        "remove or fix them (inspect-data counts them)")
+    """Values the network can learn from (``value_problem``), and images at least as large as
+    the square that training crops from them."""
+    problem = value_problem(data)
+    if problem:
+        raise DataError(problem)
     if data.dtype == torch.uint8 and data.ndim == 4:
         height, width = data.shape[-2:]
         if height != width or height < cfg.image_size:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .augment import center_crop
+from .datamodule import value_problem
 from .decode import Decoded, count_suffixes
 from .sources import load_source
 
@@ -24,10 +25,9 @@ def data_report(cfg) -> tuple[str, Tensor | None, list[str]]:
     if decoded.files:
         lines += describe_files(decoded, cfg.image_size, warnings)
     lines += describe_labels(decoded, warnings)
-    if decoded.data.is_floating_point():
-        nonfinite = (~torch.isfinite(decoded.data.flatten(1))).any(1).sum().item()
-        if nonfinite:
-            warnings.append(f"{nonfinite} example(s) hold NaN or Inf values: training refuses them")
+    problem = value_problem(decoded.data)
+    if problem:
+        warnings.append(f"{problem}: training refuses this data")
     if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")

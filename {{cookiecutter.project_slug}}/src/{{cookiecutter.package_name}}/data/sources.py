@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..storage import UnreadableFile, read_tensors
 from .cache import cached, fingerprint_key
 from .decode import Decoded, count_suffixes, decode_folder, fit_image, scan_folder, stack
 from .toy import make_toy2d
@@ -176,12 +177,13 @@ def load_tensor_file(path: str | Path) -> Decoded:
     Any other shape (N, ...) is a batch of vectors or signals, used as they are.
     """
     file = Path(path).expanduser()
-    if file.suffix == ".npy":
-        content = torch.from_numpy(np.load(file))
-    elif file.suffix == ".pt":
-        content = torch.load(file, map_location="cpu", weights_only=True)
-    else:
+    if file.suffix not in (".pt", ".npy"):
         raise DataError(f"'{file.name}': tensor files must end in .pt or .npy")
+    try:
+        content = torch.from_numpy(np.load(file)) if file.suffix == ".npy" else read_tensors(file)
+    except (UnreadableFile, ValueError, OSError, EOFError) as why:       # numpy: objects, truncated, empty
+        raise DataError(f"'{file}' is not a readable tensor file ({why}); save the data as numbers with "
+                        "torch.save({'data': tensor}) or numpy.save(path, array)") from None
     data, labels = (content.get("data"), content.get("labels")) if isinstance(content, dict) else (content, None)
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or len(data) < 2:
         raise DataError(f"'{file}' must hold a tensor of shape (N, ...) with N >= 2 examples"
