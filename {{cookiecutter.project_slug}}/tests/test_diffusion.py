@@ -220,6 +220,14 @@ def test_eps_prediction_matches_ddpm(example):
     assert torch.allclose(target, eps, atol=1e-4)
 
 
+def test_x0_prediction_sees_the_variance_preserving_input_and_predicts_the_data(example):
+    x0, eps, sigma = example
+    alpha_bar = (1 / (1 + sigma**2))[:, None]
+    inp, target = network_input_and_target("x0", x0, eps, sigma)
+    assert torch.allclose(inp, alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps, atol=1e-5)
+    assert torch.allclose(target, x0, atol=1e-5)
+
+
 def test_v_prediction_matches_salimans_and_ho(example):
     x0, eps, sigma = example
     alpha = (1 / (1 + sigma**2)).sqrt()[:, None]
@@ -351,6 +359,23 @@ def test_loglinear_levels_divide_evenly_in_log_sigma():
     assert sigmas[-1] == 0 and len(sigmas) == 10
     expected = [100.0 * (0.01 / 100.0) ** (i / 8) for i in range(9)]
     torch.testing.assert_close(sigmas[:-1], torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_uniform_t_levels_are_equal_steps_in_t_from_the_largest_level():
+    """Flows: t = sigma / (1 + sigma) from t(sigma_max) down to 0 in equal steps, in float64."""
+    sigmas = uniform_t_sigmas(8, 1000.0)
+    t = torch.tensor([(1000 / 1001) * (1 - i / 8) for i in range(9)], dtype=torch.float64)
+    assert sigmas.dtype == torch.float64
+    torch.testing.assert_close(sigmas, t / (1 - t), rtol=1e-13, atol=0)
+
+
+def test_numbered_noise_is_each_numbers_own_whatever_the_batch():
+    from {{ cookiecutter.package_name }}.diffusion.generate import indexed_noise
+
+    expected = torch.stack([torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(7 + i)) for i in range(5)])
+    torch.manual_seed(123)                                        # the global state plays no part
+    assert torch.equal(indexed_noise(torch.arange(5), (1, 4, 4), 7), expected)
+    assert torch.equal(indexed_noise(torch.tensor([3, 4]), (1, 4, 4), 7), expected[3:])
 
 
 def test_trailing_spacing_starts_at_the_last_training_step():

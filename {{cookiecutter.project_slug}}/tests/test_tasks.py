@@ -114,6 +114,15 @@ def test_an_anagram_view_denoises_the_data_seen_through_its_inverse(name):
     assert not torch.allclose(v.apply(v.apply(mu)), mu)           # not its own inverse
 
 
+def test_the_jigsaw_order_is_fixed_whatever_the_random_state():
+    """An illusion drawn twice, or saved and read back, must see the same jigsaw."""
+    x = torch.arange(64.0).view(1, 1, 8, 8)
+    torch.manual_seed(1)
+    first = view("jigsaw", 8).apply(x)
+    torch.manual_seed(2)
+    assert torch.equal(view("jigsaw", 8).apply(x), first) and view("jigsaw", 8).name == "jigsaw4"
+
+
 def test_a_hybrid_takes_each_band_from_its_own_denoiser():
     """far = a constant image a (all low frequencies), near = a constant b plus a checkerboard c
     (the finest detail): the hybrid is low(a) + near - low(near) = a + c - low(c), and in the
@@ -121,13 +130,15 @@ def test_a_hybrid_takes_each_band_from_its_own_denoiser():
     alternating signal (+1, -1, ...), computed here from the kernel's definition (std 1, taps to
     3 std). Neither band may come from the other denoiser."""
     checkerboard = (-1.0) ** (torch.arange(16)[:, None] + torch.arange(16)[None]).float().view(1, 1, 16, 16)
+    checkerboard = checkerboard.double()
     far, near = (lambda x, sigma: torch.full_like(x, 0.25)), (lambda x, sigma: -0.5 + 0.3 * checkerboard.expand_as(x))
-    hybrid = Hybrid(far, near, std=1.0)(torch.zeros(2, 1, 16, 16), torch.ones(2))
+    hybrid = Hybrid(far, near, std=1.0)(torch.zeros(2, 1, 16, 16, dtype=torch.float64), torch.ones(2))
     taps = torch.arange(-3, 4, dtype=torch.float64)
     weights = torch.exp(-taps**2 / 2)
     response = ((-1.0) ** taps * weights).sum() / weights.sum()
     expected = 0.25 + 0.3 * checkerboard * (1 - response**2)
-    torch.testing.assert_close(hybrid[..., 4:-4, 4:-4], expected.expand(2, 1, 16, 16)[..., 4:-4, 4:-4].float())
+    torch.testing.assert_close(hybrid[..., 4:-4, 4:-4], expected.expand(2, 1, 16, 16)[..., 4:-4, 4:-4],
+                               rtol=0, atol=1e-12)
     assert Hybrid(far, near, std=1.0).evaluations == 2
 
 
@@ -155,6 +166,29 @@ def test_slerp_keeps_the_norm_where_a_straight_line_loses_it():
         assert torch.allclose(slerp(a, b, t).norm(dim=1), a.norm(dim=1), rtol=1e-5)
     assert ((a + b) / 2).norm(dim=1).div(a.norm(dim=1)).max() < 0.75                # about 1/sqrt(2)
     assert torch.allclose(slerp(a, a, 0.3), a)                                       # parallel: no 0/0
+
+
+def test_slerp_turns_by_the_fraction_of_the_angle_and_survives_opposite_vectors():
+    """In a plane, the point a fraction t of the way from a to b is a turned by t times the
+    angle between them (here 60 degrees: 0.3 of the way is 18 degrees). Vectors pointing apart
+    (cos = -1, which rounding can push below -1) still give finite points."""
+    a = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[math.cos(math.pi / 3), math.sin(math.pi / 3)]], dtype=torch.float64)
+    turned = torch.tensor([[math.cos(0.3 * math.pi / 3), math.sin(0.3 * math.pi / 3)]], dtype=torch.float64)
+    torch.testing.assert_close(slerp(a, b, 0.3), turned, rtol=0, atol=1e-12)
+    opposite = torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.isfinite(slerp(opposite, -2 * opposite, 0.5)).all()
+
+
+def test_inversion_starts_at_the_smallest_noise_level_and_climbs_every_level():
+    """With a sequence that ends at 0 the image is taken as the state at the smallest nonzero
+    level; without one, at the last level. Hooks see every level on the way up."""
+    image = MU + STD * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = karras_sigmas(6, 0.002, 80.0)
+    for levels in (sigmas, sigmas[:-1]):                       # ending at 0, and not
+        seen = []
+        invert(gaussian_denoiser, levels, image, ddim, hooks=[lambda step: seen.append(step.sigma)])
+        assert seen == sigmas[1:-1].flip(0).tolist()            # from 0.002 up, each step's own level
 
 
 @pytest.mark.parametrize("sampler, order", [(ddim, 1), (heun, 2), (dpmpp_2m, 2)])
