@@ -417,6 +417,27 @@ def test_restore_says_how_well_each_result_agrees_with_the_observation(digits_ru
         assert ("measurement consistency" if method == "dps" else "RMS change from the input") in out
 
 
+def test_inpainting_keeps_the_training_images_and_fills_the_masked_half_from_the_denoiser(digits_run, monkeypatch):
+    """With a stand-in denoiser that always estimates the same picture c, inpainting training
+    images 0 and 7 with mask=left must give those images on the right and c on the left: the
+    command's images, mask and final replacement, each pinned."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.model import Model
+
+    c = torch.linspace(-0.9, 0.9, 64).view(1, 1, 8, 8)
+    monkeypatch.setattr(Model, "guided", lambda self, n, guidance, labels=None, conditions=None:
+                        lambda x, sigma: c.expand_as(x).to(x))
+    assert main(["restore", f"run={digits_run}", "method=inpaint", "images=[0,7]", "steps=4", "mask=left"]) == 0
+    data = DiffusionDataModule(load_config(["experiment=digits"]).data)
+    data.setup()
+    truth = data.reference_images()[[0, 7]].float() / 127.5 - 1
+    restored = torch.load(Path(digits_run) / "restore" / "inpaint.pt")
+    torch.testing.assert_close(restored[..., 4:], truth[..., 4:])
+    torch.testing.assert_close(restored[..., :4], c.expand(2, 1, 8, 8)[..., :4])
+
+
 def test_restore_takes_a_degradation_of_your_own_and_refuses_what_cannot_work(digits_run, project_dir, capsys,
                                                                               monkeypatch):
     from {{ cookiecutter.package_name }}.cli import main

@@ -5,7 +5,9 @@ Methods (tasks/restore.py): ``inpaint`` (replacement), ``repaint`` (RePaint, ``r
 tries per step), ``superres`` (DDNM projection, ``factor``), ``colorize`` (DDNM projection,
 RGB models), ``dps`` (posterior sampling, ``zeta``; the degradation is the mask, or your own
 differentiable ``degradation=package.module:function``) and ``sdedit`` (``strength``).
-The images are ``images=[i,j,...]`` of the run's training data; the mask is ``mask=``.
+The images are ``images=[i,j,...]`` of the run's training data; the mask is ``mask=``. Writes
+<run>/restore/<method>.png (original, observed and restored, a column per image) and the restored
+images themselves (<method>.pt, in [-1, 1]).
 """
 from __future__ import annotations
 
@@ -101,7 +103,8 @@ def run(overrides: list[str]) -> Path:
     title = f"{run_dir.root.name}: {command.method}, {sampling.sampler}, {sampling.steps} steps"
     path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
                               out / f"{command.method}.png", title)
-    print(path)
+    torch.save(x.cpu(), out / f"{command.method}.pt")
+    print(f"{path}\n{out / f'{command.method}.pt'}")
     record_made_by(out, "restore", command, model, sampling)
     return path
 
