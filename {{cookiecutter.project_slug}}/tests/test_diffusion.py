@@ -151,20 +151,42 @@ def test_dpm_solver_first_step_and_last_step_are_first_order():
     assert torch.allclose(dpmpp_2m(gaussian_denoiser, sigmas, x).x, ddim(gaussian_denoiser, sigmas, x).x, atol=1e-10)
 
 
-def test_hooks_see_every_step_and_can_change_the_estimate():
+@pytest.mark.parametrize("sampler", [ddim, heun, generalized, dpmpp_2m])
+def test_hooks_see_every_step_and_can_change_the_estimate(sampler):
     sigmas = karras_sigmas(6, 0.002, 80.0)
     seen = []
 
     def pin_first_coordinate(step):
-        seen.append(step.sigma)
+        seen.append((step.i, step.sigma))
         step.x0_hat[:, 0] = 3.0
 
     x = sigmas[0] * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     trajectory = Trajectory()
-    result = ddim(gaussian_denoiser, sigmas, x, hooks=[pin_first_coordinate, trajectory])
-    assert seen == sigmas[:-1].tolist()
+    result = sampler(gaussian_denoiser, sigmas, x, hooks=[pin_first_coordinate, trajectory])
+    assert seen == list(enumerate(sigmas[:-1].tolist()))
     assert len(trajectory.steps) == 6
     assert torch.allclose(result.x[:, 0], torch.full((8,), 3.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mu", [1.0, 1.5, -0.1])
+def test_the_generalized_sampler_refuses_mu_outside_0_to_1(mu):
+    """mu = 1 would divide by zero in sigma' = (sigma_(i+1) / sigma_i^mu)^(1 / (1 - mu))."""
+    with pytest.raises(ValueError, match=r"mu must be in \[0, 1\), got"):
+        generalized(gaussian_denoiser, karras_sigmas(4, 0.002, 80.0), torch.zeros(2, 2), mu=mu)
+
+
+def test_discrete_training_levels_come_from_the_table_and_follow_the_generator():
+    """Validation fixes its noise with a generator: the same generator state gives the same
+    levels, whatever the global random state, and every level is one of the table's."""
+    from {{ cookiecutter.package_name }}.diffusion.schedules import DiscreteNoise
+
+    table = ddpm_linear_sigmas()
+    noise = DiscreteNoise(table)
+    torch.manual_seed(1)
+    first = noise(500, torch.device("cpu"), torch.Generator().manual_seed(3))
+    torch.manual_seed(2)
+    assert torch.equal(noise(500, torch.device("cpu"), torch.Generator().manual_seed(3)), first)
+    assert torch.isin(first, table.float()).all() and len(first.unique()) > 300
 
 
 def test_same_generator_seed_gives_the_same_stochastic_sample():

@@ -273,6 +273,42 @@ def test_ddnm_inpainting_samples_the_posterior_of_independent_pixels():
     assert torch.allclose(x[:, :, 1].std(0), unseen_std, rtol=0.03)
 
 
+def test_the_dps_estimate_is_the_denoiser_pulled_by_its_paper_step():
+    """For a linear denoiser D(x) = a x + b and A = a mask m, the gradient of ||y - A(D(x))|| is
+    -a m (y - m D(x)) / ||y - m D(x)||, so DPS's estimate is D(x) + zeta sigma^2 a m r / ||r||
+    with r = y - m D(x), each example's norm over all its pixels (written out here)."""
+    a, b, zeta = 0.6, 0.2, 3.0
+    mask = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(3, 1, 2, 2, generator=generator, dtype=torch.float64) for _ in range(2))
+    sigma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    estimate = PosteriorSampling(lambda x, sigma: a * x + b, lambda v: v * mask, y * mask, zeta)(x, sigma)
+    residual = y * mask - mask * (a * x + b)
+    norms = residual.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    expected = a * x + b + zeta * sigma.view(-1, 1, 1, 1) ** 2 * a * mask * residual / norms
+    torch.testing.assert_close(estimate, expected, rtol=0, atol=1e-12)
+
+
+def test_every_task_wrapper_states_the_network_evaluations_it_makes():
+    """Counted from the rows a network is given: each wrapper over a guided denoiser (two
+    evaluations a call at weight 2) states what one call of it costs."""
+    rows = []
+
+    def network(x, sigma, labels):
+        rows.append(len(x))
+        return x * 0.5
+
+    guided = GuidedDenoiser(network, [(torch.zeros(4, dtype=torch.long), 2.0)], torch.full((4,), 10))
+    mask = torch.ones(1, 1, 8, 8)
+    wrappers = [Anagram([(VIEWS["identity"], guided), (VIEWS["rot90"], guided)]), Hybrid(guided, guided),
+                Projected(guided, *masked(mask), torch.zeros(4, 1, 8, 8)),
+                PosteriorSampling(guided, lambda v: v * mask, torch.zeros(4, 1, 8, 8))]
+    for wrapper in wrappers:
+        rows.clear()
+        wrapper(torch.randn(4, 1, 8, 8), torch.ones(4))
+        assert wrapper.evaluations == sum(rows) // 4, type(wrapper).__name__
+
+
 def test_posterior_sampling_pulls_samples_towards_the_observation():
     """DPS with the pair Gaussian and A = the first pixel: the samples' first pixel agrees with
     y far better than unguided samples, and the second follows it through the correlation."""

@@ -110,13 +110,15 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(project_dir):
 
     cfg = load_config(["experiment=toy2d", "trainer.max_nonfinite_steps=3"])
     module = DiffusionModule(new_model(cfg, [2]))
-    module.log = lambda *args, **kwargs: None                  # no Trainer attached
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append((name, value))       # no Trainer attached
     module.denoiser.loss = lambda *args: torch.full((4,), float("nan"))
     batch = (torch.randn(4, 2), None)
     assert module.training_step(batch, 0) is None             # skipped, not back-propagated
     assert module.training_step(batch, 1) is None
     with pytest.raises(RuntimeError, match="3 steps in a row"):
         module.training_step(batch, 2)
+    assert logged == [("train/nonfinite_steps", 1.0), ("train/nonfinite_steps", 2.0), ("train/nonfinite_steps", 3.0)]
 
 
 def test_sample_grids_reach_tensorboard(project_dir):
