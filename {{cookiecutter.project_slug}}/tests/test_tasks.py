@@ -9,7 +9,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.diffusion.generate import generate
 from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
-from {{ cookiecutter.package_name }}.diffusion.samplers import ddim, dpmpp_2m, heun
+from {{ cookiecutter.package_name }}.diffusion.samplers import Trajectory, ddim, dpmpp_2m, heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
 from {{ cookiecutter.package_name }}.tasks.illusion import VIEWS, Anagram, Hybrid, jigsaw, low_pass, view
 from {{ cookiecutter.package_name }}.tasks.interpolate import invert, slerp
@@ -186,9 +186,9 @@ def test_inversion_starts_at_the_smallest_noise_level_and_climbs_every_level():
     image = MU + STD * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sigmas = karras_sigmas(6, 0.002, 80.0)
     for levels in (sigmas, sigmas[:-1]):                       # ending at 0, and not
-        seen = []
-        invert(gaussian_denoiser, levels, image, ddim, hooks=[lambda step: seen.append(step.sigma)])
-        assert seen == sigmas[1:-1].flip(0).tolist()            # from 0.002 up, each step's own level
+        trajectory = Trajectory()
+        invert(gaussian_denoiser, levels, image, ddim, hooks=[trajectory])
+        assert [step.sigma for step in trajectory.steps] == sigmas[1:-1].flip(0).tolist()   # from 0.002 up
 
 
 @pytest.mark.parametrize("sampler, order", [(ddim, 1), (heun, 2), (dpmpp_2m, 2)])
