@@ -35,7 +35,7 @@ ALLOWED = {
     "module": {"model", "diffusion", "devices", "errors"},
     "callbacks": {"evaluation", "visualize", "pixels", "storage", "devices"},
     "trainer": {"callbacks", "devices", "errors"},
-    "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "errors"},
+    "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
     "commands": {"runs", "config", "model", "module", "trainer", "data", "tasks", "evaluation", "visualize",
                  "diffusion", "models", "pixels", "devices", "speed", "errors"},
     "cli": {"commands", "errors"},

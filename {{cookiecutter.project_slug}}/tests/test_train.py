@@ -154,11 +154,13 @@ def test_a_missing_optional_package_is_one_error_line(project_dir, monkeypatch, 
 def test_sample_is_the_ema_network_guided_and_solved_as_the_papers_say(project_dir):
     """The whole sampling path pinned against a loop written here from the papers: `sample` with
     a seed draws what the run's EMA network gives, guided towards labels 0, 1, 2, ... with the
-    run's weight (Ho & Salimans 2022, eq. 6), down the run's Karras levels (EDM eq. 5) by
-    DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), from that seed's noise."""
+    run's weight (Ho & Salimans 2022, eq. 6), down Karras levels between the run's sigma_max and
+    sigma_min (EDM eq. 5) by DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), from that seed's
+    noise."""
     assert main(["train", "experiment=digits", "name=pin", "logger=csv", "model.unet.channels=8", "trainer.max_steps=4",
                  "data.batch_size=8", "optim.lr=0.05", "optim.warmup_steps=0", "optim.ema_decay=0.5", *FAST]) == 0
-    assert main(["sample", "run=runs/pin", "n=5", "seed=3", "steps=4", "sampler=dpmpp_2m", "out=pinned"]) == 0
+    assert main(["sample", "run=runs/pin", "n=5", "seed=3", "steps=4", "sampler=dpmpp_2m", "schedule=karras",
+                 "out=pinned"]) == 0
     model, _ = load_run("runs/pin")
     saved = checkpoint_of("pin")["state_dict"]
     ema = {key[4:]: value for key, value in saved.items() if key.startswith("ema.")}
