@@ -278,10 +278,14 @@ def test_unreadable_checkpoints_are_one_error_line(project_dir, capsys, content)
 
 def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(project_dir, capsys):
     assert main(["train", *TOY, "name=change", "trainer.max_steps=3", "optim.warmup_steps=1"]) == 0
-    assert main(["train", *TOY, "name=change", "trainer.max_steps=5", "optim.warmup_steps=1", "optim.lr=5e-4"]) == 0
-    assert "changed settings: optim.lr=0.0005 (was 0.001), trainer.max_steps=5 (was 3)" in capsys.readouterr().out
-    group = checkpoint_of("change")["optimizer_states"][0]["param_groups"][0]
+    assert main(["train", *TOY, "name=change", "trainer.max_steps=5", "optim.warmup_steps=1", "optim.lr=5e-4",
+                 "optim.betas=[0.8,0.9]", "optim.weight_decay=0.05"]) == 0
+    assert "optim.lr=0.0005 (was 0.001)" in capsys.readouterr().out
+    saved = checkpoint_of("change")
+    group = saved["optimizer_states"][0]["param_groups"][0]
     assert group["lr"] == pytest.approx(5e-4) and group["initial_lr"] == 5e-4     # not the saved 1e-3
+    assert tuple(group["betas"]) == (0.8, 0.9) and group["weight_decay"] == 0.05
+    assert saved["lr_schedulers"][0]["base_lrs"] == [5e-4]
 
     record = (project_dir / "runs/change/config.yaml").read_text()
     assert main(["train", *TOY, "name=change", "trainer.max_steps=7", "model.mlp.width=64"]) == 2
