@@ -14,7 +14,14 @@ from {{ cookiecutter.package_name }}.diffusion.parameterizations import (
     build_parameterization,
     x0_loss_weight,
 )
-from {{ cookiecutter.package_name }}.diffusion.samplers import Trajectory, ddim, dpmpp_2m, generalized, heun
+from {{ cookiecutter.package_name }}.diffusion.samplers import (
+    Trajectory,
+    ddim,
+    dpmpp_2m,
+    generalized,
+    heun,
+    standard_normal,
+)
 from {{ cookiecutter.package_name }}.diffusion.schedules import (
     LogNormalNoise,
     cosine_sigmas,
@@ -164,7 +171,7 @@ def test_hooks_see_every_step_and_can_change_the_estimate(sampler):
     trajectory = Trajectory()
     result = sampler(gaussian_denoiser, sigmas, x, hooks=[pin_first_coordinate, trajectory])
     assert seen == list(enumerate(sigmas[:-1].tolist()))
-    assert len(trajectory.steps) == 6
+    assert [(step.i, step.sigma) for step in trajectory.steps] == seen            # what the trajectory keeps
     assert torch.allclose(result.x[:, 0], torch.full((8,), 3.0, dtype=torch.float64))
 
 
@@ -398,6 +405,10 @@ def test_numbered_noise_is_each_numbers_own_whatever_the_batch():
     torch.manual_seed(123)                                        # the global state plays no part
     assert torch.equal(indexed_noise(torch.arange(5), (1, 4, 4), 7), expected)
     assert torch.equal(indexed_noise(torch.tensor([3, 4]), (1, 4, 4), 7), expected[3:])
+    generators = [torch.Generator().manual_seed(7 + i) for i in range(5)]
+    double = torch.stack([torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(7 + i), dtype=torch.float64)
+                          for i in range(5)])
+    assert torch.equal(standard_normal((5, 1, 4, 4), generators, torch.float64), double)   # in the type asked for
 
 
 def test_trailing_spacing_starts_at_the_last_training_step():

@@ -47,22 +47,47 @@ def two_sets():
 
 def test_fid_of_a_set_with_itself_is_zero(two_sets):
     real, _ = two_sets
-    assert abs(fid_kid(statistics_of(real), real)["fid"]) < 1e-3
+    assert abs(fid_kid(statistics_of(real), real, 1000, seed=0)["fid"]) < 1e-3
 
 
 def test_fid_and_kid_equal_independent_implementations(two_sets):
     real, fake = two_sets
-    result = fid_kid(statistics_of(real), fake, kid_subset_size=len(fake), kid_subsets=1)
+    result = fid_kid(statistics_of(real), fake, kid_subset_size=len(fake), seed=0, kid_subsets=1)
     assert result["fid"] == pytest.approx(independent_fid(real.double().numpy(), fake.double().numpy()), rel=1e-4)
     assert result["kid"] == pytest.approx(independent_kid(real.double().numpy(), fake.double().numpy()), rel=1e-3)
+
+
+class Given(torch.nn.Module):
+    """Features given as they are (torchmetrics' metrics take a feature network)."""
+
+    def forward(self, features):
+        return features
+
+
+@pytest.mark.filterwarnings("ignore:.*will save all extracted features")
+@pytest.mark.parametrize("n_real, n_fake", [(1500, 1200), (1500, 300), (300, 1200)])
+def test_kid_follows_the_standard_protocol_of_100_subsets_of_at_most_1000(n_real, n_fake):
+    """Binkowski et al. 2018 (and clean-fid): 100 subsets of 1000 from each set, or of the smaller
+    set's size when one has fewer; torchmetrics' KID, seeded the same, is the reference."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(n_real, 8, generator=g), 0.9 * torch.randn(n_fake, 8, generator=g) + 0.1
+    theirs = KernelInceptionDistance(feature=Given(), subsets=100, subset_size=min(1000, n_real, n_fake))
+    theirs.update(real, real=True)
+    theirs.update(fake, real=False)
+    torch.manual_seed(5)
+    mean, std = theirs.compute()
+    ours = fid_kid(statistics_of(real), fake, 1000, seed=5)
+    assert (ours["kid"], ours["kid_std"]) == pytest.approx((mean.item(), std.item()), rel=1e-6)
 
 
 def test_kid_does_not_touch_the_global_random_state(two_sets):
     real, fake = two_sets
     state = torch.get_rng_state()
-    first = fid_kid(statistics_of(real), fake, kid_subset_size=100)
+    first = fid_kid(statistics_of(real), fake, kid_subset_size=100, seed=0)
     assert torch.equal(torch.get_rng_state(), state)
-    assert first == fid_kid(statistics_of(real), fake, kid_subset_size=100)
+    assert first == fid_kid(statistics_of(real), fake, kid_subset_size=100, seed=0)
 
 
 class MeanAndSpread(torch.nn.Module):
@@ -278,6 +303,34 @@ def test_a_custom_extractor_that_cannot_be_found_is_one_error_line(project_dir, 
     assert message in capsys.readouterr().err
 
 
+def test_a_custom_extractor_computes_with_its_weights_file_and_its_cache_key_follows_the_file(custom_extractor,
+                                                                                              tmp_path):
+    """The weights file replaces the factory's initial weights; cached reference statistics are
+    keyed by the module and the file's content, so new weights never reuse old statistics."""
+    from types import SimpleNamespace
+
+    from tiny_features import Features
+
+    def extractor(weights):
+        return features_module.custom_extractor(SimpleNamespace(extractor_module="tiny_features:Features",
+                                                                extractor_weights=weights), "train")
+
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    plain = extractor(None)
+    assert plain.key == "tiny_features:Features" and plain.name == "custom tiny_features:Features"
+    keys = []
+    for scale in (2.0, 3.0):
+        trained = Features()
+        trained.project.weight.data *= scale
+        torch.save(trained.state_dict(), tmp_path / "weights.pt")
+        loaded = extractor(str(tmp_path / "weights.pt"))
+        torch.testing.assert_close(loaded(images), scale * plain(images))
+        assert loaded.name == "custom tiny_features:Features (weights.pt)"
+        assert not loaded.net.project.weight.requires_grad
+        keys.append(loaded.key)
+    assert keys[0].startswith("tiny_features:Features-") and len(set(keys + [plain.key])) == 3
+
+
 def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tmp_path, capsys):
     class Payload:
         def __reduce__(self):
@@ -287,6 +340,21 @@ def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tm
     assert main(["train", *DIGITS, *custom_extractor, f"evaluation.extractor_weights={tmp_path / 'weights.pt'}",
                  "evaluation.every_n_steps=2"]) == 2
     assert "is not a weights file this project loads" in capsys.readouterr().err and not (tmp_path / "ran").exists()
+
+
+def test_the_cost_model_counts_each_sample_step_and_feature_pass_and_three_per_trained_image():
+    """10 samples of 4 NFE: 40 evaluations and 10 feature passes; 100 steps of 8 images: 800
+    forward passes and their backward passes at twice the cost."""
+    from {{ cookiecutter.package_name }}.evaluation.quality import evaluation_cost
+
+    assert evaluation_cost(samples=10, nfe=4, every_n_steps=100, batch_size=8) == (50, 2400)
+
+
+def test_sample_counts_in_metric_names_are_whole_thousands_or_the_number():
+    from {{ cookiecutter.package_name }}.evaluation.quality import count_name
+
+    names = {n: count_name(n) for n in (999, 1000, 1500, 5000, 50000, 1234, 40)}
+    assert names == {999: "999", 1000: "1k", 1500: "1500", 5000: "5k", 50000: "50k", 1234: "1234", 40: "40"}
 
 
 def test_the_default_cadence_costs_at_most_a_tenth_of_training():

@@ -94,16 +94,23 @@ TWO_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strate
 
 
 @pytest.mark.subprocess
-def test_two_processes_draw_their_own_noise_and_data_and_keep_one_ema(project_dir):
+def test_two_processes_draw_their_own_noise_and_data_keep_one_ema_and_resume_exactly(project_dir):
     """DDP over gloo with two CPU processes: each draws its own noise and its own half of every
     epoch; validation is shared out, not repeated; one process draws the grids; the gradients
-    are summed, so the EMA weights come out identical in both."""
+    are summed, so the EMA weights come out identical in both. Stopped after 4 steps and
+    resumed to 8, the run ends with the weights and EMA of the 8 straight steps, because the
+    checkpoint holds each process's own random state (its noise levels and noise) and the
+    shared position in the data, with grids and validation on."""
+    args = [*TOY, *TWO_PROCESSES, "trainer.val_every_n_steps=3", "trainer.sample_every_n_steps=3"]
+
+    def train(*command):
+        result = subprocess.run([*command, *args], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
     script = project_dir / "ddp_record.py"
     script.write_text(DDP_RECORDER.format(package="{{ cookiecutter.package_name }}"))
-    result = subprocess.run([sys.executable, str(script), "train", *TOY, *TWO_PROCESSES, "name=ddp",
-                             "trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.sample_every_n_steps=3"],
-                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train(sys.executable, str(script), "train", "name=ddp", "trainer.max_steps=8")
     seen = [json.loads((project_dir / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
     assert seen[0]["sigmas"] and not set(seen[0]["sigmas"]) & set(seen[1]["sigmas"])
     rows = [{tuple(row) for row in s["rows"]} for s in seen]
@@ -112,8 +119,15 @@ def test_two_processes_draw_their_own_noise_and_data_and_keep_one_ema(project_di
     assert seen[0]["grids"] > 0 and seen[1]["grids"] == 0
     ema = [torch.load(project_dir / f"ema_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert all(torch.equal(ema[0][key], ema[1][key]) for key in ema[0])
-    saved = checkpoint_of("ddp")["state_dict"]
-    assert all(torch.equal(saved[f"ema.{key}"], ema[0][key]) for key in ema[0])
+    straight = checkpoint_of("ddp")
+    assert all(torch.equal(straight["state_dict"][f"ema.{key}"], ema[0][key]) for key in ema[0])
+
+    train(*package_command("train", "name=resumed", "trainer.max_steps=4"))
+    assert "random stream restarts" not in train(*package_command("train", "name=resumed", "trainer.max_steps=8"))
+    resumed = checkpoint_of("resumed")
+    assert straight["global_step"] == resumed["global_step"] == 8
+    assert len(resumed["rng"]["ranks"]["torch"]) == 2
+    assert all(torch.equal(straight["state_dict"][key], resumed["state_dict"][key]) for key in straight["state_dict"])
 
 
 def free_port() -> int:
@@ -159,28 +173,6 @@ def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir
     assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-3000:]
     assert f"runs/slurm (resuming from step {step})" in outputs[0][0]
     assert checkpoint_of("slurm")["global_step"] == step + 5
-
-
-@pytest.mark.subprocess
-def test_two_processes_resume_exactly_where_they_stopped(project_dir):
-    """DDP over gloo, 4 steps then 4 more, against 8 straight: the same weights and EMA, because
-    the checkpoint holds each process's own random state (its noise levels and noise) and the
-    shared position in the data, with grids and validation on."""
-    args = [*TOY, *TWO_PROCESSES, "trainer.val_every_n_steps=3", "trainer.sample_every_n_steps=3"]
-
-    def train(*more):
-        result = subprocess.run(package_command("train", *args, *more), env=subprocess_env(), capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
-
-    train("name=straight", "trainer.max_steps=8")
-    train("name=resumed", "trainer.max_steps=4")
-    assert "random stream restarts" not in train("name=resumed", "trainer.max_steps=8")
-    straight, resumed = checkpoint_of("straight"), checkpoint_of("resumed")
-    assert straight["global_step"] == resumed["global_step"] == 8
-    assert len(resumed["rng"]["ranks"]["torch"]) == 2
-    assert all(torch.equal(straight["state_dict"][key], resumed["state_dict"][key]) for key in straight["state_dict"])
 
 
 def test_an_mps_random_state_is_saved_and_restored(monkeypatch):

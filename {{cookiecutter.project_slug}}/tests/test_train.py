@@ -293,6 +293,24 @@ def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(proje
     assert (project_dir / "runs/change/config.yaml").read_text() == record          # a failed resume writes nothing
 
 
+def test_a_resumed_optimiser_keeps_its_place_in_the_schedule_at_the_new_rate():
+    """Saved mid-warm-up at 2e-4 of 1e-3 and resumed with optim.lr=5e-4: the step it resumes at
+    runs at 1e-4, the same fraction of the new rate; a checkpoint without optimiser states (an
+    export's weights) loads as it is."""
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    module = SimpleNamespace(cfg=load_config(["optim.lr=5e-4", "optim.betas=[0.8,0.9]", "optim.weight_decay=0.05"]))
+    group = {"lr": 2e-4, "initial_lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0}
+    checkpoint = {"optimizer_states": [{"param_groups": [group]}], "lr_schedulers": [{"base_lrs": [1e-3]}]}
+    DiffusionModule.on_load_checkpoint(module, checkpoint)
+    assert group == {"lr": pytest.approx(1e-4), "initial_lr": 5e-4, "betas": (0.8, 0.9), "weight_decay": 0.05}
+    assert checkpoint["lr_schedulers"][0]["base_lrs"] == [5e-4]
+    DiffusionModule.on_load_checkpoint(module, {})
+
+
 def test_the_ema_is_its_closed_form_after_every_step(project_dir, monkeypatch):
     """EMA_0 = W_0 (the initial weights) and, after the optimiser's k-th step gives W_k,
     EMA_k = d_k EMA_(k-1) + (1 - d_k) W_k with d_k = min(optim.ema_decay, (1 + k) / (10 + k)):

@@ -142,26 +142,25 @@ def ddim(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0,
     return book.result(x)
 
 
-def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0,
-         s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-         generator: Generators = None, hooks: Iterable[Hook] = ()) -> SampleResult:
+def heun(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, churn: float = 0.0, generator: Generators = None,
+         hooks: Iterable[Hook] = ()) -> SampleResult:
     """Heun's second-order method with optional churn (Karras et al. 2022, Algorithm 2).
 
     With churn = 0 this is Algorithm 1, the deterministic probability-flow ODE solver. Each
     step first raises the noise from sigma_i to sigma_hat = (1 + gamma) sigma_i with
-    gamma = min(churn / N, sqrt(2) - 1) inside [s_tmin, s_tmax], takes an Euler step to
-    sigma_{i+1}, then corrects it with the slope there. The step to sigma = 0 stays a plain
-    Euler step (the slope at 0 is undefined), so N steps cost 2N - 1 evaluations. Hooks see
-    the first evaluation of each step, not the corrector's.
+    gamma = min(churn / N, sqrt(2) - 1) at every level (the paper's S_tmin = 0, S_tmax = inf,
+    S_noise = 1), takes an Euler step to sigma_{i+1}, then corrects it with the slope there.
+    The step to sigma = 0 stays a plain Euler step (the slope at 0 is undefined), so N steps
+    cost 2N - 1 evaluations. Hooks see the first evaluation of each step, not the corrector's.
     """
     book = _Bookkeeper(denoiser, hooks)
     n = len(sigmas) - 1
+    gamma = min(churn / n, math.sqrt(2) - 1)
     for i in range(n):
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
-        gamma = min(churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
-            x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * randn_like(x, generator)
         x0_hat = book.denoise(x, sigma_hat)
         step = book.step(i, sigma_hat, x, x0_hat)
         eps = to_eps(step.x, step.x0_hat, sigma_hat)

@@ -75,7 +75,7 @@ def reference_statistics(images: Tensor, extractor: nn.Module, path: Path, batch
     return statistics
 
 
-def shares(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Tensor]:
+def shares(n: int, batch_size: int, rank: int, world_size: int) -> Iterator[Tensor]:
     """The sample indices this process draws: batches of ``batch_size`` consecutive indices,
     batch b going to process b mod world_size. Every index is drawn by exactly one process."""
     for b, start in enumerate(range(0, n, batch_size)):
@@ -104,9 +104,9 @@ def sample_features(draw: Callable[[Tensor], Tensor], extractor: nn.Module, n: i
     return torch.cat(features)
 
 
-def fid_kid(reference: dict, features: Tensor, kid_subset_size: int = 1000, kid_subsets: int = 100,
-            seed: int = 0) -> dict:
-    """FID and KID (mean and standard deviation over subsets) of generated ``features`` against
+def fid_kid(reference: dict, features: Tensor, kid_subset_size: int, seed: int, kid_subsets: int = 100) -> dict:
+    """FID and KID (mean and standard deviation over ``kid_subsets`` subsets of at most
+    ``kid_subset_size`` of each set: Binkowski et al. 2018) of generated ``features`` against
     the reference statistics. The global random state is left untouched (KID's subsets are
     drawn from ``seed``), so evaluating during training never changes the training run."""
     dim = features.shape[1]
