@@ -397,7 +397,7 @@ def main():
                     asked = None                                         # a cluster is no digit class
             seconds = time.perf_counter() - start
             to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]))
+            quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]), 1000, seed=0)
             nfe = network_evaluations(sampler, steps)
             row = {"recipe": recipe, "changes": "smalldiffusion" if recipe == "course" else changes_of(recipe),
                    **({} if cfg is None else {"conditional": cfg.model.conditional, "clusters": cfg.data.clusters}),

@@ -241,20 +241,15 @@ def example():
     return torch.randn(64, 3, generator=g), torch.randn(64, 3, generator=g), torch.rand(64, generator=g) * 10 + 0.01
 
 
-def test_eps_prediction_matches_ddpm(example):
+@pytest.mark.parametrize("objective", ["eps", "x0"])
+def test_eps_and_x0_prediction_see_the_ddpm_input_and_predict_the_noise_or_the_data(example, objective):
+    """Ho et al. 2020: the network sees sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, with
+    alpha_bar = 1 / (1 + sigma^2), and predicts eps, or x0 itself."""
     x0, eps, sigma = example
     alpha_bar = (1 / (1 + sigma**2))[:, None]
-    inp, target = network_input_and_target("eps", x0, eps, sigma)
+    inp, target = network_input_and_target(objective, x0, eps, sigma)
     assert torch.allclose(inp, alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps, atol=1e-5)
-    assert torch.allclose(target, eps, atol=1e-4)
-
-
-def test_x0_prediction_sees_the_variance_preserving_input_and_predicts_the_data(example):
-    x0, eps, sigma = example
-    alpha_bar = (1 / (1 + sigma**2))[:, None]
-    inp, target = network_input_and_target("x0", x0, eps, sigma)
-    assert torch.allclose(inp, alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps, atol=1e-5)
-    assert torch.allclose(target, x0, atol=1e-5)
+    assert torch.allclose(target, eps if objective == "eps" else x0, atol=1e-4)
 
 
 def test_v_prediction_matches_salimans_and_ho(example):
