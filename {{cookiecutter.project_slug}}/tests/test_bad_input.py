@@ -60,6 +60,8 @@ BAD = [
     (["train", "data.nmae=digits"], "Did you mean 'data.name'"),
     (["train", "trainer.max_steps=-1"], "trainer.max_steps"),
     (["bench", "model.name=resnet"], "model.name"),
+    (["bench", "model.name=ideal"], "model.name=ideal has no network to train or time"),
+    (["train", "experiment=toy2d", "model.name=ideal", "model.ideal.smoothing=-1"], "model.ideal.smoothing"),
     (["doctor", "preset=tpu"], None),                            # doctor reports the error and goes on
     # the commands that draw from a run
     (["sample"], "sample needs run="),

@@ -10,6 +10,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.evaluation import features as features_module
+from {{ cookiecutter.package_name }}.evaluation.memorisation import copy_share, memorisation, nearest_examples
 from {{ cookiecutter.package_name }}.evaluation.quality import fid_kid, reference_statistics, sample_features, shares
 
 
@@ -424,3 +425,42 @@ def test_two_ddp_processes_measure_the_fid_of_one_process(project_dir, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     single = json.loads((project_dir / "runs/ddp/fid/evaluation.json").read_text())["runs"][0]
     assert history[0]["fid"] == pytest.approx(single["fid"], rel=1e-4)
+
+
+# -- memorisation -----------------------------------------------------------------------------------
+def test_nearest_examples_are_those_of_brute_force():
+    generator = torch.Generator().manual_seed(0)
+    examples, queries = torch.randn(230, 1, 3, 3, generator=generator), torch.randn(17, 1, 3, 3, generator=generator)
+    distances, indices = nearest_examples(queries, examples, k=3, chunk=50)     # 50 does not divide 230
+    full = np.sqrt(((queries.flatten(1).double().numpy()[:, None] - examples.flatten(1).double().numpy()[None]) ** 2)
+                   .sum(-1))
+    order = np.argsort(full, axis=1)[:, :3]
+    np.testing.assert_array_equal(indices.numpy(), order)
+    np.testing.assert_allclose(distances.numpy(), np.take_along_axis(full, order, 1), rtol=1e-6)
+
+
+def test_training_images_are_all_copies_and_fresh_draws_of_the_same_distribution_almost_never():
+    """Every training example is its own nearest (d1 = 0): 100% copies. Held-out draws from the
+    distribution of the training set are copies only by chance: in 20 dimensions, never."""
+    generator = torch.Generator().manual_seed(1)
+    training, fresh = torch.randn(500, 20, generator=generator), torch.randn(200, 20, generator=generator)
+    found = memorisation(training[:100] + 1e-4 * torch.randn(100, 20, generator=generator), fresh, training)
+    assert found["copy_share"] == 1.0 and found["held_out_copy_share"] == 0.0
+    assert torch.equal(found["nearest_index"], torch.arange(100))
+    assert copy_share(torch.tensor([[1.0, 3.1], [1.0, 2.9], [0.0, 0.5]])) == pytest.approx(2 / 3)
+
+
+def test_evaluate_finds_that_the_ideal_model_copies_every_time(project_dir, custom_extractor, capsys):
+    """The known answer: the ideal denoiser's samples are training images, so all are copies,
+    in pixels and in features, while held-out images are copies of none."""
+    assert main(["train", *DIGITS, "name=ideal", "model.name=ideal", "data.val_fraction=0.1"]) == 0
+    assert main(["evaluate", "run=runs/ideal", *[o.split(".", 1)[1] for o in custom_extractor], "fid=false",
+                 "memorisation=24", "batch_size=16", "steps=8"]) == 0
+    folder = project_dir / "runs/ideal/memorisation"
+    summary = json.loads((folder / "memorisation.json").read_text())
+    assert summary["samples"] == 24 and summary["pixels"]["copy_share"] == 1.0
+    assert summary["pixels"]["median_nearest"] == 0.0 and summary["pixels"]["held_out_copy_share"] < 0.1
+    assert summary["features (custom tiny_features:Features)"]["copy_share"] == 1.0
+    assert (folder / "nearest.png").is_file() and (folder / "distances.png").is_file()
+    assert "memorisation: 100% of 24 samples copy a training image" in capsys.readouterr().out
+    assert not (project_dir / "runs/ideal/fid/evaluation.json").exists()

@@ -1,7 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
-from {{ cookiecutter.package_name }}.models import MLP, DiT, UNet
+from {{ cookiecutter.package_name }}.diffusion.samplers import heun
+from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
+from {{ cookiecutter.package_name }}.models import MLP, DiT, IdealDenoiser, UNet
 from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
 from {{ cookiecutter.package_name }}.models.unet import group_norm
 
@@ -79,3 +82,94 @@ def test_class_labels_drop_a_share_to_the_null_label_and_keep_the_rest():
     kept = dropped != 10
     assert torch.equal(dropped[kept], labels[kept]) and abs((~kept).float().mean().item() - 0.2) < 0.02
     assert condition.embedding(8).num_embeddings == 11                 # every class and the null label
+
+
+# -- the ideal denoiser: known answers -----------------------------------------------------------
+def point_mass_posterior_mean(x: np.ndarray, sigma: float, examples: np.ndarray) -> np.ndarray:
+    """E[x0 | x] for x0 drawn uniformly from ``examples`` and x = x0 + sigma * eps, written out
+    in float64 with whole squared distances (the model drops ||x||^2 and works in chunks)."""
+    distances = ((x[:, None, :] - examples[None]) ** 2).sum(-1)
+    logits = -distances / (2 * sigma**2)
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    return weights @ examples / weights.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0, 5.0])
+def test_ideal_denoiser_is_the_posterior_mean_of_its_examples(sigma):
+    generator = torch.Generator().manual_seed(0)
+    examples = torch.randn(103, 3, 2, generator=generator)           # 103: the chunks of 10 do not divide it
+    x = torch.randn(6, 3, 2, generator=generator) * 1.5
+    ideal = IdealDenoiser((3, 2), chunk=10).memorise(examples)
+    expected = point_mass_posterior_mean(x.flatten(1).double().numpy(), sigma, examples.flatten(1).double().numpy())
+    got = ideal(x, torch.full((6,), sigma))
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got.flatten(1).double().numpy(), expected, atol=2e-5)
+
+
+def test_conditional_ideal_denoiser_averages_the_examples_of_its_label_and_all_for_the_null_label():
+    generator = torch.Generator().manual_seed(1)
+    examples, labels = torch.randn(60, 4, generator=generator), torch.arange(60) % 3
+    x, sigma = torch.randn(4, 4, generator=generator), 0.8
+    ideal = IdealDenoiser((4,), condition=ClassLabels(3), chunk=7).memorise(examples, labels)
+    asked = torch.tensor([0, 2, 3, 1])                                  # 3 is the null label
+    got = ideal(x, torch.full((4,), sigma), asked).double().numpy()
+    for row, label in enumerate(asked.tolist()):
+        own = examples if label == 3 else examples[labels == label]
+        expected = point_mass_posterior_mean(x[row:row + 1].double().numpy(), sigma, own.double().numpy())
+        np.testing.assert_allclose(got[row:row + 1], expected, atol=2e-5)
+
+
+def test_ideal_denoiser_of_many_gaussian_samples_approaches_the_gaussian_posterior_mean():
+    """For x0 ~ N(mu, S), E[x0 | x] = mu + S (S + sigma^2 I)^-1 (x - mu): 40,000 examples of it
+    come within sampling error of that line."""
+    generator = torch.Generator().manual_seed(2)
+    mu, root = torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.0], [0.6, 0.5]])
+    covariance = root @ root.T
+    ideal = IdealDenoiser((2,)).memorise(mu + torch.randn(40_000, 2, generator=generator) @ root.T)
+    x = mu + torch.randn(8, 2, generator=generator) @ root.T             # where the examples are dense
+    for sigma in (0.5, 1.0, 2.0):
+        expected = mu + (x - mu) @ torch.linalg.solve(covariance + sigma**2 * torch.eye(2), covariance)
+        assert (ideal(x, torch.full((8,), sigma)) - expected).abs().max() < 0.04
+
+
+def test_a_deterministic_sampler_driven_by_the_ideal_denoiser_ends_on_training_examples():
+    generator = torch.Generator().manual_seed(3)
+    examples = torch.randn(50, 1, 4, 4, generator=generator)
+    ideal = IdealDenoiser((1, 4, 4)).memorise(examples)
+    final = heun(ideal, karras_sigmas(30, 0.002, 80.0), torch.randn(16, 1, 4, 4, generator=generator) * 80).x
+    distances = torch.cdist(final.flatten(1), examples.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+    assert distances.min(1).values.max() < 1e-4
+    assert len(set(distances.argmin(1).tolist())) > 8                 # many examples, not one average
+    at_zero = ideal(final + 0.01, torch.zeros(16))                     # sigma = 0: the limit, the nearest example
+    assert torch.equal(at_zero, examples[distances.argmin(1)])
+
+
+def test_smoothed_ideal_denoiser_is_the_average_over_perturbed_inputs():
+    """Two examples at -1 and +1: D(x, sigma) = tanh(x / sigma^2), and the smoothed denoiser
+    E_z tanh((x + s z) / sigma^2), z ~ N(0, 1), integrated by Gauss-Hermite quadrature; the
+    model's fixed draws estimate it within four standard errors."""
+    smoothing, sigma, draws = 0.4, 0.7, 20_000
+    ideal = IdealDenoiser((1,), smoothing=smoothing, draws=draws).memorise(torch.tensor([[-1.0], [1.0]]))
+    x = np.array([-1.2, -0.3, 0.0, 0.25, 0.9])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    values = np.tanh((x[:, None] + smoothing * nodes) / sigma**2)
+    expected = values @ weights / weights.sum()
+    spread = np.sqrt((values**2) @ weights / weights.sum() - expected**2)
+    got = ideal(torch.tensor(x, dtype=torch.float32)[:, None], torch.full((5,), sigma))[:, 0].double().numpy()
+    assert np.all(np.abs(got - expected) < 4 * spread / np.sqrt(draws) + 1e-6)
+    assert np.abs(expected - np.tanh(x / sigma**2)).max() > 0.1        # smoothing changed the answer
+
+
+def test_ideal_denoiser_loads_examples_of_any_number():
+    examples = torch.randn(37, 3)
+    saved = IdealDenoiser((3,)).memorise(examples).state_dict()
+    loaded = IdealDenoiser((3,))
+    loaded.load_state_dict(saved)
+    assert torch.equal(loaded.examples, examples)
+    x, sigma = torch.randn(5, 3), torch.full((5,), 0.5)
+    assert torch.equal(loaded(x, sigma), IdealDenoiser((3,)).memorise(examples)(x, sigma))
+
+
+def test_conditional_ideal_denoiser_refuses_a_class_without_examples():
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        IdealDenoiser((2,), condition=ClassLabels(3)).memorise(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))

@@ -239,6 +239,34 @@ def test_repaint_converges_to_the_conditional_where_replacement_alone_is_biased(
     assert n == len(missing)
 
 
+def test_repaint_starts_from_noise_at_the_first_level_and_draws_all_of_it_from_its_generator():
+    """The first evaluation sees the unknown pixel at x = sigma_0 z (std sigma_0, mean 0), and the
+    known one at y + sigma_0 z; a second try at a level starts from noise of that level again; the
+    same generator gives the same inpainting whatever the global
+    random state (a draw from the global generator would make it irreproducible)."""
+    seen = []
+
+    def recording(x, sigma):
+        seen.append((x.clone(), sigma[0].item()))
+        return pair_denoiser(x, sigma)
+
+    y = torch.tensor([1.5, 0.0], dtype=torch.float64).view(1, 1, 1, 2).expand(4000, 1, 1, 2)
+    mask = torch.tensor([1.0, 0.0], dtype=torch.float64).view(1, 1, 1, 2)
+    sigmas = karras_sigmas(8, 0.002, 80.0)
+    torch.manual_seed(1)
+    first = repaint(recording, sigmas, y, mask, resample=2, generator=torch.Generator().manual_seed(0)).x
+    x, sigma = seen[0]
+    assert sigma == sigmas[0].item()
+    for pixel, mean in ((1, 0.0), (0, 1.5)):
+        assert x[:, 0, 0, pixel].mean().item() == pytest.approx(mean, abs=4 * 80 / 4000**0.5)
+        assert x[:, 0, 0, pixel].std().item() == pytest.approx(80, rel=0.05)
+    again, sigma = seen[1]                   # the second try: back up to sigma_0 from the step to sigma_1
+    assert sigma == sigmas[0].item() and again[:, 0, 0, 1].std().item() == pytest.approx(80, rel=0.05)
+    torch.manual_seed(2)
+    assert torch.equal(repaint(pair_denoiser, sigmas, y, mask, resample=2,
+                               generator=torch.Generator().manual_seed(0)).x, first)
+
+
 @pytest.mark.parametrize("degradation", ["downsample", "grayscale", "masked"])
 @pytest.mark.parametrize("sampler", [ddim, heun])
 def test_projection_restoration_satisfies_the_measurement_exactly(degradation, sampler):

@@ -211,6 +211,32 @@ def test_the_nfe_a_model_predicts_is_the_nfe_it_counts(project_dir, sampler, ste
     assert model.nfe(sampling) == model.sample(2, torch.Generator().manual_seed(0), sampling).nfe
 
 
+def test_the_ideal_model_is_trained_by_storing_its_examples_and_every_sampler_ends_on_one(project_dir, capsys):
+    """model.name=ideal: ``train`` stores the training examples (no steps) in a run that every
+    command loads. Whatever the sampler, each sample is a training example of the class asked for."""
+    from {{ cookiecutter.package_name }}.config import run_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
+
+    assert main(["train", "experiment=digits", "model.name=ideal", "model.conditional=true", "name=ideal"]) == 0
+    assert "memorised (no training)" in capsys.readouterr().out
+    model, run = load_run("runs/ideal")
+    assert model.origin["step"] == 0 and (run.samples / "step_0000000.png").is_file()
+    data = DiffusionDataModule.of_run(model.config)
+    examples, labels = data.training_examples(list(range(len(data.train_set)))), data.train_set.labels
+    asked = torch.tensor([3, 3, 3, 7, 7, 7])
+    for sampler in SAMPLERS:
+        sampling = run_config(model.config, "sampling", {"sampler": sampler, "steps": 12, "guidance": 1.0}).sampling
+        x = model.sample(6, torch.Generator().manual_seed(0), sampling, labels=asked).x
+        distances = torch.cdist(x.flatten(1), examples.flatten(1), compute_mode="donot_use_mm_for_euclid_dist")
+        assert distances.min(1).values.max() < 1e-4, sampler
+        assert torch.equal(labels[distances.argmin(1)], asked), sampler
+    assert main(["export", "run=runs/ideal", "out=exports/ideal"]) == 0           # the examples travel as weights
+    exported, _ = load_run("exports/ideal")
+    assert torch.equal(exported.denoiser.examples, model.denoiser.examples)
+    assert main(["interpolate", "run=runs/ideal", "between=images", "images=[0,5]", "frames=3"]) == 0
+
+
 def test_the_readme_python_example_runs(project_dir):
     import re
 

@@ -115,17 +115,25 @@ class MLPConfig:
 
 
 @dataclass
+class IdealConfig:
+    smoothing: float = valid(finite_above(0, inclusive=True))
+    draws: int = valid(at_least(1))
+    chunk: int = valid(at_least(1))
+
+
+@dataclass
 class PretrainedConfig:
     source: Optional[str] = None
 
 
 @dataclass
 class ModelConfig:
-    name: Literal["unet", "dit", "mlp", "pretrained"] = MISSING
+    name: Literal["unet", "dit", "mlp", "ideal", "pretrained"] = MISSING
     conditional: bool = MISSING
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
+    ideal: IdealConfig = field(default_factory=IdealConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
 
 

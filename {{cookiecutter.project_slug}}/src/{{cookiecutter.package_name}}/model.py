@@ -15,6 +15,7 @@ gets one from ``runs.load_run``.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class Model:
     # -- where it lives ----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return next(itertools.chain(self.denoiser.parameters(), self.denoiser.buffers())).device
 
     def to(self, device: torch.device | str) -> Model:
         self.denoiser.to(device)
@@ -67,7 +68,7 @@ class Model:
         arithmetic stays float32), with the network compiled by ``compile_mode``
         (reduce-overhead replays CUDA graphs: it pays for small batches and many steps)."""
         self.precision = precision
-        compile_in_place(self.denoiser.net, compile_mode)
+        compile_in_place(getattr(self.denoiser, "net", self.denoiser), compile_mode)
 
     def need_pixels(self, why: str) -> None:
         """Refuse, for a latent model, what needs its samples as pixels along the way."""

@@ -49,7 +49,7 @@ from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
 from .model import Model
-from .models import build_model
+from .models import IdealDenoiser, build_model
 from .models.conditioning import ClassLabels
 from .storage import UnreadableFile, read_tensors
 
@@ -203,6 +203,8 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
     except ValueError as error:          # the networks explain sizes they cannot take
         raise ConfigError(f"model.name={cfg.model.name} cannot be built for data of shape {list(data_shape)}: "
                           f"{error}") from None
+    if isinstance(net, IdealDenoiser):      # already a denoiser: it has nothing to parameterize
+        return Model(net, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)
     parameterization = build_parameterization(cfg.diffusion.objective, cfg.diffusion.sigma_data)
     denoiser = NetworkDenoiser(net, parameterization, noise.sigma_min, noise.sigma_max)
     return Model(denoiser, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)

@@ -119,6 +119,18 @@ def save_nfe_plot(results: list[dict], path: str | Path, ylabel: str) -> Path:
     return _save(fig, path)
 
 
+def save_histograms(values: dict[str, Tensor], path: str | Path, xlabel: str) -> Path:
+    """Overlaid histograms of several sets of values, each named and normalised to a density."""
+    fig, ax = new_figure()
+    everything = torch.cat([v.flatten() for v in values.values()]).double()
+    bins = np.linspace(everything.min().item(), everything.max().item() + 1e-9, 40)
+    for name, v in values.items():
+        ax.hist(v.double().numpy(), bins=bins, density=True, alpha=0.5, label=f"{name} ({len(v)})")
+    ax.set(xlabel=xlabel, ylabel="density")
+    ax.legend()
+    return _save(fig, path)
+
+
 # -- labelled pictures and animations (the course tasks) --------------------------------------------
 def figure_array(fig: Figure) -> np.ndarray:
     """A figure rendered to an RGB uint8 array (for animation frames)."""

@@ -26,6 +26,7 @@ from ..devices import (
     set_float32_matmuls,
     synchronize,
 )
+from ..errors import ConfigError
 from ..module import DiffusionModule
 from ..runs import Run, new_model
 from ..speed import flops_per_image, largest_batch, matmul_peak, seconds_per_call
@@ -40,6 +41,9 @@ TIMED_STEPS = 20
 
 def run(overrides: list[str]) -> None:
     cfg = load_config(overrides)
+    if cfg.model.name == "ideal":
+        raise ConfigError("model.name=ideal has no network to train or time: its cost is one pass over the "
+                          "training examples per evaluation (time `sample` instead)")
     accelerator = cfg.trainer.accelerator
     device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
     precision = resolve_precision(cfg.trainer.precision, accelerator)

@@ -19,6 +19,7 @@ from ..devices import device_name, memory_errors, pick_device, sampling_precisio
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
+from ..evaluation.memorisation import memorisation
 from ..evaluation.quality import (
     check_images,
     count_name,
@@ -27,14 +28,15 @@ from ..evaluation.quality import (
     reference_statistics,
     sample_features,
 )
-from ..pixels import to_uint8
+from ..pixels import to_uint8, to_unit_range
 from ..runs import fresh_output, load_run
-from ..visualize import save_image, save_nfe_plot
+from ..visualize import save_histograms, save_image, save_labelled_grid, save_nfe_plot
 
 USAGE = f"""\
 evaluate run=DIR [key=value ...]
                           FID and KID of a run against its training data, into runs/<name>/fid/; keys:
                           seeds, sweep (FID against NFE for sweep_samplers x sweep_steps), keep_images,
+                          memorisation (N samples checked for copies of training images; fid=false: only that),
                           device, precision, compile, and the evaluation keys {", ".join(RUN_SECTIONS["evaluation"])}
                           (samples defaults to 50000, the published protocol)"""
 
@@ -50,6 +52,8 @@ class EvaluateCommand:
     device: str = "auto"                 # auto | cpu | cuda | mps
     precision: Precision = "auto"        # of the network while sampling
     compile: CompileMode = "none"        # torch.compile the network (pays for 50,000 samples on a GPU)
+    fid: bool = True                     # FID and KID (false: only the memorisation check)
+    memorisation: int = 0                # > 0: judge this many samples for copies of training images (0: off)
 
 
 def run(overrides: list[str]) -> Path:
@@ -70,6 +74,10 @@ def run(overrides: list[str]) -> Path:
     model.to(device)
     precision = sampling_precision(command.precision, device)
     model.speed_up(precision, command.compile)
+    if command.memorisation:
+        judge_memorisation(model, data, extractor, command.memorisation, evaluation, run_dir.task("memorisation"))
+    if not command.fid:
+        return run_dir.task("memorisation")
     path = reference_file(evaluation.cache_dir, data.fingerprint, cfg.data.image_size, cfg.data.channels, extractor)
     images = data.reference_images()
     with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:
@@ -96,6 +104,44 @@ def run(overrides: list[str]) -> Path:
                             "seed": seed, "precision": precision,
                             **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
+
+
+def judge_memorisation(model, data, extractor, n: int, evaluation, folder: Path) -> dict:
+    """``n`` samples and the held-out images against the training images, in pixels and in the
+    extractor's features (evaluation/memorisation.py): memorisation.json, nearest.png (samples
+    beside their nearest training images, closest first) and distances.png."""
+    training, held_out = data.reference_images(), data.reference_images(held_out=True)
+    if not len(held_out):
+        raise ConfigError("memorisation is calibrated on held-out images, and data.val_fraction=0 holds none out")
+    drawn = {}
+    with tqdm(total=n, desc="memorisation: samples", unit="sample") as bar:
+        sample_features(partial(model.sample_numbered, seed=evaluation.seed), extractor, n, evaluation.batch_size,
+                        keep=lambda indices, images: drawn.update(zip(indices.tolist(), images)), progress=bar.update)
+    samples = torch.stack([drawn[i] for i in range(n)])
+    with tqdm(total=n + len(held_out) + len(training), desc="memorisation: features", unit="img") as bar:
+        features = [sample_features(lambda indices, images=images: to_unit_range(images[indices]), extractor,
+                                    len(images), evaluation.batch_size, progress=bar.update)
+                    for images in (samples, held_out, training)]
+    found = {"pixels": memorisation(*(to_unit_range(images) for images in (samples, held_out, training))),
+             f"features ({extractor.name})": memorisation(*features)}
+    summary = {"samples": n, "held_out": len(held_out), "training": len(training), "copy": "d1 < d2 / 3",
+               **{space: {key: value for key, value in result.items() if isinstance(value, float)}
+                  for space, result in found.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "memorisation.json").write_text(json.dumps(summary, indent=1))
+    pixels = found["pixels"]
+    closest = pixels["nearest"].argsort()[:12]
+    distances = [f"{d:.2f}" for d in pixels["nearest"][closest].tolist()]
+    save_labelled_grid(torch.cat([samples[closest], training[pixels["nearest_index"][closest]]]),
+                       ["sample", "nearest\ntraining"], distances, folder / "nearest.png",
+                       "samples closest to a training image (distance in pixels, [-1, 1])")
+    save_histograms({"samples": pixels["nearest"], "held-out images": pixels["held_out_nearest"]},
+                    folder / "distances.png", "distance to the nearest training image (pixels)")
+    print(f"memorisation: {100 * pixels['copy_share']:.0f}% of {n} samples copy a training image (nearest < 1/3 of "
+          f"the second nearest; held-out real images: {100 * pixels['held_out_copy_share']:.0f}%); in features: "
+          f"{100 * found[f'features ({extractor.name})']['copy_share']:.0f}%. {folder}/memorisation.json, "
+          "nearest.png, distances.png")
+    return summary
 
 
 def announce(model, extractor, evaluation, plans, device) -> None:

@@ -6,18 +6,20 @@ import signal
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
 from ..config import load_config
 from ..data import DiffusionDataModule
 from ..devices import device_name, memory_errors
-from ..errors import Interrupted
+from ..errors import DataError, Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..module import DiffusionModule
 from ..runs import Run, new_model
 from ..speed import flops_per_image
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
+from ..visualize import sampling_title, save_samples_picture
 
 USAGE = """\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
@@ -34,6 +36,8 @@ def run(overrides: list[str]) -> Path:
     data.setup("fit")
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
+    if cfg.model.name == "ideal":
+        return memorise(cfg, run_dir, data, program)
     module = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
     resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
@@ -67,6 +71,39 @@ def run(overrides: list[str]) -> Path:
             print(f"time budget trainer.max_time={cfg.trainer.max_time} spent at step {trainer.global_step} of "
                   f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
         print(closing_summary(cfg, run_dir, trainer.global_step, time.monotonic() - started, program))
+    return run_dir.root
+
+
+def memorise(cfg, run_dir: Run, data: DiffusionDataModule, program: str) -> Path:
+    """model.name=ideal has nothing to learn: the training examples are the model
+    (models/ideal.py). They are stored in last.ckpt, where every command finds a trained run's
+    weights, with one sample grid to look at."""
+    run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)     # never overwrites a run
+    module = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
+    examples = data.training_examples(list(range(len(data.train_set))))
+    try:
+        module.ema.memorise(examples, data.train_set.labels)
+    except ValueError as error:
+        raise DataError(f"model.name=ideal: {error}") from None
+    run_dir.save_config(cfg, data.class_names)
+    run_dir.last_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    weights = {key: value for key, value in module.state_dict().items() if key.startswith("ema.")}
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": weights, "global_step": 0},
+               run_dir.last_checkpoint)
+    count, model = cfg.trainer.sample_count, module.model
+    result = model.sample(count, torch.Generator().manual_seed(cfg.seed))
+    grid = run_dir.samples / "step_0000000.png"
+    conditional = model.condition is not None
+    title = "ideal denoiser, " + sampling_title(run_dir.root.name, cfg.sampling, result.nfe, conditional)
+    save_samples_picture(result.x, grid, title, model.column_names(count), data.train_set.data[:count])
+    smoothing = cfg.model.ideal.smoothing
+    print("\n".join([
+        f"ideal      {len(examples):,} training examples of {'x'.join(map(str, data.data_shape))} memorised "
+        f"(no training){f', smoothing {smoothing:g}' if smoothing else ''}",
+        f"  checkpoint {run_dir.last_checkpoint}",
+        f"  grid       {grid}",
+        f"  next       {program} sample run={run_dir.root}",
+    ]))
     return run_dir.root
 
 

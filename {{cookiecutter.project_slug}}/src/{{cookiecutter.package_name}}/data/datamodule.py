@@ -97,11 +97,11 @@ class DiffusionDataModule(L.LightningDataModule):
     def num_classes(self) -> int | None:
         return len(self.class_names) or None
 
-    def reference_images(self) -> Tensor:
-        """The training examples as the network sees them, without augmentation: images
-        centre-cropped to data.image_size (uint8), other data as it is. Quality metrics such as
-        FID compare samples with these."""
-        data = self.train_set.data
+    def reference_images(self, held_out: bool = False) -> Tensor:
+        """The training examples (or the ``held_out`` validation ones) as the network sees them,
+        without augmentation: images centre-cropped to data.image_size (uint8), other data as it
+        is. Quality metrics such as FID compare samples with these."""
+        data = (self.val_set if held_out else self.train_set).data
         return center_crop(data, self.cfg.image_size) if self.is_image else data
 
     def training_examples(self, indices: list[int]) -> Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from .conditioning import ClassLabels
 from .dit import DiT
+from .ideal import IdealDenoiser
 from .mlp import MLP
 from .unet import UNet
 
@@ -19,6 +20,7 @@ MODELS = {
     "unet": {"image": UNet},
     "dit": {"image": DiT},
     "mlp": {"vector": MLP, "sequence": MLP, "image": MLP},         # flattens whatever it is given
+    "ideal": {"vector": IdealDenoiser, "sequence": IdealDenoiser, "image": IdealDenoiser},   # a denoiser, untrained
 }
 KINDS = {1: "vector", 2: "sequence", 3: "image"}        # dimensions of one example -> its kind
 
