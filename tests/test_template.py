@@ -277,3 +277,27 @@ def test_the_task_examples_run_as_their_readmes_say(bake):
         import re
         for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
             assert (REPO / "examples" / folder / picture).is_file(), f"{folder}/{picture}"
+
+
+def test_the_memorisation_example_runs_as_its_readme_says(bake):
+    """examples/memorisation, tiny: the README's transition command with two small sizes, a few
+    training steps and few samples; the table, the figure and each size's pictures."""
+    import json
+    import re
+    import shutil
+
+    project = bake()
+    folder = REPO / "examples" / "memorisation"
+    shutil.copy(folder / "experiment.yaml", project / "configs" / "experiments" / "memorisation.yaml")
+    shutil.copy(folder / "transition.py", project / "transition.py")
+    line = re.search(r"python transition.py ([^`\n]*)", (folder / "README.md").read_text()).group(1).split()
+    tiny = [argument for argument in line if not argument.startswith(("sizes=", "samples="))]
+    run_in(project, "transition.py", *tiny, "sizes=10,20", "samples=6", "trainer.max_steps=3",
+           "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000", "logger=csv")
+    table = json.loads((project / "runs" / "memorisation-transition" / "transition.json").read_text())
+    assert [row["size"] for row in table] == [10, 20]
+    assert all(0 <= row["copy_share"] <= 1 and -1 <= row["same_noise"] <= 1 for row in table)
+    for picture in ("transition.png", "nearest-10.png", "twins-20.png"):
+        assert (project / "runs" / "memorisation-transition" / picture).is_file(), picture
+    for picture in re.findall(r"\]\(([^)]+\.png)\)", (folder / "README.md").read_text()):
+        assert (folder / picture).is_file(), picture

@@ -62,6 +62,8 @@ BAD = [
     (["bench", "model.name=resnet"], "model.name"),
     (["bench", "model.name=ideal"], "model.name=ideal has no network to train or time"),
     (["train", "experiment=toy2d", "model.name=ideal", "model.ideal.smoothing=-1"], "model.ideal.smoothing"),
+    (["train", "experiment=digits", "data.train_size=1000", "data.train_part=1"], "needs 2000 training examples"),
+    (["train", "data.train_part=-1"], "data.train_part"),
     (["doctor", "preset=tpu"], None),                            # doctor reports the error and goes on
     # the commands that draw from a run
     (["sample"], "sample needs run="),
@@ -78,6 +80,10 @@ BAD = [
     (["sample", "run=runs/classes", "steps=2", "n=10000000000000", "batch_size=2"], "GiB available"),
     (["evaluate", "run=runs/classes", "sweep_samplers=[rk4]"], "unknown: rk4"),
     (["evaluate", "run=runs/classes", "samples=1"], "evaluation.samples"),
+    (["evaluate", "run=runs/plain", "twin=runs/classes"], "compares the samples of the memorisation check: add "
+                                                           "memorisation=N"),
+    (["evaluate", "run=runs/plain", "twin=runs/classes", "memorisation=4", "fid=false", "features=false"],
+     "the twin must be trained the same way on other examples of the same data"),
     (["export", "run=runs/nothing"], "no checkpoint"),
     (["visualize", "run=runs/classes", "columns=0"], "'columns'"),
     (["interpolate", "run=runs/classes", "sampler=ddpm"], "deterministic sampler"),

@@ -271,6 +271,33 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
 
 
+def test_training_parts_are_disjoint_subsets_of_the_training_split_and_never_move_the_held_out_set(project_dir):
+    """data.train_size=N data.train_part=k: N training examples, no two parts sharing one, none
+    of them held out; the held-out examples are the same whatever the part, the size or the seed."""
+    def split(*overrides, seed=0):
+        data = DiffusionDataModule(load_config(["data.name=digits", *overrides]).data, seed=seed)
+        return data.split(1797), data
+
+    full, _ = split()
+    parts = [split("data.train_size=300", f"data.train_part={k}")[0] for k in range(5)]
+    for part in parts:
+        assert len(part["train"]) == 300 and torch.equal(part["val"], full["val"])
+        assert set(part["train"].tolist()) <= set(full["train"].tolist())
+    chosen = torch.cat([part["train"] for part in parts])
+    assert len(set(chosen.tolist())) == 5 * 300                       # no example in two parts
+    assert torch.equal(split(seed=7)[0]["val"], full["val"])
+    assert not torch.equal(parts[0]["train"], full["train"][:300])    # a random subset, not the first examples
+    served = [split("data.train_size=300", f"data.train_part={k}")[1] for k in (0, 1)]
+    for data in served:
+        data.setup()
+    everything = load_source(served[1].cfg).data
+    assert torch.equal(served[1].train_set.data, everything[parts[1]["train"]])
+    assert served[0].fingerprint != served[1].fingerprint         # caches of training-set statistics tell them apart
+    with pytest.raises(DataError, match=r"data.train_size=900 data.train_part=1 needs 1800 training examples, and "
+                                        r"the data has 1707 .* data.train_size=853"):
+        split("data.train_size=900", "data.train_part=1")
+
+
 def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_path):
     write_messy_folder(tmp_path / "pics")
     report = write_report(folder_config(tmp_path / "pics"), tmp_path / "out")

@@ -10,7 +10,12 @@ import torch
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.evaluation import features as features_module
-from {{ cookiecutter.package_name }}.evaluation.memorisation import copy_share, memorisation, nearest_examples
+from {{ cookiecutter.package_name }}.evaluation.memorisation import (
+    copy_share,
+    memorisation,
+    nearest_examples,
+    same_noise_similarity,
+)
 from {{ cookiecutter.package_name }}.evaluation.quality import fid_kid, reference_statistics, sample_features, shares
 
 
@@ -462,5 +467,44 @@ def test_evaluate_finds_that_the_ideal_model_copies_every_time(project_dir, cust
     assert summary["pixels"]["median_nearest"] == 0.0 and summary["pixels"]["held_out_copy_share"] < 0.1
     assert summary["features (custom tiny_features:Features)"]["copy_share"] == 1.0
     assert (folder / "nearest.png").is_file() and (folder / "distances.png").is_file()
-    assert "memorisation: 100% of 24 samples copy a training image" in capsys.readouterr().out
+    assert ("copies of a training image (nearest < 1/3 of the second nearest) among 24 samples: 100% in pixels, "
+            "100% in features (custom tiny_features:Features)") in capsys.readouterr().out
     assert not (project_dir / "runs/ideal/fid/evaluation.json").exists()
+
+
+def test_same_noise_similarity_is_the_cosine_of_centred_pairs():
+    """Against numpy: the cosine similarity of pairs, less the mean of all the images; and the
+    known answers 1 for the same images and -1 for images mirrored through their mean."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 1, 4, 4, generator=generator), torch.randn(30, 1, 4, 4, generator=generator)
+    b = 0.6 * a + 0.4 * b + 3.0                                    # alike, and all shifted
+    x, y = a.flatten(1).numpy().astype(np.float64), b.flatten(1).numpy().astype(np.float64)
+    mean = np.concatenate([x, y]).mean(0)
+    x, y = x - mean, y - mean
+    cosines = (x @ y.T) / np.outer(np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1))
+    found = same_noise_similarity(a, b)
+    assert found["same_noise"] == pytest.approx(np.diag(cosines).mean(), abs=1e-12)
+    assert found["different_noise"] == pytest.approx(cosines[~np.eye(30, dtype=bool)].mean(), abs=1e-12)
+    assert torch.allclose(found["pairs"], torch.tensor(np.diag(cosines)).float())
+    assert same_noise_similarity(a, a)["same_noise"] == pytest.approx(1.0, abs=1e-12)
+    assert same_noise_similarity(a, 2 * a.mean(0) - a)["same_noise"] == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_a_twin_trained_on_other_examples_is_sampled_from_the_same_noise(project_dir, capsys):
+    """Ideal models of two disjoint parts of the digits: each draws its own examples, so their
+    samples from the same noise differ; a run compared with itself is alike to 1. In pixels
+    only (features=false), no feature extractor is needed."""
+    for part in (0, 1):
+        assert main(["train", *DIGITS, f"name=part{part}", "model.name=ideal", "model.conditional=false",
+                     "data.clusters=0", "data.train_size=200", f"data.train_part={part}"]) == 0
+    judge = ["fid=false", "features=false", "memorisation=16", "batch_size=16", "steps=8"]
+    assert main(["evaluate", "run=runs/part0", "twin=runs/part1", *judge]) == 0
+    folder = project_dir / "runs/part0/memorisation"
+    summary = json.loads((folder / "memorisation.json").read_text())
+    assert summary["training"] == 200 and summary["pixels"]["copy_share"] == 1.0
+    assert list(summary) == ["samples", "held_out", "training", "copy", "pixels", "twin"]       # no features
+    assert summary["twin"]["twin"]["checkpoint"].endswith("part1/checkpoints/last.ckpt")
+    assert summary["twin"]["same_noise"] < 0.9 and (folder / "twins.png").is_file()
+    assert "from the same noise as part1's: cosine similarity" in capsys.readouterr().out
+    assert main(["evaluate", "run=runs/part0", "twin=runs/part0", *judge]) == 0
+    assert json.loads((folder / "memorisation.json").read_text())["twin"]["same_noise"] == pytest.approx(1.0)

@@ -82,6 +82,8 @@ class DataConfig:
     toy_shape: Literal["swiss_roll", "moons", "checkerboard", "gaussians"] = MISSING
     toy_samples: int = valid(at_least(2))
     val_fraction: float = valid(UNIT_INTERVAL)
+    train_size: int = valid(at_least(0))
+    train_part: int = valid(at_least(0))
     batch_size: int = valid(at_least(1))
     num_workers: int = valid(at_least(0))
     hflip: bool = MISSING
@@ -435,6 +437,15 @@ def refuse_unknown_keys(keys, choices: list[str], source: str) -> None:
         if key not in choices:
             raise ConfigError(f"unknown key '{key}' in {source}.{did_you_mean(key, choices)} "
                               f"Valid keys: {', '.join(choices)}")
+
+
+def with_later_keys(saved) -> DictConfig:
+    """A saved run's configuration (a dict or DictConfig) with the keys it predates added from
+    this project's config.yaml, whose default for a new key keeps what the code did before it
+    (data.train_size: 0, all the examples). The saved values win everywhere else."""
+    base_file = default_config_dir() / "config.yaml"
+    defaults = OmegaConf.load(base_file) if base_file.is_file() else OmegaConf.create()
+    return OmegaConf.merge(defaults, OmegaConf.create(saved))
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:

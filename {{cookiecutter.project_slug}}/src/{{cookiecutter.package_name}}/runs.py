@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .codecs import Identity, PretrainedAutoencoder
-from .config import dotted_keys, load_config, parse_command, run_config
+from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
@@ -269,9 +269,10 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
 
 def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str) -> Model:
     """A model with ``weights``, in eval mode on the CPU, the caller's random state untouched;
-    ``misfit`` says what is wrong when the weights do not fit."""
+    ``misfit`` says what is wrong when the weights do not fit. Keys that ``config`` predates
+    take this project's defaults."""
     with torch.random.fork_rng(devices=[]):
-        model = new_model(config, data_shape, class_names, cluster_sizes)
+        model = new_model(with_later_keys(config), data_shape, class_names, cluster_sizes)
     try:
         model.denoiser.load_state_dict(weights)
     except RuntimeError as error:

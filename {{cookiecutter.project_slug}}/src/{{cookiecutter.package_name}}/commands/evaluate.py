@@ -1,5 +1,6 @@
 """``evaluate``: FID and KID of a trained run, the full protocol: many samples, several seeds,
-and on request FID against NFE for several samplers."""
+and on request FID against NFE for several samplers; and the memorisation check: how many
+samples copy a training image, and how alike a twin run's samples from the same noise are."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,11 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import MISSING, OmegaConf
+from torch import Tensor
 from tqdm import tqdm
 
 from ..config import RUN_SECTIONS, CompileMode, Precision, parse_command, run_config
@@ -19,7 +22,7 @@ from ..devices import device_name, memory_errors, pick_device, sampling_precisio
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
 from ..evaluation.features import build_extractor
-from ..evaluation.memorisation import memorisation
+from ..evaluation.memorisation import memorisation, same_noise_similarity
 from ..evaluation.quality import (
     check_images,
     count_name,
@@ -36,7 +39,9 @@ USAGE = f"""\
 evaluate run=DIR [key=value ...]
                           FID and KID of a run against its training data, into runs/<name>/fid/; keys:
                           seeds, sweep (FID against NFE for sweep_samplers x sweep_steps), keep_images,
-                          memorisation (N samples checked for copies of training images; fid=false: only that),
+                          memorisation (N samples checked for copies of training images; fid=false: only that;
+                          features=false: in pixels only; twin=DIR: a run trained on other examples, its
+                          samples from the same noise compared),
                           device, precision, compile, and the evaluation keys {", ".join(RUN_SECTIONS["evaluation"])}
                           (samples defaults to 50000, the published protocol)"""
 
@@ -54,6 +59,8 @@ class EvaluateCommand:
     compile: CompileMode = "none"        # torch.compile the network (pays for 50,000 samples on a GPU)
     fid: bool = True                     # FID and KID (false: only the memorisation check)
     memorisation: int = 0                # > 0: judge this many samples for copies of training images (0: off)
+    features: bool = True                # memorisation: also in the extractor's features (false: pixels only)
+    twin: Optional[str] = None           # memorisation: a run trained on other examples, sampled from the same noise
 
 
 def run(overrides: list[str]) -> Path:
@@ -70,12 +77,16 @@ def run(overrides: list[str]) -> Path:
     data.setup()
     check_images(data.data_shape, cfg.data.name)
     model.check_data(data.data_shape)
-    extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
+    extractor = None
+    if command.fid or command.features:
+        extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
     model.to(device)
     precision = sampling_precision(command.precision, device)
     model.speed_up(precision, command.compile)
     if command.memorisation:
-        judge_memorisation(model, data, extractor, command.memorisation, evaluation, run_dir.task("memorisation"))
+        twin = load_twin(command.twin, model, device, precision, command.compile) if command.twin else None
+        judge_memorisation(model, data, extractor, command.memorisation, evaluation, cfg.sampling,
+                           run_dir.task("memorisation"), twin)
     if not command.fid:
         return run_dir.task("memorisation")
     path = reference_file(evaluation.cache_dir, data.fingerprint, cfg.data.image_size, cfg.data.channels, extractor)
@@ -106,27 +117,28 @@ def run(overrides: list[str]) -> Path:
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
 
 
-def judge_memorisation(model, data, extractor, n: int, evaluation, folder: Path) -> dict:
-    """``n`` samples and the held-out images against the training images, in pixels and in the
-    extractor's features (evaluation/memorisation.py): memorisation.json, nearest.png (samples
-    beside their nearest training images, closest first) and distances.png."""
+def judge_memorisation(model, data, extractor, n: int, evaluation, sampling, folder: Path, twin=None) -> dict:
+    """``n`` samples (drawn with ``sampling``) and the held-out images against the training images, in pixels and (with
+    an ``extractor``) in its features (evaluation/memorisation.py): memorisation.json,
+    nearest.png (samples beside their nearest training images, closest first) and
+    distances.png. With a ``twin`` model (trained on other examples of the same data), also how
+    alike its samples from the same noise are, and twins.png."""
     training, held_out = data.reference_images(), data.reference_images(held_out=True)
     if not len(held_out):
         raise ConfigError("memorisation is calibrated on held-out images, and data.val_fraction=0 holds none out")
-    drawn = {}
-    with tqdm(total=n, desc="memorisation: samples", unit="sample") as bar:
-        sample_features(partial(model.sample_numbered, seed=evaluation.seed), extractor, n, evaluation.batch_size,
-                        keep=lambda indices, images: drawn.update(zip(indices.tolist(), images)), progress=bar.update)
-    samples = torch.stack([drawn[i] for i in range(n)])
-    with tqdm(total=n + len(held_out) + len(training), desc="memorisation: features", unit="img") as bar:
-        features = [sample_features(lambda indices, images=images: to_unit_range(images[indices]), extractor,
-                                    len(images), evaluation.batch_size, progress=bar.update)
-                    for images in (samples, held_out, training)]
-    found = {"pixels": memorisation(*(to_unit_range(images) for images in (samples, held_out, training))),
-             f"features ({extractor.name})": memorisation(*features)}
+    samples = draw_numbered(model, n, evaluation, sampling, "memorisation: samples")
+    found = {"pixels": memorisation(*(to_unit_range(images) for images in (samples, held_out, training)))}
+    if extractor is not None:
+        with tqdm(total=n + len(held_out) + len(training), desc="memorisation: features", unit="img") as bar:
+            features = [sample_features(lambda indices, images=images: to_unit_range(images[indices]), extractor,
+                                        len(images), evaluation.batch_size, progress=bar.update)
+                        for images in (samples, held_out, training)]
+        found[f"features ({extractor.name})"] = memorisation(*features)
     summary = {"samples": n, "held_out": len(held_out), "training": len(training), "copy": "d1 < d2 / 3",
                **{space: {key: value for key, value in result.items() if isinstance(value, float)}
                   for space, result in found.items()}}
+    if twin is not None:
+        summary["twin"] = compare_twins(model, samples, twin, evaluation, sampling, folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "memorisation.json").write_text(json.dumps(summary, indent=1))
     pixels = found["pixels"]
@@ -137,11 +149,42 @@ def judge_memorisation(model, data, extractor, n: int, evaluation, folder: Path)
                        "samples closest to a training image (distance in pixels, [-1, 1])")
     save_histograms({"samples": pixels["nearest"], "held-out images": pixels["held_out_nearest"]},
                     folder / "distances.png", "distance to the nearest training image (pixels)")
-    print(f"memorisation: {100 * pixels['copy_share']:.0f}% of {n} samples copy a training image (nearest < 1/3 of "
-          f"the second nearest; held-out real images: {100 * pixels['held_out_copy_share']:.0f}%); in features: "
-          f"{100 * found[f'features ({extractor.name})']['copy_share']:.0f}%. {folder}/memorisation.json, "
-          "nearest.png, distances.png")
+    shares = [f"{100 * result['copy_share']:.0f}% in {space}" for space, result in found.items()]
+    print(f"memorisation: copies of a training image (nearest < 1/3 of the second nearest) among {n} samples: "
+          f"{', '.join(shares)}; among {len(held_out)} held-out real images: "
+          f"{100 * pixels['held_out_copy_share']:.0f}% in pixels")
+    if twin is not None:
+        print(f"  from the same noise as {twin.config.name}'s: cosine similarity {summary['twin']['same_noise']:.2f} "
+              f"(different noise: {summary['twin']['different_noise']:.2f})")
+    print(f"  {folder}/memorisation.json, nearest.png, distances.png" + (", twins.png" if twin is not None else ""))
     return summary
+
+
+def draw_numbered(model, n: int, evaluation, sampling, description: str) -> Tensor:
+    """Samples 0 to n - 1 of ``model``'s numbered set for evaluation.seed, as uint8 images
+    (``Model.sample_numbered``: sample i starts from the same noise in any model of the same
+    shape)."""
+    images = []
+    with tqdm(total=n, desc=description, unit="sample") as bar:
+        for start in range(0, n, evaluation.batch_size):
+            indices = torch.arange(start, min(start + evaluation.batch_size, n))
+            images.append(to_uint8(model.sample_numbered(indices, evaluation.seed, sampling)).cpu())
+            bar.update(len(indices))
+    return torch.cat(images)
+
+
+def compare_twins(model, samples: Tensor, twin, evaluation, sampling, folder: Path) -> dict:
+    """The ``twin`` model's samples from the same noise as ``model``'s ``samples`` (and with the
+    same sampler): their similarity (``same_noise_similarity``) and twins.png, the first twelve
+    pairs."""
+    twin_samples = draw_numbered(twin, len(samples), evaluation, sampling, "memorisation: twin")
+    similarity = same_noise_similarity(to_unit_range(samples), to_unit_range(twin_samples))
+    pairs = similarity.pop("pairs")[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    save_labelled_grid(torch.cat([samples[:12], twin_samples[:12]]), [model.config.name, twin.config.name],
+                       [f"{c:.2f}" for c in pairs.tolist()], folder / "twins.png",
+                       "the same noise through both models (cosine similarity)")
+    return {"twin": dict(twin.origin), **similarity}
 
 
 def announce(model, extractor, evaluation, plans, device) -> None:
@@ -188,7 +231,22 @@ def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Pat
     return folder
 
 
+def load_twin(path: str, model, device, precision: str, compile_mode: str):
+    """The run at ``path``, ready to sample like ``model``: same data shape and conditioning."""
+    twin, _ = load_run(path)
+    if twin.data_shape != model.data_shape or twin.num_classes != model.num_classes:
+        raise ConfigError(f"twin={path} makes samples of shape {list(twin.data_shape)} with {twin.num_classes} "
+                          f"classes, and {model.config.name} of shape {list(model.data_shape)} with "
+                          f"{model.num_classes}: the twin must be trained the same way on other examples of the "
+                          "same data")
+    twin.to(device)
+    twin.speed_up(precision, compile_mode)
+    return twin
+
+
 def check_request(command: EvaluateCommand) -> None:
+    if command.twin and not command.memorisation:
+        raise ConfigError(f"twin={command.twin} compares the samples of the memorisation check: add memorisation=N")
     unknown = [name for name in command.sweep_samplers if name not in SAMPLERS]
     if unknown or command.seeds < 1 or min(command.sweep_steps, default=1) < 1:
         raise ConfigError(f"bad sweep or seeds: seeds >= 1, sweep_steps >= 1, sweep_samplers from {', '.join(SAMPLERS)}"

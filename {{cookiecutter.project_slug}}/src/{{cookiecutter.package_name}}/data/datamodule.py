@@ -10,10 +10,13 @@ from torch.utils.data import DataLoader
 from ..errors import DataError
 from ..pixels import to_unit_range
 from .augment import center_crop, random_crop, random_flip
+from .cache import fingerprint_key
 from .clusters import cluster_labels
 from .loaders import DeviceBatches, InMemoryDataset, keep_batch
 from .sources import load_source, report_bad_files
 
+SPLIT_KEYS = ("val_fraction", "train_size", "train_part")     # what chooses the training examples
+SPLIT_SEED = 0     # the split ignores the seed: runs that differ only in their seed train on the same examples
 LARGEST = 1e6      # float values beyond this are refused: far outside the scale that the noise levels assume
 
 
@@ -55,7 +58,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.train_set = self.val_set = None
         self.class_names: list[str] = []
         self.cluster_sizes: list[int] | None = None     # examples per cluster, when data.clusters labels them
-        self.fingerprint = ""
+        self.fingerprint = ""                          # of the training examples: caches of their statistics use it
 
     @classmethod
     def of_run(cls, cfg) -> DiffusionDataModule:
@@ -71,17 +74,34 @@ class DiffusionDataModule(L.LightningDataModule):
         report_bad_files(decoded, self.cfg)
         check_trainable(decoded.data, self.cfg)
         data, labels = decoded.data, decoded.labels
-        self.class_names, self.fingerprint = decoded.class_names, decoded.fingerprint
+        self.class_names = decoded.class_names
         if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
             self.cluster_sizes = torch.bincount(labels, minlength=len(self.class_names)).tolist()
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.seed))
-        n_val = round(self.cfg.val_fraction * len(data))
-        if len(data) - n_val < 1:
-            raise DataError(f"only {len(data)} examples: too few to train on")
-        split = {"val": order[:n_val].sort().values, "train": order[n_val:].sort().values}
+        split = self.split(len(data))
         subset = {k: InMemoryDataset(data[i], None if labels is None else labels[i]) for k, i in split.items()}
         self.train_set, self.val_set = subset["train"], subset["val"]
+        self.fingerprint = fingerprint_key({"data": decoded.fingerprint,
+                                            **{key: getattr(self.cfg, key) for key in SPLIT_KEYS}})
+
+    def split(self, n: int) -> dict[str, Tensor]:
+        """The indices of the validation and training examples among ``n``: a random share
+        data.val_fraction held out, and the training examples, or with data.train_size only
+        part number data.train_part of that size among the rest (parts never overlap). The same
+        for every seed, so that two runs can differ in their seed and nothing else."""
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+        n_val = round(self.cfg.val_fraction * n)
+        if n - n_val < 1:
+            raise DataError(f"only {n} examples: too few to train on")
+        train = order[n_val:]
+        size, part = self.cfg.train_size, self.cfg.train_part
+        if size:
+            if (part + 1) * size > len(train):
+                raise DataError(f"data.train_size={size} data.train_part={part} needs {(part + 1) * size} training "
+                                f"examples, and the data has {len(train)} (after data.val_fraction's share): lower "
+                                f"one of them (the largest two disjoint parts: data.train_size={len(train) // 2})")
+            train = train[part * size:(part + 1) * size]
+        return {"val": order[:n_val].sort().values, "train": train.sort().values}
 
     @property
     def is_image(self) -> bool:

@@ -10,6 +10,12 @@ Held-out real examples, judged the same way against the same training set, calib
 criterion: their share of "copies" is the rate of near-duplicates in the data itself, the floor
 that a model which generalises comes down to. The ideal denoiser of the training set
 (models/ideal.py) copies every time.
+
+A model that generalises learns the data's distribution rather than its examples, so two models
+trained on disjoint training sets of the same data turn the same noise into nearly the same
+image (Kadkhodaie et al. 2024, "Generalization in diffusion models arises from geometry-adaptive
+harmonic representations", who measure it by cosine similarity); two models that memorise turn
+it into copies of their own, different, examples. ``same_noise_similarity`` measures it.
 """
 from __future__ import annotations
 
@@ -53,3 +59,19 @@ def memorisation(samples: Tensor, held_out: Tensor, training: Tensor) -> dict:
             "held_out_median_nearest": held_out_distances[:, 0].median().item(),
             "nearest": sample_distances[:, 0], "nearest_index": sample_indices[:, 0],
             "held_out_nearest": held_out_distances[:, 0]}
+
+
+def same_noise_similarity(samples: Tensor, twin_samples: Tensor) -> dict:
+    """How alike two models' samples from the same noise are: the mean cosine similarity of
+    ``samples[i]`` and ``twin_samples[i]``, both less the mean of all the samples (so that what
+    every image shares, such as a background, does not count). 1: the same images; near 0: no
+    more alike than samples from different noise, reported beside it as ``different_noise``
+    (the mean over every pair i != j), and each pair's similarity as ``pairs``."""
+    a, b = samples.flatten(1).double(), twin_samples.flatten(1).double()
+    mean = torch.cat([a, b]).mean(0)
+    a, b = torch.nn.functional.normalize(a - mean, dim=1), torch.nn.functional.normalize(b - mean, dim=1)
+    cosines = a @ b.T
+    n = len(cosines)
+    different = (cosines.sum() - cosines.diagonal().sum()) / max(n * (n - 1), 1)
+    return {"same_noise": cosines.diagonal().mean().item(), "different_noise": different.item(),
+            "pairs": cosines.diagonal().float()}
