@@ -137,9 +137,9 @@ def judge_memorisation(model, data, extractor, n: int, evaluation, sampling, fol
     summary = {"samples": n, "held_out": len(held_out), "training": len(training), "copy": "d1 < d2 / 3",
                **{space: {key: value for key, value in result.items() if isinstance(value, float)}
                   for space, result in found.items()}}
+    folder.mkdir(parents=True, exist_ok=True)
     if twin is not None:
         summary["twin"] = compare_twins(model, samples, twin, evaluation, sampling, folder)
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "memorisation.json").write_text(json.dumps(summary, indent=1))
     pixels = found["pixels"]
     closest = pixels["nearest"].argsort()[:12]
@@ -180,7 +180,6 @@ def compare_twins(model, samples: Tensor, twin, evaluation, sampling, folder: Pa
     twin_samples = draw_numbered(twin, len(samples), evaluation, sampling, "memorisation: twin")
     similarity = same_noise_similarity(to_unit_range(samples), to_unit_range(twin_samples))
     pairs = similarity.pop("pairs")[:12]
-    folder.mkdir(parents=True, exist_ok=True)
     save_labelled_grid(torch.cat([samples[:12], twin_samples[:12]]), [model.config.name, twin.config.name],
                        [f"{c:.2f}" for c in pairs.tolist()], folder / "twins.png",
                        "the same noise through both models (cosine similarity)")
