@@ -228,7 +228,7 @@ def network_input_and_target(objective, x0, eps, sigma, sigma_data=0.5):
             captured["input"] = x
             return torch.zeros_like(x)
 
-    denoiser = NetworkDenoiser(Recorder(), build_parameterization(objective, sigma_data))
+    denoiser = NetworkDenoiser(Recorder(), build_parameterization(objective, sigma_data), 0.0, math.inf)
     x = x0 + sigma[:, None] * eps
     c_skip, c_out, _ = denoiser.parameterization.scalings(sigma[:, None])
     denoiser(x, sigma)
@@ -290,16 +290,38 @@ def test_edm_with_unit_sigma_data_is_v_prediction_with_opposite_sign(example):
 @pytest.mark.parametrize("objective", ["eps", "x0", "v", "edm", "flow"])
 def test_a_network_that_outputs_its_target_denoises_exactly(objective, example):
     x0, eps, sigma = example
-    parameterization = build_parameterization(objective)
+    parameterization = build_parameterization(objective, 0.5)
 
     class Oracle(torch.nn.Module):
         def forward(self, x, c_noise, labels=None):
             c_skip, c_out, _ = parameterization.scalings(sigma[:, None])
             return (x0 - c_skip * (x0 + sigma[:, None] * eps)) / c_out
 
-    denoiser = NetworkDenoiser(Oracle(), parameterization)
+    denoiser = NetworkDenoiser(Oracle(), parameterization, 0.0, math.inf)
     assert torch.allclose(denoiser(x0 + sigma[:, None] * eps, sigma), x0, atol=1e-4)
     assert denoiser.loss(x0, sigma, eps).max() < 1e-8
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v", "edm", "flow"])
+def test_each_examples_loss_is_its_weighted_denoising_error(objective):
+    """EDM eq. 8, example by example: lambda(sigma) c_out^2 ||F - F_target||^2 = lambda(sigma)
+    ||D(x, sigma) - x0||^2, for a network that is no good, at a different sigma per example."""
+    generator = torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(5, 3, 4, generator=generator), torch.randn(5, 3, 4, generator=generator)
+    sigma = torch.tensor([0.01, 0.3, 1.0, 4.0, 40.0])
+    mixing = torch.randn(4, 4, generator=generator)
+
+    class Mixer(torch.nn.Module):
+        def forward(self, x, c_noise, labels=None):
+            return x @ mixing + c_noise[:, None, None]
+
+    parameterization = build_parameterization(objective, 0.5)
+    denoiser = NetworkDenoiser(Mixer(), parameterization, 0.0, math.inf)
+    error = (denoiser(x0 + sigma[:, None, None] * noise, sigma) - x0).square().flatten(1).mean(1)
+    weight = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    torch.testing.assert_close(denoiser.loss(x0, sigma, noise, x0_weight=weight), weight * error, rtol=1e-4, atol=0)
+    natural = error / parameterization.scalings(sigma)[1] ** 2
+    torch.testing.assert_close(denoiser.loss(x0, sigma, noise), natural, rtol=1e-4, atol=0)
 
 
 @pytest.mark.parametrize("objective", ["eps", "x0", "v", "edm", "flow"])
@@ -308,7 +330,7 @@ def test_ideal_denoiser_reaches_the_closed_form_minimum_loss(objective, weightin
     """With x0 ~ N(MU, STD^2) the best possible error E||D*(x) - x0||^2 per dimension is
     STD^2 sigma^2 / (STD^2 + sigma^2); the loss is lambda(sigma) times that, where the
     natural lambda is 1 / c_out^2."""
-    parameterization = build_parameterization(objective)
+    parameterization = build_parameterization(objective, 0.5)
 
     class IdealNetwork(torch.nn.Module):
         """Outputs the F that makes D the Gaussian posterior mean."""
@@ -323,9 +345,9 @@ def test_ideal_denoiser_reaches_the_closed_form_minimum_loss(objective, weightin
     g = torch.Generator().manual_seed(0)
     x0 = MU + STD * torch.randn(n, 2, generator=g, dtype=torch.float64)
     sigma = torch.full((n,), sigma_value, dtype=torch.float64)
-    weight = x0_loss_weight(weighting, sigma)
+    weight = x0_loss_weight(weighting, sigma, sigma_data=0.5, gamma=5.0)
     noise = torch.randn(n, 2, generator=g, dtype=torch.float64)
-    loss = NetworkDenoiser(IdealNetwork(), parameterization).loss(x0, sigma, noise, x0_weight=weight)
+    loss = NetworkDenoiser(IdealNetwork(), parameterization, 0.0, math.inf).loss(x0, sigma, noise, x0_weight=weight)
     _, c_out, _ = parameterization.scalings(torch.tensor(sigma_value, dtype=torch.float64))
     lam = 1 / c_out**2 if weight is None else weight[0]
     expected = lam * (STD**2 * sigma_value**2 / (STD**2 + sigma_value**2)).mean()
@@ -334,10 +356,11 @@ def test_ideal_denoiser_reaches_the_closed_form_minimum_loss(objective, weightin
 
 def test_loss_weightings_follow_their_papers():
     sigma = torch.tensor([0.1, 0.5, 2.0])
-    assert torch.allclose(x0_loss_weight("min_snr", sigma, gamma=5.0), torch.tensor([5.0, 4.0, 0.25]))
-    assert torch.allclose(x0_loss_weight("soft_min_snr", sigma, sigma_data=0.5), 1 / (sigma**2 + 0.25))
+    assert torch.allclose(x0_loss_weight("min_snr", sigma, 0.5, gamma=5.0), torch.tensor([5.0, 4.0, 0.25]))
+    assert torch.allclose(x0_loss_weight("min_snr", sigma, 0.5, gamma=2.0), torch.tensor([2.0, 2.0, 0.25]))
+    assert torch.allclose(x0_loss_weight("soft_min_snr", sigma, sigma_data=0.5, gamma=5.0), 1 / (sigma**2 + 0.25))
     edm = build_parameterization("edm", 0.5)
-    assert torch.allclose(x0_loss_weight("edm", sigma, sigma_data=0.5), edm.scalings(sigma)[1] ** -2)
+    assert torch.allclose(x0_loss_weight("edm", sigma, sigma_data=0.5, gamma=5.0), edm.scalings(sigma)[1] ** -2)
 
 
 # -- schedules and guidance ------------------------------------------------------------------
@@ -496,7 +519,8 @@ def test_networks_carry_the_noise_range_they_were_trained_on():
 
     table = ddpm_linear_sigmas()
     noise = DiscreteNoise(table)
-    denoiser = NetworkDenoiser(torch.nn.Identity(), build_parameterization("eps"), noise.sigma_min, noise.sigma_max)
+    eps = build_parameterization("eps", 0.5)
+    denoiser = NetworkDenoiser(torch.nn.Identity(), eps, noise.sigma_min, noise.sigma_max)
     assert (denoiser.sigma_min, denoiser.sigma_max) == (table[0].item(), table[-1].item())
     assert noise(1000, torch.device("cpu")).min() >= denoiser.sigma_min
     assert (LogNormalNoise().sigma_min, LogNormalNoise().sigma_max) == (0.0, math.inf)
@@ -535,6 +559,9 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
     result = configured_sampler(sampling)(guided, karras_sigmas(5, 0.002, 80.0), torch.zeros(3, 2, dtype=torch.float64))
     assert sum(rows) == 3 * 5 * evaluations
     assert result.nfe == SAMPLERS["dpmpp_2m"].calls(sampling.steps) * guided.evaluations == 5 * evaluations
+    # a wrapper of a denoiser that states its own cost multiplies it (guidance of guidance)
+    assert GuidedDenoiser(guided, [(torch.zeros(3, dtype=torch.long), 2.0)], torch.full((3,), 10)).evaluations \
+        == 2 * evaluations
 
 
 # -- the table of sampler facts, held against the samplers themselves ----------------------------

@@ -2,6 +2,7 @@
 the sharing of samples among processes, and the offline path. Tests use a small feature
 extractor of their own, never Inception's weights (no network, ever)."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -280,8 +281,26 @@ def test_offline_inception_weights_stop_training_before_it_starts(project_dir, m
     err = capsys.readouterr().err.strip()
     assert err.startswith("ERROR: FID needs the Inception weights weights-inception-2015-12-05-6726825d.pth")
     assert str(tmp_path / "hub" / "checkpoints") in err
-    assert "fetch-weights" in err and "evaluation.extractor_weights" in err
+    assert "could not be downloaded (OSError)" in err and "evaluation.extractor_weights" in err
+    assert "run `{{ cookiecutter.package_name }} fetch-weights`" in err
     assert "\n" not in err and not (project_dir / "runs" / "offline").exists()       # nothing started
+
+
+def test_a_missing_inception_weights_file_is_named_and_not_fetched(project_dir, monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch_fidelity")
+    monkeypatch.setattr(features_module, "fetch_inception_weights", lambda path: pytest.fail("fetched"))
+    missing = tmp_path / "inception.pth"
+    assert main(["train", *DIGITS, "name=missing", "evaluation.every_n_steps=2", "trainer.max_steps=2",
+                 f"evaluation.extractor_weights={missing}"]) == 2
+    assert capsys.readouterr().err.strip() == f"ERROR: evaluation.extractor_weights={missing}: no such file"
+
+
+def test_inception_without_torch_fidelity_says_what_to_install(project_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)            # import torch_fidelity fails
+    assert main(["train", *DIGITS, "name=bare", "evaluation.every_n_steps=2", "trainer.max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR: evaluation.extractor=inception needs torch-fidelity: pip install torch-fidelity")
+    assert err.endswith("(or evaluation.extractor=custom)")
 
 
 def test_fetch_weights_offline_is_one_error_line(monkeypatch, tmp_path, capsys):
@@ -337,15 +356,23 @@ def test_a_custom_extractor_computes_with_its_weights_file_and_its_cache_key_fol
     assert keys[0].startswith("tiny_features:Features-") and len(set(keys + [plain.key])) == 3
 
 
-def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tmp_path, capsys):
+@pytest.mark.parametrize("extractor", ["custom", "inception"])
+def test_planted_extractor_weights_are_refused(project_dir, custom_extractor, tmp_path, capsys, extractor):
+    if extractor == "inception":
+        pytest.importorskip("torch_fidelity")
+
     class Payload:
         def __reduce__(self):
             return (open, (str(tmp_path / "ran"), "w"))
 
     torch.save({"project.weight": Payload()}, tmp_path / "weights.pt")
-    assert main(["train", *DIGITS, *custom_extractor, f"evaluation.extractor_weights={tmp_path / 'weights.pt'}",
+    chosen = custom_extractor if extractor == "custom" else []
+    assert main(["train", *DIGITS, *chosen, f"evaluation.extractor_weights={tmp_path / 'weights.pt'}",
                  "evaluation.every_n_steps=2"]) == 2
-    assert "is not a weights file this project loads" in capsys.readouterr().err and not (tmp_path / "ran").exists()
+    err = capsys.readouterr().err
+    weights = tmp_path / "weights.pt"
+    assert f"ERROR: evaluation.extractor_weights={weights} is not a weights file this project loads" in err
+    assert "(tensors only; UnpicklingError)" in err and not (tmp_path / "ran").exists()
 
 
 def test_the_cost_model_counts_each_sample_step_and_feature_pass_and_three_per_trained_image():
@@ -440,6 +467,7 @@ def test_nearest_examples_are_those_of_brute_force():
     full = np.sqrt(((queries.flatten(1).double().numpy()[:, None] - examples.flatten(1).double().numpy()[None]) ** 2)
                    .sum(-1))
     order = np.argsort(full, axis=1)[:, :3]
+    assert indices.dtype == torch.long                                           # they index the training set
     np.testing.assert_array_equal(indices.numpy(), order)
     np.testing.assert_allclose(distances.numpy(), np.take_along_axis(full, order, 1), rtol=1e-6)
 
@@ -449,10 +477,18 @@ def test_training_images_are_all_copies_and_fresh_draws_of_the_same_distribution
     distribution of the training set are copies only by chance: in 20 dimensions, never."""
     generator = torch.Generator().manual_seed(1)
     training, fresh = torch.randn(500, 20, generator=generator), torch.randn(200, 20, generator=generator)
-    found = memorisation(training[:100] + 1e-4 * torch.randn(100, 20, generator=generator), fresh, training)
+    samples = training[:100] + 1e-4 * torch.randn(100, 20, generator=generator)
+    found = memorisation(samples, fresh, training)
     assert found["copy_share"] == 1.0 and found["held_out_copy_share"] == 0.0
     assert torch.equal(found["nearest_index"], torch.arange(100))
-    assert copy_share(torch.tensor([[1.0, 3.1], [1.0, 2.9], [0.0, 0.5]])) == pytest.approx(2 / 3)
+    own = (samples - training[:100]).double().norm(dim=1)           # each sample's distance to its example
+    held_out = torch.cdist(fresh.double(), training.double()).min(1).values
+    torch.testing.assert_close(found["nearest"].double(), own, rtol=1e-5, atol=0)
+    torch.testing.assert_close(found["held_out_nearest"].double(), held_out, rtol=1e-6, atol=0)
+    assert found["median_nearest"] == pytest.approx(own.median().item(), rel=1e-5)
+    assert found["held_out_median_nearest"] == pytest.approx(held_out.median().item(), rel=1e-6)
+    # d1 < d2 / 3, strictly (Yoon et al. 2023): a third exactly is not a copy
+    assert copy_share(torch.tensor([[1.0, 3.1], [1.0, 2.9], [0.0, 0.5], [1.0, 3.0]])) == pytest.approx(2 / 4)
 
 
 def test_evaluate_finds_that_the_ideal_model_copies_every_time(project_dir, custom_extractor, capsys):

@@ -103,22 +103,184 @@ def test_sample_without_a_run_is_a_clear_error(project_dir, capsys):
     assert "no checkpoint at runs/nothing" in capsys.readouterr().err
 
 
-def test_nonfinite_losses_are_skipped_then_stop_the_run(project_dir):
+def module_without_trainer(*overrides: str):
+    """A toy2d model's DiffusionModule that trains with no Trainer attached: its AdamW calls
+    on_before_optimizer_step inside step, as Lightning's does, its schedule keeps the rate, and
+    what it logs is kept in ``module.logged``. Returns the module and its schedule."""
     from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model
 
-    cfg = load_config(["experiment=toy2d", "trainer.max_nonfinite_steps=3"])
+    module = DiffusionModule(new_model(load_config(["experiment=toy2d", "model.conditional=false", *overrides]), [2]))
+    optimizer = module.adamw("32-true")
+    optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: module.on_before_optimizer_step(optimizer))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    module.optimizers, module.lr_schedulers = (lambda: optimizer), (lambda: scheduler)
+    module.manual_backward = lambda loss: loss.backward()
+    module.logged = []
+    module.log = lambda name, value, **options: module.logged.append((name, torch.as_tensor(value).item(), options))
+    return module, scheduler
+
+
+def nan_gradient(module) -> torch.Tensor:
+    """0, whose gradient for the first weight is 0 * inf = NaN: a finite loss, gradients that are not."""
+    weight = next(module.denoiser.parameters())
+    return (weight - weight.detach()).abs().sqrt().sum()
+
+
+TOY_BATCH = (torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), None)
+
+
+def test_nonfinite_steps_are_skipped_and_only_those_in_a_row_stop_the_run(project_dir):
+    """A NaN loss is skipped before the backward pass, a step with NaN gradients after it; a
+    finite step resets the count, and trainer.max_nonfinite_steps in a row stop the run with
+    what was not finite. Each finite step logs its loss, shown in the progress bar."""
+    from {{ cookiecutter.package_name }}.errors import TrainingDiverged
+
+    module, _ = module_without_trainer("trainer.max_nonfinite_steps=2")
+    finite = module.batch_loss
+
+    def nan_loss(batch):
+        return finite(batch) * float("nan")
+
+    def bad_gradients(batch):
+        return finite(batch) + nan_gradient(module)
+
+    def steps(*losses):
+        for loss in losses:
+            module.batch_loss = loss
+            returned = module.training_step(TOY_BATCH, 0)
+            assert (returned is None) == (loss is nan_loss)            # a NaN loss is not back-propagated
+
+    steps(nan_loss, finite, bad_gradients, finite, nan_loss)              # never two in a row
+    with pytest.raises(TrainingDiverged, match="^the loss was nan for 2 steps in a row at step 0"):
+        steps(nan_loss)
+    steps(finite, bad_gradients)
+    with pytest.raises(TrainingDiverged, match=r"^the gradients were not finite \(an overflow .* for 2 steps in a row"):
+        steps(bad_gradients)
+    skip, loss = ("train/nonfinite_steps", {}), ("train/loss", {"prog_bar": True})
+    assert [(name, options) for name, _, options in module.logged] == [skip, loss, skip, loss, loss, skip, skip, loss,
+                                                                      skip, loss, skip]
+    assert [value for name, value, _ in module.logged if name == "train/nonfinite_steps"] == [1, 1, 1, 2, 1, 2]
+
+
+def test_a_step_is_clipped_to_optim_grad_clip_and_one_with_gradients_not_finite_changes_nothing(project_dir):
+    """on_before_optimizer_step (which Lightning calls inside optimizer.step) clips the gradients
+    to norm optim.grad_clip, or drops them when one is NaN: AdamW then leaves every weight as it
+    was (zeroed gradients would still move them, by weight decay and momentum), and take_step
+    reports the step as not taken, so the learning-rate schedule and the EMA wait."""
+    module, scheduler = module_without_trainer("optim.grad_clip=0.5", "optim.weight_decay=0.1")
+    weights = list(module.denoiser.parameters())
+
+    def state():
+        return [t.detach().clone() for t in [*weights, *module.ema.parameters()]]
+
+    assert module.take_step(1e3 * module.batch_loss(TOY_BATCH))            # a large loss: its gradients are clipped
+    assert torch.cat([w.grad.flatten() for w in weights]).norm().item() == pytest.approx(0.5, rel=1e-5)
+    assert scheduler.last_epoch == 1
+    before = state()
+    assert not module.take_step(module.batch_loss(TOY_BATCH) + nan_gradient(module))
+    assert all(torch.equal(a, b) for a, b in zip(before, state())) and scheduler.last_epoch == 1
+
+
+def test_adamw_is_fused_except_under_fp16_and_its_rate_warms_up_then_follows_a_half_cosine(project_dir):
+    """The fused kernel would unscale fp16 gradients after clipping saw them scaled, so 16-mixed
+    runs the plain AdamW. The rate's factor: linear warm-up, (k + 1) / optim.warmup_steps, times
+    the half cosine (1 + cos(pi k / trainer.max_steps)) / 2 (Loshchilov & Hutter 2017), 0 after."""
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["experiment=toy2d", "model.conditional=false", "optim.fused=true", "optim.cosine_decay=true",
+                       "optim.warmup_steps=4", "trainer.max_steps=20", "optim.lr=0.003", "optim.betas=[0.8,0.95]",
+                       "optim.weight_decay=0.02"])
     module = DiffusionModule(new_model(cfg, [2]))
-    logged = []
-    module.log = lambda name, value, **kwargs: logged.append((name, value))       # no Trainer attached
-    module.denoiser.loss = lambda *args: torch.full((4,), float("nan"))
-    batch = (torch.randn(4, 2), None)
-    assert module.training_step(batch, 0) is None             # skipped, not back-propagated
-    assert module.training_step(batch, 1) is None
-    with pytest.raises(RuntimeError, match="3 steps in a row"):
-        module.training_step(batch, 2)
-    assert logged == [("train/nonfinite_steps", 1.0), ("train/nonfinite_steps", 2.0), ("train/nonfinite_steps", 3.0)]
+    for precision, fused in [("16-mixed", False), ("32-true", True), ("bf16-mixed", True)]:
+        module._trainer = SimpleNamespace(precision=precision)               # what configure_optimizers reads
+        configured = module.configure_optimizers()
+        settings = configured["optimizer"].defaults
+        assert settings["fused"] is fused
+    assert (settings["lr"], settings["betas"], settings["weight_decay"]) == (0.003, (0.8, 0.95), 0.02)
+    trained = configured["optimizer"].param_groups[0]["params"]
+    assert [id(w) for w in trained] == [id(w) for w in module.denoiser.parameters()]      # never the EMA's
+    factor = configured["lr_scheduler"].lr_lambdas[0]
+    assert factor(0) == pytest.approx(1 / 4) and factor(3) == pytest.approx((1 + math.cos(math.pi * 3 / 20)) / 2)
+    assert factor(10) == pytest.approx(0.5) and factor(20) == pytest.approx(0.0, abs=1e-12) == factor(30)
+    plain = DiffusionModule(new_model(load_config(["experiment=toy2d", "model.conditional=false",
+                                                   "optim.warmup_steps=0", "optim.cosine_decay=false"]), [2]))
+    plain._trainer = SimpleNamespace(precision="32-true")
+    factor = plain.configure_optimizers()["lr_scheduler"].lr_lambdas[0]
+    assert [factor(step) for step in (0, 1, 1000)] == [1.0, 1.0, 1.0]          # no warm-up, no decay: the full rate
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_the_training_loss_is_the_batch_mean_of_the_weighted_error_with_labels_dropped_at_p_uncond(project_dir,
+                                                                                                 conditional):
+    """batch_loss draws, from the global generator and in this order, a noise level per example
+    from the training distribution, the noise, and which labels to drop (each with probability
+    diffusion.p_uncond: classifier-free guidance, Ho & Salimans 2022: the null label, one past
+    the last class, in their place). The loss is the batch mean of lambda(sigma) ||D(x0 + sigma
+    eps, sigma, labels) - x0||^2 of the network being trained. An unconditional model never sees
+    the data's labels."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["experiment=toy2d", f"model.conditional={str(conditional).lower()}", "diffusion.p_uncond=0.3",
+                       "diffusion.loss_weight=min_snr", "diffusion.min_snr_gamma=2.0"])
+    module = DiffusionModule(new_model(cfg, [2], ["a", "b", "c"]))
+    with torch.no_grad():
+        for average in module.ema.parameters():                       # the EMA differs from the live weights
+            average.add_(1.0)
+    generator = torch.Generator().manual_seed(0)
+    x0, labels = torch.randn(400, 2, generator=generator), torch.randint(0, 3, (400,), generator=generator)
+    torch.manual_seed(7)
+    loss = module.batch_loss((x0, labels))
+    torch.manual_seed(7)
+    sigma = module.model.noise(400, "cpu")
+    eps = torch.randn_like(x0)
+    dropped = torch.rand(400) < 0.3
+    seen = torch.where(dropped, 3, labels) if conditional else None
+    assert 0.25 < dropped.float().mean() < 0.35
+    with torch.no_grad():
+        error = (module.denoiser(x0 + sigma[:, None] * eps, sigma, seen) - x0).square().mean(1)
+    assert loss.item() == pytest.approx((sigma.pow(-2).clamp(max=2.0) * error).mean().item(), rel=1e-5)
+
+
+def test_validation_is_the_ema_loss_with_noise_fixed_by_the_batch_index(project_dir):
+    """val/loss is the weighted denoising error lambda(sigma) ||D(x0 + sigma eps, sigma, labels) -
+    x0||^2 of the EMA network (not the one being trained), with the batch's labels, and sigma and
+    eps drawn in that order from a generator seeded with the batch index: every validation sees
+    the same noise, so the curve moves only with the weights. It is averaged over processes."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["experiment=toy2d", "model.conditional=true", "diffusion.loss_weight=min_snr",
+                       "diffusion.min_snr_gamma=2.0"])
+    model = new_model(cfg, [2], ["a", "b", "c"])
+    model.denoiser.eval()                                             # as a loaded network comes
+    module = DiffusionModule(model)
+    assert module.model.denoiser is module.ema and module.ema is not module.denoiser   # grids sample the EMA
+    assert module.denoiser.training and not any(average.requires_grad for average in module.ema.parameters())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for average in module.ema.parameters():                       # the EMA differs from the live weights
+            average.add_(0.3 * torch.randn(average.shape, generator=generator))
+    x0, labels = torch.randn(6, 2, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2])
+    logged = {}
+    module.log = lambda name, value, **options: logged.update({name: (value.item(), options)})
+    module.validation_step((x0, labels), 3)
+    draws = torch.Generator().manual_seed(3)
+    sigma = module.model.noise(6, "cpu", draws)
+    eps = torch.randn(x0.shape, generator=draws)
+    with torch.no_grad():
+        error = (module.ema(x0 + sigma[:, None] * eps, sigma, labels) - x0).square().mean(1)
+    value, options = logged["val/loss"]
+    assert value == pytest.approx((sigma.pow(-2).clamp(max=2.0) * error).mean().item(), rel=1e-5)
+    assert options == {"prog_bar": True, "batch_size": 6, "sync_dist": True}      # shown, and averaged over processes
 
 
 def test_sample_grids_reach_tensorboard(project_dir):

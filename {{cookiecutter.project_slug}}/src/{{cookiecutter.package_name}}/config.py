@@ -450,14 +450,12 @@ def with_later_keys(saved) -> DictConfig:
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:
     """A trained run's configuration, ready to sample or evaluate: its ``section`` ("sampling" or
-    "evaluation") typed by the schema (keys the run predates take this project's defaults), then
-    overridden by ``overrides`` (a command line's keys of that section) and checked."""
-    base_file = default_config_dir() / "config.yaml"
-    defaults = OmegaConf.select(OmegaConf.load(base_file), section) if base_file.is_file() else None
+    "evaluation") typed by the schema, then overridden by ``overrides`` (a command line's keys of
+    that section) and checked. Keys the run predates were filled in when it was loaded
+    (``with_later_keys``)."""
     run = cfg.copy()
     merged = OmegaConf.structured(typing.get_type_hints(Config)[section])
-    layers = ((defaults, str(base_file)), (cfg.get(section), "the run's config"), (overrides, "the command line"))
-    for layer, source in layers:
+    for layer, source in ((cfg.get(section), "the run's config"), (overrides, "the command line")):
         merged = merge(merged, layer or {}, source)
     OmegaConf.update(run, section, merged, force_add=True)
     check_values(run, [key for key in VALUE_RULES if key.startswith(section + ".")])

@@ -173,8 +173,8 @@ class DiffusionModule(L.LightningModule):
             progress = min(1.0, step / max(1, total))
             return warmup * 0.5 * (1 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)      # stepped by take_step, each real step
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run trains with the optimiser settings of the command that resumes it:

@@ -18,7 +18,6 @@ on discrete timesteps is told its timestep (see ``NetworkDenoiser.c_noise``).
 """
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -89,7 +88,7 @@ LOSS_WEIGHTS = {
 }
 
 
-def x0_loss_weight(kind: str, sigma: Tensor, sigma_data: float = 0.5, gamma: float = 5.0) -> Tensor | None:
+def x0_loss_weight(kind: str, sigma: Tensor, sigma_data: float, gamma: float) -> Tensor | None:
     """lambda(sigma), the weight on ||D(x, sigma) - x0||^2 (EDM eq. 2), with SNR = 1 / sigma^2.
 
     ``natural``: None, i.e. the objective's own loss (lambda = 1 / c_out^2).
@@ -107,7 +106,7 @@ PARAMETERIZATIONS = {"eps": EpsPrediction, "x0": X0Prediction, "v": VPrediction,
                      "flow": FlowVelocity}
 
 
-def build_parameterization(objective: str, sigma_data: float = 0.5) -> Parameterization:
+def build_parameterization(objective: str, sigma_data: float) -> Parameterization:
     return PARAMETERIZATIONS[objective](sigma_data)
 
 
@@ -119,8 +118,7 @@ class NetworkDenoiser(nn.Module):
     float32 even under autocast; only the network itself runs in lower precision.
     """
 
-    def __init__(self, net: nn.Module, parameterization: Parameterization, sigma_min: float = 0.0,
-                 sigma_max: float = math.inf):
+    def __init__(self, net: nn.Module, parameterization: Parameterization, sigma_min: float, sigma_max: float):
         super().__init__()
         self.net = net
         self.parameterization = parameterization

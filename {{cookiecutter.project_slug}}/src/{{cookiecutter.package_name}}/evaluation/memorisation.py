@@ -30,8 +30,8 @@ def nearest_examples(queries: Tensor, examples: Tensor, k: int = 2, chunk: int =
     nearest to each of the ``queries`` (both flattened), nearest first. Exact: squared distances
     in float64, over ``chunk`` examples at a time, keeping the k best so far."""
     queries = queries.flatten(1).double()
-    best = torch.zeros(len(queries), 0, dtype=torch.float64, device=queries.device)
-    best_indices = torch.zeros(len(queries), 0, dtype=torch.long, device=queries.device)
+    best = queries.new_zeros(len(queries), 0)              # the k best so far: none yet
+    best_indices = torch.zeros_like(best, dtype=torch.long)
     for start in range(0, len(examples), chunk):
         block = examples[start:start + chunk].flatten(1).to(queries)
         squared = queries.square().sum(1, keepdim=True) - 2 * queries @ block.T + block.square().sum(1)
