@@ -249,6 +249,18 @@ def test_the_training_loss_is_the_batch_mean_of_the_weighted_error_with_labels_d
     assert loss.item() == pytest.approx((sigma.pow(-2).clamp(max=2.0) * error).mean().item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("kind, weight", [("min_snr", lambda sigma: sigma.pow(-2).clamp(max=3.0)),
+                                          ("soft_min_snr", lambda sigma: 1 / (sigma**2 + 0.7**2)),
+                                          ("edm", lambda sigma: (sigma**2 + 0.7**2) / (0.7 * sigma) ** 2)])
+def test_the_loss_weight_reads_sigma_data_and_gamma_from_the_diffusion_section(project_dir, kind, weight):
+    """lambda(sigma) as diffusion.loss_weight names it, with this run's diffusion.sigma_data and
+    min_snr_gamma (Hang et al. 2023; Crowson et al. 2024; EDM, Table 1)."""
+    module, _ = module_without_trainer(f"diffusion.loss_weight={kind}", "diffusion.sigma_data=0.7",
+                                       "diffusion.min_snr_gamma=3.0")
+    sigma = torch.tensor([0.1, 0.7, 5.0])
+    assert torch.allclose(module.loss_weight(sigma), weight(sigma))
+
+
 def test_validation_is_the_ema_loss_with_noise_fixed_by_the_batch_index(project_dir):
     """val/loss is the weighted denoising error lambda(sigma) ||D(x0 + sigma eps, sigma, labels) -
     x0||^2 of the EMA network (not the one being trained), with the batch's labels, and sigma and
