@@ -301,3 +301,33 @@ def test_the_memorisation_example_runs_as_its_readme_says(bake):
         assert (project / "runs" / "memorisation-transition" / picture).is_file(), picture
     for picture in re.findall(r"\]\(([^)]+\.png)\)", (folder / "README.md").read_text()):
         assert (folder / picture).is_file(), picture
+
+
+def test_the_reflow_example_runs_as_its_readme_says(bake):
+    """examples/reflow, tiny: the teacher, its reflow student (few pairs of a few teacher steps)
+    and the sampling commands of the README, in order, then few_steps.py: its table and figure."""
+    import json
+    import re
+    import shutil
+
+    project = bake()
+    folder = REPO / "examples" / "reflow"
+    shutil.copy(folder / "few_steps.py", project / "few_steps.py")
+    tiny = {"train": ["trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
+                      "logger=csv"],
+            "reflow": ["distill.pairs=16", "distill.shard_size=8", "distill.teacher_sampling.steps=3"]}
+    commands = example_commands("reflow")
+    assert [args[0] for args in commands] == ["train", "train", "sample"]
+    for args in commands:
+        extra = tiny.get(args[0], []) + (tiny["reflow"] if "experiment=reflow" in args else [])
+        run_in(project, "-m", "diffusion_lab", *args, *extra)
+    line = re.search(r"python few_steps.py ([^`\n]*)", (folder / "README.md").read_text()).group(1).split()
+    run_in(project, "few_steps.py", *line, "n=4", "steps=1,2")
+    out = project / "runs" / "digits-reflow" / "few_steps"
+    rows = json.loads((out / "few_steps.json").read_text())
+    assert [(row["model"], row["steps"]) for row in rows] == [("teacher", 20), ("teacher", 1), ("teacher", 2),
+                                                              ("student", 1), ("student", 2)]
+    assert rows[0]["rms_from_teacher"] == 0 and (out / "few_steps.png").is_file()
+    assert [row["nfe"] for row in rows[3:]] == [1, 2]                 # the student samples without guidance
+    for picture in re.findall(r"\]\(([^)]+\.png)\)", (folder / "README.md").read_text()):
+        assert (folder / picture).is_file(), picture

@@ -218,6 +218,31 @@ def test_device_batches_shuffle_and_shard_like_a_distributed_sampler():
     assert not torch.equal(next(iter(loader))[1], next(iter(loader))[1])   # a new order each epoch
 
 
+def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_splitting():
+    """Reflow's pairs (data, labels, noise): every batch, from the training device or through a
+    DataLoader, and both splits of the data module, serve each example with its own noise."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import PairedDataModule
+    from {{ cookiecutter.package_name }}.data.loaders import InMemoryDataset, keep_batch
+
+    data, labels = torch.arange(100.0)[:, None], torch.arange(100)
+    noise = -10 * data
+    batches = [*DeviceBatches(data, labels, batch_size=10, seed=1, noise=noise),
+               *DataLoader(InMemoryDataset(data, labels, noise), batch_size=8, shuffle=True, collate_fn=keep_batch)]
+    assert all(torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y) for x, y, n in batches)
+    pairs = SimpleNamespace(x0=data, noise=noise, labels=labels, class_names=["a"], cluster_sizes=None,
+                            fingerprint="f")
+    module = PairedDataModule(load_config(["data.val_fraction=0.2", "data.batch_size=16"]).data, 0, pairs)
+    module.setup()
+    assert (len(module.train_set), len(module.val_set)) == (80, 20) and module.class_names == ["a"]
+    for x, y, n in [*module.train_dataloader(), *module.val_dataloader()]:
+        assert torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y)
+
+
 def take(loader, count: int) -> list[int]:
     """Labels of the next ``count`` batches, walking epochs as Lightning does (a new iter() per
     epoch) and stopping mid-epoch like an interrupted run."""

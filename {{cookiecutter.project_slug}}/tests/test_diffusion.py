@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.diffusion.samplers import (
 )
 from {{ cookiecutter.package_name }}.diffusion.schedules import (
     LogNormalNoise,
+    UniformTNoise,
     cosine_sigmas,
     ddpm_linear_sigmas,
     karras_sigmas,
@@ -439,6 +440,20 @@ def test_logit_normal_t_is_lognormal_sigma():
     sigma = LogNormalNoise(0.0, 1.0)(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
     logit_t = torch.logit(sigma / (1 + sigma))
     assert abs(logit_t.mean().item()) < 0.01 and abs(logit_t.std().item() - 1) < 0.01
+
+
+def test_uniform_t_training_levels_are_uniform_in_t_up_to_that_of_sigma_max():
+    """Rectified flow's t ~ U(0, 1) (Liu et al. 2023), capped at t(sigma_max) = 80 / 81: the
+    quartiles of t = sigma / (1 + sigma) at a quarter, half and three quarters of the cap, no
+    level beyond it and none at 0; the same generator gives the same levels."""
+    draw = UniformTNoise(80.0)
+    sigma = draw(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    t, cap = sigma / (1 + sigma), 80.0 / 81.0
+    quartiles = torch.quantile(t, torch.tensor([0.25, 0.5, 0.75]))
+    assert torch.allclose(quartiles, cap * torch.tensor([0.25, 0.5, 0.75]), atol=0.005)
+    assert 0 < sigma.min() and sigma.max() <= 80.0 * (1 + 1e-5) and sigma.max() > 70.0
+    assert torch.equal(draw(5, torch.device("cpu"), torch.Generator().manual_seed(1)),
+                       draw(5, torch.device("cpu"), torch.Generator().manual_seed(1)))
 
 
 def labelled_denoiser(x, sigma, labels):

@@ -33,16 +33,17 @@ ALLOWED = {
     "visualize": {"pixels", "diffusion", "models"},
     "model": {"diffusion", "models", "codecs", "devices", "errors"},
     "module": {"model", "diffusion", "devices", "errors"},
+    "pairs": {"model", "diffusion", "storage", "errors"},
     "callbacks": {"evaluation", "visualize", "pixels", "storage", "devices"},
     "trainer": {"callbacks", "devices", "errors"},
     "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
-    "commands": {"runs", "config", "model", "module", "trainer", "data", "tasks", "evaluation", "visualize",
+    "commands": {"runs", "config", "model", "module", "pairs", "trainer", "data", "tasks", "evaluation", "visualize",
                  "diffusion", "models", "pixels", "devices", "speed", "errors"},
     "cli": {"commands", "errors"},
     "__main__": {"cli"},
 }
 PURE_TORCH = {"diffusion", "models", "codecs", "model", "devices", "speed", "pixels", "errors", "storage", "tasks",
-              "evaluation", "adapters"}
+              "evaluation", "adapters", "pairs"}
 FRAMEWORKS = {"lightning", "pytorch_lightning", "omegaconf"}
 TRAINING_COMMANDS = {"train", "bench"}       # the only commands that build a LightningModule
 

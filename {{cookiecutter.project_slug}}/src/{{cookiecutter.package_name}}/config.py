@@ -143,9 +143,10 @@ class ModelConfig:
 class DiffusionConfig:
     objective: Literal["eps", "x0", "v", "edm", "flow"] = MISSING
     sigma_data: float = valid(finite_above(0))
-    train_noise: Literal["ddpm", "cosine", "lognormal"] = MISSING
+    train_noise: Literal["ddpm", "cosine", "lognormal", "uniform_t"] = MISSING
     noise_mean: float = valid(FINITE)
     noise_std: float = valid(finite_above(0))
+    noise_max: float = valid(finite_above(0))
     loss_weight: Literal["natural", "uniform", "min_snr", "soft_min_snr", "edm"] = MISSING
     min_snr_gamma: float = valid(finite_above(0))
     p_uncond: float = valid(((lambda v: 0 <= v <= 1), "in [0, 1]"))
@@ -198,6 +199,15 @@ class OptimConfig:
     fused: bool = MISSING
 
 
+@dataclass
+class DistillConfig:
+    teacher: Optional[str] = None
+    teacher_sampling: dict[str, Any] = field(default_factory=dict)
+    pairs: int = valid(at_least(2))
+    shard_size: int = valid(at_least(1))
+    batch_size: int = valid(at_least(1))
+
+
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed"]         # mixed: noising and loss stay float32
 
@@ -242,6 +252,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def field_rules(schema, prefix: str = "") -> dict[str, tuple]:
@@ -267,7 +278,7 @@ LOCAL_LAYER = "local.yaml"   # this machine's settings, git-ignored
 # new row for every key of it that the layer does not set itself.
 # The lognormal training levels are EDM2's (Karras et al. 2024), not EDM's N(-1.2, 1.2^2): on a
 # short budget they learn the coarse shapes much sooner (benchmarks/RESULTS.md, issue 14).
-_EDM_NOISE = {"diffusion.noise_mean": -0.4, "diffusion.noise_std": 1.0,
+_EDM_NOISE = {"diffusion.noise_mean": -0.4, "diffusion.noise_std": 1.0, "diffusion.noise_max": 80.0,
               "sampling.schedule": "karras", "sampling.sigma_max": 80.0}
 OBJECTIVE_DEFAULTS = {
     "eps": {"diffusion.train_noise": "ddpm", **_EDM_NOISE},
@@ -275,8 +286,9 @@ OBJECTIVE_DEFAULTS = {
     "x0": {"diffusion.train_noise": "lognormal", **_EDM_NOISE},
     "edm": {"diffusion.train_noise": "lognormal", **_EDM_NOISE},
     "flow": {"diffusion.train_noise": "lognormal", "diffusion.noise_mean": 0.0, "diffusion.noise_std": 1.0,
-             "sampling.schedule": "uniform_t", "sampling.sigma_max": 1000.0},     # logit-normal t (SD3)
-}
+             "diffusion.noise_max": 1000.0, "sampling.schedule": "uniform_t", "sampling.sigma_max": 1000.0},
+}     # the flow's lognormal is the logit-normal t of SD3
+
 
 def default_config_dir() -> Path:
     """``./configs`` when run from the project folder, else the project's own ``configs/``."""
@@ -322,10 +334,12 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
 
 
 def dotted_keys(layer: DictConfig, prefix: str = "") -> list[str]:
-    """The keys a configuration (or a layer of it) sets, as dotted paths (``trainer.max_steps``)."""
+    """The keys a configuration (or a layer of it) sets, as dotted paths (``trainer.max_steps``);
+    a value the layer asks for (``???``, as experiments/reflow.yaml asks for distill.teacher) too."""
     keys = []
-    for key, value in layer.items():
-        keys += dotted_keys(value, f"{prefix}{key}.") if isinstance(value, DictConfig) else [f"{prefix}{key}"]
+    for key, value in OmegaConf.to_container(layer).items():
+        nested = isinstance(value, dict)
+        keys += dotted_keys(OmegaConf.create(value), f"{prefix}{key}.") if nested else [f"{prefix}{key}"]
     return keys
 
 
@@ -446,6 +460,25 @@ def with_later_keys(saved) -> DictConfig:
     base_file = default_config_dir() / "config.yaml"
     defaults = OmegaConf.load(base_file) if base_file.is_file() else OmegaConf.create()
     return OmegaConf.merge(defaults, OmegaConf.create(saved))
+
+
+# What a student (distill.teacher) takes from its teacher: the network and the meaning of its
+# output, and the data it learnt (which ``evaluate`` compares the student with).
+TEACHER_KEYS = ("model", "data", "diffusion.objective", "diffusion.sigma_data")
+MACHINE_KEYS = ("data.batch_size", "data.num_workers", "data.gpu_cache_gb")     # the student's own
+
+
+def student_config(cfg: DictConfig, teacher_config) -> DictConfig:
+    """The configuration of a student of the teacher whose configuration is ``teacher_config``:
+    ``cfg`` with the teacher's ``TEACHER_KEYS`` but this machine's ``MACHINE_KEYS``. Its
+    training examples are all the pairs (data.train_size 0)."""
+    student, teacher = cfg.copy(), OmegaConf.create(teacher_config)
+    for key in TEACHER_KEYS:
+        OmegaConf.update(student, key, OmegaConf.select(teacher, key))
+    for key in MACHINE_KEYS:
+        OmegaConf.update(student, key, OmegaConf.select(cfg, key))
+    student.data.train_size = student.data.train_part = 0
+    return student
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:

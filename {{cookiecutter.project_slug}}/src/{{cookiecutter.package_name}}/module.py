@@ -52,11 +52,12 @@ class DiffusionModule(L.LightningModule):
         return x0_loss_weight(diffusion.loss_weight, sigma, diffusion.sigma_data, diffusion.min_snr_gamma)
 
     def batch_loss(self, batch) -> Tensor:
-        """The training loss of a batch: a noise level and noise drawn per example, and for a
-        conditional model its conditions dropped at random (``drop``: classifier-free guidance)."""
-        x0, conditions = batch
+        """The training loss of a batch: a noise level and noise drawn per example (reflow's
+        pairs bring their own noise), and for a conditional model its conditions dropped at random
+        (``drop``: classifier-free guidance)."""
+        x0, conditions, *paired_noise = batch
         sigma = self.model.noise(len(x0), self.device)
-        noise = torch.randn_like(x0)
+        noise = paired_noise[0] if paired_noise else torch.randn_like(x0)
         if self.model.condition is None:
             conditions = None                    # an unconditional model ignores any labels the data has
         else:
@@ -123,11 +124,11 @@ class DiffusionModule(L.LightningModule):
         return None
 
     def validation_step(self, batch, batch_idx):
-        """Loss of the EMA weights with noise fixed by the batch index, so runs compare."""
-        x0, conditions = batch
+        """Loss of the EMA weights with noise fixed by the batch index (or paired), so runs compare."""
+        x0, conditions, *paired_noise = batch
         generator = torch.Generator().manual_seed(batch_idx)
         sigma = self.model.noise(len(x0), self.device, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        noise = paired_noise[0] if paired_noise else torch.randn(x0.shape, generator=generator).to(self.device)
         conditions = conditions if self.model.condition is not None else None
         loss = self.ema.loss(x0, sigma, noise, conditions, self.loss_weight(sigma)).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=True)   # mean over processes

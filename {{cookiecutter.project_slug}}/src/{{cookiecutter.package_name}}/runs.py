@@ -9,6 +9,7 @@ holds.
         generated/             what ``sample`` writes
         fid/                   FID and KID: history.jsonl during training, what ``evaluate`` writes
         inspect/               what ``inspect-data`` writes
+        pairs/                 a reflow student's (noise, teacher sample) pairs (``pairs.py``)
         <task>/                what each course task writes: visualize/, interpolate/, guidance/,
                                illusion/, restore/ (``Run.task``), each with a made_by.yaml
         tensorboard/ or csv/   the logs
@@ -70,6 +71,7 @@ class Run:
         self.generated = self.root / "generated"
         self.fid = self.root / "fid"
         self.inspect = self.root / "inspect"
+        self.pairs = self.root / "pairs"
 
     @classmethod
     def named(cls, name: str) -> Run:
@@ -144,7 +146,7 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     """Refuse changes a resumed run cannot take (the network's shape, and what its output means);
     say which other changed settings now apply."""
     fixed = ("model.name", "model.conditional", f"model.{cfg.model.name}.", "data.image_size", "data.channels",
-             "diffusion.objective", "diffusion.sigma_data")
+             "diffusion.objective", "diffusion.sigma_data", "distill.teacher")
     changes = {key: (OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key))
                for key in dotted_keys(cfg) if key not in ("preset", "experiment")}
     changes = {key: (old, new) for key, (old, new) in changes.items() if old != new}
@@ -208,6 +210,19 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
     parameterization = build_parameterization(cfg.diffusion.objective, cfg.diffusion.sigma_data)
     denoiser = NetworkDenoiser(net, parameterization, noise.sigma_min, noise.sigma_max)
     return Model(denoiser, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)
+
+
+def new_student(cfg, teacher: Model) -> Model:
+    """A few-step student of ``teacher`` (distill.teacher), configured by ``cfg``
+    (``config.student_config``): a new Model of the teacher's network, which starts from the
+    teacher's (EMA) weights."""
+    if teacher.pretrained is not None or teacher.config.model.name == "ideal":
+        kind = "a diffusers pipeline" if teacher.pretrained is not None else "the ideal denoiser (model.name=ideal)"
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is {kind}: students start from the teacher's "
+                          "network, so the teacher must be a run or an export of this project's networks")
+    student = new_model(cfg, teacher.data_shape, teacher.class_names, teacher.cluster_sizes)
+    student.denoiser.load_state_dict(teacher.denoiser.state_dict())
+    return student
 
 
 def pretrained_model(cfg: DictConfig, data_shape) -> Model:

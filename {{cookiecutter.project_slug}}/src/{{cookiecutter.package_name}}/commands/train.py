@@ -9,14 +9,16 @@ from pathlib import Path
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from ..config import load_config
-from ..data import DiffusionDataModule
-from ..devices import device_name, memory_errors
-from ..errors import DataError, Interrupted
+from ..config import load_config, run_config, student_config
+from ..data import DiffusionDataModule, PairedDataModule
+from ..devices import device_name, memory_errors, pick_device, sampling_precision
+from ..errors import ConfigError, DataError, Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
+from ..model import Model
 from ..module import DiffusionModule
-from ..runs import Run, new_model
+from ..pairs import reflow_pairs
+from ..runs import Run, load_run, new_model, new_student
 from ..speed import flops_per_image
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 from ..visualize import sampling_title, save_samples_picture
@@ -28,18 +30,32 @@ train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=
 
 def run(overrides: list[str]) -> Path:
     cfg = load_config(overrides)
+    teacher = None
+    if cfg.distill.teacher:                  # a few-step student: the teacher's network, data and weights
+        teacher, teacher_run = load_run(cfg.distill.teacher)
+        cfg = student_config(cfg, teacher.config)
     run_dir = Run.named(cfg.name)
+    if teacher is not None and run_dir.root.resolve() == teacher_run.root.resolve():
+        raise ConfigError(f"name={cfg.name} is the teacher's own run ({teacher_run.root}): give the student a name "
+                          "of its own")
     program = __package__.split(".")[0]
     extractor = build_extractor(cfg.evaluation, program) if cfg.evaluation.every_n_steps else None
     seed_process(cfg.seed)
-    data = DiffusionDataModule(cfg.data, cfg.seed)
+    if teacher is not None:                  # a run that cannot be resumed is refused before the pairs are drawn
+        model = new_student(cfg, teacher)
+        resume_from, start_step = run_dir.checkpoint_to_resume(cfg, model.data_shape, model.class_names)
+        data = reflow_data(cfg, teacher, run_dir)
+    else:
+        data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
     if cfg.model.name == "ideal":
         return memorise(cfg, run_dir, data, program)
-    module = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
-    resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
+    if teacher is None:
+        model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes)
+        resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
+    module = DiffusionModule(model)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if trainer.is_global_zero:
         print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer))
@@ -72,6 +88,20 @@ def run(overrides: list[str]) -> Path:
                   f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
         print(closing_summary(cfg, run_dir, trainer.global_step, time.monotonic() - started, program))
     return run_dir.root
+
+
+def reflow_data(cfg, teacher: Model, run_dir: Run) -> PairedDataModule:
+    """The student's data: reflow's pairs of ``teacher`` (``pairs.py``), drawn on the training
+    device in the training precision, once (runs/<name>/pairs/ keeps them)."""
+    accelerator = cfg.trainer.accelerator
+    device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+    teacher.to(device).speed_up(sampling_precision(cfg.trainer.precision, device))
+    sampling = run_config(teacher.config, "sampling", cfg.distill.teacher_sampling).sampling
+    distill = cfg.distill
+    pairs = reflow_pairs(teacher, sampling, run_dir.pairs, distill.pairs, distill.shard_size, distill.batch_size,
+                         cfg.seed)
+    teacher.to("cpu")
+    return PairedDataModule(cfg.data, cfg.seed, pairs)
 
 
 def memorise(cfg, run_dir: Run, data: DiffusionDataModule, program: str) -> Path:
@@ -128,7 +158,7 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     return "\n".join([
         f"run        {run_dir.root}" + (" (new)" if resumed_at is None else f" (resuming from step {resumed_at})"),
         f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "
-        f"of {shape}{labels}",
+        f"of {shape}{labels}" + (f", reflow pairs of {cfg.distill.teacher}" if cfg.distill.teacher else ""),
         f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
         f"training step; objective {cfg.diffusion.objective}",
         f"  device   {device_name(trainer.strategy.root_device)}{processes}, precision {trainer.precision}",

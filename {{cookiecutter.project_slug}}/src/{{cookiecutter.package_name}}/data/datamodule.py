@@ -139,11 +139,11 @@ class DiffusionDataModule(L.LightningDataModule):
         cropped to data.image_size, at a random place per image when training with
         data.random_crop (else centred), flipped per image when training with data.hflip, and
         scaled to [-1, 1]; validation batches are only centre-cropped and scaled."""
-        data, labels = batch
+        data, labels, *paired_noise = batch
         if data.dtype == torch.uint8:
             training = self.trainer is not None and self.trainer.training
             data = to_unit_range(self.augment(data) if training else center_crop(data, self.cfg.image_size))
-        return data, labels
+        return data, labels, *paired_noise
 
     def augment(self, images: Tensor) -> Tensor:
         size = self.cfg.image_size
@@ -161,10 +161,10 @@ class DiffusionDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise DataError(f"{len(self.train_set)} training examples cannot be shared among {world_size} processes")
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        data, labels = self.train_set.data, self.train_set.labels
+        data, labels, noise = self.train_set.data, self.train_set.labels, self.train_set.noise
         if device.type == "cpu" or data.nbytes <= self.cfg.gpu_cache_gb * 2**30:
             return DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
-                                 rank, world_size, self.seed)
+                                 rank, world_size, self.seed, None if noise is None else noise.to(device))
         if self.trainer is not None and self.trainer.ckpt_path and rank == 0:
             print(f"note: the training data ({data.nbytes / 2**30:.1f} GiB) is above data.gpu_cache_gb and comes "
                   "through a DataLoader, which does not keep its place in the epoch: the resumed run reshuffles "
@@ -176,3 +176,24 @@ class DiffusionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size, collate_fn=keep_batch)
+
+
+class PairedDataModule(DiffusionDataModule):
+    """Reflow's data (``pairs.py``): the teacher's samples as the examples, each with the noise it
+    is paired with, split and served like any data, as batches (data, labels, noise)."""
+
+    def __init__(self, cfg, seed: int, pairs):
+        super().__init__(cfg, seed)
+        self.pairs = pairs
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        pairs = self.pairs
+        check_trainable(pairs.x0, self.cfg)
+        self.class_names, self.cluster_sizes = pairs.class_names, pairs.cluster_sizes
+        split = self.split(len(pairs.x0))
+        self.train_set, self.val_set = (InMemoryDataset(pairs.x0[i], None if pairs.labels is None else pairs.labels[i],
+                                                        pairs.noise[i]) for i in (split["train"], split["val"]))
+        self.fingerprint = fingerprint_key({"pairs": pairs.fingerprint, **{key: getattr(self.cfg, key)
+                                                                           for key in SPLIT_KEYS}})

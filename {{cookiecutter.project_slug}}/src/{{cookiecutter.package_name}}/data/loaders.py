@@ -12,11 +12,12 @@ from torch import Tensor
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
-    """Examples (and labels) held in one tensor. ``__getitems__`` lets the DataLoader fetch a
-    whole batch with one indexing operation instead of stacking examples one by one."""
+    """Examples (and labels) held in one tensor; for reflow's pairs (``pairs.py``) also the noise
+    each example is paired with. ``__getitems__`` lets the DataLoader fetch a whole batch with
+    one indexing operation instead of stacking examples one by one."""
 
-    def __init__(self, data: Tensor, labels: Tensor | None):
-        self.data, self.labels = data, labels
+    def __init__(self, data: Tensor, labels: Tensor | None, noise: Tensor | None = None):
+        self.data, self.labels, self.noise = data, labels, noise
 
     def __len__(self) -> int:
         return len(self.data)
@@ -25,8 +26,14 @@ class InMemoryDataset(torch.utils.data.Dataset):
         return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices)
-        return self.data.index_select(0, index), None if self.labels is None else self.labels[index]
+        return batch_of(torch.as_tensor(indices), self.data, self.labels, self.noise)
+
+
+def batch_of(index: Tensor, data: Tensor, labels: Tensor | None, noise: Tensor | None = None) -> tuple:
+    """Examples number ``index``: (data, labels), labels None for data without them, and for
+    paired data (data, labels, noise)."""
+    batch = (data.index_select(0, index), None if labels is None else labels[index])
+    return batch if noise is None else (*batch, noise.index_select(0, index))
 
 
 def keep_batch(batch):
@@ -43,8 +50,8 @@ class DeviceBatches:
     back on resume, so a resumed run continues with the very batch where it stopped."""
 
     def __init__(self, data: Tensor, labels: Tensor | None, batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0):
-        self.data, self.labels, self.batch_size = data, labels, batch_size
+                 world_size: int = 1, seed: int = 0, noise: Tensor | None = None):
+        self.data, self.labels, self.noise, self.batch_size = data, labels, noise, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.epoch, self.position = 0, 0        # the next batch served is batch `position` of `epoch`
 
@@ -58,7 +65,7 @@ class DeviceBatches:
         while self.position < len(self):
             index = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
             self.position += 1
-            yield self.data.index_select(0, index), None if self.labels is None else self.labels[index]
+            yield batch_of(index, self.data, self.labels, self.noise)
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:

@@ -118,13 +118,30 @@ class LogNormalNoise:
         return (self.mean + self.std * normal).exp().to(device)
 
 
+class UniformTNoise:
+    """Training noise levels uniform in t = sigma / (1 + sigma) on (0, t(sigma_max)] (rectified flow,
+    Liu et al. 2023, t ~ U(0, 1), capped where sampling starts): the levels of a ``uniform_t``
+    sampling schedule, each trained as often as any other, the start included (the one level a
+    one-step sampler evaluates)."""
+
+    sigma_min, table = 0.0, None
+
+    def __init__(self, sigma_max: float):
+        self.sigma_max = sigma_max
+
+    def __call__(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        t = t_from_sigma(self.sigma_max) * (1 - torch.rand(n, generator=generator))      # never 0: sigma > 0
+        return (t / (1 - t)).to(device)
+
+
 TRAINING_NOISE = {
     "ddpm": lambda diffusion: DiscreteNoise(ddpm_linear_sigmas()),
     "cosine": lambda diffusion: DiscreteNoise(cosine_sigmas()),
     "lognormal": lambda diffusion: LogNormalNoise(diffusion.noise_mean, diffusion.noise_std),
+    "uniform_t": lambda diffusion: UniformTNoise(diffusion.noise_max),
 }
 
 
-def training_noise(diffusion) -> DiscreteNoise | LogNormalNoise:
+def training_noise(diffusion) -> DiscreteNoise | LogNormalNoise | UniformTNoise:
     """The distribution of training noise levels named by ``diffusion.train_noise``."""
     return TRAINING_NOISE[diffusion.train_noise](diffusion)

@@ -1,0 +1,110 @@
+"""Reflow's pairs: noise, and the sample that a frozen teacher's deterministic sampler draws from
+it (``diffusion/distillation.py`` says why), made once and kept on disk:
+
+    runs/<student>/pairs/
+        about.json        the teacher, the sampling section, the seed, the count and the shard size
+        000000.pt ...     shard k: pairs k * shard_size onwards (x0, the paired noise, the labels)
+
+Pair i starts from the noise of seed + i (``indexed_noise``) and, for a conditional teacher,
+takes the label ``default_labels`` gives number i, drawn with the teacher's guidance: the
+student learns the guided map (the guidance is distilled in, and the student samples without
+it). So the pairs depend on nothing but the teacher, the sampling section and the seed; a shard
+is written whole or not at all, and an interrupted generation resumes at the first shard missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .diffusion.distillation import reflow_noise
+from .diffusion.generate import indexed_noise
+from .diffusion.samplers import SAMPLERS
+from .errors import ConfigError
+from .model import Model
+from .storage import UnreadableFile, read_tensors, save_atomically
+
+ABOUT = "about.json"
+
+
+@dataclass
+class Pairs:
+    """Reflow's data: the teacher's samples ``x0``, the noise each is paired with, their labels
+    (None for an unconditional teacher) and the teacher's condition table."""
+
+    x0: Tensor
+    noise: Tensor
+    labels: Tensor | None
+    class_names: list[str]
+    cluster_sizes: list[int] | None
+    fingerprint: str          # of everything the pairs depend on (``about.json``)
+
+
+def reflow_pairs(teacher: Model, sampling, folder: Path, count: int, shard_size: int, batch_size: int,
+                 seed: int) -> Pairs:
+    """The ``count`` pairs of ``teacher`` sampled as ``sampling`` (a sampling section) says, in
+    ``folder``: read where they are, drawn where they are not, with a progress bar."""
+    if not SAMPLERS[sampling.sampler].deterministic(sampling):
+        raise ConfigError(f"reflow pairs each noise with the one sample it leads to, and the teacher's sampler "
+                          f"{sampling.sampler} draws fresh noise on the way: give it a deterministic one, e.g. "
+                          "distill.teacher_sampling.sampler=dpmpp_2m (or euler, or heun with churn=0)")
+    about = {"teacher": teacher.origin, "sampling": dict(sampling), "seed": seed, "count": count,
+             "shard_size": shard_size}
+    check_same_pairs(folder, about)
+    shards = range(0, count, shard_size)
+    with tqdm(total=count, desc="reflow pairs", unit="pair") as bar:
+        for start in shards:
+            path = folder / f"{start // shard_size:06d}.pt"
+            stop = min(start + shard_size, count)
+            if not path.is_file():
+                save_atomically(draw_pairs(teacher, sampling, torch.arange(start, stop), seed, batch_size), path)
+            bar.update(stop - start)
+    parts = [read_shard(folder / f"{start // shard_size:06d}.pt") for start in shards]
+    labels = None if teacher.condition is None else torch.cat([part["labels"] for part in parts])
+    return Pairs(torch.cat([part["x0"] for part in parts]), torch.cat([part["noise"] for part in parts]), labels,
+                 list(teacher.class_names), teacher.cluster_sizes,
+                 hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:16])
+
+
+def check_same_pairs(folder: Path, about: dict) -> None:
+    """Write ``about.json`` in a new folder; in one that has it, the pairs must be these."""
+    path = folder / ABOUT
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [key for key in about if saved.get(key) != about[key]]
+        if changed:
+            raise ConfigError(f"{folder} holds pairs made with other settings ({', '.join(changed)} differ): start a "
+                              "new student with name=<new name>, or delete the folder to draw them again")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(about, indent=1))
+
+
+@torch.no_grad()
+def draw_pairs(teacher: Model, sampling, indices: Tensor, seed: int, batch_size: int) -> dict:
+    """Pairs number ``indices``: the teacher's sample x0 from the noise z of seed + i, with the
+    noise of the straight line from sigma_max z to x0 (``reflow_noise``), in batches."""
+    sigma_max = teacher.sigmas(sampling)[0].item()
+    parts = {"x0": [], "noise": [], "labels": []}
+    for batch in indices.split(batch_size):
+        z = indexed_noise(batch, teacher.data_shape, seed).to(teacher.device)
+        labels = teacher.default_labels(batch)
+        guided = teacher.guided(len(batch), sampling.guidance, labels)
+        x0 = teacher.generate(guided, sampling, noise=z, decode=False).x
+        parts["x0"].append(x0.cpu())
+        parts["noise"].append(reflow_noise(z, x0, sigma_max).cpu())
+        parts["labels"].append(labels if labels is not None else torch.zeros(0))
+    return {key: torch.cat(value) for key, value in parts.items()}
+
+
+def read_shard(path: Path) -> dict:
+    try:
+        return read_tensors(path)
+    except UnreadableFile as why:
+        raise ConfigError(f"{path} is not a readable shard of pairs ({why}): delete it, and the same command draws "
+                          "it again") from None
