@@ -197,8 +197,9 @@ def test_paired_noise_replaces_the_drawn_noise_in_training_and_validation(projec
 def test_a_reflow_student_starts_from_its_teacher_and_is_an_ordinary_run(project_dir, capsys):
     """train experiment=reflow distill.teacher=RUN: the student takes the teacher's network, data
     and weights, draws its pairs once into runs/<name>/pairs/, and is a run like any other: it
-    resumes to the weights of one trained straight, samples in one step, exports. It cannot
-    overwrite its teacher, nor be resumed as anything but its teacher's student."""
+    resumes to the weights of one trained straight, samples in one step, exports. The recipe
+    without a teacher is an error; a student cannot overwrite its teacher, nor be resumed as
+    anything but its teacher's student."""
     teacher_args = ["experiment=toy2d", "name=teacher", "logger=csv", "model.mlp.width=32", "trainer.max_steps=30",
                     "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]
     assert main(["train", *teacher_args]) == 0
@@ -232,6 +233,8 @@ def test_a_reflow_student_starts_from_its_teacher_and_is_an_ordinary_run(project
     assert torch.equal(torch.load("one/samples.pt"), torch.load("two/samples.pt"))
 
     capsys.readouterr()
+    assert main(["train", "experiment=reflow"]) == 2
+    assert "no value for distill.teacher" in capsys.readouterr().err
     assert main(["train", *student, "name=teacher"]) == 2
     assert "name=teacher is the teacher's own run" in capsys.readouterr().err
     assert main(["train", "experiment=toy2d", "name=straight", "logger=csv", "model.mlp.width=32"]) == 2

@@ -321,7 +321,11 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
     given = set().union(*(dotted_keys(layer) for layer, _ in layers))
     if cfg.diffusion.objective != baked_objective:
         follow_objective(cfg, given)
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    # A layer's ``???`` asks for a value (experiments/reflow.yaml: distill.teacher). OmegaConf does
+    # not merge it, so a key asked for is missing while no later layer has set it.
+    asked = {key for layer, _ in layers for key in dotted_keys(layer)
+             if OmegaConf.select(layer, key, default=MISSING) == MISSING}
+    missing = sorted({*OmegaConf.missing_keys(cfg), *(key for key in asked if OmegaConf.select(cfg, key) is None)})
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}; set it in {base_file} or as key=value")
     check_values(cfg)
