@@ -13,7 +13,6 @@ is written whole or not at all, and an interrupted generation resumes at the fir
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ class Pairs:
     labels: Tensor | None
     class_names: list[str]
     cluster_sizes: list[int] | None
-    fingerprint: str          # of everything the pairs depend on (``about.json``)
+    fingerprint: dict         # everything the pairs depend on (``about.json``)
 
 
 def reflow_pairs(teacher: Model, sampling, folder: Path, count: int, shard_size: int, batch_size: int,
@@ -56,19 +55,20 @@ def reflow_pairs(teacher: Model, sampling, folder: Path, count: int, shard_size:
     about = {"teacher": teacher.origin, "sampling": dict(sampling), "seed": seed, "count": count,
              "shard_size": shard_size}
     check_same_pairs(folder, about)
-    shards = range(0, count, shard_size)
+    parts = []
     with tqdm(total=count, desc="reflow pairs", unit="pair") as bar:
-        for start in shards:
+        for start in range(0, count, shard_size):
             path = folder / f"{start // shard_size:06d}.pt"
             stop = min(start + shard_size, count)
-            if not path.is_file():
-                save_atomically(draw_pairs(teacher, sampling, torch.arange(start, stop), seed, batch_size), path)
+            if path.is_file():
+                parts.append(read_shard(path))
+            else:
+                parts.append(draw_pairs(teacher, sampling, torch.arange(start, stop), seed, batch_size))
+                save_atomically(parts[-1], path)
             bar.update(stop - start)
-    parts = [read_shard(folder / f"{start // shard_size:06d}.pt") for start in shards]
     labels = None if teacher.condition is None else torch.cat([part["labels"] for part in parts])
     return Pairs(torch.cat([part["x0"] for part in parts]), torch.cat([part["noise"] for part in parts]), labels,
-                 list(teacher.class_names), teacher.cluster_sizes,
-                 hashlib.sha256(json.dumps(about, sort_keys=True).encode()).hexdigest()[:16])
+                 list(teacher.class_names), teacher.cluster_sizes, about)
 
 
 def check_same_pairs(folder: Path, about: dict) -> None:
