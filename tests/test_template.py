@@ -100,10 +100,10 @@ def unexpected_skips(output: str) -> list[str]:
 def test_baked_project_passes_its_own_tests(bake, answers):
     """Every test in the default project; in the others, those that the answers can change:
     the tests that start other processes (the same DDP, signal and fresh-interpreter checks in
-    every project) and the pretrained-model tests run once, to keep CI within its time. No test
-    may skip unless EXPECTED_SKIPS says why."""
+    every project), the pretrained-model tests and the known answers marked ``once`` run once,
+    to keep CI within its time. No test may skip unless EXPECTED_SKIPS says why."""
     project = bake(**answers)
-    once = [] if answers == COMBINATIONS[0] else ["-m", "not subprocess and not pretrained"]
+    once = [] if answers == COMBINATIONS[0] else ["-m", "not subprocess and not pretrained and not once"]
     result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *once)
     assert " passed" in result.stdout and "failed" not in result.stdout
     assert not unexpected_skips(result.stdout), unexpected_skips(result.stdout)
@@ -304,8 +304,9 @@ def test_the_memorisation_example_runs_as_its_readme_says(bake):
 
 
 def test_the_reflow_example_runs_as_its_readme_says(bake):
-    """examples/reflow, tiny: the teacher, its reflow student (few pairs of a few teacher steps)
-    and the sampling commands of the README, in order, then few_steps.py: its table and figure."""
+    """examples/reflow, tiny: the teacher, its reflow student (few pairs of a few teacher steps),
+    its consistency students and the sampling commands of the README, in order, then
+    few_steps.py: its table and figure."""
     import json
     import re
     import shutil
@@ -317,17 +318,19 @@ def test_the_reflow_example_runs_as_its_readme_says(bake):
                       "logger=csv"],
             "reflow": ["distill.pairs=16", "distill.shard_size=8", "distill.teacher_sampling.steps=3"]}
     commands = example_commands("reflow")
-    assert [args[0] for args in commands] == ["train", "train", "sample"]
+    assert [args[0] for args in commands] == ["train", "train", "train", "train", "sample"]
     for args in commands:
         extra = tiny.get(args[0], []) + (tiny["reflow"] if "experiment=reflow" in args else [])
         run_in(project, "-m", "diffusion_lab", *args, *extra)
     line = re.search(r"python few_steps.py ([^`\n]*)", (folder / "README.md").read_text()).group(1).split()
     run_in(project, "few_steps.py", *line, "n=4", "steps=1,2")
-    out = project / "runs" / "digits-reflow" / "few_steps"
+    out = project / "runs" / "digits" / "few_steps"
     rows = json.loads((out / "few_steps.json").read_text())
+    students = ["reflow student", "cd student", "ect student"]
     assert [(row["model"], row["steps"]) for row in rows] == [("teacher", 20), ("teacher", 1), ("teacher", 2),
-                                                              ("student", 1), ("student", 2)]
+                                                              *[(name, k) for name in students for k in (1, 2)]]
     assert rows[0]["rms_from_teacher"] == 0 and (out / "few_steps.png").is_file()
-    assert [row["nfe"] for row in rows[3:]] == [1, 2]                 # the student samples without guidance
+    assert [row["nfe"] for row in rows[3:]] == [1, 2] * 3              # the students sample without guidance
+    assert [row["sampler"] for row in rows[3::2]] == ["euler", "consistency", "consistency"]
     for picture in re.findall(r"\]\(([^)]+\.png)\)", (folder / "README.md").read_text()):
         assert (folder / picture).is_file(), picture

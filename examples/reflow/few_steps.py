@@ -1,13 +1,13 @@
-"""A reflow student beside its teacher at a few network evaluations: samples from the same noise,
-and how far each lands from the teacher's own sample at full cost (its sampling section).
+"""Few-step students beside their teacher at a few network evaluations: samples from the same
+noise, and how far each lands from the teacher's own sample at full cost (its sampling section).
 
-    python few_steps.py teacher=runs/digits student=runs/digits-reflow [steps=1,2,4] [n=256]
+    python few_steps.py teacher=runs/digits student=runs/digits-reflow[,runs/digits-cd,...] [steps=1,2,4] [n=256]
 
-Writes <student>/few_steps/: few_steps.json, with for each model and number of steps the sampler,
+Writes <teacher>/few_steps/: few_steps.json, with for each model and number of steps the sampler,
 the network evaluations per sample and the RMS distance (per value, images in [-1, 1]) from the
-teacher's full-cost sample of the same noise, and few_steps.png, 16 samples of each. Both models
-sample as their own sampling sections say but for the steps: the teacher with its sampler and
-guidance, the student (trained on the guided teacher's pairs) without guidance.
+teacher's full-cost sample of the same noise, and few_steps.png, 16 samples of each. Every model
+samples as its own sampling section says but for the steps: the teacher with its sampler and
+guidance, a student (which learnt the guided teacher) with its own sampler, without guidance.
 """
 import importlib
 import json
@@ -44,27 +44,30 @@ def main(argv: list[str]) -> None:
     args = dict(argument.split("=", 1) for argument in argv)
     if not {"teacher", "student"} <= args.keys():
         sys.exit(__doc__)
-    teacher, _ = runs.load_run(args["teacher"])
-    student, student_run = runs.load_run(args["student"])
+    teacher, teacher_run = runs.load_run(args["teacher"])
+    students = [(path, runs.load_run(path)[0]) for path in args["student"].split(",")]
     n, steps = int(args.get("n", 256)), [int(k) for k in args.get("steps", "1,2,4").split(",")]
     noise = torch.randn((n, *teacher.data_shape), generator=torch.Generator().manual_seed(0))
     reference, sampling = draw(teacher, noise)
     rows, pictures = [], []
-    for name, model, counts in (("teacher", teacher, [None, *steps]), ("student", student, steps)):
+    models = [("teacher", args["teacher"], teacher, [None, *steps])]
+    models += [(f"{model.config.distill.method} student", path, model, steps) for path, model in students]
+    for name, path, model, counts in models:
         for count in counts:
             result, sampling = draw(model, noise, count)
             rms = (result.x - reference.x).square().mean().sqrt().item()
-            rows.append({"model": name, "run": args[name], "sampler": sampling.sampler, "steps": sampling.steps,
+            rows.append({"model": name, "run": path, "sampler": sampling.sampler, "steps": sampling.steps,
                          "nfe": result.nfe, "rms_from_teacher": round(rms, 4)})
             plural = "s" if sampling.steps > 1 else ""
-            pictures.append((f"{name}: {sampling.sampler}, {sampling.steps} step{plural}, {result.nfe} NFE "
-                             f"(RMS from the teacher's {reference.nfe}-NFE sample {rms:.3f})", result.x[:16]))
-    out = student_run.root / "few_steps"
+            title = (f"{name}: {sampling.sampler}, {sampling.steps} step{plural}, {result.nfe} NFE "
+                     f"(RMS from the teacher's {reference.nfe}-NFE sample {rms:.3f})")
+            pictures.append((title, result.x[:16]))
+    out = teacher_run.root / "few_steps"
     out.mkdir(parents=True, exist_ok=True)
     (out / "few_steps.json").write_text(json.dumps(rows, indent=1))
     save_rows(pictures, out / "few_steps.png")
     for row in rows:
-        print(f"{row['model']:8} {row['sampler']:9} {row['steps']:3} steps {row['nfe']:3} NFE   "
+        print(f"{row['model']:16} {row['sampler']:11} {row['steps']:3} steps {row['nfe']:3} NFE   "
               f"RMS from the teacher {row['rms_from_teacher']:.3f}")
     print(f"wrote {out}/few_steps.json and few_steps.png")
 

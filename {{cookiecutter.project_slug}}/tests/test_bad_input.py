@@ -79,6 +79,8 @@ BAD = [
      "does not fit in memory"),
     (["sample", "run=runs/classes", "steps=2", "n=10000000000000", "batch_size=2"], "GiB available"),
     (["evaluate", "run=runs/classes", "sweep_samplers=[rk4]"], "unknown: rk4"),
+    (["evaluate", "run=runs/classes", "teacher_steps=[5]"], "teacher's line in the sweep's plot: add sweep=true"),
+    (["evaluate", "run=runs/classes", "sweep=true", "teacher_steps=[5]"], "runs/classes is no student"),
     (["evaluate", "run=runs/classes", "samples=1"], "evaluation.samples"),
     (["evaluate", "run=runs/plain", "twin=runs/classes"], "compares the samples of the memorisation check: add "
                                                            "memorisation=N"),

@@ -113,6 +113,7 @@ def schema_leaves(schema, prefix=""):
 def test_every_choice_in_the_schema_has_exactly_one_implementation():
     """A config choice is a key of a name table: a choice listed without an implementation (or
     an implementation that cannot be chosen) fails here, not in a user's run."""
+    from {{ cookiecutter.package_name }}.commands.train import METHODS
     from {{ cookiecutter.package_name }}.config import Config
     from {{ cookiecutter.package_name }}.data import SOURCES, TOY_SHAPES
     from {{ cookiecutter.package_name }}.diffusion.parameterizations import LOSS_WEIGHTS, PARAMETERIZATIONS
@@ -126,7 +127,7 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
               "model.name": {**MODELS, "pretrained": "adapters"}, "diffusion.objective": PARAMETERIZATIONS,
               "diffusion.train_noise": TRAINING_NOISE, "diffusion.loss_weight": LOSS_WEIGHTS,
               "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES, "evaluation.sampler": SAMPLERS,
-              "evaluation.extractor": EXTRACTORS}
+              "evaluation.extractor": EXTRACTORS, "distill.method": METHODS}
     plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator",   # used as they are,
                       "trainer.strategy", "trainer.compile"}                           # or by Lightning
     literals = {key: set(typing.get_args(kind)) for key, kind in schema_leaves(Config)

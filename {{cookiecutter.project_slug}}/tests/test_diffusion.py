@@ -581,7 +581,8 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
 
 # -- the table of sampler facts, held against the samplers themselves ----------------------------
 NOISY = [("euler", {}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.5}), ("ddpm", {}), ("heun", {"churn": 0.0}),
-         ("heun", {"churn": 10.0}), ("generalized", {"mu": 0.0}), ("generalized", {"mu": 0.5}), ("dpmpp_2m", {})]
+         ("heun", {"churn": 10.0}), ("generalized", {"mu": 0.0}), ("generalized", {"mu": 0.5}), ("dpmpp_2m", {}),
+         ("consistency", {}), ("consistency", {"steps": 1})]
 
 
 @pytest.mark.parametrize("name, options", NOISY, ids=[f"{name}{options}" for name, options in NOISY])
@@ -592,10 +593,10 @@ def test_the_table_says_which_samplers_draw_noise(name, options):
 
     from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
 
-    sampling = SimpleNamespace(sampler=name, steps=6, **{"eta": 0.0, "churn": 0.0, "gamma": 1.0, "mu": 0.0,
-                                                         "second_order": False, **options})
+    sampling = SimpleNamespace(**{"sampler": name, "steps": 6, "eta": 0.0, "churn": 0.0, "gamma": 1.0, "mu": 0.0,
+                                  "second_order": False, **options})
     facts, x = SAMPLERS[name], torch.ones(4, 2, dtype=torch.float64) * 80
-    samples = [facts.configured(sampling)(gaussian_denoiser, karras_sigmas(6, 0.002, 80.0), x,
+    samples = [facts.configured(sampling)(gaussian_denoiser, karras_sigmas(sampling.steps, 0.002, 80.0), x,
                                           generator=torch.Generator().manual_seed(seed)).x for seed in (0, 1)]
     assert torch.equal(samples[0], samples[1]) == facts.deterministic(sampling)
 

@@ -1,5 +1,6 @@
-"""Few-step students: reflow against the known answer of Gaussian data (its probability-flow map
-is linear and closed form), the pairs' cache, and the student as an ordinary run."""
+"""Few-step students: reflow and consistency models against the known answers of Gaussian data
+(its probability-flow map is linear and closed form, and so is its consistency function), the
+pairs' cache, and the student as an ordinary run."""
 import json
 
 import pytest
@@ -8,9 +9,16 @@ from torch import nn
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.config import load_config, student_config
-from {{ cookiecutter.package_name }}.diffusion.distillation import reflow_noise
-from {{ cookiecutter.package_name }}.diffusion.samplers import ddim
-from {{ cookiecutter.package_name }}.diffusion.schedules import LogNormalNoise, uniform_t_sigmas
+from {{ cookiecutter.package_name }}.diffusion.distillation import (
+    ConsistencyDistillation,
+    ConsistencyTuning,
+    consistency_loss,
+    heun_step,
+    pseudo_huber,
+    reflow_noise,
+)
+from {{ cookiecutter.package_name }}.diffusion.samplers import consistency, ddim
+from {{ cookiecutter.package_name }}.diffusion.schedules import LogNormalNoise, karras_sigmas, uniform_t_sigmas
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.model import Model
 from {{ cookiecutter.package_name }}.pairs import reflow_pairs
@@ -41,6 +49,12 @@ class GaussianDenoiser(nn.Module):
         self.rows += len(x)
         s2 = sigma.double()[:, None] ** 2
         return (self.mu + STD**2 / (STD**2 + s2) * (x.double() - self.mu)).to(x.dtype)
+
+
+def consistency_function(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The end at sigma = 0 of the probability-flow ODE path of x0 ~ N(MU, STD^2) through x at
+    level sigma (Song et al. 2023's f(x, sigma)), from the invariant above."""
+    return MU + (x.double() - MU) * STD / torch.sqrt(STD**2 + sigma**2)
 
 
 def gaussian_teacher(*overrides: str) -> Model:
@@ -144,19 +158,25 @@ def test_pairs_resume_at_the_missing_shard_and_refuse_other_settings(tmp_path):
         reflow_pairs(teacher, sampling, tmp_path, 12, 4, 4, seed=0)
 
 
-def test_a_student_trained_on_gaussian_pairs_lands_near_the_teachers_endpoint_in_one_step(tmp_path):
+@pytest.mark.once
+@pytest.mark.parametrize("train_noise, bound", [("uniform_t", 0.15), ("start", 0.1)])
+def test_a_student_trained_on_gaussian_pairs_lands_near_the_teachers_endpoint_in_one_step(tmp_path, train_noise,
+                                                                                           bound):
     """A small MLP student, trained on 2,000 pairs of the Gaussian teacher with the training
     levels uniform in t (diffusion.train_noise=uniform_t), maps fresh noise in one Euler step to
     within 0.15 (RMS) of where the teacher's exact ODE takes it; the teacher's own single step
-    misses by about the data's spread."""
+    misses by about the data's spread. Trained at sigma_max alone (train_noise=start: Liu et al.'s
+    one-step distillation), where that step is taken, it lands closer still."""
     teacher = gaussian_teacher()
     pairs = reflow_pairs(teacher, teacher.config.sampling, tmp_path, 2000, 1000, 1000, seed=0)
     torch.manual_seed(0)
     cfg = load_config(["experiment=toy2d", "model.conditional=false", "diffusion.objective=edm",
-                       "diffusion.train_noise=uniform_t", "model.mlp.width=64", "model.mlp.depth=2",
+                       f"diffusion.train_noise={train_noise}", "model.mlp.width=64", "model.mlp.depth=2",
                        "sampling.sampler=euler", "sampling.schedule=uniform_t", "sampling.steps=1",
                        f"sampling.sigma_max={SIGMA_MAX}"])
     student = new_model(cfg, [2])
+    if train_noise == "start":
+        assert torch.equal(student.noise(5, "cpu"), torch.full((5,), SIGMA_MAX))
     optimizer = torch.optim.Adam(student.denoiser.parameters(), lr=3e-3)
     for _ in range(1500):
         index = torch.randint(len(pairs.x0), (256,))
@@ -167,7 +187,7 @@ def test_a_student_trained_on_gaussian_pairs_lands_near_the_teachers_endpoint_in
         optimizer.step()
     z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(1))
     rms = lambda x: (x.double() - ode_endpoint(z)).square().sum(1).mean().sqrt().item()  # noqa: E731
-    assert rms(student.sample(1000, None, noise=z).x) < 0.15
+    assert rms(student.sample(1000, None, noise=z).x) < bound
     assert rms(teacher.sample(1000, None, cfg.sampling, noise=z).x) > 1.0
 
 
@@ -208,7 +228,7 @@ def test_a_reflow_student_starts_from_its_teacher_and_is_an_ordinary_run(project
                "trainer.val_every_n_steps=5", "trainer.sample_every_n_steps=1000", "trainer.sample_count=16",
                "trainer.checkpoint_every_n_steps=5"]
     assert main(["train", *student, "name=straight", "trainer.max_steps=20"]) == 0
-    assert "reflow pairs of runs/teacher" in capsys.readouterr().out
+    assert "a reflow student of runs/teacher" in capsys.readouterr().out
     assert main(["train", *student, "name=resumed", "trainer.max_steps=10"]) == 0
     assert main(["train", *student, "name=resumed", "trainer.max_steps=20"]) == 0
     straight, resumed = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
@@ -239,3 +259,143 @@ def test_a_reflow_student_starts_from_its_teacher_and_is_an_ordinary_run(project
     assert "name=teacher is the teacher's own run" in capsys.readouterr().err
     assert main(["train", "experiment=toy2d", "name=straight", "logger=csv", "model.mlp.width=32"]) == 2
     assert "cannot resume with distill.teacher=None (trained with runs/teacher)" in capsys.readouterr().err
+
+
+def test_the_consistency_sampler_draws_gaussian_data_exactly_with_its_consistency_function():
+    """Song et al. 2023, Algorithm 1, with the exact consistency function of Gaussian data: one
+    step lands on the ODE endpoint of its start; every further step re-noises an exact sample to
+    the next level, which is then exactly that level's marginal, so three steps draw N(MU, STD^2)
+    too. The sampler is DDIM with all of its noise fresh (eta large enough)."""
+    f = lambda x, sigma: consistency_function(x, sigma[0].item())          # noqa: E731
+    z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    one = consistency(f, torch.tensor([SIGMA_MAX, 0.0], dtype=torch.float64), SIGMA_MAX * z)
+    assert one.nfe == 1 and torch.allclose(one.x, ode_endpoint(z), atol=1e-12)
+    sigmas = torch.tensor([SIGMA_MAX, 5.0, 0.8, 0.0], dtype=torch.float64)
+    three = consistency(f, sigmas, SIGMA_MAX * z, generator=torch.Generator().manual_seed(1)).x
+    assert torch.allclose(three.mean(0), MU, atol=4 * STD.max() / 20000**0.5)
+    assert torch.allclose(three.std(0), STD, rtol=0.03)
+    as_ddim = ddim(f, sigmas, SIGMA_MAX * z, eta=1e9, generator=torch.Generator().manual_seed(1)).x
+    assert torch.allclose(three, as_ddim, atol=1e-12)
+
+
+def test_a_heun_step_of_the_gaussian_teacher_follows_its_ode_and_pseudo_huber_is_icts():
+    """heun_step is second order: between two adjacent levels of the 18 of CD's ladder it lands
+    near the exact ODE map of Gaussian data, and halving the step shrinks the error about 8-fold
+    (a local error O(h^3); Euler's shrinks 4-fold). iCT's distance is sqrt(||d||^2 + c^2) - c with
+    c = 0.00054 sqrt(dim)."""
+    levels = karras_sigmas(18, 0.002, SIGMA_MAX)
+    z = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = MU + torch.sqrt(STD**2 + levels[8] ** 2) * z                 # the marginal at level levels[8]
+    errors = []
+    for t, r in ((levels[8], levels[9]), (levels[8], (levels[8] + levels[9]) / 2)):
+        exact = MU + (x - MU) * torch.sqrt(STD**2 + r**2) / torch.sqrt(STD**2 + t**2)
+        landed = heun_step(GaussianDenoiser(), x, torch.full((500,), t.item()), torch.full((500,), r.item()))
+        errors.append((landed - exact).abs().max().item())
+    assert errors[0] < 0.1 * (levels[8] - levels[9]).item() and 6 < errors[0] / errors[1] < 14
+    difference = torch.tensor([[3.0, 4.0] + [0.0] * 98, [1e-3] + [0.0] * 99])
+    c = 0.00054 * 10
+    assert torch.allclose(pseudo_huber(difference), torch.tensor([(25 + c**2) ** 0.5 - c, (1e-6 + c**2) ** 0.5 - c]))
+
+
+def test_ects_gap_halves_every_stage_and_starts_as_the_diffusion_loss():
+    """Geng et al. 2024, §3: r = t (1 - (1 + 8 sigmoid(-t)) / 2^(stage + 1)), at least 0, with the
+    stage rising every stage_steps steps. At stage
+    0, r = 0 wherever (1 + 8 sigmoid(-t)) >= 2, i.e. t <= ln 7, and the loss there is the
+    denoising error d(D(x_t, t), x0) / t; for large t the gap t - r is t / 2^(stage + 1)."""
+    tuning = ConsistencyTuning(LogNormalNoise(-1.1, 2.0), stage_steps=100)
+    t = torch.tensor([0.1, 1.0, 1.9, 2.0, 50.0, 80.0])
+    assert torch.equal(tuning.lower_level(t, 99)[:3], torch.zeros(3)) and (tuning.lower_level(t, 0)[3:] > 0).all()
+    for stage in range(8):
+        for step in (100 * stage, 100 * stage + 99):
+            gap = t[-2:] - tuning.lower_level(t[-2:], step)
+            assert torch.allclose(gap, t[-2:] / 2 ** (stage + 1), rtol=1e-6)
+    student = GaussianDenoiser()
+    x0 = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    x_t = x0 + t[:, None] * torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    loss = consistency_loss(student, x0, x_t, t, x_t, torch.zeros(6), None)
+    assert torch.allclose(loss, pseudo_huber(student(x_t, t) - x0) / t)
+    x_r, r = x_t / 2, t / 2                                                   # and above level 0, the student's own
+    loss = consistency_loss(student, x0, x_t, t, x_r, r, None)
+    assert torch.allclose(loss, pseudo_huber(student(x_t, t) - student(x_r, r)) / (t - r))
+
+
+def test_the_consistency_target_reuses_the_predictions_dropout_masks():
+    """ECT evaluates f(x_r, r) with the random state of f(x_t, t): for a student that is all
+    dropout, the same input at both levels gives the same answer, so the loss is 0 (with masks
+    drawn afresh it would not be)."""
+    dropout = nn.Dropout(0.5).train()
+    student = lambda x, sigma, labels: dropout(x)                          # noqa: E731
+    x = torch.randn(8, 100)
+    loss = consistency_loss(student, torch.zeros(8, 100), x, torch.full((8,), 2.0), x, torch.full((8,), 1.0), None)
+    assert loss.abs().max() < 1e-6
+    assert not torch.equal(dropout(x), dropout(x))                             # the masks do differ between calls
+
+
+def train_on_gaussian_data(objective, steps: int) -> Model:
+    """A small MLP student (EDM's parameterization) trained from scratch by ``objective`` on samples
+    of N(MU, STD^2), with the learning rate decaying linearly to 0."""
+    torch.manual_seed(0)
+    cfg = load_config(["experiment=toy2d", "model.conditional=false", "diffusion.objective=edm",
+                       "model.mlp.width=64", "model.mlp.depth=2", "sampling.sampler=consistency",
+                       "sampling.schedule=karras", "sampling.steps=1", f"sampling.sigma_max={SIGMA_MAX}"])
+    student = new_model(cfg, [2])
+    optimizer = torch.optim.Adam(student.denoiser.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for step in range(steps):
+        x0 = (MU + STD * torch.randn(256, 2, dtype=torch.float64)).float()
+        loss = objective(student.denoiser, x0, None, step).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return student
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("method, steps, bound", [("cd", 1500, 0.2), ("ect", 3000, 0.45)])
+def test_a_consistency_student_of_gaussian_data_approaches_its_closed_form_consistency_function(method, steps,
+                                                                                                 bound):
+    """Consistency distillation of the closed-form teacher (its Heun steps), or consistency tuning
+    on the data alone, brings a small student from scratch close to the consistency function:
+    one evaluation at sigma_max lands within ``bound`` (RMS) of the ODE endpoint of its noise,
+    where the teacher's own single step misses by more than the data's spread. Consistency
+    training, with no teacher, converges more slowly: the larger bound and twice the steps."""
+    objectives = {"cd": ConsistencyDistillation(lambda labels: GaussianDenoiser(), karras_sigmas(18, 0.002,
+                                                                                                 SIGMA_MAX)[:-1]),
+                  "ect": ConsistencyTuning(LogNormalNoise(-1.1, 2.0), stage_steps=steps // 8)}
+    student = train_on_gaussian_data(objectives[method], steps)
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    rms = lambda x: (x.double() - ode_endpoint(z)).square().sum(1).mean().sqrt().item()  # noqa: E731
+    assert rms(student.sample(2000, None, noise=z).x) < bound
+    teacher_step = ddim(GaussianDenoiser(), torch.tensor([SIGMA_MAX, 0.0], dtype=torch.float64), SIGMA_MAX * z)
+    assert rms(teacher_step.x) > 1.0
+
+
+def test_consistency_students_are_ordinary_runs_that_sample_with_the_consistency_sampler(project_dir, capsys):
+    """train experiment=cd (or ect) distill.teacher=RUN: a student of the teacher's network and
+    weights, trained on its data; the ECT student resumed mid-training (its gap schedule follows
+    the step) equals one trained straight; both sample in one evaluation. A teacher that predicts
+    x0 has no boundary condition D(x, 0) = x to build on: refused."""
+    assert main(["train", "experiment=toy2d", "name=teacher", "logger=csv", "model.mlp.width=32",
+                 "trainer.max_steps=30", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
+    common = ["distill.teacher=runs/teacher", "distill.stage_steps=4", "logger=csv", "data.batch_size=32",
+              "trainer.val_every_n_steps=5", "trainer.sample_every_n_steps=1000", "trainer.sample_count=16",
+              "trainer.checkpoint_every_n_steps=5"]
+    assert main(["train", "experiment=cd", *common, "trainer.max_steps=10"]) == 0
+    assert "a cd student of runs/teacher" in capsys.readouterr().out
+    assert main(["train", "experiment=ect", *common, "name=straight", "trainer.max_steps=16"]) == 0
+    assert main(["train", "experiment=ect", *common, "name=resumed", "trainer.max_steps=8"]) == 0
+    assert main(["train", "experiment=ect", *common, "name=resumed", "trainer.max_steps=16"]) == 0
+    straight, resumed = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+                         for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    for name, method in (("cd", "cd"), ("straight", "ect")):
+        model, _ = load_run(f"runs/{name}")
+        assert model.config.distill.method == method and model.config.sampling.sampler == "consistency"
+        assert main(["sample", f"run=runs/{name}", "n=8", "steps=1", f"out={name}-one"]) == 0
+        assert torch.load(f"{name}-one/samples.pt").shape == (8, 2)
+    assert main(["train", "experiment=toy2d", "name=x0", "diffusion.objective=x0", "logger=csv",
+                 "model.mlp.width=32", "trainer.max_steps=2", "trainer.sample_every_n_steps=1000"]) == 0
+    capsys.readouterr()
+    assert main(["train", "experiment=ect", "distill.teacher=runs/x0"]) == 2
+    assert "predicts x0 (diffusion.objective=x0): distil it by reflow" in capsys.readouterr().err

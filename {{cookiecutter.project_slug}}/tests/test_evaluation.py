@@ -268,6 +268,19 @@ def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_d
                  "batch_size=16", "kid_subset_size=10", "steps=2", "keep_images=true"]) == 0
     assert len(list((folder / "images").glob("*.png"))) == 20                  # the earlier 40 are not mixed in
 
+    # a student's sweep, with its teacher's line beside it
+    assert main(["train", "experiment=ect", "distill.teacher=runs/done", "name=student", "logger=csv",
+                 "data.batch_size=16", "trainer.max_steps=2", "trainer.val_every_n_steps=1000",
+                 "trainer.sample_every_n_steps=1000"]) == 0
+    assert main(["evaluate", "run=runs/student", *[o.split(".", 1)[1] for o in custom_extractor], "samples=20",
+                 "batch_size=16", "kid_subset_size=10", "steps=1", "sweep=true", "sweep_samplers=[consistency]",
+                 "sweep_steps=[1,2]", "teacher_steps=[3]"]) == 0
+    sweep = json.loads((project_dir / "runs/student/fid/sweep.json").read_text())["results"]
+    assert [(r["model"], r["sampler"], r["nfe"]) for r in sweep] == [("student", "consistency", 1),
+                                                                     ("student", "consistency", 2),
+                                                                     ("done", "dpmpp_2m", 3)]
+    assert all(np.isfinite(r["fid"]) for r in sweep) and (project_dir / "runs/student/fid/sweep.png").is_file()
+
 
 def test_offline_inception_weights_stop_training_before_it_starts(project_dir, monkeypatch, tmp_path, capsys):
     pytest.importorskip("torch_fidelity")
@@ -408,6 +421,7 @@ def test_the_default_cadence_costs_at_most_a_tenth_of_training():
         assert evaluating <= 0.1 * training, preset
 
 
+@pytest.mark.once
 def test_the_inception_path_runs_offline_from_a_weights_file(project_dir, tmp_path, monkeypatch):
     """The real extractor end to end (grayscale repeated to RGB, resized to 299, 2048 features),
     from a local weights file: random weights of the right shapes, since tests never download."""

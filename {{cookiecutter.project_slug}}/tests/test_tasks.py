@@ -222,6 +222,7 @@ def pair_denoiser(x, sigma):
     return (PAIR_MU + (gain @ (flat - PAIR_MU)[..., None])[..., 0]).reshape(x.shape)
 
 
+@pytest.mark.once
 def test_repaint_converges_to_the_conditional_where_replacement_alone_is_biased():
     """Pixel 0 observed at y = 1.5: pixel 1 given it is N(-1 + 0.8 (1.5 - 0.5), 1 - 0.8^2) =
     N(-0.2, 0.6^2) (the Gaussian conditional). Plain replacement misses the mean by most of the

@@ -143,7 +143,7 @@ class ModelConfig:
 class DiffusionConfig:
     objective: Literal["eps", "x0", "v", "edm", "flow"] = MISSING
     sigma_data: float = valid(finite_above(0))
-    train_noise: Literal["ddpm", "cosine", "lognormal", "uniform_t"] = MISSING
+    train_noise: Literal["ddpm", "cosine", "lognormal", "uniform_t", "start"] = MISSING
     noise_mean: float = valid(FINITE)
     noise_std: float = valid(finite_above(0))
     noise_max: float = valid(finite_above(0))
@@ -152,7 +152,7 @@ class DiffusionConfig:
     p_uncond: float = valid(((lambda v: 0 <= v <= 1), "in [0, 1]"))
 
 
-SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"]
+SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m", "consistency"]
 
 
 @dataclass
@@ -201,11 +201,14 @@ class OptimConfig:
 
 @dataclass
 class DistillConfig:
+    method: Literal["reflow", "cd", "ect"] = MISSING
     teacher: Optional[str] = None
     teacher_sampling: dict[str, Any] = field(default_factory=dict)
     pairs: int = valid(at_least(2))
     shard_size: int = valid(at_least(1))
     batch_size: int = valid(at_least(1))
+    levels: int = valid(at_least(2))
+    stage_steps: int = valid(at_least(1))
 
 
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from .devices import compile_in_place
+from .diffusion.distillation import Objective
 from .diffusion.parameterizations import x0_loss_weight
 from .errors import TrainingDiverged
 from .model import Model
@@ -34,7 +35,7 @@ class DiffusionModule(L.LightningModule):
     is skipped entirely: no update, no step counted, on every process alike.
     """
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, objective: Objective | None = None):
         super().__init__()
         self.cfg = model.config
         self.save_hyperparameters({"config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -43,6 +44,7 @@ class DiffusionModule(L.LightningModule):
         self.denoiser = model.denoiser.train()              # a pretrained network is loaded in eval mode
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.model = dataclasses.replace(model, denoiser=self.ema)     # samples with the EMA weights
+        self.objective = objective           # a consistency student's loss (diffusion/distillation.py), else denoising
         self.nonfinite_steps = 0
         self.gradients_finite = True
         self.automatic_optimization = False          # training_step takes (or skips) the step itself
@@ -53,16 +55,21 @@ class DiffusionModule(L.LightningModule):
 
     def batch_loss(self, batch) -> Tensor:
         """The training loss of a batch: a noise level and noise drawn per example (reflow's
-        pairs bring their own noise), and for a conditional model its conditions dropped at random
-        (``drop``: classifier-free guidance)."""
+        pairs bring their own noise; a consistency student's objective draws its own), and for a
+        conditional model its conditions dropped at random (classifier-free guidance)."""
         x0, conditions, *paired_noise = batch
+        if self.objective is not None:
+            return self.objective(self.denoiser, x0, self.dropped(conditions), self.global_step).mean()
         sigma = self.model.noise(len(x0), self.device)
         noise = paired_noise[0] if paired_noise else torch.randn_like(x0)
+        return self.denoiser.loss(x0, sigma, noise, self.dropped(conditions), self.loss_weight(sigma)).mean()
+
+    def dropped(self, conditions: Tensor | None) -> Tensor | None:
+        """A batch's conditions, each replaced by the null condition with probability
+        diffusion.p_uncond; None for an unconditional model, which ignores any labels the data has."""
         if self.model.condition is None:
-            conditions = None                    # an unconditional model ignores any labels the data has
-        else:
-            conditions = self.model.condition.drop(conditions, self.cfg.diffusion.p_uncond)
-        return self.denoiser.loss(x0, sigma, noise, conditions, self.loss_weight(sigma)).mean()
+            return None
+        return self.model.condition.drop(conditions, self.cfg.diffusion.p_uncond)
 
     def training_step(self, batch, batch_idx):
         loss = self.batch_loss(batch)
@@ -124,13 +131,17 @@ class DiffusionModule(L.LightningModule):
         return None
 
     def validation_step(self, batch, batch_idx):
-        """Loss of the EMA weights with noise fixed by the batch index (or paired), so runs compare."""
+        """Loss of the EMA weights with noise fixed by the batch index (or paired), so runs compare;
+        a consistency student's at the end of training (the smallest gap ECT reaches)."""
         x0, conditions, *paired_noise = batch
         generator = torch.Generator().manual_seed(batch_idx)
-        sigma = self.model.noise(len(x0), self.device, generator)
-        noise = paired_noise[0] if paired_noise else torch.randn(x0.shape, generator=generator).to(self.device)
         conditions = conditions if self.model.condition is not None else None
-        loss = self.ema.loss(x0, sigma, noise, conditions, self.loss_weight(sigma)).mean()
+        if self.objective is not None:
+            loss = self.objective(self.ema, x0, conditions, self.cfg.trainer.max_steps - 1, generator).mean()
+        else:
+            sigma = self.model.noise(len(x0), self.device, generator)
+            noise = paired_noise[0] if paired_noise else torch.randn(x0.shape, generator=generator).to(self.device)
+            loss = self.ema.loss(x0, sigma, noise, conditions, self.loss_weight(sigma)).mean()
         self.log("val/loss", loss, prog_bar=True, batch_size=len(x0), sync_dist=True)   # mean over processes
 
     @torch.no_grad()

@@ -146,7 +146,7 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     """Refuse changes a resumed run cannot take (the network's shape, and what its output means);
     say which other changed settings now apply."""
     fixed = ("model.name", "model.conditional", f"model.{cfg.model.name}.", "data.image_size", "data.channels",
-             "diffusion.objective", "diffusion.sigma_data", "distill.teacher")
+             "diffusion.objective", "diffusion.sigma_data", "distill.teacher", "distill.method")
     changes = {key: (OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key))
                for key in dotted_keys(cfg) if key not in ("preset", "experiment")}
     changes = {key: (old, new) for key, (old, new) in changes.items() if old != new}

@@ -109,11 +109,13 @@ def output_path(path: str | Path) -> Path:
 
 
 def save_nfe_plot(results: list[dict], path: str | Path, ylabel: str) -> Path:
-    """FID against the number of network evaluations, one line per sampler (log-scaled NFE)."""
+    """FID against the number of network evaluations, one line per model and sampler (log-scaled
+    NFE); the lines are named by sampler, and by model too when there are several."""
     fig, ax = new_figure()
-    for sampler in dict.fromkeys(r["sampler"] for r in results):
-        points = sorted((r["nfe"], r["fid"]) for r in results if r["sampler"] == sampler)
-        ax.plot(*zip(*points), marker="o", label=sampler)
+    several = len({r["model"] for r in results}) > 1
+    for model, sampler in dict.fromkeys((r["model"], r["sampler"]) for r in results):
+        points = sorted((r["nfe"], r["fid"]) for r in results if (r["model"], r["sampler"]) == (model, sampler))
+        ax.plot(*zip(*points), marker="o", label=f"{model}: {sampler}" if several else sampler)
     ax.set(xscale="log", xlabel="network evaluations per sample (NFE)", ylabel=ylabel, title="quality against cost")
     ax.legend()
     return _save(fig, path)

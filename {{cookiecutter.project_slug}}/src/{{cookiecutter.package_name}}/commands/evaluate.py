@@ -38,7 +38,8 @@ from ..visualize import save_histograms, save_image, save_labelled_grid, save_nf
 USAGE = f"""\
 evaluate run=DIR [key=value ...]
                           FID and KID of a run against its training data, into runs/<name>/fid/; keys:
-                          seeds, sweep (FID against NFE for sweep_samplers x sweep_steps), keep_images,
+                          seeds, sweep (FID against NFE for sweep_samplers x sweep_steps; a student's teacher
+                          beside it at teacher_steps), keep_images,
                           memorisation (N samples checked for copies of training images; fid=false: only that;
                           features=false: in pixels only; twin=DIR: a run trained on other examples, its
                           samples from the same noise compared),
@@ -53,6 +54,7 @@ class EvaluateCommand:
     sweep: bool = False                  # also FID against NFE for every sampler and step count below
     sweep_samplers: list[str] = field(default_factory=lambda: ["euler", "heun", "dpmpp_2m"])
     sweep_steps: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    teacher_steps: list[int] = field(default_factory=list)   # a student's sweep: its teacher too, its sampler at these
     keep_images: bool = False            # save the first seed's samples as PNGs in runs/<name>/fid/images/
     device: str = "auto"                 # auto | cpu | cuda | mps
     precision: Precision = "auto"        # of the network while sampling
@@ -67,6 +69,7 @@ def run(overrides: list[str]) -> Path:
     command, evaluation_overrides = parse_command(overrides, EvaluateCommand, "evaluate", "evaluation")
     check_request(command)
     model, run_dir = load_run(command.run)
+    teacher = load_teacher(model, command.run) if command.teacher_steps else None
     if model.takes_prompts:
         raise ConfigError(f"{command.run} is a text-to-image model: FID here compares unconditional or class-labelled "
                           "samples with a data set, and a prompt per sample is not supported")
@@ -80,9 +83,10 @@ def run(overrides: list[str]) -> Path:
     extractor = None
     if command.fid or command.features:
         extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
-    model.to(device)
     precision = sampling_precision(command.precision, device)
-    model.speed_up(precision, command.compile)
+    for drawn in (model, teacher) if teacher is not None else (model,):
+        drawn.to(device)
+        drawn.speed_up(precision, command.compile)
     if command.memorisation:
         twin = load_twin(command.twin, model, device, precision, command.compile) if command.twin else None
         judge_memorisation(model, data, extractor, command.memorisation, evaluation, cfg.sampling,
@@ -94,10 +98,13 @@ def run(overrides: list[str]) -> Path:
     with tqdm(total=len(images), desc="reference features", unit="img", disable=path.is_file()) as bar:
         reference = reference_statistics(images, extractor, path, evaluation.batch_size, evaluation.kid_reference,
                                          device, bar.update)
-    plans = [(cfg.sampling, evaluation.seed + k * evaluation.samples) for k in range(command.seeds)]   # disjoint noise
+    plans = [(model, cfg.sampling, evaluation.seed + k * evaluation.samples) for k in range(command.seeds)]  # disjoint
     if command.sweep:
-        plans += [(OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
+        plans += [(model, OmegaConf.merge(cfg.sampling, {"sampler": name, "steps": steps}), evaluation.seed)
                   for name in command.sweep_samplers for steps in command.sweep_steps]
+    if teacher is not None:
+        plans += [(teacher, run_config(teacher.config, "sampling", {"steps": steps}).sampling, evaluation.seed)
+                  for steps in command.teacher_steps]
     keep = None
     if command.keep_images:
         keep = image_keeper(fresh_output(run_dir.fid) / "images")         # no old images mixed in
@@ -105,14 +112,14 @@ def run(overrides: list[str]) -> Path:
     with memory_errors(f"batch_size={evaluation.batch_size} does not fit in memory on {device_name(device)}: lower "
                        "batch_size (the results do not depend on it)"):
         announce(model, extractor, evaluation, plans, device)
-        for k, (sampling, seed) in enumerate(plans):
-            with tqdm(total=evaluation.samples, desc=f"{sampling.sampler} {sampling.steps} steps, seed {seed}",
-                      unit="sample") as bar:
-                draw = partial(model.sample_numbered, seed=seed, sampling=sampling)
+        for k, (drawn, sampling, seed) in enumerate(plans):
+            with tqdm(total=evaluation.samples, desc=f"{drawn.config.name}: {sampling.sampler} {sampling.steps} steps, "
+                      f"seed {seed}", unit="sample") as bar:
+                draw = partial(drawn.sample_numbered, seed=seed, sampling=sampling)
                 features = sample_features(draw, extractor, evaluation.samples, evaluation.batch_size,
                                            keep=keep if k == 0 else None, progress=bar.update)
-            results.append({"sampler": sampling.sampler, "steps": sampling.steps, "nfe": model.nfe(sampling),
-                            "seed": seed, "precision": precision,
+            results.append({"model": drawn.config.name, "sampler": sampling.sampler, "steps": sampling.steps,
+                            "nfe": drawn.nfe(sampling), "seed": seed, "precision": precision,
                             **fid_kid(reference, features, evaluation.kid_subset_size, seed=evaluation.seed)})
     return report(results[:command.seeds], results[command.seeds:], extractor.name, run_dir.fid)
 
@@ -190,10 +197,10 @@ def announce(model, extractor, evaluation, plans, device) -> None:
     """Time one batch, then say what the whole evaluation will take."""
     started = time.perf_counter()
     indices = torch.arange(min(evaluation.batch_size, evaluation.samples))
-    sampling = plans[0][0]
+    sampling = plans[0][1]
     extractor(to_uint8(model.sample_numbered(indices, 0, sampling)).to(device))
     per_sample = (time.perf_counter() - started) / len(indices)
-    costs = [model.nfe(s) + 1 for s, _ in plans]    # +1: the features
+    costs = [drawn.nfe(s) + 1 for drawn, s, _ in plans]    # +1: the features
     work = sum(costs) / costs[0]
     minutes = per_sample * evaluation.samples * work / 60
     print(f"evaluating {len(plans)} x {evaluation.samples} samples with {extractor.name}: about {minutes:.0f} min "
@@ -230,6 +237,14 @@ def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Pat
     return folder
 
 
+def load_teacher(model, path: str):
+    """The teacher of the student ``model`` (its distill.teacher), for the sweep."""
+    if not model.config.distill.teacher:
+        raise ConfigError(f"teacher_steps compares a student with its teacher, and {path} is no student (it has no "
+                          "distill.teacher): leave teacher_steps out")
+    return load_run(model.config.distill.teacher)[0]
+
+
 def load_twin(path: str, model, device, precision: str, compile_mode: str):
     """The run at ``path``, ready to sample like ``model``: same data shape and conditioning."""
     twin, _ = load_run(path)
@@ -246,7 +261,9 @@ def load_twin(path: str, model, device, precision: str, compile_mode: str):
 def check_request(command: EvaluateCommand) -> None:
     if command.twin and not command.memorisation:
         raise ConfigError(f"twin={command.twin} compares the samples of the memorisation check: add memorisation=N")
+    if command.teacher_steps and not command.sweep:
+        raise ConfigError("teacher_steps draws the teacher's line in the sweep's plot: add sweep=true")
     unknown = [name for name in command.sweep_samplers if name not in SAMPLERS]
-    if unknown or command.seeds < 1 or min(command.sweep_steps, default=1) < 1:
+    if unknown or command.seeds < 1 or min([*command.sweep_steps, *command.teacher_steps], default=1) < 1:
         raise ConfigError(f"bad sweep or seeds: seeds >= 1, sweep_steps >= 1, sweep_samplers from {', '.join(SAMPLERS)}"
                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""))

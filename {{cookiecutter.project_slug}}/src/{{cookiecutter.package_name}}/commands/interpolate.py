@@ -75,7 +75,8 @@ def check_request(command, sampling, model) -> None:
                           f"{list(model.data_shape)}")
     if not SAMPLERS[sampling.sampler].deterministic(sampling):
         raise ConfigError(f"interpolate needs a deterministic sampler, and sampler={sampling.sampler} adds noise "
-                          "(eta, churn or mu above 0, or ddpm); use sampler=dpmpp_2m or sampler=euler")
+                          "(eta, churn or mu above 0, ddpm, or consistency in more than one step); use "
+                          "sampler=dpmpp_2m or sampler=euler (a consistency student: steps=1)")
     if command.between in ("labels", "guidance") and not model.num_classes:
         raise ConfigError(f"between={command.between} needs a class-conditional model; {command.run} is unconditional")
     if command.between == "labels" and len(command.labels or []) != 2:

@@ -12,6 +12,8 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, pick_device, sampling_precision
+from ..diffusion.distillation import ConsistencyDistillation, ConsistencyTuning, Objective
+from ..diffusion.schedules import karras_sigmas, training_noise
 from ..errors import ConfigError, DataError, Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
@@ -41,10 +43,11 @@ def run(overrides: list[str]) -> Path:
     program = __package__.split(".")[0]
     extractor = build_extractor(cfg.evaluation, program) if cfg.evaluation.every_n_steps else None
     seed_process(cfg.seed)
+    objective = None
     if teacher is not None:                  # a run that cannot be resumed is refused before the pairs are drawn
         model = new_student(cfg, teacher)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, model.data_shape, model.class_names)
-        data = reflow_data(cfg, teacher, run_dir)
+        data, objective = METHODS[cfg.distill.method](cfg, teacher, run_dir)
     else:
         data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
@@ -55,8 +58,10 @@ def run(overrides: list[str]) -> Path:
     if teacher is None:
         model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
-    module = DiffusionModule(model)
+    module = DiffusionModule(model, objective)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
+    if teacher is not None and cfg.distill.method == "cd":
+        teacher.to(trainer.strategy.root_device)         # consistency distillation asks it at every step
     if trainer.is_global_zero:
         print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer))
         if extractor is not None:
@@ -90,18 +95,55 @@ def run(overrides: list[str]) -> Path:
     return run_dir.root
 
 
-def reflow_data(cfg, teacher: Model, run_dir: Run) -> PairedDataModule:
-    """The student's data: reflow's pairs of ``teacher`` (``pairs.py``), drawn on the training
-    device in the training precision, once (runs/<name>/pairs/ keeps them)."""
+def reflow(cfg, teacher: Model, run_dir: Run) -> tuple[PairedDataModule, None]:
+    """Reflow's data: the pairs of ``teacher`` (``pairs.py``), drawn on the training device in
+    the training precision, once (runs/<name>/pairs/ keeps them); the loss is denoising's."""
     accelerator = cfg.trainer.accelerator
     device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
     teacher.to(device).speed_up(sampling_precision(cfg.trainer.precision, device))
-    sampling = run_config(teacher.config, "sampling", cfg.distill.teacher_sampling).sampling
     distill = cfg.distill
-    pairs = reflow_pairs(teacher, sampling, run_dir.pairs, distill.pairs, distill.shard_size, distill.batch_size,
-                         cfg.seed)
+    pairs = reflow_pairs(teacher, teacher_sampling(cfg, teacher), run_dir.pairs, distill.pairs, distill.shard_size,
+                         distill.batch_size, cfg.seed)
     teacher.to("cpu")
-    return PairedDataModule(cfg.data, cfg.seed, pairs)
+    return PairedDataModule(cfg.data, cfg.seed, pairs), None
+
+
+def consistency_distillation(cfg, teacher: Model, run_dir: Run) -> tuple[DiffusionDataModule, Objective]:
+    """CD's data are the teacher's; its loss asks the teacher, frozen, for one ODE step at each
+    training step, guided as the teacher samples (distill.teacher_sampling.guidance)."""
+    check_boundary_condition(cfg)
+    teacher.denoiser.eval().requires_grad_(False)
+    guidance = teacher_sampling(cfg, teacher).guidance
+    levels = karras_sigmas(cfg.distill.levels, CD_SIGMA_MIN, cfg.diffusion.noise_max)[:-1]
+    guided = lambda labels: teacher.guided(0, guidance, labels)        # noqa: E731 (the labels of each batch)
+    return DiffusionDataModule(cfg.data, cfg.seed), ConsistencyDistillation(guided, levels)
+
+
+def consistency_tuning(cfg, teacher: Model, run_dir: Run) -> tuple[DiffusionDataModule, Objective]:
+    """ECT trains on the teacher's data, with the teacher's weights as its only use of it."""
+    check_boundary_condition(cfg)
+    tuning = ConsistencyTuning(training_noise(cfg.diffusion), cfg.distill.stage_steps)
+    return DiffusionDataModule(cfg.data, cfg.seed), tuning
+
+
+CD_SIGMA_MIN = 0.002        # the lowest level of consistency distillation's ladder (Song et al. 2023, as EDM's)
+
+# What each distill.method trains on and with which loss (None: the denoising loss).
+METHODS = {"reflow": reflow, "cd": consistency_distillation, "ect": consistency_tuning}
+
+
+def check_boundary_condition(cfg) -> None:
+    """A consistency student needs D(x, 0) = x, which every objective but x0-prediction builds in
+    (``diffusion/distillation.py``): without it nothing ties the student's answers to the data."""
+    if cfg.diffusion.objective == "x0":
+        raise ConfigError(f"distill.method={cfg.distill.method} needs a network whose denoiser returns x at noise "
+                          f"level 0, and {cfg.distill.teacher} predicts x0 (diffusion.objective=x0): distil it by "
+                          "reflow (experiment=reflow), or train the teacher with another objective")
+
+
+def teacher_sampling(cfg, teacher: Model):
+    """The teacher's sampling section, changed by distill.teacher_sampling."""
+    return run_config(teacher.config, "sampling", cfg.distill.teacher_sampling).sampling
 
 
 def memorise(cfg, run_dir: Run, data: DiffusionDataModule, program: str) -> Path:
@@ -158,7 +200,8 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     return "\n".join([
         f"run        {run_dir.root}" + (" (new)" if resumed_at is None else f" (resuming from step {resumed_at})"),
         f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "
-        f"of {shape}{labels}" + (f", reflow pairs of {cfg.distill.teacher}" if cfg.distill.teacher else ""),
+        f"of {shape}{labels}" + (f"; a {cfg.distill.method} student of {cfg.distill.teacher}"
+                                 if cfg.distill.teacher else ""),
         f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
         f"training step; objective {cfg.diffusion.objective}",
         f"  device   {device_name(trainer.strategy.root_device)}{processes}, precision {trainer.precision}",

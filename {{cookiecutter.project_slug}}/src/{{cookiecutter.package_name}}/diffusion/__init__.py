@@ -10,10 +10,11 @@ sampler needs from a model is a denoiser ``D(x, sigma) -> x0_hat``, an estimate 
 
     schedules.py          noise levels: training distributions and sampling sequences
     parameterizations.py  eps, x0, v, EDM and flow targets; NetworkDenoiser makes a network a denoiser
-    samplers.py           DDIM/Euler/DDPM, Heun (EDM), the course's generalised sampler, DPM-Solver++(2M);
-                          SAMPLERS, the one table of their facts
+    samplers.py           DDIM/Euler/DDPM, Heun (EDM), the course's generalised sampler, DPM-Solver++(2M),
+                          multistep consistency sampling; SAMPLERS, the one table of their facts
     guidance.py           classifier-free guidance: the pattern of every denoiser wrapper
     generate.py           generate(): the one way to draw samples
+    distillation.py       few-step students: reflow's paired noise, consistency distillation and tuning
 
 Nothing here imports Lightning, the configuration or the rest of the package.
 """

@@ -248,13 +248,35 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Genera
     return book.result(x)
 
 
+def consistency(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Generators = None,
+                hooks: Iterable[Hook] = ()) -> SampleResult:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1), for a consistency model,
+    whose D(x, sigma) is the end of the ODE path through x: each step takes that end and noises it
+    afresh to the next level,
+
+        x_{i+1} = x0_hat + sigma_{i+1} z,
+
+    so one step is one evaluation at sigma_0, and more steps correct its errors at lower levels
+    (the levels are the sampling schedule's; the paper's z is scaled by sqrt(sigma_{i+1}^2 -
+    eps^2), with eps = 0 here). This is DDIM with all of its noise fresh (eta large)."""
+    book = _Bookkeeper(denoiser, hooks)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        step = book.step(i, sigma, x, book.denoise(x, sigma))
+        x = step.x0_hat
+        if sigma_next > 0:
+            x = x + sigma_next * randn_like(x, generator)
+    return book.result(x)
+
+
 @dataclass(frozen=True)
 class SamplerFacts:
     """What one sampler is: its ``function``, the ``options`` of the sampling section it reads,
     the options it ``fixes`` itself, its denoiser calls per step (the step to sigma = 0 takes one:
     the slope there is undefined, so a second-order step falls back to Euler's), and whether it
-    ``draws_noise`` with the options it is given (else it solves the probability-flow ODE, and
-    the same start always gives the same sample)."""
+    ``draws_noise`` with the options and the number of steps (``steps``) it is given (else the
+    same start always gives the same sample: it solves the probability-flow ODE, or it is
+    consistency sampling in one step)."""
 
     function: Callable[..., SampleResult]
     options: tuple[str, ...] = ()
@@ -274,7 +296,7 @@ class SamplerFacts:
         return self.calls_per_step * (steps - 1) + 1
 
     def deterministic(self, sampling) -> bool:
-        return not self.draws_noise(self.settings(sampling))
+        return not self.draws_noise({**self.settings(sampling), "steps": sampling.steps})
 
 
 def _eta_above_zero(options: dict) -> bool:
@@ -291,6 +313,7 @@ SAMPLERS: dict[str, SamplerFacts] = {
     "generalized": SamplerFacts(generalized, options=("gamma", "mu", "second_order"),
                                 draws_noise=lambda options: options["mu"] > 0),
     "dpmpp_2m": SamplerFacts(dpmpp_2m),
+    "consistency": SamplerFacts(consistency, draws_noise=lambda options: options["steps"] > 1),
 }
 
 

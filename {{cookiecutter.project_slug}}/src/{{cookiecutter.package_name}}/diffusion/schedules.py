@@ -134,14 +134,29 @@ class UniformTNoise:
         return (t / (1 - t)).to(device)
 
 
+class StartNoise:
+    """Every training level at sigma_max, where a one-step sampler starts: trained on the pairs of
+    a reflowed teacher, this is Liu et al.'s distillation of a k-rectified flow into one step
+    (2023, §2.3), which spends the whole fit on the one level that step evaluates."""
+
+    sigma_min, table = 0.0, None
+
+    def __init__(self, sigma_max: float):
+        self.sigma_max = sigma_max
+
+    def __call__(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+        return torch.full((n,), self.sigma_max, device=device)
+
+
 TRAINING_NOISE = {
     "ddpm": lambda diffusion: DiscreteNoise(ddpm_linear_sigmas()),
     "cosine": lambda diffusion: DiscreteNoise(cosine_sigmas()),
     "lognormal": lambda diffusion: LogNormalNoise(diffusion.noise_mean, diffusion.noise_std),
     "uniform_t": lambda diffusion: UniformTNoise(diffusion.noise_max),
+    "start": lambda diffusion: StartNoise(diffusion.noise_max),
 }
 
 
-def training_noise(diffusion) -> DiscreteNoise | LogNormalNoise | UniformTNoise:
+def training_noise(diffusion) -> DiscreteNoise | LogNormalNoise | UniformTNoise | StartNoise:
     """The distribution of training noise levels named by ``diffusion.train_noise``."""
     return TRAINING_NOISE[diffusion.train_noise](diffusion)

@@ -1,0 +1,162 @@
+"""Few-step students on MNIST (issue 31): a teacher at 20 network evaluations against its reflow,
+consistency-distillation and consistency-tuning students at 1, 2 and 4, all trained in one run.
+
+Protocol:
+- Data and scorer: those of ``quality_per_compute.py`` (the MNIST 10k test set padded to 32x32;
+  a small CNN trained here gives FID and KID through the project's own evaluation code, and the
+  share of samples it recognises as a digit with confidence > 0.9).
+- Teacher: the default bake's ``ours-plain`` recipe (cpu preset, unconditional U-Net of width 16,
+  no guidance) trained for ``--budget`` seconds of wall clock by the project's own ``train``.
+- Students, each the project's own command, ``train experiment=NAME distill.teacher=runs/teacher``
+  with the cpu preset for ``--student-steps`` steps: ``reflow`` (``--pairs`` pairs drawn with the
+  teacher's DPM-Solver++(2M) at 20 steps; Euler on the uniform_t levels), ``cd`` (18 Karras levels,
+  one Heun step of the teacher per example and step) and ``ect`` (the gap halving 8 times over
+  the run). Each student's command is timed whole: reflow's includes drawing its pairs.
+- The distillation's own compute in teacher evaluations: reflow, pairs x 20; cd, 2 per example
+  and step; ect, none (the teacher's weights are its start).
+- Samples: 1000 per (model, steps) from the same noise (seed 0), the teacher with its own
+  sampler (DPM-Solver++(2M)) at 20, 1, 2 and 4 steps, each student with its own sampler.
+
+Run on an idle machine (2 threads):
+    .venv/bin/python benchmarks/distill_mnist.py [--budget 600] [--student-steps 1500]
+    .venv/bin/python benchmarks/distill_mnist.py --project <the folder a run printed>   # resume there
+One JSON line per (model, steps) in benchmarks/results/distill_mnist.jsonl, and the first 64
+samples of every row, side by side, in benchmarks/results/distill_mnist.png.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality_per_compute import (  # noqa: E402
+    MNIST,
+    PLAIN,
+    RESULTS,
+    ScorerFeatures,
+    judge,
+    load_mnist,
+    machine,
+    train_ours,
+    trained_scorer,
+)
+
+STUDENTS = ("reflow", "cd", "ect")
+STEPS = (1, 2, 4)
+
+
+def train_student(method: str, steps: int, pairs: int) -> dict:
+    """``train experiment=<method> distill.teacher=runs/teacher`` for ``steps`` steps, timed whole."""
+    from diffusion_lab.cli import main
+
+    args = ["train", f"experiment={method}", "distill.teacher=runs/teacher", f"name={method}", "preset=cpu",
+            "logger=csv", f"trainer.max_steps={steps}", f"distill.stage_steps={max(1, steps // 8)}",
+            f"distill.pairs={pairs}",
+            "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0", "trainer.val_every_n_steps=10000000",
+            "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0"]
+    start = time.perf_counter()
+    assert main(args) == 0
+    return {"train_seconds": round(time.perf_counter() - start, 1)}
+
+
+def teacher_evaluations(method: str, cfg) -> int:
+    """Teacher network evaluations the student's training made (see the protocol above)."""
+    return {"reflow": cfg.distill.pairs * 20, "cd": 2 * cfg.trainer.max_steps * cfg.data.batch_size, "ect": 0}[method]
+
+
+def draw(model, noise: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
+    """Samples of ``model`` from ``noise`` with its own sampling section at ``steps`` steps, and
+    their network evaluations each."""
+    from diffusion_lab.config import run_config
+
+    sampling = run_config(model.config, "sampling", {"steps": steps}).sampling
+    parts = [model.sample(len(part), None, sampling, noise=part) for part in noise.split(250)]
+    return torch.cat([part.x for part in parts]), parts[0].nfe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=int, default=600, help="the teacher's training wall clock, seconds")
+    parser.add_argument("--student-steps", type=int, default=1500)
+    parser.add_argument("--pairs", type=int, default=10000, help="reflow's pairs")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--project", default=None, help="the baked project of an earlier run: trained runs are kept")
+    parser.add_argument("--out", default=str(RESULTS / "distill_mnist.jsonl"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out).resolve()
+    images, labels = load_mnist(MNIST)
+    scorer, real = trained_scorer(images, labels, None)
+    print(f"scorer: held-out accuracy {real['accuracy']:.3f}, real digits recognised: {real['confident']:.3f}",
+          flush=True)
+    if args.project:
+        project = Path(args.project).resolve()
+        sys.path.insert(0, str(project / "src"))
+    else:
+        from _baked import import_baked_package
+
+        project = import_baked_package(dataset="mnist")
+    print(f"project: {project} (resume with --project)", flush=True)
+    os.chdir(project)
+    from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
+    from diffusion_lab.runs import load_run
+    from diffusion_lab.storage import save_atomically
+
+    data_file = save_atomically({"data": images, "labels": labels}, project / "mnist10k.pt")
+    extractor = ScorerFeatures(scorer)
+    reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
+    trained = {}
+    if not (project / "runs" / "teacher" / "checkpoints").is_dir():
+        teacher = train_ours("teacher", data_file, args.budget, None, PLAIN, torch.device("cpu"))
+        trained["teacher"] = {key: teacher[key] for key in ("train_seconds", "steps")}
+    for method in STUDENTS:
+        if not (project / "runs" / method / "checkpoints").is_dir():
+            trained[method] = train_student(method, args.student_steps, args.pairs)
+    noise = torch.randn((args.samples, 1, 32, 32), generator=torch.Generator().manual_seed(0))
+    rows, grids = [], []
+    for name in ("teacher", *STUDENTS):
+        model, _ = load_run(f"runs/{name}")
+        for steps in (20, *STEPS) if name == "teacher" else STEPS:
+            x, nfe = draw(model, noise, steps)
+            as_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            quality = fid_kid(reference, torch.cat([extractor(part) for part in as_uint8.split(500)]), 1000, seed=0)
+            row = {"model": name, "sampler": model.config.sampling.sampler, "steps": steps,
+                   "nfe": nfe,
+                   **trained.get(name, {}), "trained_steps": model.origin["step"],
+                   "teacher_evaluations": 0 if name == "teacher" else teacher_evaluations(name, model.config),
+                   **quality, **judge(scorer, x), "machine": machine(torch.device("cpu"))}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            grids.append((f"{name}, {steps} step{'s' * (steps > 1)}: FID {quality['fid']:.1f}", as_uint8[:64]))
+    with out.open("a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    save_grids(grids, out.with_suffix(".png"))
+    print(f"results: {out} and {out.with_suffix('.png')}")
+
+
+def save_grids(grids: list, path: Path) -> None:
+    """The 8x8 grids of every row, four to a line, each titled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    rows = -(-len(grids) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, images) in zip(axes.flat, grids):
+        grid = images[:, 0].reshape(8, 8, 32, 32).permute(0, 2, 1, 3).reshape(256, 256)
+        ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+if __name__ == "__main__":
+    main()
