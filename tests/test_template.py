@@ -104,7 +104,7 @@ def test_baked_project_passes_its_own_tests(bake, answers):
     to keep CI within its time. No test may skip unless EXPECTED_SKIPS says why."""
     project = bake(**answers)
     once = [] if answers == COMBINATIONS[0] else ["-m", "not subprocess and not pretrained and not once"]
-    result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *once)
+    result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *once, timeout=1200)
     assert " passed" in result.stdout and "failed" not in result.stdout
     assert not unexpected_skips(result.stdout), unexpected_skips(result.stdout)
 
