@@ -399,3 +399,22 @@ def test_consistency_students_are_ordinary_runs_that_sample_with_the_consistency
     capsys.readouterr()
     assert main(["train", "experiment=ect", "distill.teacher=runs/x0"]) == 2
     assert "predicts x0 (diffusion.objective=x0): distil it by reflow" in capsys.readouterr().err
+
+
+def test_a_consistency_students_validation_loss_is_its_loss_at_the_last_steps_gap():
+    """Validation measures the EMA weights with the objective at the last training step (ECT's
+    smallest gap), on levels and noise fixed by the batch index, so that runs compare."""
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    cfg = load_config(["experiment=toy2d", "model.conditional=false", "trainer.max_steps=800"])
+    tuning = ConsistencyTuning(LogNormalNoise(-1.1, 2.0), stage_steps=100)
+    module = DiffusionModule(new_model(cfg, [2]), tuning)
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    logged = {}
+    module.log = lambda name, value, **options: logged.update({name: value.item()})
+    module.validation_step((x0, None), 3)
+    with torch.no_grad():
+        expected = tuning(module.ema, x0, None, 799, torch.Generator().manual_seed(3)).mean()
+        at_the_start = tuning(module.ema, x0, None, 0, torch.Generator().manual_seed(3)).mean()
+    assert logged["val/loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert logged["val/loss"] != pytest.approx(at_the_start.item(), rel=1e-3)

@@ -54,6 +54,11 @@ def reflow_noise(z: Tensor, x0: Tensor, sigma_max: float) -> Tensor:
 
 # -- consistency ----------------------------------------------------------------------------
 
+def per_example(levels: Tensor, x: Tensor) -> Tensor:
+    """Noise levels of shape (batch,), one per example, shaped to broadcast against ``x``."""
+    return levels.reshape(-1, *[1] * (x.ndim - 1))
+
+
 def pseudo_huber(difference: Tensor) -> Tensor:
     """iCT's distance (Song & Dhariwal 2023, §3.3) per example: sqrt(||a - b||^2 + c^2) - c with
     c = 0.00054 sqrt(dim), the L2 distance for large differences and a scaled squared L2 for
@@ -66,20 +71,18 @@ def consistency_loss(student: Callable[..., Tensor], x0: Tensor, x_t: Tensor, t:
                      labels: Tensor | None) -> Tensor:
     """d(f(x_t, t), sg f(x_r, r)) / (t - r) per example, with f(x_r, 0) = x0 (see above). The
     target is evaluated with the random state of the prediction: the same dropout masks (ECT)."""
-    column = (-1, *[1] * (x0.ndim - 1))
     with torch.random.fork_rng(devices=[x0.device] if x0.is_cuda else []):
         prediction = student(x_t, t, labels)
     with torch.no_grad():
         target = student(x_r, r.clamp(min=1e-6), labels)       # ln(sigma) tells a network the level: not 0
-    target = torch.where((r > 0).reshape(column), target, x0)
+    target = torch.where(per_example(r > 0, x0), target, x0)
     return pseudo_huber(prediction - target) / (t - r)
 
 
 def heun_step(denoiser: Denoiser, x: Tensor, t: Tensor, r: Tensor) -> Tensor:
     """One step of Heun's method from level t to level r > 0 (each example its own) on the
     probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Algorithm 1)."""
-    column = (-1, *[1] * (x.ndim - 1))
-    t_, r_ = t.reshape(column), r.reshape(column)
+    t_, r_ = per_example(t, x), per_example(r, x)
     slope = to_eps(x, denoiser(x, t), t_)
     euler = x + (r_ - t_) * slope
     return x + (r_ - t_) * (slope + to_eps(euler, denoiser(euler, r), r_)) / 2
@@ -102,8 +105,8 @@ class ConsistencyDistillation:
     def __call__(self, student, x0: Tensor, labels: Tensor | None, step: int,
                  generator: torch.Generator | None = None) -> Tensor:
         n = torch.randint(len(self.levels) - 1, (len(x0),), generator=generator)
-        t, r = (self.levels[n + step].float().to(x0.device) for step in (0, 1))
-        x_t = x0 + t.reshape(-1, *[1] * (x0.ndim - 1)) * randn_like(x0, generator)
+        t, r = (self.levels[n + offset].float().to(x0.device) for offset in (0, 1))    # r: the next level down
+        x_t = x0 + per_example(t, x0) * randn_like(x0, generator)
         with torch.no_grad():
             x_r = heun_step(self.teacher(labels), x_t, t, r)
         return consistency_loss(student, x0, x_t, t, x_r, r, labels)
@@ -132,6 +135,6 @@ class ConsistencyTuning:
                  generator: torch.Generator | None = None) -> Tensor:
         t = self.noise(len(x0), x0.device, generator)
         r = self.lower_level(t, step)
-        noise, column = randn_like(x0, generator), (-1, *[1] * (x0.ndim - 1))
-        x_t, x_r = x0 + t.reshape(column) * noise, x0 + r.reshape(column) * noise
+        noise = randn_like(x0, generator)
+        x_t, x_r = x0 + per_example(t, x0) * noise, x0 + per_example(r, x0) * noise
         return consistency_loss(student, x0, x_t, t, x_r, r, labels)
