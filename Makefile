@@ -1,4 +1,5 @@
-# Quick start: `make demo` (bake the default project, train, write pictures) and `make test`.
+# Quick start: `make demo` (bake the default project, train, write pictures) and `make test`
+# (CI's tests; `make test-all` adds the long end-to-end runs marked slow).
 # Both create or reuse the virtual environment in .venv.
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ PY := $(BIN)/python
 DEMO := demo
 RUN := cd $(DEMO)/diffusion-lab && $(BIN)/diffusion_lab
 
-.PHONY: demo test clean
+.PHONY: demo test test-all clean
 
 $(VENV)/installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,9 @@ $(VENV)/installed: requirements-dev.txt
 	touch $@
 
 test: $(VENV)/installed
+	$(PY) -m pytest tests -m "not slow"
+
+test-all: $(VENV)/installed
 	$(PY) -m pytest tests
 
 demo: $(VENV)/installed

@@ -1,4 +1,5 @@
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,31 @@ def run_in(project: Path, *args: str, timeout: int = 600, check: bool = True) ->
     if check and result.returncode != 0:
         pytest.fail(f"`python {' '.join(args)}` failed in {project}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+# Runs command lines one after another in one interpreter, as a shell would run them one by one
+# but without importing torch and Lightning again for each (about ten seconds a time here).
+COMMANDS_SCRIPT = """
+import shlex, sys
+from {package}.cli import main
+for line in sys.argv[1:]:
+    print('$', line, flush=True)
+    if main(shlex.split(line)) != 0:
+        sys.exit(f'failed: {{line}}')
+"""
+
+
+def run_commands(project: Path, lines: list[list[str]], package: str = "diffusion_lab", env: dict | None = None,
+                 timeout: int = 900) -> str:
+    """Run each of ``lines`` (the words after the program's name) with the project's ``main``,
+    in order, in one fresh interpreter; fail at the first that fails. Returns what was printed."""
+    env = {**os.environ, "PYTHONPATH": str(project / "src"), "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-c", COMMANDS_SCRIPT.format(package=package),
+                             *(shlex.join(line) for line in lines)], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"commands failed in {project}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_in
+from conftest import REPO, run_commands
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -114,7 +114,8 @@ for split in ("train", "t10k"):
 
 def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
     """Each command line of the README, quoting and all, in order, on a scratch home folder with
-    a folder of pictures; configs/local.yaml makes every run the debug preset's 20 steps."""
+    a folder of pictures; configs/local.yaml makes every run the debug preset's 20 steps, sampled
+    in 4 unless a command asks for more."""
     project = bake()
     readme = (project / "README.md").read_text()
     commands = readme_commands(readme, "diffusion_lab")
@@ -131,21 +132,16 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
     subprocess.run([sys.executable, "-c", STAND_INS], cwd=project, check=True,
                    env={**os.environ, "PYTHONPATH": str(project / "src")})
     (project / "configs" / "local.yaml").write_text(
-        "preset: debug\nlogger: csv\nevaluation:\n  extractor: custom\n  extractor_module: tiny_features:Features\n")
+        "preset: debug\nlogger: csv\nsampling:\n  steps: 4\nevaluation:\n  extractor: custom\n"
+        "  extractor_module: tiny_features:Features\n")
     runnable = [line for line in commands if not line.split(" ", 1)[1].startswith(NOT_RUN)]
-    script = ("import shlex, sys\nfrom diffusion_lab.cli import main\n"
-              "for line in sys.argv[1:]:\n"
-              "    print('$', line, flush=True)\n"
-              "    if main(shlex.split(line)[1:]) != 0:\n"
-              "        sys.exit(f'failed: {line}')\n")
-    env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join([str(project / "src"), str(project)])}
-    result = subprocess.run([sys.executable, "-c", script, *runnable], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    run_commands(project, [shlex.split(line)[1:] for line in runnable],
+                 env={"HOME": str(home), "PYTHONPATH": os.pathsep.join([str(project / "src"), str(project)])})
     for path in ("runs/toy2d/generated/trajectory.png", "runs/mine/inspect/preview.png", "runs/mine/generated/samples.png",
                  "exports/digits/model.safetensors", "runs/mnist/generated/samples.png",
                  "runs/digits-by-class/illusion/anagram.png",
-                 "runs/pretrained/stable-diffusion/illusion/anagram.png", "exports/finetune/model_index.json"):
+                 "runs/pretrained/stable-diffusion/illusion/anagram.png", "exports/finetune/model_index.json",
+                 "exports/pictures-cd/model_index.json"):
         assert (project / path).is_file(), path
 
 

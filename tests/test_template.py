@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, run_in
+from conftest import REPO, run_commands, run_in
 
 DEFAULTS = json.loads((REPO / "cookiecutter.json").read_text())
 
@@ -46,41 +46,56 @@ def test_every_choice_is_covered():
             assert used == set(choices), f"{question}: {set(choices) - used} never baked"
 
 
-# Builds the configured model on random data of the configured shape, takes one training
-# loss and draws two samples: the combination's config, model and sampler fit together.
+# For each baked project in turn (its folder an argument): builds the configured model on random
+# data of the configured shape, takes one training loss and draws two samples, so that the
+# combination's config, model and sampler fit together. One interpreter serves every project:
+# each is imported from its own src/ and forgotten before the next (torch and Lightning, ten
+# seconds to import here, are imported once).
 SMOKE = """
-import sys, torch
-from {package}.config import load_config
-from {package}.module import DiffusionModule
-from {package}.runs import new_model
-cfg = load_config(sys.argv[1:])
-shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
-module = DiffusionModule(new_model(cfg, shape, [str(i) for i in range(3)]))
-data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.rand(4, *shape) * 2 - 1
-loss = module.batch_loss((data, torch.tensor([0, 1, 2, 0])))
-assert torch.isfinite(loss)
-cfg.sampling.steps = 2
-x = module.model.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
-assert x.shape == (2, *shape) and torch.isfinite(x).all()
-print("ok", cfg.data.name, cfg.model.name, cfg.diffusion.objective, cfg.trainer.precision)
+import os, sys, torch
+
+def smoke(project):
+    from diffusion_lab.config import load_config
+    from diffusion_lab.module import DiffusionModule
+    from diffusion_lab.runs import new_model
+    # small sizes keep it quick; the configured architecture is unchanged
+    cfg = load_config(["model.unet.channels=8", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2"])
+    shape = [2] if cfg.data.name == "toy2d" else [cfg.data.channels, cfg.data.image_size, cfg.data.image_size]
+    module = DiffusionModule(new_model(cfg, shape, [str(i) for i in range(3)]))
+    data = torch.randn(4, *shape) if cfg.data.name == "toy2d" else torch.rand(4, *shape) * 2 - 1
+    loss = module.batch_loss((data, torch.tensor([0, 1, 2, 0])))
+    assert torch.isfinite(loss), project
+    cfg.sampling.steps = 2
+    x = module.model.sample(2, torch.Generator().manual_seed(0), cfg.sampling).x
+    assert x.shape == (2, *shape) and torch.isfinite(x).all(), project
+    print("ok", cfg.data.name, cfg.model.name, cfg.diffusion.objective, cfg.trainer.precision, flush=True)
+
+for project in sys.argv[1:]:
+    os.chdir(project)
+    sys.path.insert(0, os.path.join(project, "src"))
+    smoke(project)
+    sys.path.pop(0)
+    for name in [name for name in sys.modules if name.split(".")[0] == "diffusion_lab"]:
+        del sys.modules[name]
 """
 
 
 @pytest.mark.parametrize("answers", COMBINATIONS, ids=lambda a: "-".join(a.values()) or "defaults")
-def test_bake_renders_completely_and_runs(bake, answers):
+def test_bake_renders_completely(bake, answers):
     project = bake(**answers)
     for path, text in text_files(project):
         assert "{{" not in text and "{%" not in text and "{#" not in text, f"unrendered template in {path}"
         if path.suffix == ".py":
             py_compile.compile(str(path), doraise=True)
-    package = answers.get("package_name", "diffusion_lab")
     recorded = json.loads((project / "cookiecutter-answers.json").read_text())
     assert all(recorded[key] == value for key, value in answers.items())
     assert (project / ".git").is_dir() == (answers.get("git_init") == "yes")
-    # small sizes keep the smoke test quick; the configured architecture is unchanged
-    overrides = ["model.unet.channels=8", "model.dit.width=32", "model.dit.depth=1", "model.dit.heads=2"]
-    result = run_in(project, "-c", SMOKE.format(package=package), *overrides)
-    assert result.stdout.startswith("ok")
+
+
+def test_every_combination_builds_its_model_takes_a_loss_and_samples(bake):
+    projects = [bake(**answers) for answers in COMBINATIONS]
+    result = run_in(projects[0], "-c", SMOKE, *map(str, projects))
+    assert result.stdout.count("ok ") == len(COMBINATIONS), result.stdout
 
 
 # Tests of a baked project that the template's CI lets skip, each with why: none. A test that
@@ -95,18 +110,30 @@ def unexpected_skips(output: str) -> list[str]:
             if line.startswith("SKIPPED") and not any(test in line for test in EXPECTED_SKIPS)]
 
 
+def passes_its_tests(project, marks: str) -> None:
+    """The baked ``project``'s tests selected by ``marks`` pass, and none skips unless
+    EXPECTED_SKIPS says why."""
+    result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", marks, timeout=1200)
+    assert " passed" in result.stdout and "failed" not in result.stdout
+    assert not unexpected_skips(result.stdout), unexpected_skips(result.stdout)
+
+
 @pytest.mark.parametrize("answers", [COMBINATIONS[0], COMBINATIONS[1], COMBINATIONS[3]],
                          ids=["defaults", "toy2d-flow-class", "folder-dit-v-class"])
 def test_baked_project_passes_its_own_tests(bake, answers):
-    """Every test in the default project; in the others, those that the answers can change:
-    the tests that start other processes (the same DDP, signal and fresh-interpreter checks in
-    every project), the pretrained-model tests and the known answers marked ``once`` run once,
-    to keep CI within its time. No test may skip unless EXPECTED_SKIPS says why."""
-    project = bake(**answers)
-    once = [] if answers == COMBINATIONS[0] else ["-m", "not subprocess and not pretrained and not once"]
-    result = run_in(project, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *once, timeout=1200)
-    assert " passed" in result.stdout and "failed" not in result.stdout
-    assert not unexpected_skips(result.stdout), unexpected_skips(result.stdout)
+    """Every test but the slow ones in the default project; in the others, those that the answers
+    can change: the tests that start other processes (the same DDP, signal and fresh-interpreter
+    checks in every project), the pretrained-model tests and the known answers marked ``once``
+    run once, to keep CI within its time."""
+    marks = "not slow" if answers == COMBINATIONS[0] else "not subprocess and not pretrained and not once and not slow"
+    passes_its_tests(bake(**answers), marks)
+
+
+@pytest.mark.slow
+def test_the_default_projects_slow_tests_pass(bake):
+    """The long end-to-end runs (several-process resume and FID, SLURM requeue, kill -9, a
+    compiled run): `make test-all`, not CI."""
+    passes_its_tests(bake(), "slow")
 
 
 def test_a_skip_in_a_baked_project_fails_the_template(bake):
@@ -210,11 +237,10 @@ def test_train_is_killed_then_resumes_and_samples(bake):
     interrupted_at = torch.load(checkpoint, weights_only=False)["global_step"]
     assert interrupted_at > 0
 
-    result = run_in(project, *args[:4], f"trainer.max_steps={interrupted_at + 20}", *args[5:])
-    assert f"(resuming from step {interrupted_at})" in result.stdout
+    output = run_commands(project, [[*args[2:4], f"trainer.max_steps={interrupted_at + 20}", *args[5:]],
+                                    ["sample", "run=runs/killed", "n=100", "steps=5", "trajectory=true"]])
+    assert f"(resuming from step {interrupted_at})" in output
     assert torch.load(checkpoint, weights_only=False)["global_step"] == interrupted_at + 20
-
-    run_in(project, "-m", "diffusion_lab", "sample", "run=runs/killed", "n=100", "steps=5", "trajectory=true")
     assert (project / "runs" / "killed" / "generated" / "samples.png").is_file()
     assert (project / "runs" / "killed" / "generated" / "trajectory.png").is_file()
 
@@ -236,11 +262,11 @@ def test_your_own_images_example_trains_on_a_folder(bake):
             pixels = rng.integers(0, 255, (rng.integers(20, 50), rng.integers(20, 50), 3), dtype=np.uint8)
             Image.fromarray(pixels).save(project / "pictures" / label / f"{k}.jpg")
     common = ["experiment=your-own-images", "data.root=pictures"]
-    report = run_in(project, "-m", "diffusion_lab", "inspect-data", *common).stdout
-    assert "classes: 2 (cats: 6, dogs: 6)" in report
-    run_in(project, "-m", "diffusion_lab", "train", *common, "model.unet.channels=8", "trainer.max_steps=3",
-           "data.batch_size=4", "trainer.log_every_n_steps=1")
-    run_in(project, "-m", "diffusion_lab", "sample", "run=runs/my-images", "n=2", "steps=3", "labels=[1]")
+    output = run_commands(project, [["inspect-data", *common],
+                                    ["train", *common, "model.unet.channels=8", "trainer.max_steps=3",
+                                     "data.batch_size=4", "trainer.log_every_n_steps=1"],
+                                    ["sample", "run=runs/my-images", "n=2", "steps=3", "labels=[1]"]])
+    assert "classes: 2 (cats: 6, dogs: 6)" in output
     assert (project / "runs" / "my-images" / "generated" / "samples.png").is_file()
 
 
@@ -262,11 +288,12 @@ def test_the_task_examples_run_as_their_readmes_say(bake):
         shutil.copy(REPO / "examples" / folder / "experiment.yaml", project / "configs" / "experiments" / f"{name}.yaml")
     tiny = {"train": ["trainer.max_steps=5", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
                       "logger=csv"]}
+    lines = []
     for folder in ("toy-2d-trajectories", "digits-guidance-and-illusions", "restoration"):
         commands = example_commands(folder)
         assert commands, folder
-        for args in commands:
-            run_in(project, "-m", "diffusion_lab", *args, *tiny.get(args[0], ["steps=3"]))
+        lines += [[*args, *tiny.get(args[0], ["steps=3"])] for args in commands]
+    run_commands(project, lines)
     for picture in ("moons/visualize/vector_fields.png", "moons/visualize/particles.gif",
                     "digits-class/visualize/denoising.png", "digits-class/guidance/grid.png",
                     "digits-class/interpolate/labels.png", "digits-class/illusion/anagram.png",
@@ -319,9 +346,8 @@ def test_the_reflow_example_runs_as_its_readme_says(bake):
             "reflow": ["distill.pairs=16", "distill.shard_size=8", "distill.teacher_sampling.steps=3"]}
     commands = example_commands("reflow")
     assert [args[0] for args in commands] == ["train", "train", "train", "train", "sample"]
-    for args in commands:
-        extra = tiny.get(args[0], []) + (tiny["reflow"] if "experiment=reflow" in args else [])
-        run_in(project, "-m", "diffusion_lab", *args, *extra)
+    run_commands(project, [[*args, *tiny.get(args[0], []), *(tiny["reflow"] if "experiment=reflow" in args else [])]
+                           for args in commands])
     line = re.search(r"python few_steps.py ([^`\n]*)", (folder / "README.md").read_text()).group(1).split()
     run_in(project, "few_steps.py", *line, "n=4", "steps=1,2")
     out = project / "runs" / "digits" / "few_steps"

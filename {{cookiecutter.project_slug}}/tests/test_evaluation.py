@@ -446,6 +446,7 @@ def test_the_inception_path_runs_offline_from_a_weights_file(project_dir, tmp_pa
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_ddp_processes_measure_the_fid_of_one_process(project_dir, tmp_path):
     """Each of two CPU processes (gloo) draws its share; the gathered FID equals `evaluate`'s
     single-process FID of the same checkpoint, samples and seed."""

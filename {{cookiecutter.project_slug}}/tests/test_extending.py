@@ -1,6 +1,6 @@
 """The README's "Extend it" recipes, followed as written: a copy of the package gets the README's
 new files and its table entries, then trains and samples a network for sequences and runs a task
-command of its own, in fresh processes."""
+command of its own, in a fresh process."""
 import re
 import shutil
 import subprocess
@@ -44,9 +44,13 @@ def follow(block: str, package: Path) -> None:
     path.write_text("\n".join(text) + "\n")
 
 
-def run(project: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", PACKAGE, *args], cwd=project, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(project / "src"), "PATH": "/usr/bin:/bin"}, timeout=300)
+def run(project: Path, *lines: list[str]) -> str:
+    """Each command line in turn through the copy's ``main``, in one fresh interpreter (each in its
+    own would import torch and Lightning again); what they printed."""
+    script = (f"import sys\nfrom {PACKAGE}.cli import main\n"
+              "for line in sys.argv[1:]:\n    assert main(line.split()) == 0, line\n")
+    result = subprocess.run([sys.executable, "-c", script, *map(" ".join, lines)], cwd=project, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(project / "src"), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -67,16 +71,16 @@ def test_the_readme_adds_a_network_for_sequences_and_a_task_command(tmp_path):
     torch.save({"data": waves}, project / "sequences.pt")            # 64 sequences of 2 channels, 32 steps
     quick = ["logger=csv", "trainer.max_steps=3", "trainer.sample_every_n_steps=3", "trainer.val_every_n_steps=1000",
              "data.batch_size=16", "model.conditional=false"]
-    run(project, "train", "name=waves", "model.name=mlp", "model.mlp.width=16", "data.name=tensor_file",
-        "data.root=sequences.pt", *quick)
+    printed = run(project, ["train", "name=waves", "model.name=mlp", "model.mlp.width=16", "data.name=tensor_file",
+                            "data.root=sequences.pt", *quick],
+                  ["sample", "run=runs/waves", "n=8", "steps=4"],
+                  ["train", "experiment=digits", "name=digits", "model.unet.channels=8", *quick],
+                  ["threshold", "run=runs/digits", "n=4", "steps=3", "percentile=0.9"],
+                  ["--help"])
     weights = torch.load(project / "runs/waves/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     assert weights["ema.net.inp.weight"].shape == (16, 2, 3)          # a convolution over time: the new network
-    run(project, "sample", "run=runs/waves", "n=8", "steps=4")
     assert (project / "runs/waves/generated/samples.png").is_file()
     assert torch.load(project / "runs/waves/generated/samples.pt").shape == (8, 2, 32)
-
-    run(project, "train", "experiment=digits", "name=digits", "model.unet.channels=8", *quick)
-    assert "threshold run=DIR" in run(project, "--help")
-    run(project, "threshold", "run=runs/digits", "n=4", "steps=3", "percentile=0.9")
+    assert "threshold run=DIR" in printed
     assert (project / "runs/digits/threshold/samples.png").is_file()
     assert (project / "runs/digits/threshold/made_by.yaml").is_file()

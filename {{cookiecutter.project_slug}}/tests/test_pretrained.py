@@ -301,6 +301,51 @@ def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_di
         train.run(["experiment=finetune", f"model.pretrained.source={text_folder}", "data.name=digits"])
 
 
+def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_dir, pixel_folder, text_folder,
+                                                                       tmp_path, capsys):
+    """A DDPM pipeline as distill.teacher: the student is the pipeline's network and starts from
+    its weights; it trains on the command line's data (the pipeline was trained on none of
+    ours) at the recipe's noise levels, not at the pipeline's discrete ones; it samples in one
+    step and exports as a pipeline whose README says how. Data of another shape, a pipeline
+    that predicts x0 (for consistency) and a text-to-image pipeline are one ERROR line each."""
+    from {{ cookiecutter.package_name }}.config import load_config, student_config
+    from {{ cookiecutter.package_name }}.diffusion.schedules import UniformTNoise
+    from {{ cookiecutter.package_name }}.runs import load_run, new_student
+
+    torch.save(torch.randint(0, 256, (48, 1, 8, 8), dtype=torch.uint8), project_dir / "eights.pt")
+    data = ["data.name=tensor_file", "data.root=eights.pt", "data.image_size=8", "data.channels=1", "data.clusters=0"]
+    quick = ["logger=csv", "data.batch_size=16", "trainer.max_steps=3", "trainer.val_every_n_steps=1000",
+             "trainer.sample_every_n_steps=1000", "evaluation.every_n_steps=0"]
+    teacher, _ = load_run(pixel_folder)
+    reflow = ["experiment=reflow", f"distill.teacher={pixel_folder}"]
+    student = new_student(student_config(load_config(reflow), teacher.config, teacher_data=False), teacher)
+    assert isinstance(student.noise, UniformTNoise) and student.pretrained is not None
+    weights = teacher.denoiser.state_dict()
+    assert all(torch.equal(value, weights[key]) for key, value in student.denoiser.state_dict().items())
+
+    assert main(["train", "experiment=cd", f"distill.teacher={pixel_folder}", "name=cd", *data, *quick]) == 0
+    assert f"a cd student of {pixel_folder}" in capsys.readouterr().out
+    model, _ = load_run("runs/cd")
+    assert model.config.data.root == "eights.pt" and model.config.model.pretrained.source == pixel_folder
+    assert not all(torch.equal(value, weights[key]) for key, value in model.denoiser.state_dict().items())
+    assert main(["sample", "run=runs/cd", "n=4", "steps=1", "out=one"]) == 0
+    assert torch.load("one/samples.pt").shape == (4, 1, 8, 8)
+    assert main(["export", "run=runs/cd"]) == 0
+    readme = (project_dir / "exports" / "cd" / "README.md").read_text()
+    assert "a cd student of" in readme and "sampler=consistency schedule=karras steps=2 sigma_min=0.8" in readme
+    assert main(["train", *reflow, "name=reflow", "distill.pairs=16", "distill.shard_size=16",
+                 "distill.teacher_sampling.steps=3", *quick]) == 0
+
+    x0_pipeline = pixel_pipeline(tmp_path / "x0", prediction_type="sample")
+    capsys.readouterr()
+    for args, message in ((["experiment=ect", f"distill.teacher={pixel_folder}", *data, "data.image_size=4"],
+                           "draws examples of shape [1, 8, 8], but data.name=tensor_file gives [1, 4, 4]"),
+                          (["experiment=cd", f"distill.teacher={x0_pipeline}", *data], "predicts x0"),
+                          (["experiment=reflow", f"distill.teacher={text_folder}"], "text-to-image or latent")):
+        assert main(["train", *args, *quick, "name=refused"]) == 2, args
+        assert message in capsys.readouterr().err, args
+
+
 @pytest.mark.subprocess
 def test_a_hub_id_offline_fails_with_one_line_that_says_what_to_run(project_dir):
     """In a fresh process: the command line loads without diffusers, then a hub id that is not

@@ -94,6 +94,7 @@ TWO_PROCESSES = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strate
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_two_processes_draw_their_own_noise_and_data_keep_one_ema_and_resume_exactly(project_dir):
     """DDP over gloo with two CPU processes: each draws its own noise and its own half of every
     epoch; validation is shared out, not repeated; one process draws the grids; the gradients
@@ -152,6 +153,7 @@ def srun(project_dir: Path, args: list[str], port: int) -> list[subprocess.Popen
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_slurm_warning_saves_requeues_and_the_requeued_job_resumes(project_dir):
     """SIGUSR1 (sbatch --signal=SIGUSR1@90) to both tasks: they stop at the same step, save,
     the first requeues the job once, and the same command then resumes from that step."""

@@ -595,6 +595,7 @@ def saved_step(name: str) -> int:
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_weights_and_ema(project_dir):
     """Killed without warning twice, each time once the checkpoint shows 20 more steps (it is
     written every step, so kills can land in a write), and resumed: each kill lands mid-run,

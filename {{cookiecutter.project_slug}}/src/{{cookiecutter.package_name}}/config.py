@@ -475,13 +475,16 @@ TEACHER_KEYS = ("model", "data", "diffusion.objective", "diffusion.sigma_data")
 MACHINE_KEYS = ("data.batch_size", "data.num_workers", "data.gpu_cache_gb")     # the student's own
 
 
-def student_config(cfg: DictConfig, teacher_config) -> DictConfig:
+def student_config(cfg: DictConfig, teacher_config, teacher_data: bool = True) -> DictConfig:
     """The configuration of a student of the teacher whose configuration is ``teacher_config``:
     ``cfg`` with the teacher's ``TEACHER_KEYS`` but this machine's ``MACHINE_KEYS``. Its
-    training examples are all the pairs (data.train_size 0)."""
+    training examples are all the pairs or all the data (data.train_size 0). A diffusers
+    pipeline was trained on no data of ours (``teacher_data`` False): its student's data is
+    ``cfg``'s."""
     student, teacher = cfg.copy(), OmegaConf.create(teacher_config)
     for key in TEACHER_KEYS:
-        OmegaConf.update(student, key, OmegaConf.select(teacher, key))
+        if key != "data" or teacher_data:
+            OmegaConf.update(student, key, OmegaConf.select(teacher, key))
     for key in MACHINE_KEYS:
         OmegaConf.update(student, key, OmegaConf.select(cfg, key))
     student.data.train_size = student.data.train_part = 0

@@ -34,6 +34,7 @@ it reads can run code: checkpoints are loaded weights-only, exports are safetens
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -215,13 +216,22 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
 def new_student(cfg, teacher: Model) -> Model:
     """A few-step student of ``teacher`` (distill.teacher), configured by ``cfg``
     (``config.student_config``): a new Model of the teacher's network, which starts from the
-    teacher's (EMA) weights."""
-    if teacher.pretrained is not None or teacher.config.model.name == "ideal":
-        kind = "a diffusers pipeline" if teacher.pretrained is not None else "the ideal denoiser (model.name=ideal)"
-        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is {kind}: students start from the teacher's "
-                          "network, so the teacher must be a run or an export of this project's networks")
+    teacher's (EMA) weights. The teacher is a run or an export of this project's networks, or a
+    pixel diffusers pipeline (a UNet2DModel: DDPM's google/ddpm-cifar10-32, or a run that
+    fine-tuned one), whose student trains at the recipe's noise levels, not at the pipeline's
+    own discrete ones."""
+    if teacher.config.model.name == "ideal":
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is the ideal denoiser (model.name=ideal): students "
+                          "start from the teacher's network, and it has none")
+    pipeline = teacher.pretrained
+    if pipeline is not None and (pipeline.takes_prompts or pipeline.vae is not None):
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a text-to-image or latent pipeline: students "
+                          "start from a run of this project's networks or from a pixel UNet2DModel pipeline "
+                          "(e.g. google/ddpm-cifar10-32)")
     student = new_model(cfg, teacher.data_shape, teacher.class_names, teacher.cluster_sizes)
     student.denoiser.load_state_dict(teacher.denoiser.state_dict())
+    if student.pretrained is not None:
+        student = dataclasses.replace(student, noise=training_noise(cfg.diffusion))
     return student
 
 
@@ -408,12 +418,19 @@ def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Pat
     of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
     cfg = model.config
     model.pretrained.save(out, model.denoiser.net.unet)
+    sample = f"{__package__} sample run=<this folder>"
+    if cfg.distill.teacher:          # a few-step student samples with its own sampler, not the pipeline's
+        sampling = cfg.sampling
+        sample += (f" sampler={sampling.sampler} schedule={sampling.schedule} steps={sampling.steps} "
+                   f"sigma_min={sampling.sigma_min:g}")
     (out / "README.md").write_text(
         f"# {cfg.name}: {cfg.model.pretrained.source} fine-tuned for {model.origin['step']} steps\n\n"
         f"A diffusers pipeline (EMA weights) fine-tuned on {cfg.data.name} data of shape "
-        f"{list(model.data_shape)}.\n\n    from diffusers import DiffusionPipeline\n"
-        f"    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
-        f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
+        f"{list(model.data_shape)}" + (f", a {cfg.distill.method} student of {cfg.distill.teacher}"
+                                       if cfg.distill.teacher else "") +
+        ".\n\n    from diffusers import DiffusionPipeline\n"
+        "    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
+        f"or, with the project that made it: `{sample}`.\n")
     OmegaConf.save(cfg, out / "config.yaml")
     if preview is not None:
         shutil.copyfile(preview, out / "preview.png")

@@ -13,6 +13,7 @@ from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, pick_device, sampling_precision
 from ..diffusion.distillation import ConsistencyDistillation, ConsistencyTuning, Objective
+from ..diffusion.parameterizations import X0Prediction
 from ..diffusion.schedules import karras_sigmas, training_noise
 from ..errors import ConfigError, DataError, Interrupted
 from ..evaluation.features import build_extractor
@@ -35,7 +36,7 @@ def run(overrides: list[str]) -> Path:
     teacher = None
     if cfg.distill.teacher:                  # a few-step student: the teacher's network, data and weights
         teacher, teacher_run = load_run(cfg.distill.teacher)
-        cfg = student_config(cfg, teacher.config)
+        cfg = student_config(cfg, teacher.config, teacher_data="pretrained" not in teacher.origin)
     run_dir = Run.named(cfg.name)
     if teacher is not None and run_dir.root.resolve() == teacher_run.root.resolve():
         raise ConfigError(f"name={cfg.name} is the teacher's own run ({teacher_run.root}): give the student a name "
@@ -51,6 +52,8 @@ def run(overrides: list[str]) -> Path:
     else:
         data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
+    if teacher is not None:
+        check_student_data(cfg, data.data_shape, teacher.data_shape)
     if extractor is not None:
         check_images(data.data_shape, cfg.data.name)
     if cfg.model.name == "ideal":
@@ -111,7 +114,7 @@ def reflow(cfg, teacher: Model, run_dir: Run) -> tuple[PairedDataModule, None]:
 def consistency_distillation(cfg, teacher: Model, run_dir: Run) -> tuple[DiffusionDataModule, Objective]:
     """CD's data are the teacher's; its loss asks the teacher, frozen, for one ODE step at each
     training step, guided as the teacher samples (distill.teacher_sampling.guidance)."""
-    check_boundary_condition(cfg)
+    check_boundary_condition(cfg, teacher)
     teacher.denoiser.eval().requires_grad_(False)
     guidance = teacher_sampling(cfg, teacher).guidance
     levels = karras_sigmas(cfg.distill.levels, CD_SIGMA_MIN, cfg.diffusion.noise_max)[:-1]
@@ -121,7 +124,7 @@ def consistency_distillation(cfg, teacher: Model, run_dir: Run) -> tuple[Diffusi
 
 def consistency_tuning(cfg, teacher: Model, run_dir: Run) -> tuple[DiffusionDataModule, Objective]:
     """ECT trains on the teacher's data, with the teacher's weights as its only use of it."""
-    check_boundary_condition(cfg)
+    check_boundary_condition(cfg, teacher)
     tuning = ConsistencyTuning(training_noise(cfg.diffusion), cfg.distill.stage_steps)
     return DiffusionDataModule(cfg.data, cfg.seed), tuning
 
@@ -132,13 +135,23 @@ CD_SIGMA_MIN = 0.002        # the lowest level of consistency distillation's lad
 METHODS = {"reflow": reflow, "cd": consistency_distillation, "ect": consistency_tuning}
 
 
-def check_boundary_condition(cfg) -> None:
-    """A consistency student needs D(x, 0) = x, which every objective but x0-prediction builds in
-    (``diffusion/distillation.py``): without it nothing ties the student's answers to the data."""
-    if cfg.diffusion.objective == "x0":
+def check_boundary_condition(cfg, teacher: Model) -> None:
+    """A consistency student needs D(x, 0) = x, which every parameterization but x0-prediction
+    builds in (``diffusion/distillation.py``): without it nothing ties the student's answers to
+    the data."""
+    if isinstance(teacher.denoiser.parameterization, X0Prediction):
         raise ConfigError(f"distill.method={cfg.distill.method} needs a network whose denoiser returns x at noise "
-                          f"level 0, and {cfg.distill.teacher} predicts x0 (diffusion.objective=x0): distil it by "
-                          "reflow (experiment=reflow), or train the teacher with another objective")
+                          f"level 0, and {cfg.distill.teacher} predicts x0 (diffusion.objective=x0, or a pipeline's "
+                          "prediction type sample): distil it by reflow (experiment=reflow), or train the teacher "
+                          "with another objective")
+
+
+def check_student_data(cfg, data_shape, teacher_shape) -> None:
+    """A student learns from data of its teacher's shape (a pipeline's student brings its own data)."""
+    if tuple(data_shape) != tuple(teacher_shape):
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} draws examples of shape {list(teacher_shape)}, but "
+                          f"data.name={cfg.data.name} gives {list(data_shape)}: give the student data of its "
+                          "teacher's shape (data.image_size, data.channels)")
 
 
 def teacher_sampling(cfg, teacher: Model):
