@@ -43,6 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .parameterizations import per_example
 from .samplers import Denoiser, randn_like, to_eps
 
 
@@ -53,11 +54,6 @@ def reflow_noise(z: Tensor, x0: Tensor, sigma_max: float) -> Tensor:
 
 
 # -- consistency ----------------------------------------------------------------------------
-
-def per_example(levels: Tensor, x: Tensor) -> Tensor:
-    """Noise levels of shape (batch,), one per example, shaped to broadcast against ``x``."""
-    return levels.reshape(-1, *[1] * (x.ndim - 1))
-
 
 def pseudo_huber(difference: Tensor) -> Tensor:
     """iCT's distance (Song & Dhariwal 2023, §3.3) per example: sqrt(||a - b||^2 + c^2) - c with

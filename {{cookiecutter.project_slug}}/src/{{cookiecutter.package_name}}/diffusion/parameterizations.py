@@ -110,6 +110,11 @@ def build_parameterization(objective: str, sigma_data: float) -> Parameterizatio
     return PARAMETERIZATIONS[objective](sigma_data)
 
 
+def per_example(levels: Tensor, x: Tensor) -> Tensor:
+    """Noise levels of shape (batch,), one per example, shaped to broadcast against ``x``."""
+    return levels.reshape(-1, *[1] * (x.ndim - 1))
+
+
 class NetworkDenoiser(nn.Module):
     """A network made into a denoiser by its parameterization: ``D(x, sigma, labels) -> x0_hat``.
 
@@ -130,7 +135,7 @@ class NetworkDenoiser(nn.Module):
         return sigma.log() / 4
 
     def _network(self, x: Tensor, sigma: Tensor, labels: Tensor | None):
-        sigma = sigma.float().reshape(-1, *[1] * (x.ndim - 1))
+        sigma = per_example(sigma.float(), x)
         c_skip, c_out, c_in = self.parameterization.scalings(sigma)
         out = self.net(c_in * x, self.c_noise(sigma.flatten()), labels).float()
         return out, c_skip, c_out
@@ -144,7 +149,7 @@ class NetworkDenoiser(nn.Module):
         """Per-example loss in the network's own space (EDM eq. 8):
         lambda(sigma) c_out(sigma)^2 ||F - F_target||^2, which equals lambda(sigma) ||D - x0||^2.
         Without ``x0_weight`` (lambda), the weight on F is 1: the objective's own loss."""
-        x = x0 + sigma.reshape(-1, *[1] * (x0.ndim - 1)) * noise
+        x = x0 + per_example(sigma, x0) * noise
         out, c_skip, c_out = self._network(x, sigma, labels)
         target = (x0 - c_skip * x) / c_out
         error = (out - target).square().flatten(1).mean(1)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..diffusion.guidance import evaluations
+from ..diffusion.parameterizations import per_example
 from ..diffusion.samplers import Denoiser, Generators, SampleResult, randn_like
 
 Degradation = Callable[[Tensor], Tensor]
@@ -89,7 +90,7 @@ class PosteriorSampling:
             x0_hat = self.denoiser(x, sigma)
             residual = (self.y - self.degrade(x0_hat)).flatten(1).norm(dim=1)
             (gradient,) = torch.autograd.grad(residual.sum(), x)
-        return x0_hat.detach() - self.zeta * sigma.view(-1, *[1] * (x.ndim - 1)) ** 2 * gradient
+        return x0_hat.detach() - self.zeta * per_example(sigma, x) ** 2 * gradient
 
 
 def repaint(denoiser: Denoiser, sigmas: Tensor, y: Tensor, mask: Tensor, *, resample: int = 1,
