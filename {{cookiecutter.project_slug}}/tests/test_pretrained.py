@@ -333,6 +333,8 @@ def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_d
     assert main(["export", "run=runs/cd"]) == 0
     readme = (project_dir / "exports" / "cd" / "README.md").read_text()
     assert "a cd student of" in readme and "sampler=consistency schedule=karras steps=2 sigma_min=0.8" in readme
+    exported, _ = load_run("exports/cd")         # samples with the student's sampler, not the pipeline's
+    assert exported.config.sampling == model.config.sampling
     assert main(["train", *reflow, "name=reflow", "distill.pairs=16", "distill.shard_size=16",
                  "distill.teacher_sampling.steps=3", *quick]) == 0
 

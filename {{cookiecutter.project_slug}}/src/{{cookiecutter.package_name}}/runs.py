@@ -325,9 +325,14 @@ def load_export(folder: Path) -> tuple[Model, Run]:
 
 def load_pretrained_run(source: str) -> tuple[Model, Run]:
     """A diffusers pipeline, sampled as it was trained (DPM-Solver++(2M) over its own discrete
-    noise levels), with this project's other defaults. Outputs go to runs/pretrained/<name>."""
+    noise levels), with this project's other defaults; a pipeline that this project exported
+    (``export_pipeline``, its config.yaml beside it) samples as its run did, a few-step student
+    with its own sampler. Outputs go to runs/pretrained/<name>."""
     cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
                        "data.clusters=0", *PRETRAINED_SAMPLING])
+    exported = Path(source) / "config.yaml"
+    if exported.is_file():
+        cfg.sampling = OmegaConf.merge(cfg.sampling, OmegaConf.load(exported).sampling)
     with torch.random.fork_rng(devices=[]):
         model = new_model(cfg, None)
     model.denoiser.requires_grad_(False).eval()
@@ -418,19 +423,17 @@ def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Pat
     of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
     cfg = model.config
     model.pretrained.save(out, model.denoiser.net.unet)
-    sample = f"{__package__} sample run=<this folder>"
-    if cfg.distill.teacher:          # a few-step student samples with its own sampler, not the pipeline's
-        sampling = cfg.sampling
-        sample += (f" sampler={sampling.sampler} schedule={sampling.schedule} steps={sampling.steps} "
-                   f"sigma_min={sampling.sigma_min:g}")
+    sampling = cfg.sampling
+    student = (f", a {cfg.distill.method} student of {cfg.distill.teacher}. The project samples it with its own "
+               f"sampler (sampler={sampling.sampler} schedule={sampling.schedule} steps={sampling.steps} "
+               f"sigma_min={sampling.sigma_min:g}, from config.yaml); the pipeline's scheduler is the teacher's"
+               if cfg.distill.teacher else "")
     (out / "README.md").write_text(
         f"# {cfg.name}: {cfg.model.pretrained.source} fine-tuned for {model.origin['step']} steps\n\n"
         f"A diffusers pipeline (EMA weights) fine-tuned on {cfg.data.name} data of shape "
-        f"{list(model.data_shape)}" + (f", a {cfg.distill.method} student of {cfg.distill.teacher}"
-                                       if cfg.distill.teacher else "") +
-        ".\n\n    from diffusers import DiffusionPipeline\n"
+        f"{list(model.data_shape)}{student}.\n\n    from diffusers import DiffusionPipeline\n"
         "    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
-        f"or, with the project that made it: `{sample}`.\n")
+        f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
     OmegaConf.save(cfg, out / "config.yaml")
     if preview is not None:
         shutil.copyfile(preview, out / "preview.png")
