@@ -16,6 +16,7 @@ from {{ cookiecutter.package_name }}.diffusion.parameterizations import (
 )
 from {{ cookiecutter.package_name }}.diffusion.samplers import (
     Trajectory,
+    consistency,
     ddim,
     dpmpp_2m,
     generalized,
@@ -159,7 +160,7 @@ def test_dpm_solver_first_step_and_last_step_are_first_order():
     assert torch.allclose(dpmpp_2m(gaussian_denoiser, sigmas, x).x, ddim(gaussian_denoiser, sigmas, x).x, atol=1e-10)
 
 
-@pytest.mark.parametrize("sampler", [ddim, heun, generalized, dpmpp_2m])
+@pytest.mark.parametrize("sampler", [ddim, heun, generalized, dpmpp_2m, consistency])
 def test_hooks_see_every_step_and_can_change_the_estimate(sampler):
     sigmas = karras_sigmas(6, 0.002, 80.0)
     seen = []

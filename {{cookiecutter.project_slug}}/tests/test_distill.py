@@ -298,6 +298,35 @@ def test_a_heun_step_of_the_gaussian_teacher_follows_its_ode_and_pseudo_huber_is
     assert torch.allclose(pseudo_huber(difference), torch.tensor([(25 + c**2) ** 0.5 - c, (1e-6 + c**2) ** 0.5 - c]))
 
 
+def test_cd_draws_every_adjacent_pair_of_its_ladder_from_the_generator_given():
+    """CD's (t, r) are adjacent levels of its ladder, every pair drawn (the lowest too, whose r is
+    the ladder's last level); the teacher's step starts from x_t = x0 + t n with n standard
+    normal; the levels and the noise come from the generator given: the same generator gives the
+    same loss whatever the global random state (validation relies on it)."""
+    levels = karras_sigmas(6, 0.002, SIGMA_MAX)[:-1].float()          # 6 decreasing levels, no final 0
+    asked = []
+
+    def teacher(labels):
+        def denoiser(x, sigma):
+            asked.append((x, sigma))
+            return GaussianDenoiser()(x, sigma)
+        return denoiser
+
+    distillation = ConsistencyDistillation(teacher, levels)
+    x0 = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
+    losses = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        asked.clear()
+        losses.append(distillation(GaussianDenoiser(), x0, None, 0, torch.Generator().manual_seed(3)))
+    (x_t, t), (_, r) = asked                                           # Heun: the slope at t, then at r
+    pairs = {(a.item(), b.item()) for a, b in zip(t, r)}
+    n = (x_t - x0) / t[:, None]
+    assert abs(n.mean()) < 0.1 and abs(n.std() - 1) < 0.1
+    assert pairs == {(levels[i].item(), levels[i + 1].item()) for i in range(len(levels) - 1)}
+    assert torch.equal(losses[0], losses[1])
+
+
 def test_ects_gap_halves_every_stage_and_starts_as_the_diffusion_loss():
     """Geng et al. 2024, §3: r = t (1 - (1 + 8 sigmoid(-t)) / 2^(stage + 1)), at least 0, with the
     stage rising every stage_steps steps. At stage
