@@ -22,8 +22,8 @@ Other key=value pairs go to every `train` (e.g. trainer.max_steps=500 for a quic
 """
 import json
 import shutil
-import subprocess
 import sys
+from importlib import import_module
 from pathlib import Path
 
 import matplotlib
@@ -41,12 +41,14 @@ def project_package() -> str:
 
 
 PACKAGE = project_package()
+sys.path.insert(0, "src")           # the project's package, installed or not
 
 
 def command(*args: str) -> None:
-    """Run `<package> args...`, stopping here if it fails."""
+    """Run `<package> args...` through the project's command line, in this process (torch and
+    Lightning are imported once), stopping here if it fails."""
     print("$", PACKAGE, *args, flush=True)
-    if subprocess.run([sys.executable, "-m", PACKAGE, *args]).returncode:
+    if import_module(f"{PACKAGE}.cli").main(list(args)):
         sys.exit(f"failed: {PACKAGE} {' '.join(args)}")
 
 
