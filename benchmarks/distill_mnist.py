@@ -46,6 +46,7 @@ from quality_per_compute import (  # noqa: E402
     judge,
     load_mnist,
     machine,
+    scored,
     train_ours,
     trained_scorer,
 )
@@ -97,6 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     students = tuple(args.students.split(","))
     assert set(students) <= set(STUDENTS), f"--students: choose among {STUDENTS}"
+    levels = [float(level) for level in args.levels.split(",")]
     torch.set_num_threads(2)
     out = Path(args.out).resolve()
     images, labels = load_mnist(MNIST)
@@ -112,7 +114,7 @@ def main() -> None:
         project = import_baked_package(dataset="mnist")
     print(f"project: {project} (resume with --project)", flush=True)
     os.chdir(project)
-    from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
+    from diffusion_lab.evaluation.quality import reference_statistics
     from diffusion_lab.runs import load_run
     from diffusion_lab.storage import save_atomically
 
@@ -128,26 +130,21 @@ def main() -> None:
             trained[method] = train_student(method, args.student_steps, args.pairs)
     noise = torch.randn((args.samples, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     search_noise = torch.randn((500, 1, 32, 32), generator=torch.Generator().manual_seed(1))
-
-    def score(x: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        as_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return fid_kid(reference, torch.cat([extractor(part) for part in as_uint8.split(500)]), 1000, seed=0), as_uint8
-
     rows, grids = [], []
     for name in ("teacher", *students):
         model, _ = load_run(f"runs/{name}")
         runs = [(steps, {}) for steps in ((20, *STEPS) if name == "teacher" else STEPS)]
         if model.config.sampling.sampler == "consistency":
             for steps in STEPS[1:]:
-                fids = {level: score(draw(model, search_noise, steps, sigma_min=level)[0])[0]["fid"]
-                        for level in map(float, args.levels.split(","))}
+                fids = {level: scored(draw(model, search_noise, steps, sigma_min=level)[0], reference,
+                                      extractor)[0]["fid"] for level in levels}
                 print(f"{name} at {steps} steps, FID on the search noise by lowest level: {fids}", flush=True)
                 best = min(fids, key=fids.get)
                 if best != model.config.sampling.sigma_min:
                     runs.append((steps, {"sigma_min": best}))
         for steps, searched in runs:
             x, nfe = draw(model, noise, steps, **searched)
-            quality, as_uint8 = score(x)
+            quality, drawn = scored(x, reference, extractor)
             row = {"model": name, "sampler": model.config.sampling.sampler, "steps": steps,
                    "nfe": nfe, "sigma_min": searched.get("sigma_min", model.config.sampling.sigma_min),
                    "searched": bool(searched),
@@ -157,7 +154,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
             level = f" to {searched['sigma_min']:g}" if searched else ""
-            grids.append((f"{name}, {steps} step{'s' * (steps > 1)}{level}: FID {quality['fid']:.1f}", as_uint8[:64]))
+            grids.append((f"{name}, {steps} step{'s' * (steps > 1)}{level}: FID {quality['fid']:.1f}", drawn[:64]))
     with out.open("a") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     save_grids(grids, out.with_suffix(".png"))

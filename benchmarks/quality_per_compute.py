@@ -158,6 +158,16 @@ def trained_scorer(images, labels, path: Path | None) -> tuple[Scorer, dict]:
     return scorer, real
 
 
+def scored(x: torch.Tensor, reference, extractor) -> tuple[dict, torch.Tensor]:
+    """FID and KID of samples ``x`` (in [-1, 1]) against ``reference`` in ``extractor``'s
+    features, through the project's own evaluation code, and the samples as uint8 images."""
+    from diffusion_lab.evaluation.quality import fid_kid
+    from diffusion_lab.pixels import to_uint8
+
+    images = to_uint8(x)
+    return fid_kid(reference, torch.cat([extractor(part) for part in images.split(500)]), 1000, seed=0), images
+
+
 @torch.no_grad()
 def judge(scorer: Scorer, x: torch.Tensor, asked: torch.Tensor | None = None) -> dict:
     """Share of images in [-1, 1] the scorer recognises with confidence > 0.9, and (given the
@@ -352,7 +362,7 @@ def main():
     print(f"project: {project} (its runs/ can be sampled again with --project)", flush=True)
     os.chdir(project)
     from diffusion_lab.config import load_config
-    from diffusion_lab.evaluation.quality import fid_kid, reference_statistics
+    from diffusion_lab.evaluation.quality import reference_statistics
     from diffusion_lab.runs import load_run
     from diffusion_lab.storage import save_atomically
 
@@ -396,8 +406,7 @@ def main():
                 if cfg.data.clusters:
                     asked = None                                         # a cluster is no digit class
             seconds = time.perf_counter() - start
-            to_uint8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            quality = fid_kid(reference, torch.cat([extractor(part) for part in to_uint8.split(500)]), 1000, seed=0)
+            quality, drawn = scored(x, reference, extractor)
             nfe = network_evaluations(sampler, steps)
             row = {"recipe": recipe, "changes": "smalldiffusion" if recipe == "course" else changes_of(recipe),
                    **({} if cfg is None else {"conditional": cfg.model.conditional, "clusters": cfg.data.clusters}),
@@ -411,9 +420,9 @@ def main():
             name = f"{sampler}-{steps}" + (f"-guidance{guidance:g}" if guidance is not None else "")
             keep = project / "runs" / run / "benchmark_samples" / f"{name}.pt"
             keep.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"images": to_uint8, "asked": asked, "row": row}, keep)   # for any other scorer
+            torch.save({"images": drawn, "asked": asked, "row": row}, keep)   # for any other scorer
             if (sampler, steps, guidance) == plans[-1]:                  # the most steps and guidance
-                save_grid(to_uint8[:100], out.parent / f"quality_{run}.png")
+                save_grid(drawn[:100], out.parent / f"quality_{run}.png")
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
