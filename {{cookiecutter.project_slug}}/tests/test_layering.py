@@ -34,7 +34,7 @@ ALLOWED = {
     "model": {"diffusion", "models", "codecs", "devices", "errors"},
     "module": {"model", "diffusion", "devices", "errors"},
     "pairs": {"model", "diffusion", "storage", "errors"},
-    "callbacks": {"evaluation", "visualize", "pixels", "storage", "devices"},
+    "callbacks": {"model", "evaluation", "visualize", "pixels", "storage", "devices"},
     "trainer": {"callbacks", "devices", "errors"},
     "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
     "commands": {"runs", "config", "model", "module", "pairs", "trainer", "data", "tasks", "evaluation", "visualize",

@@ -78,6 +78,8 @@ class DataConfig:
     image_size: int = valid(at_least(1))
     channels: int = valid(((lambda v: v in (1, 3)), "1 (grayscale) or 3 (RGB)"))
     labels_from_subfolders: bool = MISSING
+    captions: bool = MISSING
+    prompt: Optional[str] = None
     clusters: int = valid(at_least(0))
     toy_shape: Literal["swiss_roll", "moons", "checkerboard", "gaussians"] = MISSING
     toy_samples: int = valid(at_least(2))
@@ -211,6 +213,18 @@ class DistillConfig:
     stage_steps: int = valid(at_least(1))
 
 
+@dataclass
+class LoraConfig:
+    base: Optional[str] = None
+    rank: int = valid(at_least(1))
+    alpha: float = valid(finite_above(0))
+    targets: list[str] = valid(((lambda v: all(name.strip() for name in v)), "a list of layer names, [] for the "
+                                "attention projections"))
+    class_prompt: Optional[str] = None
+    class_images: int = valid(at_least(1))
+    prior_weight: float = valid(finite_above(0, inclusive=True))
+
+
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed"]         # mixed: noising and loss stay float32
 
@@ -235,6 +249,8 @@ class TrainerConfig:
     sample_every_n_steps: int = valid(at_least(1))
     first_grid_minutes: float = valid(finite_above(0, inclusive=True))
     sample_count: int = valid(at_least(1))
+    sample_labels: list[str] = valid(((lambda v: all(str(label).strip() for label in v)), "a list of class names or "
+                                      "prompts, [] for every class"))
     resume: bool = MISSING
     max_nonfinite_steps: int = valid(at_least(1))
     detect_anomaly: bool = MISSING
@@ -256,6 +272,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 def field_rules(schema, prefix: str = "") -> dict[str, tuple]:
@@ -437,6 +454,17 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     if cfg.data.clusters and cfg.data.name == "image_folder" and cfg.data.labels_from_subfolders:
         raise ConfigError(f"data.labels_from_subfolders=true gives class labels, but data.clusters={cfg.data.clusters} "
                           "would replace them by cluster numbers: set data.clusters=0 to train on the classes")
+    data = cfg.data
+    if (data.captions or data.prompt) and (data.name != "image_folder" or data.labels_from_subfolders
+                                           or (data.captions and data.prompt)):
+        raise ConfigError("data.captions and data.prompt label the images of a folder (data.name=image_folder) "
+                          "in place of data.labels_from_subfolders: set data.name=image_folder and only one of the "
+                          "three")
+    if cfg.lora.class_prompt and not cfg.lora.base:
+        raise ConfigError("lora.class_prompt (DreamBooth's prior preservation) needs lora.base: the text-to-image "
+                          "pipeline whose own images of the class are kept")
+    if cfg.lora.base and cfg.distill.teacher:
+        raise ConfigError("lora.base and distill.teacher are both set: a run either adapts a network or distils one")
     if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:
         raise ConfigError("evaluation.extractor=custom needs evaluation.extractor_module=package.module:factory")
     if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:
@@ -489,6 +517,25 @@ def student_config(cfg: DictConfig, teacher_config, teacher_data: bool = True) -
         OmegaConf.update(student, key, OmegaConf.select(cfg, key))
     student.data.train_size = student.data.train_part = 0
     return student
+
+
+# What an adapted run (lora.base) takes from its base: the network, what its output means and how
+# it was trained (noise levels, loss weight, condition dropout) and is sampled.
+BASE_KEYS = ("model", "diffusion", "sampling")
+
+
+def adapted_config(cfg: DictConfig, base_config, overrides: list[str] = ()) -> DictConfig:
+    """The configuration of a run that adapts the base whose configuration is ``base_config``:
+    ``cfg`` with the base's ``BASE_KEYS``, its sampling changed by the sampling keys of the
+    command line ``overrides``; the data, optimiser and trainer stay ``cfg``'s."""
+    adapted, base = cfg.copy(), OmegaConf.create(base_config)
+    for key in BASE_KEYS:
+        OmegaConf.update(adapted, key, base[key])
+    sampling = parse_overrides(overrides).get("sampling")
+    if sampling:
+        adapted.sampling = merge(adapted.sampling, sampling, "the command line")
+        check_values(adapted, [key for key in VALUE_RULES if key.startswith("sampling.")])
+    return adapted
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:

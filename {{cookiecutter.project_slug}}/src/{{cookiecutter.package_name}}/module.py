@@ -2,7 +2,9 @@
 against non-finite steps, EMA, the optimiser and its schedule, resume.
 
 The network is built elsewhere (``runs.new_model``) and handed in, inside the Model it belongs
-to (lightning-hydra-template hands ``net`` to its module the same way). Batches arrive ready:
+to (lightning-hydra-template hands ``net`` to its module the same way). Only its weights that
+require gradients are trained: all of them, or an adapted network's adapters (lora.base), whose
+frozen weights the EMA copy shares and checkpoints leave out. Batches arrive ready:
 the data module has already augmented them and scaled images to [-1, 1]
 (``data/datamodule.py``). The module keeps an EMA copy of the network; its ``model`` samples
 with that copy, for the sample-grid and FID callbacks.
@@ -18,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from .devices import compile_in_place
+from .devices import AUTOCAST, compile_in_place
 from .diffusion.distillation import Objective
 from .diffusion.parameterizations import x0_loss_weight
 from .errors import TrainingDiverged
@@ -39,10 +41,16 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         self.cfg = model.config
         self.save_hyperparameters({"config": OmegaConf.to_container(self.cfg, resolve=True),
-                                   "data_shape": list(model.data_shape), "class_names": model.class_names,
-                                   "cluster_sizes": model.cluster_sizes})
+                                   "data_shape": list(model.codec.data_shape(model.data_shape)),   # the data's
+                                   "class_names": model.class_names, "cluster_sizes": model.cluster_sizes})
         self.denoiser = model.denoiser.train()              # a pretrained network is loaded in eval mode
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
+        self.adapted = bool(self.cfg.lora.base)
+        frozen = {id(p): p for p in self.denoiser.parameters() if not p.requires_grad}
+        self.ema = copy.deepcopy(self.denoiser, memo=frozen).requires_grad_(False)   # sharing the frozen weights
+        self.trained = [name for name, p in self.denoiser.named_parameters() if p.requires_grad]
+        prompt = self.cfg.lora.class_prompt        # DreamBooth: the class images' label, and their loss's weight
+        self.prior_label = model.class_number(prompt) if prompt else None
+        self.strict_loading = not self.adapted      # an adapted run's checkpoints hold its adapters only
         self.model = dataclasses.replace(model, denoiser=self.ema)     # samples with the EMA weights
         self.objective = objective           # a consistency student's loss (diffusion/distillation.py), else denoising
         self.nonfinite_steps = 0
@@ -62,7 +70,16 @@ class DiffusionModule(L.LightningModule):
             return self.objective(self.denoiser, x0, self.dropped(conditions), self.global_step).mean()
         sigma = self.model.noise(len(x0), self.device)
         noise = paired_noise[0] if paired_noise else torch.randn_like(x0)
-        return self.denoiser.loss(x0, sigma, noise, self.dropped(conditions), self.loss_weight(sigma)).mean()
+        losses = self.denoiser.loss(x0, sigma, noise, self.dropped(conditions), self.loss_weight(sigma))
+        return (losses * self.example_weights(conditions)).mean()
+
+    def example_weights(self, conditions: Tensor | None) -> Tensor | float:
+        """Each example's share of the loss: 1, but lora.prior_weight for DreamBooth's class
+        images (Ruiz et al. 2023, eq. 2: the subject's loss plus the weighted prior loss)."""
+        if self.prior_label is None:
+            return 1.0
+        prior = conditions == self.prior_label
+        return torch.where(prior, self.cfg.lora.prior_weight, 1.0)
 
     def dropped(self, conditions: Tensor | None) -> Tensor | None:
         """A batch's conditions, each replaced by the null condition with probability
@@ -102,7 +119,7 @@ class DiffusionModule(L.LightningModule):
         dropped, so that no NaN or Inf ever reaches the weights, the EMA or a checkpoint. The
         summed gradients are the same in every process, so all of them decide alike."""
         clip = self.cfg.optim.grad_clip or math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.trained_weights(self.denoiser), clip)
         self.gradients_finite = bool(torch.isfinite(norm))
         if not self.gradients_finite:
             optimizer.zero_grad(set_to_none=True)      # AdamW skips weights that have no gradient
@@ -152,25 +169,42 @@ class DiffusionModule(L.LightningModule):
         same step as the weights."""
         step = self.global_step
         decay = min(self.cfg.optim.ema_decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.denoiser.parameters()), 1 - decay)
+        torch._foreach_lerp_(self.trained_weights(self.ema), self.trained_weights(self.denoiser), 1 - decay)
         for ema, live in zip(self.ema.buffers(), self.denoiser.buffers()):
             ema.copy_(live)
+
+    def trained_weights(self, denoiser) -> list[Tensor]:
+        """The weights that training changes, of the live network or of its EMA copy."""
+        weights = dict(denoiser.named_parameters())
+        return [weights[name] for name in self.trained]
 
     def configure_model(self) -> None:
         """Training's fast paths, applied once before the optimiser is made: the NHWC layout
         (trainer.channels_last) for the network and its EMA, and ``torch.compile`` of the network
         being trained (trainer.compile). The EMA only draws the occasional grid: not compiled."""
         trainer_cfg = self.cfg.trainer
+        if self.adapted:
+            self.frozen_in_half(str(self.trainer.precision))
         if trainer_cfg.channels_last:
             self.to(memory_format=torch.channels_last)
         compile_in_place(self.denoiser.net, trainer_cfg.compile)
+
+    def frozen_in_half(self, precision: str) -> None:
+        """An adapted network's frozen weights in the half precision of a mixed-precision run
+        (half their memory: autocast computes in it anyway). The adapters stay float32: a gradient
+        scaler refuses to unscale float16 gradients ("Attempting to unscale FP16 gradients")."""
+        half = AUTOCAST.get(precision)
+        if half is not None:
+            for weight in self.denoiser.parameters():
+                if not weight.requires_grad:
+                    weight.data = weight.data.to(half)
 
     def adamw(self, precision: str) -> torch.optim.AdamW:
         """AdamW over the denoiser's weights as optim says, fused (optim.fused) except under
         16-mixed: the fused kernel unscales fp16 gradients itself, after clipping would have
         seen them scaled."""
         optim = self.cfg.optim
-        return torch.optim.AdamW(self.denoiser.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+        return torch.optim.AdamW(self.trained_weights(self.denoiser), lr=optim.lr, betas=tuple(optim.betas),
                                  weight_decay=optim.weight_decay, fused=optim.fused and precision != "16-mixed")
 
     def configure_optimizers(self):
@@ -187,6 +221,12 @@ class DiffusionModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)      # stepped by take_step, each real step
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """An adapted run saves its adapters (and their EMA) only: its base holds the rest."""
+        if self.adapted:
+            trained = {f"{copy}.{name}" for copy in ("denoiser", "ema") for name in self.trained}
+            checkpoint["state_dict"] = {key: value for key, value in checkpoint["state_dict"].items() if key in trained}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A resumed run trains with the optimiser settings of the command that resumes it:

@@ -1,5 +1,8 @@
-"""Reflow's pairs: noise, and the sample that a frozen teacher's deterministic sampler draws from
-it (``diffusion/distillation.py`` says why), made once and kept on disk:
+"""Samples that a frozen model draws once for another run to train on, kept on disk: reflow's
+pairs and DreamBooth's class images.
+
+Reflow's pairs are noise, and the sample that a frozen teacher's deterministic sampler draws from
+it (``diffusion/distillation.py`` says why):
 
     runs/<student>/pairs/
         about.json        the teacher, the sampling section, the seed, the count and the shard size
@@ -54,21 +57,49 @@ def reflow_pairs(teacher: Model, sampling, folder: Path, count: int, shard_size:
                           "distill.teacher_sampling.sampler=dpmpp_2m (or euler, or heun with churn=0)")
     about = {"teacher": teacher.origin, "sampling": dict(sampling), "seed": seed, "count": count,
              "shard_size": shard_size}
+    draw = lambda indices: draw_pairs(teacher, sampling, indices, seed, batch_size)     # noqa: E731
+    parts = drawn_in_shards(folder, about, count, shard_size, "reflow pairs", draw)
+    labels = None if teacher.condition is None else torch.cat([part["labels"] for part in parts])
+    return Pairs(torch.cat([part["x0"] for part in parts]), torch.cat([part["noise"] for part in parts]), labels,
+                 list(teacher.class_names), teacher.cluster_sizes, about)
+
+
+def class_images(base: Model, sampling, prompt: str, folder: Path, count: int, seed: int,
+                 batch_size: int = 8) -> Tensor:
+    """DreamBooth's ``count`` class images: ``base``'s samples of ``prompt`` (one of its classes)
+    as ``sampling`` says, image i from the noise of seed + i, in ``folder``: read where they are,
+    drawn where they are not, ``batch_size`` at a time (a shard each; 8 at 512 pixels fit a T4),
+    with a progress bar. Returns them undecoded (latents)."""
+    label = base.class_number(prompt)
+    about = {"base": base.config.lora.base, "prompt": prompt, "sampling": dict(sampling), "seed": seed,
+             "count": count, "shard_size": batch_size}
+
+    @torch.no_grad()
+    def draw(indices: Tensor) -> dict:
+        noise = indexed_noise(indices, base.data_shape, seed).to(base.device)
+        guided = base.guided(len(indices), sampling.guidance, torch.full((len(indices),), label))
+        return {"x0": base.generate(guided, sampling, noise=noise, decode=False).x.cpu()}
+
+    parts = drawn_in_shards(folder, about, count, batch_size, f"class images of '{prompt}'", draw)
+    return torch.cat([part["x0"] for part in parts])
+
+
+def drawn_in_shards(folder: Path, about: dict, count: int, shard_size: int, what: str, draw) -> list[dict]:
+    """``draw(indices)`` (a dict of tensors) of indices 0..count-1, a shard of ``shard_size`` at a
+    time, each kept in ``folder``, whose about.json says what they were drawn with (``about``)."""
     check_same_pairs(folder, about)
     parts = []
-    with tqdm(total=count, desc="reflow pairs", unit="pair") as bar:
+    with tqdm(total=count, desc=what, unit="sample") as bar:
         for start in range(0, count, shard_size):
             path = folder / f"{start // shard_size:06d}.pt"
             stop = min(start + shard_size, count)
             if path.is_file():
                 parts.append(read_shard(path))
             else:
-                parts.append(draw_pairs(teacher, sampling, torch.arange(start, stop), seed, batch_size))
+                parts.append(draw(torch.arange(start, stop)))
                 save_atomically(parts[-1], path)
             bar.update(stop - start)
-    labels = None if teacher.condition is None else torch.cat([part["labels"] for part in parts])
-    return Pairs(torch.cat([part["x0"] for part in parts]), torch.cat([part["noise"] for part in parts]), labels,
-                 list(teacher.class_names), teacher.cluster_sizes, about)
+    return parts
 
 
 def check_same_pairs(folder: Path, about: dict) -> None:
@@ -78,8 +109,8 @@ def check_same_pairs(folder: Path, about: dict) -> None:
         saved = json.loads(path.read_text())
         changed = [key for key in about if saved.get(key) != about[key]]
         if changed:
-            raise ConfigError(f"{folder} holds pairs made with other settings ({', '.join(changed)} differ): start a "
-                              "new student with name=<new name>, or delete the folder to draw them again")
+            raise ConfigError(f"{folder} holds samples drawn with other settings ({', '.join(changed)} differ): start "
+                              "a new run with name=<new name>, or delete the folder to draw them again")
         return
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(about, indent=1))
@@ -106,5 +137,5 @@ def read_shard(path: Path) -> dict:
     try:
         return read_tensors(path)
     except UnreadableFile as why:
-        raise ConfigError(f"{path} is not a readable shard of pairs ({why}): delete it, and the same command draws "
-                          "it again") from None
+        raise ConfigError(f"{path} is not a readable shard of samples ({why}): delete it, and the same command "
+                          "draws it again") from None

@@ -10,6 +10,7 @@ holds.
         fid/                   FID and KID: history.jsonl during training, what ``evaluate`` writes
         inspect/               what ``inspect-data`` writes
         pairs/                 a reflow student's (noise, teacher sample) pairs (``pairs.py``)
+        class_images/          DreamBooth's class images, drawn by the base (``pairs.py``), and preview.png
         <task>/                what each course task writes: visualize/, interpolate/, guidance/,
                                illusion/, restore/ (``Run.task``), each with a made_by.yaml
         tensorboard/ or csv/   the logs
@@ -25,6 +26,9 @@ An export (``export_run``) is the small folder a trained model is shared as:
 
 A run trained from a pretrained diffusers UNet (model.name=pretrained) is exported as a
 diffusers pipeline folder instead, which diffusers' ``from_pretrained`` loads as well as we do.
+A run that trained adapters on a network (lora.base) keeps only the adapters in its checkpoints;
+it is exported with them folded into the network's weights, or, on a diffusers pipeline, as the
+adapters alone (pytorch_lora_weights.safetensors, which diffusers' ``load_lora_weights`` reads).
 
 ``new_model`` is the one place that builds networks, our own and pretrained ones. ``load_run``
 turns a run directory, a checkpoint file, an export folder, or a pretrained diffusers pipeline
@@ -45,6 +49,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .adapters.lora import DIFFUSERS_ADAPTERS
 from .codecs import Identity, PretrainedAutoencoder
 from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
@@ -73,6 +78,7 @@ class Run:
         self.fid = self.root / "fid"
         self.inspect = self.root / "inspect"
         self.pairs = self.root / "pairs"
+        self.class_images = self.root / "class_images"
 
     @classmethod
     def named(cls, name: str) -> Run:
@@ -96,7 +102,7 @@ class Run:
         check_resumable(OmegaConf.create(saved["config"]), cfg, self.root)
         if list(saved["data_shape"]) != list(data_shape) or list(saved["class_names"] or []) != list(class_names):
             raise ConfigError(f"{self.root} was trained on data of shape {saved['data_shape']} with classes "
-                              f"{saved['class_names'] or 'none'}; the data now gives {list(data_shape)} and "
+                              f"{saved['class_names'] or 'none'}; it would now train on {list(data_shape)} with "
                               f"{class_names or 'none'}. Resume with the same data, or start a new run with "
                               "name=<new name>")
         return self.last_checkpoint, checkpoint["global_step"]
@@ -147,7 +153,8 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     """Refuse changes a resumed run cannot take (the network's shape, and what its output means);
     say which other changed settings now apply."""
     fixed = ("model.name", "model.conditional", f"model.{cfg.model.name}.", "data.image_size", "data.channels",
-             "diffusion.objective", "diffusion.sigma_data", "distill.teacher", "distill.method")
+             "diffusion.objective", "diffusion.sigma_data", "distill.teacher", "distill.method", "lora.base",
+             "lora.rank", "lora.alpha", "lora.targets")
     changes = {key: (OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key))
                for key in dotted_keys(cfg) if key not in ("preset", "experiment")}
     changes = {key: (old, new) for key, (old, new) in changes.items() if old != new}
@@ -193,6 +200,8 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
     model.name=pretrained the pipeline at model.pretrained.source (its network, prediction type
     and noise levels, and, unless the data gives one, its shape)."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
+    if cfg.lora.base:
+        return adapted_model(cfg, data_shape, class_names, cluster_sizes)
     if cfg.model.name == "pretrained":
         return pretrained_model(cfg, data_shape)
     condition = ClassLabels(len(class_names)) if cfg.model.conditional and class_names else None
@@ -233,6 +242,54 @@ def new_student(cfg, teacher: Model) -> Model:
     if student.pretrained is not None:
         student = dataclasses.replace(student, noise=training_noise(cfg.diffusion))
     return student
+
+
+def classes(names: list[str]) -> str:
+    """"3 classes (0, 1, 2)", in a line whatever their number."""
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{len(names)} classes ({shown})" if names else "no classes"
+
+
+def adapted_model(cfg: DictConfig, data_shape, class_names: list[str], cluster_sizes: list[int] | None) -> Model:
+    """lora.base with low-rank adapters (``adapters/lora.py``): the base network, frozen, with new
+    adapters that start at zero, so that the model starts out as the base. Its data must fit the
+    base: the base's shape (a latent pipeline's images must fit its autoencoder) and, for a
+    class-conditional base, its classes; a text-to-image pipeline is conditioned on the data's
+    captions (data.captions or data.prompt), each a class of its own, followed by DreamBooth's class
+    prompt (lora.class_prompt) and the prompts that the sample grids draw (trainer.sample_labels)."""
+    from .adapters.lora import add_adapters
+
+    base, _ = load_run(cfg.lora.base)
+    where = f"lora.base={cfg.lora.base}"
+    if base.config.get("lora", {}).get("base"):
+        raise ConfigError(f"{where} has adapters of its own: export it (`export run={cfg.lora.base}` folds them into "
+                          "its weights) and adapt the export")
+    if data_shape is not None:
+        try:
+            shape = base.codec.latent_shape(tuple(data_shape))
+        except ValueError as error:
+            raise ConfigError(f"{where} cannot take the data (data.name={cfg.data.name}): {error}") from None
+        if not base.codec.latent and shape != base.data_shape:
+            raise ConfigError(f"{where} draws examples of shape {list(base.data_shape)}, but data.name={cfg.data.name} "
+                              f"gives {list(shape)}: set data.image_size and data.channels to the base's")
+        base.data_shape = shape
+    prior = [cfg.lora.class_prompt] if cfg.lora.class_prompt else []
+    if prior and not base.takes_prompts:
+        raise ConfigError(f"lora.class_prompt={prior[0]} keeps a class as the base draws it (DreamBooth's prior "
+                          f"preservation) and needs a text-to-image base; {where} is not one")
+    if base.takes_prompts:
+        if not class_names:
+            raise ConfigError(f"{where} is a text-to-image model: its images need captions (data.captions=true, a "
+                              "text file beside each image, or one for all: data.prompt='a photo of sks dog')")
+        base.use_prompts(list(dict.fromkeys([*class_names, *prior, *map(str, cfg.trainer.sample_labels)])))
+    elif base.condition is not None and list(class_names) != base.class_names:
+        raise ConfigError(f"{where} is conditioned on {classes(base.class_names)}; the data has "
+                          f"{classes(class_names)}: adapt it on data labelled alike (for a base guided by clusters, "
+                          f"data.clusters={len(base.class_names)})")
+    base.cluster_sizes = cluster_sizes or base.cluster_sizes
+    add_adapters(base.denoiser.net, cfg.lora.rank, cfg.lora.alpha, list(cfg.lora.targets))
+    base.config, base.origin = cfg, {}
+    return base
 
 
 def pretrained_model(cfg: DictConfig, data_shape) -> Model:
@@ -278,6 +335,8 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
         return load_pretrained_run(str(path))
     if (path / EXPORT_WEIGHTS).is_file():
         return load_export(path)
+    if (path / DIFFUSERS_ADAPTERS).is_file():
+        return load_adapter_export(path)
     checkpoint = path if path.suffix == ".ckpt" else Run(path).last_checkpoint
     if not checkpoint.is_file():
         raise ConfigError(f"no checkpoint at {checkpoint}; pass run=runs/<name> of a trained run, a .ckpt file, "
@@ -295,15 +354,29 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
 def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str) -> Model:
     """A model with ``weights``, in eval mode on the CPU, the caller's random state untouched;
     ``misfit`` says what is wrong when the weights do not fit. Keys that ``config`` predates
-    take this project's defaults."""
+    take this project's defaults. An adapted model's weights are its adapters alone: the rest
+    are its base's (lora.base)."""
     with torch.random.fork_rng(devices=[]):
         model = new_model(with_later_keys(config), data_shape, class_names, cluster_sizes)
     try:
-        model.denoiser.load_state_dict(weights)
+        if model.config.lora.base:
+            load_adapters(model.denoiser, weights)
+        else:
+            model.denoiser.load_state_dict(weights)
     except RuntimeError as error:
         raise ConfigError(f"{misfit}: {str(error).splitlines()[0]}") from None
     model.denoiser.requires_grad_(False).eval()
     return model
+
+
+def load_adapters(denoiser: torch.nn.Module, weights: dict) -> None:
+    """Load the adapter weights of an adapted ``denoiser``: every one of them, and nothing else."""
+    from .adapters.lora import is_adapter_weight
+
+    missing, unexpected = denoiser.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if is_adapter_weight(key)]
+    if missing or unexpected:
+        raise RuntimeError(f"missing adapter weights {missing[:3]}, unexpected weights {unexpected[:3]}")
 
 
 def load_export(folder: Path) -> tuple[Model, Run]:
@@ -328,17 +401,38 @@ def load_pretrained_run(source: str) -> tuple[Model, Run]:
     noise levels), with this project's other defaults; a pipeline that this project exported
     (``export_pipeline``, its config.yaml beside it) samples as its run did, a few-step student
     with its own sampler. Outputs go to runs/pretrained/<name>."""
-    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
-                       "data.clusters=0", *PRETRAINED_SAMPLING])
-    exported = Path(source) / "config.yaml"
-    if exported.is_file():
-        cfg.sampling = OmegaConf.merge(cfg.sampling, OmegaConf.load(exported).sampling)
+    cfg = pretrained_config(source)
     with torch.random.fork_rng(devices=[]):
         model = new_model(cfg, None)
     model.denoiser.requires_grad_(False).eval()
     model.codec.eval()
     model.origin = {"pretrained": source, "step": None}
     return model, Run(RUNS / "pretrained" / Path(source).name)
+
+
+def pretrained_config(source: str) -> DictConfig:
+    """The configuration of a diffusers pipeline: this project's defaults, its network and the way
+    such pipelines are sampled, or the way its run sampled it when this project exported it."""
+    cfg = load_config(["model.name=pretrained", f"model.pretrained.source={source}", "model.conditional=false",
+                       "data.clusters=0", *PRETRAINED_SAMPLING])
+    exported = Path(source) / "config.yaml"
+    if exported.is_file():
+        cfg.sampling = OmegaConf.merge(cfg.sampling, OmegaConf.load(exported).sampling)
+    return cfg
+
+
+def saved_config(path: str) -> DictConfig:
+    """The configuration that ``load_run(path)`` gives its model, read without its weights."""
+    if path.startswith(PRETRAINED_PREFIX):
+        return pretrained_config(path.removeprefix(PRETRAINED_PREFIX))
+    where = Path(path).expanduser()
+    if (where / "model_index.json").is_file():
+        return pretrained_config(path)
+    folder = where.parent.parent if where.suffix == ".ckpt" else where
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in {folder}: name a run directory, a .ckpt file in one, an export folder, "
+                          f"or a diffusers pipeline (a folder, or {PRETRAINED_PREFIX}<hub id>)")
+    return with_later_keys(OmegaConf.load(folder / "config.yaml"))
 
 
 def open_run(overrides: list[str], schema, name: str, counts: tuple[str, ...] = ()) -> tuple:
@@ -390,9 +484,15 @@ def is_finite_number(value) -> bool:
 EXPORT_WEIGHTS, EXPORT_INFO = "model.safetensors", "model.json"
 
 
-def export_run(model: Model, out: Path, preview: Path | None = None) -> Path:
+def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool = False) -> Path:
     """Write the export folder ``out`` (see above) for ``model``, loaded from a checkpoint (its
-    ``origin`` says which, and the step)."""
+    ``origin`` says which, and the step). An adapted model (lora.base) is exported with its
+    adapters folded into its weights (``merge``, always for this project's networks), or, on a
+    diffusers pipeline, as its adapters alone in diffusers' LoRA format."""
+    if model.config.lora.base and (merge or model.pretrained is None):
+        model = merged_model(model)
+    if model.config.lora.base:
+        return export_adapters(model, out, preview)
     if model.pretrained is not None:
         return export_pipeline(model, out, preview)
     from safetensors.torch import save_file
@@ -416,6 +516,61 @@ def export_run(model: Model, out: Path, preview: Path | None = None) -> Path:
     if preview is not None:
         shutil.copyfile(preview, out / "preview.png")
     return out
+
+
+def merged_model(model: Model) -> Model:
+    """An adapted model as the plain model that computes the same: its base's network with
+    W + (alpha / r) B A in place of each adapted W, and no lora.base."""
+    from .adapters.lora import merged_weights
+
+    cfg = model.config.copy()
+    cfg.lora.base = None
+    data_shape = None if model.pretrained is not None else model.data_shape
+    merged = model_with_weights(cfg, data_shape, model.class_names, model.cluster_sizes,
+                                merged_weights(model.denoiser), "the merged weights do not fit the base")
+    merged.origin = model.origin
+    return merged
+
+
+def export_adapters(model: Model, out: Path, preview: Path | None = None) -> Path:
+    """An adapted diffusers pipeline as its adapters alone: the file that diffusers'
+    ``load_lora_weights`` reads (``adapters/lora.py``), with model.json, config.yaml and a README."""
+    from .adapters.lora import save_diffusers_adapters
+
+    cfg, step = model.config, model.origin["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    save_diffusers_adapters(model.pretrained.pipeline, model.denoiser.net.unet, out, cfg.lora.rank, cfg.lora.alpha)
+    info = {"format": "diffusion-lab adapters 1", "data_shape": list(model.data_shape), "step": step,
+            "trained_in": model.origin["checkpoint"], "base": cfg.lora.base}
+    (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    OmegaConf.save(cfg, out / "config.yaml")
+    base = cfg.model.pretrained.source
+    (out / "README.md").write_text(
+        f"# {cfg.name}: LoRA adapters (rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g}) for {base}\n\n"
+        f"Trained {step} steps on {cfg.data.name} data. {DIFFUSERS_ADAPTERS} holds the adapters alone, in "
+        "diffusers' format:\n\n    from diffusers import DiffusionPipeline\n"
+        f"    pipeline = DiffusionPipeline.from_pretrained('{base}')\n"
+        "    pipeline.load_lora_weights('<this folder>')\n\n"
+        f"or, with the project that made it: `{__package__} sample run=<this folder> 'labels=[your prompt]'`.\n")
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out
+
+
+def load_adapter_export(folder: Path) -> tuple[Model, Run]:
+    """Adapters exported by ``export_adapters``, loaded by diffusers onto their base pipeline."""
+    try:
+        info = json.loads((folder / EXPORT_INFO).read_text())
+        cfg = with_later_keys(OmegaConf.load(folder / "config.yaml"))
+    except Exception as error:
+        raise ConfigError(f"{folder} is not a readable adapter export ({EXPORT_INFO} and config.yaml; "
+                          f"{describe(error)})") from None
+    model, _ = load_run(cfg.lora.base)
+    model.pretrained.pipeline.load_lora_weights(str(folder), weight_name=DIFFUSERS_ADAPTERS)
+    model.denoiser.requires_grad_(False).eval()
+    model.config = cfg
+    model.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
+    return model, Run(folder)
 
 
 def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Path:

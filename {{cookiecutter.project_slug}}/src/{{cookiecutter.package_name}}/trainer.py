@@ -139,7 +139,7 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     callbacks = [
         LastCheckpoint(run.last_checkpoint, trainer_cfg.checkpoint_every_n_steps, cfg.seed),
         SampleGrid(run.samples, trainer_cfg.sample_every_n_steps, trainer_cfg.sample_count, cfg.seed,
-                   trainer_cfg.first_grid_minutes),
+                   trainer_cfg.first_grid_minutes, list(map(str, trainer_cfg.sample_labels))),
         RunRecord(write_record),
         LearningRateMonitor(logging_interval="step"),
     ]

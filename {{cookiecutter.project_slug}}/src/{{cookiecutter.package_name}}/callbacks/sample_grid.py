@@ -1,7 +1,9 @@
 """A fixed-seed grid of samples from the EMA weights (the module's ``model``), written every N steps, once a few minutes
 after the start (a slow first run shows early whether it learns), and at the end.
 
-The same starting noise every time, so successive grids show what training changed."""
+The same starting noise every time, so successive grids show what training changed. A conditional
+model draws its classes in turn, or the classes named in trainer.sample_labels (a text model's
+prompts: the validation prompts of a LoRA run)."""
 from __future__ import annotations
 
 import time
@@ -12,13 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..model import labels_in_turn
 from ..visualize import sampling_title, save_samples_picture
 
 
 class SampleGrid(L.Callback):
     def __init__(self, folder: str | Path, every_n_steps: int, count: int, seed: int = 0,
-                 first_after_minutes: float = 0):
+                 first_after_minutes: float = 0, labels: list[str] = ()):
         self.folder, self.every_n_steps, self.count, self.seed = Path(folder), every_n_steps, count, seed
+        self.labels = list(labels)
         self.first_after = first_after_minutes * 60 or None
         self.last_step = -1
 
@@ -41,12 +45,14 @@ class SampleGrid(L.Callback):
             return
         self.last_step = step
         model = module.model
-        result = model.sample(self.count, torch.Generator().manual_seed(self.seed))
+        labels = [model.class_number(name) for name in self.labels] or None
+        result = model.sample(self.count, torch.Generator().manual_seed(self.seed),
+                              labels=labels_in_turn(labels, 0, self.count))
         path = self.folder / f"step_{step:07d}.png"
         title = f"step {step:,}, " + sampling_title(self.folder.parent.name, model.config.sampling, result.nfe,
                                                     model.condition is not None)
         reference = trainer.datamodule.train_set.data[: self.count]       # drawn under 2D points
-        save_samples_picture(result.x, path, title, model.column_names(self.count), reference)
+        save_samples_picture(result.x, path, title, model.column_names(self.count, labels), reference)
         log_picture(trainer.logger, path, step)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from ..config import load_config, run_config, student_config
+from ..config import adapted_config, load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, pick_device, sampling_precision
 from ..diffusion.distillation import ConsistencyDistillation, ConsistencyTuning, Objective
@@ -20,11 +20,12 @@ from ..evaluation.features import build_extractor
 from ..evaluation.quality import check_images, evaluation_cost
 from ..model import Model
 from ..module import DiffusionModule
-from ..pairs import reflow_pairs
-from ..runs import Run, load_run, new_model, new_student
+from ..pairs import class_images, reflow_pairs
+from ..pixels import to_uint8
+from ..runs import Run, load_run, new_model, new_student, saved_config
 from ..speed import flops_per_image
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
-from ..visualize import sampling_title, save_samples_picture
+from ..visualize import sampling_title, save_sample_grid, save_samples_picture
 
 USAGE = """\
 train   [key=value ...]   train; e.g. train experiment=digits trainer.max_steps=2000
@@ -37,6 +38,8 @@ def run(overrides: list[str]) -> Path:
     if cfg.distill.teacher:                  # a few-step student: the teacher's network, data and weights
         teacher, teacher_run = load_run(cfg.distill.teacher)
         cfg = student_config(cfg, teacher.config, teacher_data="pretrained" not in teacher.origin)
+    if cfg.lora.base:                        # adapters on a trained network: its network, noise levels and sampling
+        cfg = adapted_config(cfg, saved_config(cfg.lora.base), overrides)
     run_dir = Run.named(cfg.name)
     if teacher is not None and run_dir.root.resolve() == teacher_run.root.resolve():
         raise ConfigError(f"name={cfg.name} is the teacher's own run ({teacher_run.root}): give the student a name "
@@ -60,7 +63,11 @@ def run(overrides: list[str]) -> Path:
         return memorise(cfg, run_dir, data, program)
     if teacher is None:
         model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes)
-        resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, data.class_names)
+        resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, model.class_names)
+    if model.codec.latent:
+        encode_data(cfg, model, data, extractor)
+    if cfg.lora.class_prompt:
+        keep_the_class(cfg, model, data, run_dir)
     module = DiffusionModule(model, objective)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
     if teacher is not None and cfg.distill.method == "cd":
@@ -96,6 +103,36 @@ def run(overrides: list[str]) -> Path:
                   f"{cfg.trainer.max_steps}; the same command continues from {run_dir.last_checkpoint}")
         print(closing_summary(cfg, run_dir, trainer.global_step, time.monotonic() - started, program))
     return run_dir.root
+
+
+def encode_data(cfg, model: Model, data: DiffusionDataModule, extractor) -> None:
+    """A latent model trains on the latents of its images, encoded once on the training device
+    (``DiffusionDataModule.encode``), where its autoencoder then stays to decode the sample grids."""
+    if extractor is not None:
+        raise ConfigError("FID and KID during training are measured on pixel models only, and this model trains on "
+                          "latents: set evaluation.every_n_steps=0")
+    accelerator = cfg.trainer.accelerator
+    model.codec.to(pick_device({"gpu": "cuda"}.get(accelerator, accelerator)))
+    data.encode(model.codec)
+
+
+def keep_the_class(cfg, model: Model, data: DiffusionDataModule, run_dir: Run) -> None:
+    """DreamBooth's prior preservation: the base's own images of lora.class_prompt, drawn once
+    (``pairs.class_images``; the adapters are still zero, so the model is its base), trained on
+    beside the data (``DiffusionDataModule.add_prior``)."""
+    prompt = cfg.lora.class_prompt
+    if prompt in data.class_names:
+        raise ConfigError(f"lora.class_prompt={prompt} is the caption of your images: name the class without the "
+                          "subject's token (data.prompt='a photo of sks dog', lora.class_prompt='a photo of a dog')")
+    accelerator = cfg.trainer.accelerator
+    device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+    model.to(device).speed_up(sampling_precision(cfg.trainer.precision, device))
+    images = class_images(model, cfg.sampling, prompt, run_dir.class_images, cfg.lora.class_images, cfg.seed)
+    preview = run_dir.class_images / "preview.png"
+    if not preview.is_file():
+        save_sample_grid(to_uint8(model.codec.decode(images[:16].to(device)).cpu()), preview,
+                         f"{len(images)} class images: {prompt} (the base's own)")
+    data.add_prior(images, model.class_number(prompt))
 
 
 def reflow(cfg, teacher: Model, run_dir: Run) -> tuple[PairedDataModule, None]:
@@ -202,6 +239,9 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     if classes:
         labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
     parameters = sum(p.numel() for p in module.denoiser.parameters())
+    trained = sum(p.numel() for p in module.denoiser.parameters() if p.requires_grad)
+    adapters = (f" ({trained:,} of them trained: rank-{cfg.lora.rank} adapters on {cfg.lora.base})"
+                if trained < parameters else "")
     step_flops, _ = flops_per_image(module.denoiser, module.model.data_shape, module.model.condition)
     processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
     batch = cfg.data.batch_size * trainer.world_size
@@ -214,9 +254,9 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
         f"run        {run_dir.root}" + (" (new)" if resumed_at is None else f" (resuming from step {resumed_at})"),
         f"  data     {cfg.data.name}: {len(data.train_set):,} training + {len(data.val_set):,} validation examples "
         f"of {shape}{labels}" + (f"; a {cfg.distill.method} student of {cfg.distill.teacher}"
-                                 if cfg.distill.teacher else ""),
-        f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters, {step_flops / 1e9:.3g} GFLOP per image per "
-        f"training step; objective {cfg.diffusion.objective}",
+                                 if cfg.distill.teacher else "") + prior_line(cfg, data),
+        f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters{adapters}, {step_flops / 1e9:.3g} GFLOP per "
+        f"image per training step; objective {cfg.diffusion.objective}",
         f"  device   {device_name(trainer.strategy.root_device)}{processes}, precision {trainer.precision}",
         f"  length   {cfg.trainer.max_steps:,} steps of {batch} = {images:,} images "
         f"({images / len(data.train_set):.1f} epochs){budget}; speed and time left after {SPEED_WINDOW[1]} steps",
@@ -225,6 +265,13 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
         (f" and once after {cfg.trainer.first_grid_minutes:g} min" if cfg.trainer.first_grid_minutes else "") +
         f", {cfg.sampling.sampler} {cfg.sampling.steps} steps, in {run_dir.samples}",
     ])
+
+
+def prior_line(cfg, data: DiffusionDataModule) -> str:
+    if data.prior is None:
+        return ""
+    return (f"; each batch also holds as many of the {len(data.prior)} class images of '{cfg.lora.class_prompt}' "
+            f"(weight {cfg.lora.prior_weight:g})")
 
 
 def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) -> str:

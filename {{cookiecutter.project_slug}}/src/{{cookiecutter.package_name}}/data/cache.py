@@ -2,7 +2,8 @@
 
 An entry is keyed by a fingerprint of everything the decoded tensor depends on (for a
 folder: every file's path, size and modification time, and the size, channels and crop), so
-a changed folder gets a new entry. Entries are written to a temporary file and renamed, so
+a changed folder gets a new entry. A latent model's latents are cached the same way, under the
+data's fingerprint and the autoencoder's identity. Entries are written to a temporary file and renamed, so
 an interrupted build never leaves a cache entry that would be used.
 """
 from __future__ import annotations
@@ -28,10 +29,16 @@ def cache_path(fingerprint: dict, cache_dir: str) -> Path:
     return Path(cache_dir).expanduser() / f"{fingerprint['source']}-{fingerprint_key(fingerprint)}.pt"
 
 
-def cached(fingerprint: dict, build: Callable[[], Decoded], cache_dir: str) -> Decoded:
+def cached_tensors(fingerprint: dict, build: Callable[[], dict], cache_dir: str) -> dict:
+    """The tensors (a dict) that ``build`` makes, from the cache entry of ``fingerprint`` if there
+    is one, else built and stored there."""
     path = cache_path(fingerprint, cache_dir)
     if path.is_file():
-        return Decoded(**torch.load(path, mmap=True, weights_only=True))
-    decoded = build()
-    save_atomically(asdict(decoded), path)
-    return decoded
+        return torch.load(path, mmap=True, weights_only=True)
+    tensors = build()
+    save_atomically(tensors, path)
+    return tensors
+
+
+def cached(fingerprint: dict, build: Callable[[], Decoded], cache_dir: str) -> Decoded:
+    return Decoded(**cached_tensors(fingerprint, lambda: asdict(build()), cache_dir))

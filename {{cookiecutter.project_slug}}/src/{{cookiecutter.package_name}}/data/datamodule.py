@@ -6,13 +6,14 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from ..errors import DataError
 from ..pixels import to_unit_range
 from .augment import center_crop, random_crop, random_flip
-from .cache import fingerprint_key
+from .cache import cached_tensors, fingerprint_key
 from .clusters import cluster_labels
-from .loaders import DeviceBatches, InMemoryDataset, keep_batch
+from .loaders import DeviceBatches, InMemoryDataset, PriorBatches, keep_batch
 from .sources import load_source, report_bad_files
 
 SPLIT_KEYS = ("val_fraction", "train_size", "train_part")     # what chooses the training examples
@@ -59,6 +60,8 @@ class DiffusionDataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.cluster_sizes: list[int] | None = None     # examples per cluster, when data.clusters labels them
         self.fingerprint = ""                          # of the training examples: caches of their statistics use it
+        self.image_shape: tuple[int, ...] | None = None   # a latent model's: of the images that were encoded
+        self.prior: InMemoryDataset | None = None          # DreamBooth's class images (``add_prior``)
 
     @classmethod
     def of_run(cls, cfg) -> DiffusionDataModule:
@@ -103,6 +106,41 @@ class DiffusionDataModule(L.LightningDataModule):
             train = train[part * size:(part + 1) * size]
         return {"val": order[:n_val].sort().values, "train": train.sort().values}
 
+    def encode(self, codec) -> None:
+        """A latent model's data: each image's latent Gaussian (``codec.encode``: mean and standard
+        deviation, stacked), in place of the image. Computed once, with a progress bar, and cached
+        under the data's fingerprint and the codec's identity; with data.hflip the flipped
+        training images are encoded too, as examples of their own (a flip of the latents is not
+        the latent of the flip). Batches then draw a latent from each (``on_after_batch_transfer``)."""
+        self.image_shape = self.data_shape
+        key = {"source": "latents", "data": self.fingerprint, "codec": codec.identity(), "hflip": self.cfg.hflip,
+               "size": self.cfg.image_size, "format": 1}
+        flips = self.cfg.hflip
+
+        def build() -> dict:
+            return {"train": encode_images(codec, self.reference_images(), flips, "encoding the training images"),
+                    "val": encode_images(codec, self.reference_images(held_out=True), False, "and the held-out ones")}
+
+        latents = cached_tensors(key, build, self.cfg.cache_dir)
+        train_labels, val_labels = self.train_set.labels, self.val_set.labels
+        if flips and train_labels is not None:
+            train_labels = torch.cat([train_labels, train_labels])
+        self.train_set = InMemoryDataset(latents["train"], train_labels)
+        self.val_set = InMemoryDataset(latents["val"], val_labels)
+
+    def add_prior(self, x0: Tensor, label: int) -> None:
+        """DreamBooth's class images ``x0`` (latents, undrawn: a standard deviation of 0), all of
+        class ``label``: every training batch is followed by as many of them (``PriorBatches``)."""
+        if len(x0) < min(self.cfg.batch_size, len(self.train_set)):
+            raise DataError(f"{len(x0)} class images cannot fill batches of {self.cfg.batch_size}: raise "
+                            "lora.class_images")
+        examples = torch.cat([x0, torch.zeros_like(x0)], 1) if self.latent else x0
+        self.prior = InMemoryDataset(examples, torch.full((len(x0),), label, dtype=torch.int64))
+
+    @property
+    def latent(self) -> bool:
+        return self.image_shape is not None
+
     @property
     def is_image(self) -> bool:
         return self.train_set.data.dtype == torch.uint8 and self.train_set.data.ndim == 4
@@ -111,6 +149,8 @@ class DiffusionDataModule(L.LightningDataModule):
     def data_shape(self) -> tuple[int, ...]:
         """The shape the network sees: images are cropped to data.image_size."""
         shape = tuple(self.train_set.data.shape[1:])
+        if self.latent:                                  # mean and standard deviation of each latent
+            return (shape[0] // 2, *shape[1:])
         return (shape[0], self.cfg.image_size, self.cfg.image_size) if self.is_image else shape
 
     @property
@@ -140,9 +180,12 @@ class DiffusionDataModule(L.LightningDataModule):
         data.random_crop (else centred), flipped per image when training with data.hflip, and
         scaled to [-1, 1]; validation batches are only centre-cropped and scaled."""
         data, labels, *paired_noise = batch
+        training = self.trainer is not None and self.trainer.training
         if data.dtype == torch.uint8:
-            training = self.trainer is not None and self.trainer.training
             data = to_unit_range(self.augment(data) if training else center_crop(data, self.cfg.image_size))
+        elif self.latent:                 # a latent drawn from each image's Gaussian; its mean for validation
+            mean, std = data.chunk(2, dim=1)
+            data = mean + std * torch.randn_like(std) if training else mean
         return data, labels, *paired_noise
 
     def augment(self, images: Tensor) -> Tensor:
@@ -163,8 +206,13 @@ class DiffusionDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         data, labels, noise = self.train_set.data, self.train_set.labels, self.train_set.noise
         if device.type == "cpu" or data.nbytes <= self.cfg.gpu_cache_gb * 2**30:
-            return DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
-                                 rank, world_size, self.seed, None if noise is None else noise.to(device))
+            batches = DeviceBatches(data.to(device), None if labels is None else labels.to(device), batch_size,
+                                    rank, world_size, self.seed, None if noise is None else noise.to(device))
+            if self.prior is None:
+                return batches
+            prior = DeviceBatches(self.prior.data.to(device), self.prior.labels.to(device), batch_size, rank,
+                                  world_size, self.seed + 1)
+            return PriorBatches(batches, prior)
         if self.trainer is not None and self.trainer.ckpt_path and rank == 0:
             print(f"note: the training data ({data.nbytes / 2**30:.1f} GiB) is above data.gpu_cache_gb and comes "
                   "through a DataLoader, which does not keep its place in the epoch: the resumed run reshuffles "
@@ -176,6 +224,18 @@ class DiffusionDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size, collate_fn=keep_batch)
+
+
+def encode_images(codec, images: Tensor, flips: bool, what: str, batch_size: int = 64) -> Tensor:
+    """``codec.encode`` of uint8 ``images`` (and, with ``flips``, of their mirror images after
+    them), a batch at a time with a progress bar."""
+    if flips:
+        images = torch.cat([images, images.flip(-1)])
+    c, h, w = codec.latent_shape(tuple(images.shape[1:]))
+    chunks = images.split(batch_size) if len(images) else []
+    progress = tqdm(chunks, desc=what, unit="batch", disable=not chunks)
+    moments = [codec.encode(to_unit_range(chunk)) for chunk in progress]
+    return torch.cat(moments) if moments else torch.zeros(0, 2 * c, h, w)
 
 
 class PairedDataModule(DiffusionDataModule):

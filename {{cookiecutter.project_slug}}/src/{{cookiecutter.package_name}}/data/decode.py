@@ -152,3 +152,31 @@ def labels_from_folders(paths: list[Path], root: Path) -> tuple[Tensor, list[str
     names = sorted({p.parts[0] for p in paths})
     index = {name: i for i, name in enumerate(names)}
     return torch.tensor([index[p.parts[0]] for p in paths], dtype=torch.int64), names
+
+
+CAPTION = ".txt"        # an image's caption: the text file of the same name beside it (cat.jpg: cat.txt)
+
+
+def read_captions(files: list[dict], root: Path) -> list[str]:
+    """The caption of each decoded image (``files``' records), read from the text file beside it."""
+    captions = []
+    for record in files:
+        path = (root / record["path"]).with_suffix(CAPTION)
+        try:
+            caption = " ".join(path.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as error:
+            raise DataError(f"data.captions=true, but {record['path']} has no readable caption {path.name} beside it "
+                            f"({type(error).__name__}): write one, or give every image one caption with "
+                            "data.prompt='...'") from None
+        if not caption:
+            raise DataError(f"{path} is empty: write the caption of {record['path']} in it")
+        captions.append(caption)
+    return captions
+
+
+def labels_from_texts(texts: list[str]) -> tuple[Tensor, list[str]]:
+    """Each distinct text (a caption, a prompt) is a class: a text-to-image model is conditioned
+    on class k through the text's embedding (``Model.use_prompts``)."""
+    names = sorted(set(texts))
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[text] for text in texts], dtype=torch.int64), names

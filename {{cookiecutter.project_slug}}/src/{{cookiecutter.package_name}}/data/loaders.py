@@ -75,3 +75,37 @@ class DeviceBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+class PriorBatches:
+    """Each batch of ``examples`` (``DeviceBatches``) followed by as many of ``prior``'s, served
+    round and round: DreamBooth's batches, half the subject's images and half the class images
+    that keep the class as the base drew it (Ruiz et al. 2023). Both keep their place through a
+    checkpoint."""
+
+    def __init__(self, examples: DeviceBatches, prior: DeviceBatches):
+        self.examples, self.prior = examples, prior
+        self.prior_batches = None
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self):
+        for batch in self.examples:
+            yield tuple(torch.cat([ours, theirs]) for ours, theirs in zip(batch, self.next_prior()))
+
+    def next_prior(self) -> tuple:
+        if self.prior_batches is not None:
+            batch = next(self.prior_batches, None)
+            if batch is not None:
+                return batch
+        self.prior_batches = iter(self.prior)         # the next epoch of the class images
+        return next(self.prior_batches)
+
+    def state_dict(self) -> dict:
+        return {"examples": self.examples.state_dict(), "prior": self.prior.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.examples.load_state_dict(state["examples"])
+        self.prior.load_state_dict(state["prior"])
+        self.prior_batches = None

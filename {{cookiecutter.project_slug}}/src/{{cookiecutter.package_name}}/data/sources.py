@@ -21,7 +21,17 @@ from torch import Tensor
 from ..errors import DataError
 from ..storage import UnreadableFile, read_tensors
 from .cache import cached, fingerprint_key
-from .decode import Decoded, count_suffixes, decode_folder, fit_image, scan_folder, stack
+from .decode import (
+    CAPTION,
+    Decoded,
+    count_suffixes,
+    decode_folder,
+    fit_image,
+    labels_from_texts,
+    read_captions,
+    scan_folder,
+    stack,
+)
 from .toy import make_toy2d
 
 # name: (torchvision class, keyword arguments selecting the training split, has class labels)
@@ -73,12 +83,24 @@ def toy_source(cfg, size: int, seed: int) -> Prepared:
 
 
 def folder_source(cfg, size: int, seed: int) -> Prepared:
-    """Every image under data.root; the fingerprint lists each file's name, size and date."""
+    """Every image under data.root, labelled by its subfolder, its caption or data.prompt as
+    asked; the fingerprint lists each file's name, size and date (the captions' too)."""
     root = folder(cfg.root)
     scan = scan_folder(root)
     files = [file_signature(path, root) for path in scan[0]]
-    details = {"root": str(root.resolve()), "files": files, "labels": cfg.labels_from_subfolders}
-    return details, lambda: decode_folder(root, size, cfg.channels, cfg.labels_from_subfolders, scan)
+    captions = [file_signature(path, root) for path in scan[1] if path.suffix == CAPTION] if cfg.captions else []
+    details = {"root": str(root.resolve()), "files": files, "labels": cfg.labels_from_subfolders,
+               "captions": captions, "prompt": cfg.prompt}
+
+    def decode() -> Decoded:
+        decoded = decode_folder(root, size, cfg.channels, cfg.labels_from_subfolders, scan)
+        if cfg.captions or cfg.prompt:
+            texts = [cfg.prompt] * len(decoded.files) if cfg.prompt else read_captions(decoded.files, root)
+            decoded.labels, decoded.class_names = labels_from_texts(texts)
+            decoded.others = [name for name in decoded.others if not (cfg.captions and name.endswith(CAPTION))]
+        return decoded
+
+    return details, decode
 
 
 def digits_source(cfg, size: int, seed: int) -> Prepared:

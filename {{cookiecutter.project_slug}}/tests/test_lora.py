@@ -1,0 +1,379 @@
+"""LoRA adapters (adapters/lora.py) on this project's networks and on diffusers pipelines, offline:
+the pipelines are the tiny ones of test_pretrained.py. Known answers: the update's formula
+computed by hand, the base network's own outputs, and diffusers' own LoRA loader and VAE."""
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytestmark = pytest.mark.pretrained
+peft = pytest.importorskip("peft")
+diffusers = pytest.importorskip("diffusers")
+
+from {{ cookiecutter.package_name }}.adapters.lora import add_adapters, is_adapter_weight, merged_weights  # noqa: E402
+from {{ cookiecutter.package_name }}.cli import main  # noqa: E402
+from {{ cookiecutter.package_name }}.errors import ConfigError, DataError, MissingPackage  # noqa: E402
+from {{ cookiecutter.package_name }}.runs import load_run  # noqa: E402
+
+from test_pretrained import text_pipeline  # noqa: E402 (after the skips: it imports diffusers)
+
+# A tiny class-conditional U-Net with attention on the digits, and its adapted runs.
+BASE = ["experiment=digits", "name=base", "logger=csv", "model.conditional=true", "data.clusters=0",
+        "model.unet.channels=8", "model.unet.attention_levels=[1]", "trainer.max_steps=10",
+        "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000", "data.batch_size=32"]
+ADAPT = ["experiment=lora", "lora.base=runs/base", "data.name=digits", "data.image_size=8", "data.channels=1",
+         "data.clusters=0", "data.hflip=false", "logger=csv", "data.batch_size=16", "lora.rank=2", "lora.alpha=6",
+         "optim.ema_decay=0.5", "trainer.sample_every_n_steps=1000"]
+
+
+@pytest.fixture
+def base_run(project_dir):
+    assert main(["train", *BASE]) == 0
+    return "runs/base"
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    return text_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+def captioned_folder(root: Path, captions=("a red square", "a blue circle")) -> Path:
+    """Six 20x20 RGB images, each with a caption file beside it, the captions in turn."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(captions[i % len(captions)] + "\n")
+    return root
+
+
+def sd_args(sd_folder, images, *more):
+    return ["train", "experiment=lora", "name=sd", f"lora.base={sd_folder}", "data.name=image_folder",
+            f"data.root={images}", "data.captions=true", "data.labels_from_subfolders=false", "data.image_size=16",
+            "data.channels=3", "data.hflip=false", "logger=csv", "data.batch_size=3", "lora.rank=2", "lora.alpha=6",
+            "trainer.sample_every_n_steps=1000", "trainer.sample_count=4", *more]
+
+
+def unet_call(unet, seed=0):
+    """The UNet's output on fixed latents, timesteps and text embeddings."""
+    generator = torch.Generator().manual_seed(seed)
+    x, context = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 16, 16, generator=generator)
+    with torch.no_grad():
+        return unet(x, torch.tensor([3, 70]), encoder_hidden_states=context).sample
+
+
+# -- the adapter itself --------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [torch.nn.Linear(6, 5), torch.nn.Conv2d(6, 5, 1)], ids=["linear", "conv1x1"])
+def test_an_adapted_layer_computes_w_x_plus_alpha_over_r_b_a_x(layer):
+    """Hu et al.'s update, by hand: W x + b + (alpha / r) B A x, with A and B random."""
+    net = torch.nn.Sequential(layer)
+    add_adapters(net, rank=2, alpha=6.0, targets=["0"])
+    adapted = net[0]
+    a, b = adapted.lora_A["default"].weight, adapted.lora_B["default"].weight
+    assert torch.equal(b, torch.zeros_like(b))                  # B starts at zero
+    torch.nn.init.normal_(b)
+    x = torch.randn(4, 6, 3, 3) if isinstance(layer, torch.nn.Conv2d) else torch.randn(4, 6)
+    flat = lambda m: m.reshape(m.shape[0], -1)                   # noqa: E731 (a 1x1 kernel as a matrix)
+    w, bias = flat(adapted.base_layer.weight), adapted.base_layer.bias
+    update = w + 3.0 * flat(b) @ flat(a)
+    expected = torch.einsum("oi,ni...->no...", update, x) + bias.reshape(1, -1, *[1] * (x.ndim - 2))
+    torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+    assert [name for name, p in net.named_parameters() if p.requires_grad] == \
+        ["0.lora_A.default.weight", "0.lora_B.default.weight"]          # the layer's own weights frozen
+    plain = torch.nn.Sequential(type(layer)(6, 5, *([1] if isinstance(layer, torch.nn.Conv2d) else [])))
+    plain.load_state_dict(merged_weights(net))                   # W + (alpha / r) B A folded in
+    torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_that_name_no_layer_and_a_missing_peft_say_what_to_do(monkeypatch):
+    with pytest.raises(ConfigError, match=r"lora.targets=\['nothing'\]"):
+        add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0, ["nothing"])
+    with pytest.raises(ConfigError, match="lora.targets=.to_q,to_v"):     # no attention to find: name the layers
+        add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0)
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)
+    with pytest.raises(MissingPackage, match=r"pip install -e '.\[lora\]'"):
+        add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0, ["0"])
+
+
+# -- this project's networks ---------------------------------------------------------------------
+def test_adapters_on_a_run_start_as_the_run_and_train_only_themselves(base_run, project_dir):
+    """The adapted model before training is the base, exactly; after training only the adapters
+    moved (every frozen weight bit-identical to the base's EMA weights), the checkpoint holds
+    the adapters and their EMA alone, and the export folds them in: a plain model that computes
+    what the adapted one does."""
+    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
+    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+
+    base, _ = load_run(base_run)
+    cfg = adapted_config(load_config(ADAPT), saved_config(base_run))
+    fresh = new_model(cfg, base.data_shape, base.class_names)
+    x, sigma, labels = torch.randn(6, 1, 8, 8), torch.full((6,), 1.3), torch.arange(6)
+    with torch.no_grad():
+        assert torch.equal(fresh.denoiser(x, sigma, labels), base.denoiser(x, sigma, labels))
+    trained = [name for name, p in fresh.denoiser.named_parameters() if p.requires_grad]
+    assert trained and all(is_adapter_weight(name) for name in trained)
+    assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trained} == {"qkv", "proj"}    # attention only
+
+    assert main(["train", *ADAPT, "trainer.max_steps=6"]) == 0
+    checkpoint = torch.load(project_dir / "runs/lora/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all(is_adapter_weight(key) for key in checkpoint["state_dict"])
+    assert {key.split(".", 1)[0] for key in checkpoint["state_dict"]} == {"denoiser", "ema"}
+    adapted, _ = load_run("runs/lora")
+    base_weights = base.denoiser.state_dict()
+    for key, value in adapted.denoiser.state_dict().items():
+        if is_adapter_weight(key):
+            continue
+        assert torch.equal(value, base_weights[key.replace(".base_layer.", ".")]), key
+    with torch.no_grad():
+        moved = adapted.denoiser(x, sigma, labels)
+        assert not torch.allclose(moved, base.denoiser(x, sigma, labels))
+        assert main(["export", "run=runs/lora"]) == 0
+        merged, _ = load_run("exports/lora")
+        assert not merged.config.lora.base
+        torch.testing.assert_close(merged.denoiser(x, sigma, labels), moved, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapted_run_resumes_exactly_as_one_never_interrupted(base_run):
+    """Adapters, their EMA and the optimiser of 3 + 3 steps equal those of 6 straight steps."""
+    assert main(["train", *ADAPT, "name=straight", "trainer.max_steps=6"]) == 0
+    assert main(["train", *ADAPT, "name=cut", "trainer.max_steps=3"]) == 0
+    assert main(["train", *ADAPT, "name=cut", "trainer.max_steps=6"]) == 0
+    straight, cut = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
+                     for name in ("straight", "cut"))
+    assert straight["global_step"] == cut["global_step"] == 6
+    assert straight["state_dict"].keys() == cut["state_dict"].keys()
+    assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
+
+
+def test_a_base_that_does_not_fit_the_data_is_refused_by_name(base_run, capsys):
+    assert main(["train", *ADAPT, "data.clusters=3", "model.conditional=true"]) == 2
+    assert "lora.base=runs/base is conditioned on 10 classes (0, 1, 2, 3, ...); the data has 3 classes" in \
+        capsys.readouterr().err
+    assert main(["train", *ADAPT, "data.image_size=16"]) == 2
+    assert "draws examples of shape [1, 8, 8], but data.name=digits gives [1, 16, 16]" in capsys.readouterr().err
+    assert main(["train", *ADAPT, "name=first", "trainer.max_steps=1"]) == 0
+    assert main(["train", *ADAPT, "lora.base=runs/first", "name=second"]) == 2
+    assert "lora.base=runs/first has adapters of its own: export it" in capsys.readouterr().err
+    assert main(["train", *ADAPT, "name=first", "lora.rank=3"]) == 2
+    assert "cannot resume with lora.rank=3 (trained with 2)" in capsys.readouterr().err
+
+
+# -- a Stable Diffusion-style pipeline -----------------------------------------------------------
+def test_captions_label_the_images_and_a_missing_one_is_named(project_dir, tmp_path):
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+
+    images = captioned_folder(tmp_path / "images")
+    keys = ["data.name=image_folder", f"data.root={images}", "data.labels_from_subfolders=false",
+            "data.image_size=16", "data.channels=3", "data.val_fraction=0", "data.clusters=0"]
+    data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    assert data.class_names == ["a blue circle", "a red square"]
+    assert data.train_set.labels.tolist() == [1, 0, 1, 0, 1, 0]          # 0.png: "a red square", ...
+    data = DiffusionDataModule.of_run(load_config([*keys, "data.prompt=a photo of sks dog"]))
+    assert data.class_names == ["a photo of sks dog"] and data.train_set.labels.tolist() == [0] * 6
+    (images / "3.txt").write_text("a green triangle")                  # a changed caption is not served stale
+    data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    assert data.class_names == ["a blue circle", "a green triangle", "a red square"]
+    (images / "3.txt").unlink()
+    with pytest.raises(DataError, match="3.png has no readable caption 3.txt"):
+        DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    with pytest.raises(ConfigError, match="only one of the three"):
+        load_config([*keys, "data.captions=true", "data.labels_from_subfolders=true"])
+
+
+def test_latents_are_diffusers_own_encodings_cached_once_per_data_and_codec(project_dir, tmp_path, sd_folder):
+    """The cached latents are the VAE's posterior mean and standard deviation times its scaling
+    factor, as diffusers computes them; a second run reads them from the cache, a changed VAE
+    encodes again; training batches draw mean + std * noise, validation takes the mean."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.pixels import to_unit_range
+
+    model, _ = load_run(sd_folder)
+    cfg = load_config(["data.name=image_folder", f"data.root={captioned_folder(tmp_path / 'images')}",
+                       "data.captions=true", "data.labels_from_subfolders=false", "data.image_size=16",
+                       "data.channels=3", "data.val_fraction=0", "data.clusters=0", "data.hflip=true"])
+    data = DiffusionDataModule.of_run(cfg)
+    images = to_unit_range(data.reference_images())
+    data.encode(model.codec)
+    vae = model.codec.vae
+    with torch.no_grad():
+        posterior = vae.encode(torch.cat([images, images.flip(-1)])).latent_dist
+    scale = vae.config.scaling_factor
+    mean, std = data.train_set.data.chunk(2, 1)
+    torch.testing.assert_close(mean, posterior.mean * scale, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(std, posterior.std * scale, rtol=1e-5, atol=1e-6)
+    assert data.train_set.labels.tolist() == [1, 0, 1, 0, 1, 0] * 2          # the flips keep their captions
+    assert data.data_shape == (4, 8, 8) and data.image_shape == (3, 16, 16)
+
+    class Trainer:
+        training = True
+
+    data.trainer = Trainer()
+    torch.manual_seed(0)
+    many = data.train_set.data[:1].expand(4000, -1, -1, -1)
+    drawn, _ = data.on_after_batch_transfer((many, None))
+    torch.testing.assert_close(drawn.mean(0), mean[0], rtol=0, atol=4 * std.max().item() / 4000 ** 0.5 * 2)
+    torch.testing.assert_close(drawn.std(0), std[0], rtol=0.1, atol=1e-6)
+    Trainer.training = False
+    assert torch.equal(data.on_after_batch_transfer((many[:2], None))[0], mean[:1].expand(2, -1, -1, -1))
+
+    calls = []
+    encode = type(model.codec).encode
+    model.codec.encode = lambda x: calls.append(len(x)) or encode(model.codec, x)
+    DiffusionDataModule.of_run(cfg).encode(model.codec)
+    assert calls == []                                                     # nothing changed: the cache
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(1)                                   # the decoder is part of the codec
+    DiffusionDataModule.of_run(cfg).encode(model.codec)
+    assert sum(calls) == 12                                                # six images and their flips
+
+
+def test_lora_on_a_text_pipeline_trains_exports_for_diffusers_and_merges(project_dir, tmp_path, sd_folder, caplog):
+    """Zero-initialised adapters leave the pipeline as it was; training changes the adapters only
+    (every UNet, VAE and text-encoder weight bit-identical to the pipeline's); the exported file
+    loads in diffusers with no missing or unexpected keys and gives the network the project
+    trained (alpha 6 with rank 2: a loader that took alpha = rank would not); the project samples
+    the export as it samples the run; the merged export computes the same."""
+    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
+    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+
+    images = captioned_folder(tmp_path / "images")
+    original = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    cfg = adapted_config(load_config(sd_args(sd_folder, images)[1:]), saved_config(sd_folder))
+    fresh = new_model(cfg, (3, 16, 16), ["a blue circle", "a red square"])
+    assert fresh.data_shape == (4, 8, 8)
+    assert torch.equal(unet_call(fresh.denoiser.net.unet), unet_call(original.unet))
+
+    assert main(sd_args(sd_folder, images, "trainer.max_steps=4")) == 0
+    model, _ = load_run("runs/sd")
+    trained = unet_call(model.denoiser.net.unet)
+    assert not torch.allclose(trained, unet_call(original.unet))
+    theirs = dict(original.unet.state_dict())
+    for key, value in model.denoiser.net.unet.state_dict().items():
+        if not is_adapter_weight(key):
+            assert torch.equal(value, theirs[key.replace(".base_layer.", ".")]), key
+    for part in ("vae", "text_encoder"):
+        ours, before = getattr(model.pretrained.pipeline, part).state_dict(), getattr(original, part).state_dict()
+        assert all(torch.equal(ours[key], before[key]) for key in before), part
+
+    assert main(["export", "run=runs/sd"]) == 0
+    export = project_dir / "exports/sd"
+    loaded = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    with caplog.at_level(logging.WARNING):
+        loaded.load_lora_weights(str(export))
+    assert not [record for record in caplog.records if "key" in record.getMessage().lower()]
+    from safetensors.torch import load_file
+
+    loaded_keys = [key for key in loaded.unet.state_dict() if is_adapter_weight(key)]
+    file_keys = load_file(export / "pytorch_lora_weights.safetensors")
+    assert len(loaded_keys) == len(file_keys) == sum(map(is_adapter_weight, model.denoiser.net.unet.state_dict()))
+    torch.testing.assert_close(unet_call(loaded.unet), trained, rtol=1e-5, atol=1e-6)
+
+    prompt = "labels=[a red square]"
+    assert main(["sample", "run=runs/sd", "n=2", "steps=3", prompt]) == 0
+    assert main(["sample", f"run={export}", "n=2", "steps=3", prompt]) == 0
+    from_run = torch.load("runs/sd/generated/samples.pt")
+    torch.testing.assert_close(torch.load(export / "generated/samples.pt"), from_run, rtol=1e-5, atol=1e-5)
+
+    assert main(["export", "run=runs/sd", "merge=true", "out=exports/merged"]) == 0
+    merged = diffusers.StableDiffusionPipeline.from_pretrained(project_dir / "exports/merged")
+    torch.testing.assert_close(unet_call(merged.unet), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(sd_folder, tmp_path, project_dir):
+    """The frozen UNet in float16, the adapters float32: a gradient scaler unscales their
+    gradients (it refuses float16 ones) and they are finite."""
+    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+
+    cfg = adapted_config(load_config(sd_args(sd_folder, tmp_path)[1:]), saved_config(sd_folder))
+    module = DiffusionModule(new_model(cfg, (3, 16, 16), ["a blue circle"]))
+    module.frozen_in_half("16-mixed")
+    weights = dict(module.denoiser.named_parameters())
+    assert {weights[name].dtype for name in module.trained} == {torch.float32}
+    assert {p.dtype for name, p in weights.items() if name not in module.trained} == {torch.float16}
+    optimizer = module.adamw("16-mixed")
+    scaler = torch.amp.GradScaler("cpu")
+    batch = (torch.randn(3, 4, 8, 8), torch.zeros(3, dtype=torch.int64))
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = module.batch_loss(batch)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    gradients = [weights[name].grad for name in module.trained]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in gradients)
+    assert any(g.abs().sum() > 0 for g in gradients)
+    scaler.step(optimizer)
+    assert {weights[name].dtype for name in module.trained} == {torch.float32}
+
+
+DREAMBOOTH = ["experiment=dreambooth", "data.prompt=a photo of sks dog", "lora.class_prompt=a photo of a dog",
+              "lora.class_images=6", "data.image_size=16", "data.channels=3", "data.batch_size=2", "logger=csv",
+              "sampling.steps=3", "trainer.sample_every_n_steps=1000", "trainer.sample_count=2"]
+
+
+def test_dreambooth_draws_the_bases_class_images_once_and_resumes_exactly(project_dir, tmp_path, sd_folder):
+    """The class images are the base pipeline's own samples of the class prompt, image i from
+    the noise of seed + i (drawn again from the plain pipeline here); a resumed run draws none
+    and ends where an uninterrupted one does, batches of class images included; a lost shard is
+    drawn again as it was."""
+    from {{ cookiecutter.package_name }}.diffusion.generate import indexed_noise
+
+    images = captioned_folder(tmp_path / "dog")
+    args = ["train", *DREAMBOOTH, f"lora.base={sd_folder}", f"data.root={images}"]
+    assert main([*args, "name=straight", "trainer.max_steps=6"]) == 0
+    assert main([*args, "name=cut", "trainer.max_steps=3"]) == 0
+    shards = sorted((project_dir / "runs/cut/class_images").glob("*.pt"))
+    assert len(shards) == 1 and (project_dir / "runs/cut/class_images/preview.png").is_file()
+    written = [shard.stat().st_mtime_ns for shard in shards]
+    assert main([*args, "name=cut", "trainer.max_steps=6"]) == 0
+    assert [shard.stat().st_mtime_ns for shard in shards] == written        # reused, not drawn again
+    straight, cut = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
+                     for name in ("straight", "cut"))
+    assert straight["global_step"] == cut["global_step"] == 6
+    assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
+
+    drawn = torch.load(shards[0], weights_only=True)["x0"]
+    base, _ = load_run(sd_folder)
+    base.use_prompts(["a photo of a dog"])
+    sampling = base.config.sampling.copy()
+    sampling.steps = 3
+    expected = base.sample(6, None, sampling, labels=torch.zeros(6, dtype=torch.int64),
+                           noise=indexed_noise(torch.arange(6), base.data_shape, 0)).x
+    torch.testing.assert_close(base.codec.decode(drawn), expected, rtol=1e-4, atol=1e-4)
+    shards[0].unlink()
+    assert main([*args, "name=cut", "trainer.max_steps=7"]) == 0
+    assert torch.equal(torch.load(shards[0], weights_only=True)["x0"], drawn)
+
+
+def test_each_batch_holds_the_subjects_images_then_as_many_class_images_weighted_by_prior_weight():
+    from {{ cookiecutter.package_name }}.data.loaders import DeviceBatches, PriorBatches
+
+    ours = DeviceBatches(torch.arange(4.0)[:, None], torch.zeros(4, dtype=torch.int64), 2)
+    theirs = DeviceBatches(torch.arange(10.0, 13.0)[:, None], torch.ones(3, dtype=torch.int64), 2, seed=1)
+    batches = PriorBatches(ours, theirs)
+    served = [batch for _ in range(3) for batch in batches]
+    assert [batch[1].tolist() for batch in served] == [[0, 0, 1, 1]] * 6
+    assert sorted(torch.cat([batch[0][:2, 0] for batch in served[:2]]).tolist()) == [0, 1, 2, 3]  # an epoch of ours
+    class_rows = [row for batch in served for row in batch[0][2:, 0].tolist()]
+    assert set(class_rows) == {10, 11, 12}         # theirs, round and round (3 images: one batch an epoch)
+
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    module = DiffusionModule.__new__(DiffusionModule)
+    torch.nn.Module.__init__(module)
+    module.prior_label, module.cfg = 1, type("cfg", (), {"lora": type("lora", (), {"prior_weight": 0.3})})
+    assert module.example_weights(torch.tensor([0, 0, 1, 1])).tolist() == pytest.approx([1, 1, 0.3, 0.3])
+
+
+def test_a_text_base_without_captions_is_refused_with_what_to_set(project_dir, tmp_path, sd_folder, capsys):
+    images = captioned_folder(tmp_path / "images")
+    args = [arg for arg in sd_args(sd_folder, images) if arg != "data.captions=true"]
+    assert main(args) == 2
+    assert "is a text-to-image model: its images need captions (data.captions=true" in capsys.readouterr().err
+    assert main([*sd_args(sd_folder, images), "data.image_size=15"]) == 2
+    assert "sides divide by 2, not 3x15x15" in capsys.readouterr().err
