@@ -104,11 +104,11 @@ def test_adapters_on_a_run_start_as_the_run_and_train_only_themselves(base_run, 
     moved (every frozen weight bit-identical to the base's EMA weights), the checkpoint holds
     the adapters and their EMA alone, and the export folds them in: a plain model that computes
     what the adapted one does."""
-    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
-    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.runs import new_model, with_base
 
     base, _ = load_run(base_run)
-    cfg = adapted_config(load_config(ADAPT), saved_config(base_run))
+    cfg = with_base(load_config(ADAPT), ADAPT)
     fresh = new_model(cfg, base.data_shape, base.class_names)
     x, sigma, labels = torch.randn(6, 1, 8, 8), torch.full((6,), 1.3), torch.arange(6)
     with torch.no_grad():
@@ -238,12 +238,12 @@ def test_lora_on_a_text_pipeline_trains_exports_for_diffusers_and_merges(project
     loads in diffusers with no missing or unexpected keys and gives the network the project
     trained (alpha 6 with rank 2: a loader that took alpha = rank would not); the project samples
     the export as it samples the run; the merged export computes the same."""
-    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
-    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.runs import new_model, with_base
 
     images = captioned_folder(tmp_path / "images")
     original = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
-    cfg = adapted_config(load_config(sd_args(sd_folder, images)[1:]), saved_config(sd_folder))
+    cfg = with_base(load_config(sd_args(sd_folder, images)[1:]), [])
     fresh = new_model(cfg, (3, 16, 16), ["a blue circle", "a red square"])
     assert fresh.data_shape == (4, 8, 8)
     assert torch.equal(unet_call(fresh.denoiser.net.unet), unet_call(original.unet))
@@ -287,11 +287,11 @@ def test_lora_on_a_text_pipeline_trains_exports_for_diffusers_and_merges(project
 def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(sd_folder, tmp_path, project_dir):
     """The frozen UNet in float16, the adapters float32: a gradient scaler unscales their
     gradients (it refuses float16 ones) and they are finite."""
-    from {{ cookiecutter.package_name }}.config import adapted_config, load_config
+    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
-    from {{ cookiecutter.package_name }}.runs import new_model, saved_config
+    from {{ cookiecutter.package_name }}.runs import new_model, with_base
 
-    cfg = adapted_config(load_config(sd_args(sd_folder, tmp_path)[1:]), saved_config(sd_folder))
+    cfg = with_base(load_config(sd_args(sd_folder, tmp_path)[1:]), [])
     module = DiffusionModule(new_model(cfg, (3, 16, 16), ["a blue circle"]))
     module.frozen_in_half("16-mixed")
     weights = dict(module.denoiser.named_parameters())
@@ -309,6 +309,15 @@ def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(
     assert any(g.abs().sum() > 0 for g in gradients)
     scaler.step(optimizer)
     assert {weights[name].dtype for name in module.trained} == {torch.float32}
+    ema = dict(module.ema.named_parameters())                  # the EMA copy shares the frozen weights
+    assert all(ema[name] is p for name, p in weights.items() if name not in module.trained)
+
+    from {{ cookiecutter.package_name }}.speed import training_memory
+
+    memory = training_memory(module.denoiser, (4, 8, 8), 3, "16-mixed", module.model.condition, None, True)
+    trained = sum(weights[name].numel() for name in module.trained)
+    frozen = sum(p.numel() for p in weights.values()) - trained
+    assert memory.weights == 4 * trained + 2 * frozen and memory.state == 16 * trained
 
 
 DREAMBOOTH = ["experiment=dreambooth", "data.prompt=a photo of sks dog", "lora.class_prompt=a photo of a dog",

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -371,3 +372,49 @@ def test_sampling_in_bf16_stays_close_to_float32_and_fp16_needs_a_gpu(project_di
     capsys.readouterr()
     assert main(["sample", "run=runs/precise", "precision=16-mixed", "device=cpu"]) == 2
     assert "precision=16-mixed needs a CUDA GPU" in capsys.readouterr().err
+
+
+# -- memory, estimated before training ----------------------------------------------------------
+@pytest.mark.once
+def test_the_activations_counted_are_those_autograd_keeps_for_the_backward_pass():
+    """By hand, for batch 5 through Linear(8, 16), ReLU, Linear(16, 4): the first layer keeps its
+    input (5 x 8 floats), ReLU its output (5 x 16), which the second layer keeps as its input:
+    the same tensor, counted once; the weights are not activations."""
+    from {{ cookiecutter.package_name }}.speed import meta_copy, saved_activation_bytes
+
+    net = meta_copy(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)))
+    x = torch.ones(5, 8, device="meta")
+    assert saved_activation_bytes(lambda: net(x).sum(), list(net.parameters())) == (5 * 8 + 5 * 16) * 4
+    assert all(p.device.type == "meta" for p in net.parameters())
+
+
+@pytest.mark.once
+def test_attention_is_counted_as_fused_kernels_keep_it_not_as_an_n_by_n_matrix():
+    """Queries, keys, values and output (B x H x N x D each, float16) and a float32 log-sum-exp per
+    query and head: linear in the sequence length N."""
+    from {{ cookiecutter.package_name }}.speed import fused_attention, saved_activation_bytes
+
+    for n in (64, 4096):
+        qkv = [torch.ones(2, 3, n, 8, device="meta", dtype=torch.float16, requires_grad=True) for _ in range(3)]
+        assert saved_activation_bytes(partial(fused_attention, *qkv), []) == 4 * 2 * 3 * n * 8 * 2 + 2 * 3 * n * 4
+
+
+def test_a_run_that_will_not_fit_the_gpu_is_refused_before_it_starts(project_dir, monkeypatch):
+    """The estimate against a GPU's memory: a 1 GiB GPU cannot take it (the estimate leaves 1 GiB
+    for the CUDA context), and the error names the setting to change."""
+    from {{ cookiecutter.package_name }}.commands import train
+    from {{ cookiecutter.package_name }}.errors import ConfigError
+
+    module = image_module()
+    data = SimpleNamespace(prior=None)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), precision="16-mixed")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2**30))
+    monkeypatch.setattr(train, "device_name", lambda device: "a small GPU")
+    with pytest.raises(ConfigError, match=r"training needs about .* at batch \d+\), and a small GPU has 1.00 GiB: "
+                                          r"lower data.batch_size$"):
+        train.memory_needed(module.cfg, module, data, trainer)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=8 * 2**30))
+    memory = train.memory_needed(module.cfg, module, data, trainer)
+    weights = sum(p.numel() for p in module.denoiser.parameters())
+    assert memory.weights == 4 * weights and memory.state == 16 * weights
+    assert memory.batch == module.cfg.data.batch_size and memory.activations > 0

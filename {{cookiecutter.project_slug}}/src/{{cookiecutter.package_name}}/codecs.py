@@ -36,7 +36,7 @@ class PretrainedAutoencoder(nn.Module):
     ``config.scaling_factor`` to about unit variance."""
 
     latent = True
-    batch_size = 8          # images or latents at a time: decoding 512-pixel images takes gigabytes
+    batch_size = 4          # images encoded at a time: a 512-pixel image takes a gigabyte on the way
 
     def __init__(self, vae: nn.Module):
         super().__init__()
@@ -80,8 +80,10 @@ class PretrainedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Images in [-1, 1], decoded on the VAE's device a few at a time."""
+        """Images in [-1, 1], decoded on the VAE's device one at a time: decoding is the most
+        memory that drawing a sample grid takes, and one at a time it stays below a training
+        step's."""
         scale, device = self.vae.config.scaling_factor, next(self.vae.parameters()).device
-        images = [self.vae.decode((chunk / scale).to(device, self.vae.dtype)).sample.float().to(latents.device)
-                  for chunk in latents.split(self.batch_size)]
+        images = [self.vae.decode((latent / scale).to(device, self.vae.dtype)).sample.float().to(latents.device)
+                  for latent in latents.split(1)]
         return torch.cat(images)

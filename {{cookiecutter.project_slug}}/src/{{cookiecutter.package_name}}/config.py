@@ -238,6 +238,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     compile: CompileMode = MISSING
     channels_last: bool = MISSING
+    gradient_checkpointing: bool = MISSING
     tf32: bool = MISSING
     max_steps: int = valid(at_least(1))
     max_time: Optional[str] = valid(((lambda v: v is None or bool(DURATION.fullmatch(v))),

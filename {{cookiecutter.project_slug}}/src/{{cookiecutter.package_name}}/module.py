@@ -183,11 +183,15 @@ class DiffusionModule(L.LightningModule):
         (trainer.channels_last) for the network and its EMA, and ``torch.compile`` of the network
         being trained (trainer.compile). The EMA only draws the occasional grid: not compiled."""
         trainer_cfg = self.cfg.trainer
-        if self.adapted:
-            self.frozen_in_half(str(self.trainer.precision))
+        if trainer_cfg.gradient_checkpointing:           # diffusers networks (checked before training)
+            self.denoiser.net.enable_gradient_checkpointing()
         if trainer_cfg.channels_last:
             self.to(memory_format=torch.channels_last)
         compile_in_place(self.denoiser.net, trainer_cfg.compile)
+
+    def setup(self, stage: str) -> None:
+        if self.adapted:
+            self.frozen_in_half(str(self.trainer.precision))
 
     def frozen_in_half(self, precision: str) -> None:
         """An adapted network's frozen weights in the half precision of a mixed-precision run

@@ -90,14 +90,16 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.unet(x.to(self.unet.dtype), t).sample[:, :x.shape[1]]
 
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
 
-class PromptUNet(nn.Module):
+
+class PromptUNet(UNet):
     """A text-conditioned UNet (UNet2DConditionModel) whose labels index a table of prompt
     embeddings (see ``use_prompts`` of ``Pretrained``)."""
 
     def __init__(self, unet: nn.Module):
-        super().__init__()
-        self.unet = unet
+        super().__init__(unet)
         self.register_buffer("embeddings", None, persistent=False)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:

@@ -28,8 +28,8 @@ from ..devices import (
 )
 from ..errors import ConfigError
 from ..module import DiffusionModule
-from ..runs import Run, new_model
-from ..speed import flops_per_image, largest_batch, matmul_peak, seconds_per_call
+from ..runs import Run, new_model, with_base
+from ..speed import flops_per_image, largest_batch, matmul_peak, seconds_per_call, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration
 
 USAGE = """\
@@ -40,7 +40,7 @@ TIMED_STEPS = 20
 
 
 def run(overrides: list[str]) -> None:
-    cfg = load_config(overrides)
+    cfg = with_base(load_config(overrides), overrides)
     if cfg.model.name == "ideal":
         raise ConfigError("model.name=ideal has no network to train or time: its cost is one pass over the "
                           "training examples per evaluation (time `sample` instead)")
@@ -65,12 +65,17 @@ def run(overrides: list[str]) -> None:
     print(f"  device peak: {peak / 1e12:.3g} TFLOP/s ({matmul_dtype(precision)} matmul, measured)")
 
     module.configure_model()
+    if module.adapted:
+        module.frozen_in_half(precision)
+    estimate = training_memory(module.denoiser, model.data_shape, batch_size, precision, model.condition,
+                               frozen_in_half=module.adapted)          # the autoencoder stays on the CPU here
     bare = bench.training_speed(batch_size)
     print(f"  training, bare step: {bare:,.0f} images/s, MFU {100 * bare * step_flops / peak:.0f}%")
     memory = peak_memory(device)
     if memory:
         where = "" if device.type == "cuda" else " (the whole process, in RAM)"
-        print(f"  peak memory: {memory / 2**30:.2f} GiB at batch {batch_size}{where}")
+        print(f"  peak memory: {size(memory)} at batch {batch_size}{where}; estimated before training: "
+              f"{estimate.describe()}")
     loop = full_loop_speed(cfg, overrides)
     print(f"  training, full loop: {loop:,.0f} images/s, {100 * loop / bare:.0f}% of the bare step "
           f"(data, EMA, logging and checks), MFU {100 * loop * step_flops / peak:.0f}%")
@@ -156,10 +161,12 @@ def full_loop_speed(cfg, overrides: list[str]) -> float:
     quiet = ["trainer.val_every_n_steps=1000000", "trainer.sample_every_n_steps=1000000", "trainer.sample_count=1",
              "trainer.checkpoint_every_n_steps=1000000", "evaluation.every_n_steps=0", "trainer.max_time=null",
              f"trainer.max_steps={SPEED_WINDOW[1]}", "trainer.resume=false"]
-    loop_cfg = load_config([*overrides, *quiet])
+    loop_cfg = with_base(load_config([*overrides, *quiet]), [*overrides, *quiet])
     data = DiffusionDataModule(loop_cfg.data, loop_cfg.seed)
     data.setup("fit")
     module = DiffusionModule(new_model(loop_cfg, data.data_shape, data.class_names, data.cluster_sizes))
+    if module.model.codec.latent:
+        data.encode(module.model.codec)           # a latent model trains on its images' latents
     with tempfile.TemporaryDirectory() as scratch:
         trainer = build_trainer(loop_cfg, Run(Path(scratch) / "bench"), lambda: None,
                                 speed_report=lambda trainer, speed: measured.append(speed))

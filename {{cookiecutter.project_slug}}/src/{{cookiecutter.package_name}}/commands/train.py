@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from ..config import adapted_config, load_config, run_config, student_config
+from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, pick_device, sampling_precision
 from ..diffusion.distillation import ConsistencyDistillation, ConsistencyTuning, Objective
@@ -22,8 +22,8 @@ from ..model import Model
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
-from ..runs import Run, load_run, new_model, new_student, saved_config
-from ..speed import flops_per_image
+from ..runs import Run, load_run, new_model, new_student, with_base
+from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 from ..visualize import sampling_title, save_sample_grid, save_samples_picture
 
@@ -38,8 +38,7 @@ def run(overrides: list[str]) -> Path:
     if cfg.distill.teacher:                  # a few-step student: the teacher's network, data and weights
         teacher, teacher_run = load_run(cfg.distill.teacher)
         cfg = student_config(cfg, teacher.config, teacher_data="pretrained" not in teacher.origin)
-    if cfg.lora.base:                        # adapters on a trained network: its network, noise levels and sampling
-        cfg = adapted_config(cfg, saved_config(cfg.lora.base), overrides)
+    cfg = with_base(cfg, overrides)          # adapters on a trained network: its network, noise levels and sampling
     run_dir = Run.named(cfg.name)
     if teacher is not None and run_dir.root.resolve() == teacher_run.root.resolve():
         raise ConfigError(f"name={cfg.name} is the teacher's own run ({teacher_run.root}): give the student a name "
@@ -70,10 +69,11 @@ def run(overrides: list[str]) -> Path:
         keep_the_class(cfg, model, data, run_dir)
     module = DiffusionModule(model, objective)
     trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
+    memory = memory_needed(cfg, module, data, trainer)
     if teacher is not None and cfg.distill.method == "cd":
         teacher.to(trainer.strategy.root_device)         # consistency distillation asks it at every step
     if trainer.is_global_zero:
-        print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer))
+        print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer, memory))
         if extractor is not None:
             print(quality_cost(cfg, module.model.nfe(evaluation_sampling(cfg)), extractor.name, trainer.world_size))
     started = time.monotonic()
@@ -229,8 +229,35 @@ def memorise(cfg, run_dir: Run, data: DiffusionDataModule, program: str) -> Path
     return run_dir.root
 
 
+HEADROOM = 2**30       # the CUDA context and the allocator's slack, which the estimate leaves out
+
+
+def memory_needed(cfg, module: DiffusionModule, data: DiffusionDataModule, trainer) -> Memory:
+    """The memory a training step will take (``speed.training_memory``), estimated before it is
+    allocated; on a CUDA GPU that it would not fit, a one-line error that names what to change,
+    instead of running out of memory at the first step, or at the first grid hours later."""
+    model = module.model
+    checkpointing = hasattr(model.denoiser.net, "enable_gradient_checkpointing")
+    if cfg.trainer.gradient_checkpointing and not checkpointing:
+        raise ConfigError(f"trainer.gradient_checkpointing=true works on diffusers networks; model.name="
+                          f"{cfg.model.name} is one of this project's, small enough without it: set it to false")
+    batch = cfg.data.batch_size * (2 if data.prior is not None else 1)     # DreamBooth: as many class images
+    codec = model.codec if model.codec.latent else None
+    memory = training_memory(module.denoiser, model.data_shape, batch, str(trainer.precision), model.condition,
+                             codec, module.adapted)
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        if memory.total + HEADROOM > total:
+            fixes = "lower data.batch_size" + (", or set trainer.gradient_checkpointing=true"
+                                               if checkpointing and not cfg.trainer.gradient_checkpointing else "")
+            raise ConfigError(f"training needs about {memory.describe()}, and {device_name(device)} has "
+                              f"{size(total)}: {fixes}")
+    return memory
+
+
 def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDataModule, module: DiffusionModule,
-                    trainer) -> str:
+                    trainer, memory: Memory) -> str:
     """What is about to happen, in a few lines: run (and the step it resumes from), data, model,
     device, length."""
     shape = "x".join(map(str, data.data_shape))
@@ -258,6 +285,7 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
         f"  model    {cfg.model.name}, {parameters / 1e6:.2f}M parameters{adapters}, {step_flops / 1e9:.3g} GFLOP per "
         f"image per training step; objective {cfg.diffusion.objective}",
         f"  device   {device_name(trainer.strategy.root_device)}{processes}, precision {trainer.precision}",
+        f"  memory   about {memory.describe()}, estimated",
         f"  length   {cfg.trainer.max_steps:,} steps of {batch} = {images:,} images "
         f"({images / len(data.train_set):.1f} epochs){budget}; speed and time left after {SPEED_WINDOW[1]} steps",
         *optional,
