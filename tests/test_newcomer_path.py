@@ -101,7 +101,7 @@ import numpy as np
 sys.path.insert(0, "tests")
 from test_pretrained import pixel_pipeline, text_pipeline
 pixel_pipeline("models/ddpm-cifar10-32", channels=3, size=32)
-text_pipeline("models/stable-diffusion")
+text_pipeline("models/stable-diffusion", vae_levels=4, attention_level=1)   # 8x as Stable Diffusion's: 512 pixels, 64x64 latents
 raw = Path("data/MNIST/raw")
 raw.mkdir(parents=True)
 digits = (np.random.default_rng(0).random((32, 28, 28)) * 255).astype(np.uint8)
@@ -141,8 +141,14 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
                  "exports/digits/model.safetensors", "runs/mnist/generated/samples.png",
                  "runs/digits-by-class/illusion/anagram.png",
                  "runs/pretrained/stable-diffusion/illusion/anagram.png", "exports/finetune/model_index.json",
-                 "exports/pictures-cd/model_index.json"):
+                 "exports/pictures-cd/model_index.json", "runs/digits-lora/checkpoints/last.ckpt",
+                 "runs/dreambooth/class_images/preview.png", "exports/dreambooth/generated/samples.png",
+                 "exports/dreambooth-pipeline/model_index.json"):
         assert (project / path).is_file(), path
+    diffusers = pytest.importorskip("diffusers")          # the adapters as a diffusers user loads them
+    pipeline = diffusers.StableDiffusionPipeline.from_pretrained(project / "models/stable-diffusion")
+    pipeline.load_lora_weights(project / "exports/dreambooth")
+    assert any("lora" in name for name, _ in pipeline.unet.named_parameters())
 
 
 def test_the_template_readme_commands_run_in_order(tmp_path):

@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.runs import load_run  # noqa: E402
 from test_pretrained import text_pipeline  # noqa: E402 (after the skips: it imports diffusers)
 
 # A tiny class-conditional U-Net with attention on the digits, and its adapted runs.
-BASE = ["experiment=digits", "name=base", "logger=csv", "model.conditional=true", "data.clusters=0",
+BASE = ["experiment=digits", "name=base", "logger=csv", "model.conditional=true", "data.clusters=0", "sampling.steps=7",
         "model.unet.channels=8", "model.unet.attention_levels=[1]", "trainer.max_steps=10",
         "trainer.sample_every_n_steps=1000", "trainer.val_every_n_steps=1000", "data.batch_size=32"]
 ADAPT = ["experiment=lora", "lora.base=runs/base", "data.name=digits", "data.image_size=8", "data.channels=1",
@@ -88,6 +88,37 @@ def test_an_adapted_layer_computes_w_x_plus_alpha_over_r_b_a_x(layer):
     torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, network", [("unet", {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1,
+                                                     "attention_levels": [1], "dropout": 0.0}),
+                                           ("dit", {"patch_size": 2, "width": 16, "depth": 2, "heads": 2})])
+def test_this_projects_networks_take_adapters_on_their_attention_and_fold_them_back(name, network):
+    """Zero adapters change nothing; trained ones (B drawn at random) fold into a plain network of
+    the same kind that computes the same."""
+    from {{ cookiecutter.package_name }}.models import MODELS
+    from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+
+    def build():
+        torch.manual_seed(0)
+        net = MODELS[name]["image"]((1, 8, 8), condition=ClassLabels(3), **network)
+        with torch.no_grad():
+            for p in net.parameters():              # DiT's gates start at zero: make every layer count
+                p.add_(torch.randn_like(p) * 0.1)
+        return net
+
+    net, plain = build(), build()
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.rand(4), torch.tensor([0, 1, 2, 3])
+    before = plain(x, t, labels)
+    assert add_adapters(net, 2, 4.0) == ["qkv", "proj"]
+    torch.testing.assert_close(net(x, t, labels), before, rtol=0, atol=0)
+    for layer_name, p in net.named_parameters():
+        if "lora_B" in layer_name:
+            torch.nn.init.normal_(p, std=0.3)
+    adapted = net(x, t, labels)
+    assert not torch.allclose(adapted, before, atol=1e-3)
+    plain.load_state_dict(merged_weights(net))
+    torch.testing.assert_close(plain(x, t, labels), adapted, rtol=1e-5, atol=1e-5)
+
+
 def test_targets_that_name_no_layer_and_a_missing_peft_say_what_to_do(monkeypatch):
     with pytest.raises(ConfigError, match=r"lora.targets=\['nothing'\]"):
         add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0, ["nothing"])
@@ -109,6 +140,8 @@ def test_adapters_on_a_run_start_as_the_run_and_train_only_themselves(base_run, 
 
     base, _ = load_run(base_run)
     cfg = with_base(load_config(ADAPT), ADAPT)
+    assert cfg.model == base.config.model and cfg.sampling.steps == 7          # the base's, not config.yaml's
+    assert with_base(load_config([*ADAPT, "sampling.steps=3"]), [*ADAPT, "sampling.steps=3"]).sampling.steps == 3
     fresh = new_model(cfg, base.data_shape, base.class_names)
     x, sigma, labels = torch.randn(6, 1, 8, 8), torch.full((6,), 1.3), torch.arange(6)
     with torch.no_grad():
@@ -243,7 +276,8 @@ def test_lora_on_a_text_pipeline_trains_exports_for_diffusers_and_merges(project
 
     images = captioned_folder(tmp_path / "images")
     original = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
-    cfg = with_base(load_config(sd_args(sd_folder, images)[1:]), [])
+    args = sd_args(sd_folder, images)[1:]
+    cfg = with_base(load_config(args), args)
     fresh = new_model(cfg, (3, 16, 16), ["a blue circle", "a red square"])
     assert fresh.data_shape == (4, 8, 8)
     assert torch.equal(unet_call(fresh.denoiser.net.unet), unet_call(original.unet))
@@ -273,6 +307,9 @@ def test_lora_on_a_text_pipeline_trains_exports_for_diffusers_and_merges(project
     assert len(loaded_keys) == len(file_keys) == sum(map(is_adapter_weight, model.denoiser.net.unet.state_dict()))
     torch.testing.assert_close(unet_call(loaded.unet), trained, rtol=1e-5, atol=1e-6)
 
+    assert main(["illusion", f"run={export}", "labels=[a red square, a blue circle]", "views=[identity,rot180]",
+                 "n=1", "steps=3"]) == 0                             # the tasks load the adapters on the base
+    assert (export / "illusion" / "anagram.png").is_file()
     prompt = "labels=[a red square]"
     assert main(["sample", "run=runs/sd", "n=2", "steps=3", prompt]) == 0
     assert main(["sample", f"run={export}", "n=2", "steps=3", prompt]) == 0
@@ -291,7 +328,8 @@ def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model, with_base
 
-    cfg = with_base(load_config(sd_args(sd_folder, tmp_path)[1:]), [])
+    args = sd_args(sd_folder, tmp_path)[1:]
+    cfg = with_base(load_config(args), args)
     module = DiffusionModule(new_model(cfg, (3, 16, 16), ["a blue circle"]))
     module.frozen_in_half("16-mixed")
     weights = dict(module.denoiser.named_parameters())

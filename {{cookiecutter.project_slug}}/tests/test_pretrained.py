@@ -59,9 +59,11 @@ def pixel_folder(tmp_path_factory):
     return pixel_pipeline(tmp_path_factory.mktemp("pixel") / "tiny-ddpm")
 
 
-def text_pipeline(folder) -> str:
-    """A Stable Diffusion pipeline in miniature: 8x8x4 latents, a 2x VAE, a one-layer CLIP text
-    encoder and a character-level tokenizer."""
+def text_pipeline(folder, vae_levels: int = 2, attention_level: int = 0) -> str:
+    """A Stable Diffusion pipeline in miniature: 8x8x4 latents, a VAE of ``vae_levels`` levels
+    (2: images of 16 pixels; Stable Diffusion's 4: 8x, 64), a two-level UNet with attention at
+    ``attention_level`` (1: the coarser, cheap at large sizes), a one-layer CLIP text encoder and
+    a character-level tokenizer."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -74,14 +76,16 @@ def text_pipeline(folder) -> str:
     encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    vae = diffusers.AutoencoderKL(block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4, layers_per_block=1,
-                                  down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,) + (16,) * (vae_levels - 1), latent_channels=4,
+                                  norm_num_groups=4, layers_per_block=1,
+                                  down_block_types=("DownEncoderBlock2D",) * vae_levels,
+                                  up_block_types=("UpDecoderBlock2D",) * vae_levels)
+    down, up = ["DownBlock2D", "DownBlock2D"], ["UpBlock2D", "UpBlock2D"]
+    down[attention_level], up[1 - attention_level] = "CrossAttnDownBlock2D", "CrossAttnUpBlock2D"
     unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                           block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
                                           attention_head_dim=2,
-                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+                                          down_block_types=tuple(down), up_block_types=tuple(up))
     pipeline = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet,
                                                  scheduler=ddim_scheduler(), safety_checker=None,
                                                  feature_extractor=None, requires_safety_checker=False)

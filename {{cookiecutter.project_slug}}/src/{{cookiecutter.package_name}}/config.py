@@ -317,8 +317,11 @@ def default_config_dir() -> Path:
     return here if (here / "config.yaml").is_file() else Path(__file__).resolve().parents[2] / "configs"
 
 
-def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> DictConfig:
-    """Merge config.yaml, the preset, the experiment and ``key=value`` overrides; validate."""
+def load_config(overrides: list[str] = (), config_dir: Path | None = None, base=None) -> DictConfig:
+    """Merge config.yaml, the preset, the experiment and ``key=value`` overrides; validate. A run
+    that adapts a trained network (lora.base) gives its configuration as ``base``: its
+    ``BASE_KEYS`` replace config.yaml's values, and the layers above change them as they would
+    config.yaml's."""
     config_dir = Path(config_dir or default_config_dir())
     base_file = config_dir / "config.yaml"
     if not base_file.is_file():
@@ -327,6 +330,11 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None) -> Di
     local_file = config_dir / LOCAL_LAYER
     local = OmegaConf.load(local_file) if local_file.is_file() else OmegaConf.create()
     cfg = merge(OmegaConf.structured(Config), OmegaConf.load(base_file), str(base_file))
+    if base is not None:
+        base_layer = OmegaConf.create()
+        for key in BASE_KEYS:
+            OmegaConf.update(base_layer, key, OmegaConf.select(OmegaConf.create(base), key))
+        cfg = merge(cfg, base_layer, "the configuration of lora.base")
     baked_objective = cfg.diffusion.objective
     preset = cli.get("preset", local.get("preset", cfg.preset))
     preset_layer = load_layer(config_dir / "presets", preset, "preset")
@@ -521,22 +529,9 @@ def student_config(cfg: DictConfig, teacher_config, teacher_data: bool = True) -
 
 
 # What an adapted run (lora.base) takes from its base: the network, what its output means and how
-# it was trained (noise levels, loss weight, condition dropout) and is sampled.
-BASE_KEYS = ("model", "diffusion", "sampling")
-
-
-def adapted_config(cfg: DictConfig, base_config, overrides: list[str] = ()) -> DictConfig:
-    """The configuration of a run that adapts the base whose configuration is ``base_config``:
-    ``cfg`` with the base's ``BASE_KEYS``, its sampling changed by the sampling keys of the
-    command line ``overrides``; the data, optimiser and trainer stay ``cfg``'s."""
-    adapted, base = cfg.copy(), OmegaConf.create(base_config)
-    for key in BASE_KEYS:
-        OmegaConf.update(adapted, key, base[key])
-    sampling = parse_overrides(overrides).get("sampling")
-    if sampling:
-        adapted.sampling = merge(adapted.sampling, sampling, "the command line")
-        check_values(adapted, [key for key in VALUE_RULES if key.startswith("sampling.")])
-    return adapted
+# it was trained (noise levels, loss weight, condition dropout) and is sampled, and whether its
+# labels are the data's clusters (a base guided by 50 clusters is adapted on 50 clusters).
+BASE_KEYS = ("model", "diffusion", "sampling", "data.clusters")
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:

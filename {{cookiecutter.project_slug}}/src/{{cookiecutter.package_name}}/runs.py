@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .adapters.lora import DIFFUSERS_ADAPTERS
 from .codecs import Identity, PretrainedAutoencoder
-from .config import adapted_config, dotted_keys, load_config, parse_command, run_config, with_later_keys
+from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
@@ -422,9 +422,9 @@ def pretrained_config(source: str) -> DictConfig:
 
 
 def with_base(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """``cfg`` as training takes it: with lora.base, its base's network, noise levels and sampling
-    (``config.adapted_config``; the command line ``overrides`` may change the sampling)."""
-    return adapted_config(cfg, saved_config(cfg.lora.base), overrides) if cfg.lora.base else cfg
+    """``cfg``, loaded from ``overrides``, as training takes it: with lora.base, loaded again on
+    its base's network, noise levels and sampling (``config.load_config``)."""
+    return load_config(overrides, base=saved_config(cfg.lora.base)) if cfg.lora.base else cfg
 
 
 def saved_config(path: str) -> DictConfig:

@@ -54,7 +54,7 @@ def attention_projections(net: nn.Module) -> list[str]:
             return targets
     raise ConfigError(f"{type(net).__name__} has no attention projections that lora.targets knows "
                       f"({'; '.join(' '.join(t) for t in ATTENTION_PROJECTIONS.values())}): name the layers to adapt, "
-                      "e.g. lora.targets=[to_q,to_v]")
+                      "e.g. lora.targets=[to_q,to_v], or lora.targets=[conv1,conv2] for this project's U-Net")
 
 
 def add_adapters(net: nn.Module, rank: int, alpha: float, targets: list[str] = ()) -> list[str]:

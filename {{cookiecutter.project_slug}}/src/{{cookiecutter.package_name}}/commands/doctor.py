@@ -59,10 +59,12 @@ def package_version(name: str) -> str:
 
 
 def pretrained_extra() -> str:
-    """The optional packages that pretrained diffusers pipelines need (adapters/)."""
-    versions = {name: package_version(name) for name in ("diffusers", "transformers")}
-    missing = "" if "not installed" not in versions.values() else " (pretrained models: pip install -e '.[pretrained]')"
-    return "pretrained  " + ", ".join(f"{name} {v}" for name, v in versions.items()) + missing
+    """The optional packages that pretrained diffusers pipelines and LoRA adapters need (adapters/)."""
+    versions = {name: package_version(name) for name in ("diffusers", "transformers", "peft")}
+    missing = [extra for extra, names in (("pretrained", ("diffusers", "transformers")), ("lora", ("peft",)))
+               if any(versions[name] == "not installed" for name in names)]
+    install = f" (pip install -e '.[{','.join(missing)}]')" if missing else ""
+    return "pretrained  " + ", ".join(f"{name} {v}" for name, v in versions.items()) + install
 
 
 def accelerators() -> list[str]:
