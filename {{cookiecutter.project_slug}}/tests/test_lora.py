@@ -181,6 +181,14 @@ def test_an_adapted_run_resumes_exactly_as_one_never_interrupted(base_run):
     assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
 
 
+def test_a_mixed_precision_run_of_this_projects_network_keeps_its_float32_parts(base_run, project_dir):
+    """bf16-mixed on the CPU: this project's networks keep their frozen weights in float32 (their
+    noise embedding runs in float32 on purpose), train, and draw their grids."""
+    assert main(["train", *ADAPT, "name=mixed", "trainer.precision=bf16-mixed", "trainer.max_steps=2",
+                 "trainer.sample_every_n_steps=1", "trainer.sample_count=4"]) == 0
+    assert (project_dir / "runs/mixed/samples/step_0000001.png").is_file()
+
+
 def test_a_base_that_does_not_fit_the_data_is_refused_by_name(base_run, capsys):
     assert main(["train", *ADAPT, "data.clusters=3", "model.conditional=true"]) == 2
     assert "lora.base=runs/base is conditioned on 10 classes (0, 1, 2, 3, ...); the data has 3 classes" in \
@@ -415,6 +423,24 @@ def test_each_batch_holds_the_subjects_images_then_as_many_class_images_weighted
     torch.nn.Module.__init__(module)
     module.prior_label, module.cfg = 1, type("cfg", (), {"lora": type("lora", (), {"prior_weight": 0.3})})
     assert module.example_weights(torch.tensor([0, 0, 1, 1])).tolist() == pytest.approx([1, 1, 0.3, 0.3])
+
+
+def test_a_mixed_precision_pipeline_run_draws_its_grids_on_its_half_precision_weights(project_dir, tmp_path,
+                                                                                     sd_folder, monkeypatch):
+    """bf16-mixed on the CPU, as fp16 on a T4: the pipeline's frozen weights are kept in bfloat16,
+    its sample grids are drawn on them, and the adapters are saved in float32."""
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+
+    kept = []
+    monkeypatch.setattr(DiffusionModule, "on_train_start", lambda module: kept.append(
+        {p.dtype for p in module.denoiser.parameters() if not p.requires_grad}))
+    images = captioned_folder(tmp_path / "images")
+    assert main(sd_args(sd_folder, images, "trainer.precision=bf16-mixed", "trainer.max_steps=2",
+                        "trainer.sample_every_n_steps=1")) == 0
+    assert kept == [{torch.bfloat16}]
+    assert (project_dir / "runs/sd/samples/step_0000001.png").is_file()
+    checkpoint = torch.load(project_dir / "runs/sd/checkpoints/last.ckpt", weights_only=True)
+    assert {value.dtype for value in checkpoint["state_dict"].values()} == {torch.float32}
 
 
 def test_a_text_base_without_captions_is_refused_with_what_to_set(project_dir, tmp_path, sd_folder, capsys):

@@ -45,6 +45,7 @@ class DiffusionModule(L.LightningModule):
                                    "class_names": model.class_names, "cluster_sizes": model.cluster_sizes})
         self.denoiser = model.denoiser.train()              # a pretrained network is loaded in eval mode
         self.adapted = bool(self.cfg.lora.base)
+        self.frozen_half = self.adapted and model.pretrained is not None      # a pipeline's gigabytes: see setup
         frozen = {id(p): p for p in self.denoiser.parameters() if not p.requires_grad}
         self.ema = copy.deepcopy(self.denoiser, memo=frozen).requires_grad_(False)   # sharing the frozen weights
         self.trained = [name for name, p in self.denoiser.named_parameters() if p.requires_grad]
@@ -190,13 +191,16 @@ class DiffusionModule(L.LightningModule):
         compile_in_place(self.denoiser.net, trainer_cfg.compile)
 
     def setup(self, stage: str) -> None:
-        if self.adapted:
+        if self.frozen_half:
             self.frozen_in_half(str(self.trainer.precision))
 
     def frozen_in_half(self, precision: str) -> None:
-        """An adapted network's frozen weights in the half precision of a mixed-precision run
-        (half their memory: autocast computes in it anyway). The adapters stay float32: a gradient
-        scaler refuses to unscale float16 gradients ("Attempting to unscale FP16 gradients")."""
+        """The frozen weights of an adapted pipeline (gigabytes) in the half precision of a
+        mixed-precision run, as diffusers' LoRA scripts keep them (autocast computes in it anyway;
+        this project's networks are small and keep parts in float32 on purpose, so theirs stay
+        float32). The adapters stay float32: a gradient scaler refuses to unscale float16
+        gradients ("Attempting to unscale FP16 gradients"). The sample grids need no autocast:
+        the pipeline's UNet takes its input in its own dtype (``adapters/pretrained.py``)."""
         half = AUTOCAST.get(precision)
         if half is not None:
             for weight in self.denoiser.parameters():

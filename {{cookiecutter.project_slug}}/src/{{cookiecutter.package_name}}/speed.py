@@ -107,7 +107,7 @@ TRAINING_STATE = 4 + 8 + 4      # bytes per trained weight: its float32 gradient
 class Memory:
     """A training step's memory on the device, estimated (bytes)."""
 
-    weights: int           # every weight, as kept (an adapted network's frozen ones in half precision when mixed)
+    weights: int           # every weight, as kept (an adapted pipeline's frozen ones in half precision when mixed)
     state: int             # gradients, optimiser moments and EMA of the trained weights
     activations: int       # what the forward pass keeps for the backward pass, at the batch size
     codec: int             # an autoencoder kept on the device to decode sample grids

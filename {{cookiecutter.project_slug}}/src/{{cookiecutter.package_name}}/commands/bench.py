@@ -65,10 +65,10 @@ def run(overrides: list[str]) -> None:
     print(f"  device peak: {peak / 1e12:.3g} TFLOP/s ({matmul_dtype(precision)} matmul, measured)")
 
     module.configure_model()
-    if module.adapted:
+    if module.frozen_half:
         module.frozen_in_half(precision)
     estimate = training_memory(module.denoiser, model.data_shape, batch_size, precision, model.condition,
-                               frozen_in_half=module.adapted)          # the autoencoder stays on the CPU here
+                               frozen_in_half=module.frozen_half)          # the autoencoder stays on the CPU here
     bare = bench.training_speed(batch_size)
     print(f"  training, bare step: {bare:,.0f} images/s, MFU {100 * bare * step_flops / peak:.0f}%")
     memory = peak_memory(device)

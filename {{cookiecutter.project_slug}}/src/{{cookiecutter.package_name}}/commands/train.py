@@ -244,7 +244,7 @@ def memory_needed(cfg, module: DiffusionModule, data: DiffusionDataModule, train
     batch = cfg.data.batch_size * (2 if data.prior is not None else 1)     # DreamBooth: as many class images
     codec = model.codec if model.codec.latent else None
     memory = training_memory(module.denoiser, model.data_shape, batch, str(trainer.precision), model.condition,
-                             codec, module.adapted)
+                             codec, module.frozen_half)
     device = trainer.strategy.root_device
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
