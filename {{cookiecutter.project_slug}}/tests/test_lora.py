@@ -339,7 +339,13 @@ def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(
     args = sd_args(sd_folder, tmp_path)[1:]
     cfg = with_base(load_config(args), args)
     module = DiffusionModule(new_model(cfg, (3, 16, 16), ["a blue circle"]))
+    from {{ cookiecutter.package_name }}.speed import training_memory
+
+    estimate = lambda: training_memory(module.denoiser, (4, 8, 8), 3, "16-mixed", module.model.condition,  # noqa: E731
+                                       None, True)
+    before = estimate()
     module.frozen_in_half("16-mixed")
+    assert estimate() == before             # the estimate does not depend on what the weights are kept in yet
     weights = dict(module.denoiser.named_parameters())
     assert {weights[name].dtype for name in module.trained} == {torch.float32}
     assert {p.dtype for name, p in weights.items() if name not in module.trained} == {torch.float16}
@@ -358,9 +364,7 @@ def test_under_fp16_autocast_with_a_scaler_the_adapters_stay_float32_and_finite(
     ema = dict(module.ema.named_parameters())                  # the EMA copy shares the frozen weights
     assert all(ema[name] is p for name, p in weights.items() if name not in module.trained)
 
-    from {{ cookiecutter.package_name }}.speed import training_memory
-
-    memory = training_memory(module.denoiser, (4, 8, 8), 3, "16-mixed", module.model.condition, None, True)
+    memory = estimate()
     trained = sum(weights[name].numel() for name in module.trained)
     frozen = sum(p.numel() for p in weights.values()) - trained
     assert memory.weights == 4 * trained + 2 * frozen and memory.state == 16 * trained

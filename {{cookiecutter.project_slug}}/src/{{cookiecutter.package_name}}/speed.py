@@ -142,6 +142,7 @@ def training_memory(denoiser: nn.Module, data_shape: tuple[int, ...], batch: int
     frozen = [p for p in copy_.parameters() if not p.requires_grad]
     kept = half if (half is not None and frozen_in_half) else torch.float32
     weights = sum(p.numel() for p in trained) * 4 + sum(p.numel() for p in frozen) * kept.itemsize
+    copy_.float()                 # counted in float32 (whatever the weights are kept in), then scaled
     x0, noise = (torch.ones(batch, *data_shape, device="meta") for _ in range(2))
     sigma = torch.ones(batch, device="meta")
     null = condition.null(batch, "meta") if condition is not None else None
