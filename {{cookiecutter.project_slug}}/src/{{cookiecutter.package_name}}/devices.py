@@ -38,6 +38,11 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def training_device(accelerator: str) -> torch.device:
+    """The device that trainer.accelerator names (Lightning's ``gpu`` is CUDA)."""
+    return pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """``auto``: bf16 autocast on Ampere or newer GPUs, fp16 with a gradient scaler on older
     ones (a T4 reports bf16 support, but only through slow emulation), float32 elsewhere."""

@@ -49,7 +49,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .adapters.lora import DIFFUSERS_ADAPTERS
+from .adapters.lora import (
+    DIFFUSERS_ADAPTERS,
+    add_adapters,
+    is_adapter_weight,
+    merged_weights,
+    save_diffusers_adapters,
+)
 from .codecs import Identity, PretrainedAutoencoder
 from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
@@ -257,8 +263,6 @@ def adapted_model(cfg: DictConfig, data_shape, class_names: list[str], cluster_s
     class-conditional base, its classes; a text-to-image pipeline is conditioned on the data's
     captions (data.captions or data.prompt), each a class of its own, followed by DreamBooth's class
     prompt (lora.class_prompt) and the prompts that the sample grids draw (trainer.sample_labels)."""
-    from .adapters.lora import add_adapters
-
     base, _ = load_run(cfg.lora.base)
     where = f"lora.base={cfg.lora.base}"
     if base.config.get("lora", {}).get("base"):
@@ -371,8 +375,6 @@ def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: 
 
 def load_adapters(denoiser: torch.nn.Module, weights: dict) -> None:
     """Load the adapter weights of an adapted ``denoiser``: every one of them, and nothing else."""
-    from .adapters.lora import is_adapter_weight
-
     missing, unexpected = denoiser.load_state_dict(weights, strict=False)
     missing = [key for key in missing if is_adapter_weight(key)]
     if missing or unexpected:
@@ -527,8 +529,6 @@ def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool
 def merged_model(model: Model) -> Model:
     """An adapted model as the plain model that computes the same: its base's network with
     W + (alpha / r) B A in place of each adapted W, and no lora.base."""
-    from .adapters.lora import merged_weights
-
     cfg = model.config.copy()
     cfg.lora.base = None
     data_shape = None if model.pretrained is not None else model.data_shape
@@ -541,8 +541,6 @@ def merged_model(model: Model) -> Model:
 def export_adapters(model: Model, out: Path, preview: Path | None = None) -> Path:
     """An adapted diffusers pipeline as its adapters alone: the file that diffusers'
     ``load_lora_weights`` reads (``adapters/lora.py``), with model.json, config.yaml and a README."""
-    from .adapters.lora import save_diffusers_adapters
-
     cfg, step = model.config, model.origin["step"]
     out.mkdir(parents=True, exist_ok=True)
     save_diffusers_adapters(model.pretrained.pipeline, model.denoiser.net.unet, out, cfg.lora.rank, cfg.lora.alpha)

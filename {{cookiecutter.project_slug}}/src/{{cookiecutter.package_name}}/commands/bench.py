@@ -21,10 +21,10 @@ from ..devices import (
     autocast,
     device_name,
     matmul_dtype,
-    pick_device,
     resolve_precision,
     set_float32_matmuls,
     synchronize,
+    training_device,
 )
 from ..errors import ConfigError
 from ..module import DiffusionModule
@@ -44,9 +44,8 @@ def run(overrides: list[str]) -> None:
     if cfg.model.name == "ideal":
         raise ConfigError("model.name=ideal has no network to train or time: its cost is one pass over the "
                           "training examples per evaluation (time `sample` instead)")
-    accelerator = cfg.trainer.accelerator
-    device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
-    precision = resolve_precision(cfg.trainer.precision, accelerator)
+    device = training_device(cfg.trainer.accelerator)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     set_float32_matmuls(cfg.trainer.tf32)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")

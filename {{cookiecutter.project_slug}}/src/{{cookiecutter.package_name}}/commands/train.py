@@ -11,7 +11,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
-from ..devices import device_name, memory_errors, pick_device, sampling_precision
+from ..devices import device_name, memory_errors, sampling_precision, training_device
 from ..diffusion.distillation import ConsistencyDistillation, ConsistencyTuning, Objective
 from ..diffusion.parameterizations import X0Prediction
 from ..diffusion.schedules import karras_sigmas, training_noise
@@ -111,8 +111,7 @@ def encode_data(cfg, model: Model, data: DiffusionDataModule, extractor) -> None
     if extractor is not None:
         raise ConfigError("FID and KID during training are measured on pixel models only, and this model trains on "
                           "latents: set evaluation.every_n_steps=0")
-    accelerator = cfg.trainer.accelerator
-    model.codec.to(pick_device({"gpu": "cuda"}.get(accelerator, accelerator)))
+    model.codec.to(training_device(cfg.trainer.accelerator))
     data.encode(model.codec)
 
 
@@ -124,8 +123,7 @@ def keep_the_class(cfg, model: Model, data: DiffusionDataModule, run_dir: Run) -
     if prompt in data.class_names:
         raise ConfigError(f"lora.class_prompt={prompt} is the caption of your images: name the class without the "
                           "subject's token (data.prompt='a photo of sks dog', lora.class_prompt='a photo of a dog')")
-    accelerator = cfg.trainer.accelerator
-    device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+    device = training_device(cfg.trainer.accelerator)
     model.to(device).speed_up(sampling_precision(cfg.trainer.precision, device))
     images = class_images(model, cfg.sampling, prompt, run_dir.class_images, cfg.lora.class_images, cfg.seed)
     preview = run_dir.class_images / "preview.png"
@@ -138,8 +136,7 @@ def keep_the_class(cfg, model: Model, data: DiffusionDataModule, run_dir: Run) -
 def reflow(cfg, teacher: Model, run_dir: Run) -> tuple[PairedDataModule, None]:
     """Reflow's data: the pairs of ``teacher`` (``pairs.py``), drawn on the training device in
     the training precision, once (runs/<name>/pairs/ keeps them); the loss is denoising's."""
-    accelerator = cfg.trainer.accelerator
-    device = pick_device({"gpu": "cuda"}.get(accelerator, accelerator))
+    device = training_device(cfg.trainer.accelerator)
     teacher.to(device).speed_up(sampling_precision(cfg.trainer.precision, device))
     distill = cfg.distill
     pairs = reflow_pairs(teacher, teacher_sampling(cfg, teacher), run_dir.pairs, distill.pairs, distill.shard_size,
