@@ -261,7 +261,8 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     classes = data.class_names
     labels = ""
     if classes:
-        labels = f", {len(classes)} classes ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
+        kind = "class" if len(classes) == 1 else "classes"
+        labels = f", {len(classes)} {kind} ({', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''})"
     parameters = sum(p.numel() for p in module.denoiser.parameters())
     trained = sum(p.numel() for p in module.denoiser.parameters() if p.requires_grad)
     adapters = (f" ({trained:,} of them trained: rank-{cfg.lora.rank} adapters on {cfg.lora.base})"
