@@ -454,3 +454,5 @@ def test_a_text_base_without_captions_is_refused_with_what_to_set(project_dir, t
     assert "is a text-to-image model: its images need captions (data.captions=true" in capsys.readouterr().err
     assert main([*sd_args(sd_folder, images), "data.image_size=15"]) == 2
     assert "sides divide by 2, not 3x15x15" in capsys.readouterr().err
+    assert main([*sd_args(sd_folder, images), "data.random_crop=true"]) == 2
+    assert "encoded once, centre-cropped: set data.random_crop=false" in capsys.readouterr().err

@@ -111,6 +111,9 @@ def encode_data(cfg, model: Model, data: DiffusionDataModule, extractor) -> None
     if extractor is not None:
         raise ConfigError("FID and KID during training are measured on pixel models only, and this model trains on "
                           "latents: set evaluation.every_n_steps=0")
+    if cfg.data.random_crop:
+        raise ConfigError("data.random_crop crops pixels at each step, and this model's images are encoded once, "
+                          "centre-cropped: set data.random_crop=false")
     model.codec.to(training_device(cfg.trainer.accelerator))
     data.encode(model.codec)
 

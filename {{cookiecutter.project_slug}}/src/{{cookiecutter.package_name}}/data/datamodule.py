@@ -213,6 +213,9 @@ class DiffusionDataModule(L.LightningDataModule):
             prior = DeviceBatches(self.prior.data.to(device), self.prior.labels.to(device), batch_size, rank,
                                   world_size, self.seed + 1)
             return PriorBatches(batches, prior)
+        if self.prior is not None:
+            raise DataError(f"the training data ({data.nbytes / 2**30:.1f} GiB) is above data.gpu_cache_gb, and "
+                            "DreamBooth's batches of class images are served from the device: raise data.gpu_cache_gb")
         if self.trainer is not None and self.trainer.ckpt_path and rank == 0:
             print(f"note: the training data ({data.nbytes / 2**30:.1f} GiB) is above data.gpu_cache_gb and comes "
                   "through a DataLoader, which does not keep its place in the epoch: the resumed run reshuffles "
