@@ -49,9 +49,7 @@ def flops_per_image(denoiser: nn.Module, data_shape: tuple[int, ...], condition=
     counted by torch on a copy of ``denoiser`` on the meta device: shapes only, no arithmetic.
     A conditional network (``condition``, its kind) is counted with its null condition."""
     denoiser = meta_copy(denoiser)
-    x0, noise = (torch.ones(2, *data_shape, device="meta") for _ in range(2))
-    sigma = torch.ones(2, device="meta")
-    null = condition.null(2, "meta") if condition is not None else None
+    x0, sigma, noise, null = meta_batch(2, data_shape, condition)
     step = flops_of(lambda: denoiser.loss(x0, sigma, noise, null).mean().backward())
     with torch.no_grad():
         evaluation = flops_of(lambda: denoiser(x0, sigma, null))
@@ -64,6 +62,14 @@ def meta_copy(module: nn.Module) -> nn.Module:
     memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad) for p in module.parameters()}
     memo.update({id(b): torch.empty_like(b, device="meta") for b in module.buffers()})
     return copy.deepcopy(module, memo)
+
+
+def meta_batch(n: int, data_shape: tuple[int, ...], condition=None) -> tuple:
+    """A batch of ``n`` examples on the meta device, as a training step takes it: clean data, noise
+    levels, noise and (for a conditional network, whose kind ``condition`` is) the null condition."""
+    x0, noise = (torch.ones(n, *data_shape, device="meta") for _ in range(2))
+    null = condition.null(n, "meta") if condition is not None else None
+    return x0, torch.ones(n, device="meta"), noise, null
 
 
 def saved_activation_bytes(fn: Callable[[], object], weights: list[Tensor]) -> int:
@@ -133,25 +139,22 @@ def training_memory(denoiser: nn.Module, data_shape: tuple[int, ...], batch: int
     ``precision``, counted on a meta copy: no arithmetic, no memory. Under mixed precision the
     activations are counted at half the size of float32 ones (autocast computes matmuls and
     convolutions in half precision; the few operations it keeps in float32 are undercounted). Not
-    counted: the CUDA
-    context and the allocator's slack (together about 0.5-1 GiB), and, with gradient
-    checkpointing, the one block that the backward pass recomputes at a time."""
+    counted: the CUDA context and the allocator's slack (together about 0.5-1 GiB), and, with
+    gradient checkpointing, the one block that the backward pass recomputes at a time."""
     half = AUTOCAST.get(precision)
     copy_ = meta_copy(denoiser)
-    trained = [p for p in copy_.parameters() if p.requires_grad]
-    frozen = [p for p in copy_.parameters() if not p.requires_grad]
+    trained = sum(p.numel() for p in copy_.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in copy_.parameters() if not p.requires_grad)
     kept = half if (half is not None and frozen_in_half) else torch.float32
-    weights = sum(p.numel() for p in trained) * 4 + sum(p.numel() for p in frozen) * kept.itemsize
+    weights = trained * 4 + frozen * kept.itemsize
     copy_.float()                 # counted in float32 (whatever the weights are kept in), then scaled
-    x0, noise = (torch.ones(batch, *data_shape, device="meta") for _ in range(2))
-    sigma = torch.ones(batch, device="meta")
-    null = condition.null(batch, "meta") if condition is not None else None
+    x0, sigma, noise, null = meta_batch(batch, data_shape, condition)
     with mock.patch.object(nn.functional, "scaled_dot_product_attention", fused_attention):
         float32_bytes = saved_activation_bytes(lambda: copy_.loss(x0, sigma, noise, null).mean(),
                                                list(copy_.parameters()))
     activations = float32_bytes * (half or torch.float32).itemsize // 4
     codec_bytes = sum(p.numel() * p.element_size() for p in codec.parameters()) if codec is not None else 0
-    return Memory(weights, sum(p.numel() for p in trained) * TRAINING_STATE, activations, codec_bytes, batch)
+    return Memory(weights, trained * TRAINING_STATE, activations, codec_bytes, batch)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:

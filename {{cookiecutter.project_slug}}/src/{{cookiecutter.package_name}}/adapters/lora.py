@@ -118,8 +118,3 @@ def save_diffusers_adapters(pipeline, unet: nn.Module, folder: Path, rank: int, 
           unet_lora_adapter_metadata=metadata, weight_name=DIFFUSERS_ADAPTERS)
     return folder / DIFFUSERS_ADAPTERS
 
-
-def adapter_share(net: nn.Module) -> tuple[int, int]:
-    """(adapter weights, all weights) of ``net``."""
-    counts = [(p.numel(), is_adapter_weight(name)) for name, p in net.named_parameters()]
-    return sum(n for n, adapter in counts if adapter), sum(n for n, _ in counts)

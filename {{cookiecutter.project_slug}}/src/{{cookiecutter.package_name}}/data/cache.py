@@ -3,8 +3,8 @@
 An entry is keyed by a fingerprint of everything the decoded tensor depends on (for a
 folder: every file's path, size and modification time, and the size, channels and crop), so
 a changed folder gets a new entry. A latent model's latents are cached the same way, under the
-data's fingerprint and the autoencoder's identity. Entries are written to a temporary file and renamed, so
-an interrupted build never leaves a cache entry that would be used.
+data's fingerprint and the autoencoder's identity. Entries are written to a temporary file and
+renamed, so an interrupted build never leaves a cache entry that would be used.
 """
 from __future__ import annotations
 

@@ -149,9 +149,7 @@ def labels_from_folders(paths: list[Path], root: Path) -> tuple[Tensor, list[str
     if loose:
         raise DataError(f"data.labels_from_subfolders is set, but '{loose[0]}' lies directly in "
                         f"'{root}'; put each image in a folder named after its class")
-    names = sorted({p.parts[0] for p in paths})
-    index = {name: i for i, name in enumerate(names)}
-    return torch.tensor([index[p.parts[0]] for p in paths], dtype=torch.int64), names
+    return labels_by_name([p.parts[0] for p in paths])
 
 
 CAPTION = ".txt"        # an image's caption: the text file of the same name beside it (cat.jpg: cat.txt)
@@ -174,9 +172,10 @@ def read_captions(files: list[dict], root: Path) -> list[str]:
     return captions
 
 
-def labels_from_texts(texts: list[str]) -> tuple[Tensor, list[str]]:
-    """Each distinct text (a caption, a prompt) is a class: a text-to-image model is conditioned
-    on class k through the text's embedding (``Model.use_prompts``)."""
-    names = sorted(set(texts))
-    index = {name: i for i, name in enumerate(names)}
-    return torch.tensor([index[text] for text in texts], dtype=torch.int64), names
+def labels_by_name(names: list[str]) -> tuple[Tensor, list[str]]:
+    """Each example's class number, and the classes: each distinct name (a subfolder, a caption,
+    a prompt) is a class, numbered in sorted order. A text-to-image model is conditioned on
+    class k through the text's embedding (``Model.use_prompts``)."""
+    classes = sorted(set(names))
+    index = {name: i for i, name in enumerate(classes)}
+    return torch.tensor([index[name] for name in names], dtype=torch.int64), classes

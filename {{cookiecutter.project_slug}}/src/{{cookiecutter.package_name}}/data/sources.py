@@ -27,7 +27,7 @@ from .decode import (
     count_suffixes,
     decode_folder,
     fit_image,
-    labels_from_texts,
+    labels_by_name,
     read_captions,
     scan_folder,
     stack,
@@ -96,7 +96,7 @@ def folder_source(cfg, size: int, seed: int) -> Prepared:
         decoded = decode_folder(root, size, cfg.channels, cfg.labels_from_subfolders, scan)
         if cfg.captions or cfg.prompt:
             texts = [cfg.prompt] * len(decoded.files) if cfg.prompt else read_captions(decoded.files, root)
-            decoded.labels, decoded.class_names = labels_from_texts(texts)
+            decoded.labels, decoded.class_names = labels_by_name(texts)
             decoded.others = [name for name in decoded.others if not (cfg.captions and name.endswith(CAPTION))]
         return decoded
 
