@@ -447,6 +447,31 @@ def test_a_mixed_precision_pipeline_run_draws_its_grids_on_its_half_precision_we
     assert {value.dtype for value in checkpoint["state_dict"].values()} == {torch.float32}
 
 
+@pytest.mark.parametrize("p_uncond", [0, 1])
+def test_dreambooths_loss_is_the_subjects_plus_prior_weight_times_the_class_images(project_dir, tmp_path, sd_folder,
+                                                                                  p_uncond):
+    """Ruiz et al. 2023, eq. 2, for a batch of two subject images and two class images: the mean
+    loss of the subject's plus lora.prior_weight times the mean loss of the class images' (halved:
+    the batch's mean over its four examples), each example's loss drawn as training draws it. A
+    class image keeps its weight when its prompt is dropped for classifier-free guidance."""
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.module import DiffusionModule
+    from {{ cookiecutter.package_name }}.runs import new_model, with_base
+
+    args = [*sd_args(sd_folder, tmp_path)[1:], "lora.class_prompt=a photo of a dog", "lora.prior_weight=0.3",
+            f"diffusion.p_uncond={p_uncond}"]
+    module = DiffusionModule(new_model(with_base(load_config(args), args), (3, 16, 16), ["a photo of sks dog"]))
+    prior = module.model.class_number("a photo of a dog")
+    x0, labels = torch.randn(4, 4, 8, 8), torch.tensor([0, 0, prior, prior])
+    torch.manual_seed(0)
+    loss = module.batch_loss((x0, labels))
+    torch.manual_seed(0)
+    sigma = module.model.noise(4, module.device)
+    seen = module.model.condition.null(4) if p_uncond else labels      # p_uncond=1 drops every prompt
+    each = module.denoiser.loss(x0, sigma, torch.randn_like(x0), seen, module.loss_weight(sigma))
+    torch.testing.assert_close(loss, (each[:2].mean() + 0.3 * each[2:].mean()) / 2)
+
+
 def test_a_text_base_without_captions_is_refused_with_what_to_set(project_dir, tmp_path, sd_folder, capsys):
     images = captioned_folder(tmp_path / "images")
     args = [arg for arg in sd_args(sd_folder, images) if arg != "data.captions=true"]
