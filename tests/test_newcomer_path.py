@@ -127,7 +127,7 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
     pictures = home / "pictures"
     pictures.mkdir(parents=True)
     for i in range(40):
-        Image.new("RGB", (40, 36), (6 * i, 255 - 6 * i, 128)).save(pictures / f"{i:02d}.png")
+        Image.new("RGB", (300, 260), (6 * i, 255 - 6 * i, 128)).save(pictures / f"{i:02d}.png")
     (project / "tiny_features.py").write_text(TINY_FEATURES)
     subprocess.run([sys.executable, "-c", STAND_INS], cwd=project, check=True,
                    env={**os.environ, "PYTHONPATH": str(project / "src")})
@@ -143,7 +143,8 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
                  "runs/pretrained/stable-diffusion/illusion/anagram.png", "exports/finetune/model_index.json",
                  "exports/pictures-cd/model_index.json", "runs/digits-lora/checkpoints/last.ckpt",
                  "runs/dreambooth/class_images/preview.png", "exports/dreambooth/generated/samples.png",
-                 "exports/dreambooth-pipeline/model_index.json"):
+                 "exports/dreambooth-pipeline/model_index.json", "runs/pictures-ae/reconstructions.png",
+                 "runs/pictures-latent/generated/samples.png", "runs/pictures-sd/checkpoints/last.ckpt"):
         assert (project / path).is_file(), path
     diffusers = pytest.importorskip("diffusers")          # the adapters as a diffusers user loads them
     pipeline = diffusers.StableDiffusionPipeline.from_pretrained(project / "models/stable-diffusion")

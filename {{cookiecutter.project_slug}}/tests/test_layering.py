@@ -24,7 +24,7 @@ ALLOWED = {
     "speed": {"devices"},
     "diffusion": set(),
     "models": set(),
-    "codecs": set(),
+    "codecs": {"models", "errors"},
     "tasks": {"diffusion", "pixels"},
     "evaluation": {"pixels", "storage", "errors"},
     "adapters": {"diffusion", "errors"},
@@ -38,7 +38,7 @@ ALLOWED = {
     "trainer": {"callbacks", "devices", "errors"},
     "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
     "commands": {"runs", "config", "model", "module", "pairs", "trainer", "data", "tasks", "evaluation", "visualize",
-                 "diffusion", "models", "pixels", "devices", "speed", "errors"},
+                 "diffusion", "models", "codecs", "pixels", "devices", "speed", "storage", "errors"},
     "cli": {"commands", "errors"},
     "__main__": {"cli"},
 }

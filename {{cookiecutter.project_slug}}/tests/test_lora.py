@@ -240,7 +240,7 @@ def test_latents_are_diffusers_own_encodings_cached_once_per_data_and_codec(proj
     data = DiffusionDataModule.of_run(cfg)
     images = to_unit_range(data.reference_images())
     data.encode(model.codec)
-    vae = model.codec.vae
+    vae = model.codec.network
     with torch.no_grad():
         posterior = vae.encode(torch.cat([images, images.flip(-1)])).latent_dist
     scale = vae.config.scaling_factor

@@ -205,7 +205,7 @@ def test_a_text_model_samples_and_decodes_its_latents_as_diffusers_does(project_
 
     model, _ = load_run(text_folder)
     model.use_prompts(["a red fox"])
-    assert model.codec.latent and model.codec.vae.config.scaling_factor != 1
+    assert model.codec.latent and model.codec.network.config.scaling_factor != 1
     sampling = run_config(model.config, "sampling", {"sampler": "ddim", "steps": 5, "guidance": 4.0}).sampling
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma_max = model.sigmas(sampling)[0].item()
@@ -357,14 +357,19 @@ def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_d
 @pytest.mark.subprocess
 def test_a_hub_id_offline_fails_with_one_line_that_says_what_to_run(project_dir):
     """In a fresh process: the command line loads without diffusers, then a hub id that is not
-    in the (empty) cache fails offline with the id and the command that fetches it."""
+    in the (empty) cache fails offline with the id and the command that fetches it, as a
+    pipeline and as an autoencoder (codec.source), before any work."""
     code = ("import sys; from {{ cookiecutter.package_name }}.cli import main; assert 'diffusers' not in sys.modules; "
-            "sys.exit(main(['sample', 'run=hf:nobody/nothing']))")
+            "sys.exit(main(['sample', 'run=hf:nobody/nothing']) + "
+            "main(['train', 'experiment=digits', 'codec.source=hf:nobody/no-vae']))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(project_dir / "hf"), "PYTHONPATH": str(PROJECT / "src")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("ERROR: could not load nobody/nothing")
-    assert "save_pretrained('models/nothing')" in result.stderr
+    assert result.returncode == 4, result.stderr
+    pipeline, autoencoder = result.stderr.splitlines()
+    assert pipeline.startswith("ERROR: could not load nobody/nothing")
+    assert "DiffusionPipeline as P; P.from_pretrained('nobody/nothing').save_pretrained('models/nothing')" in pipeline
+    assert autoencoder.startswith("ERROR: could not load nobody/no-vae")
+    assert "AutoencoderKL as P; P.from_pretrained('nobody/no-vae').save_pretrained('models/no-vae')" in autoencoder
 
 
 def test_without_diffusers_loading_says_how_to_install(monkeypatch):

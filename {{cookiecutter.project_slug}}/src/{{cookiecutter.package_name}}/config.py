@@ -225,6 +225,22 @@ class LoraConfig:
     prior_weight: float = valid(finite_above(0, inclusive=True))
 
 
+@dataclass
+class CodecConfig:
+    source: Optional[str] = None
+    latent_std: float = valid(finite_above(0))
+
+
+@dataclass
+class AutoencoderConfig:
+    channels: list[int] = valid(((lambda v: len(v) >= 1 and all(c >= 4 for c in v)),
+                                 "a list of at least one width, each at least 4, e.g. [32, 64]"))
+    latent_channels: int = valid(at_least(1))
+    kl_weight: float = valid(finite_above(0, inclusive=True))
+    lr: float = valid(finite_above(0))
+    max_steps: int = valid(at_least(1))
+
+
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed"]         # mixed: noising and loss stay float32
 
@@ -274,6 +290,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
 def field_rules(schema, prefix: str = "") -> dict[str, tuple]:
@@ -474,6 +492,10 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
                           "pipeline whose own images of the class are kept")
     if cfg.lora.base and cfg.distill.teacher:
         raise ConfigError("lora.base and distill.teacher are both set: a run either adapts a network or distils one")
+    if cfg.codec.source and cfg.model.name in ("pretrained", "ideal"):
+        why = "brings its own autoencoder, if any" if cfg.model.name == "pretrained" else "memorises images"
+        raise ConfigError(f"codec.source={cfg.codec.source} makes a latent model of this project's networks, and "
+                          f"model.name={cfg.model.name} {why}: set codec.source=null")
     if cfg.evaluation.extractor == "custom" and not cfg.evaluation.extractor_module:
         raise ConfigError("evaluation.extractor=custom needs evaluation.extractor_module=package.module:factory")
     if not cfg.sampling.sigma_min < cfg.sampling.sigma_max:
@@ -529,9 +551,10 @@ def student_config(cfg: DictConfig, teacher_config, teacher_data: bool = True) -
 
 
 # What an adapted run (lora.base) takes from its base: the network, what its output means and how
-# it was trained (noise levels, loss weight, condition dropout) and is sampled, and whether its
-# labels are the data's clusters (a base guided by 50 clusters is adapted on 50 clusters).
-BASE_KEYS = ("model", "diffusion", "sampling", "data.clusters")
+# it was trained (noise levels, loss weight, condition dropout) and is sampled, the space it works
+# in (its codec), and whether its labels are the data's clusters (a base guided by 50 clusters is
+# adapted on 50 clusters).
+BASE_KEYS = ("model", "diffusion", "sampling", "codec", "data.clusters")
 
 
 def run_config(cfg: DictConfig, section: str, overrides) -> DictConfig:

@@ -76,13 +76,13 @@ class Model:
             raise ConfigError(f"{why}, but this model samples latents, decoded to data only at the end")
 
     def check_data(self, data_shape: tuple[int, ...]) -> None:
-        """Data to start from (training images, to restore or to interpolate between) must have
-        the shape of this model's samples, in pixels (a pretrained model takes this project's
-        data keys to name its data)."""
-        self.need_pixels("starting from training images needs a pixel-space model")
-        if tuple(data_shape) != self.data_shape:
+        """Data to compare samples with (FID) or to start from (training images, to restore or to
+        interpolate between) must have the shape of this model's decoded samples (a pretrained
+        model takes this project's data keys to name its data)."""
+        shape = self.codec.data_shape(self.data_shape)
+        if tuple(data_shape) != shape:
             raise ConfigError(f"the data (data.name={self.config.data.name}, shape {list(data_shape)}) does not fit "
-                              f"the model (shape {list(self.data_shape)}): set data.name, data.image_size and "
+                              f"the model (shape {list(shape)}): set data.name, data.image_size and "
                               "data.channels to data of the model's kind (in configs/local.yaml for a pretrained "
                               "model)")
 

@@ -19,7 +19,9 @@ An export (``export_run``) is the small folder a trained model is shared as:
 
     exports/<name>/
         model.safetensors      the EMA weights of the denoiser, tensors only
-        model.json             data shape, class names (and cluster sizes), training step and where it came from
+        model.json             data shape, class names (and cluster sizes), training step and where it came from,
+                               and a latent model's normalisation
+        autoencoder.*          a latent model's own autoencoder (codec.source), when it was trained here
         config.yaml            the resolved configuration it was trained with
         README.md              what it is and how to sample it
         preview.png            the run's latest sample grid, when there is one
@@ -56,7 +58,7 @@ from .adapters.lora import (
     merged_weights,
     save_diffusers_adapters,
 )
-from .codecs import Identity, PretrainedAutoencoder
+from .codecs import DiffusersAutoencoder, Identity, TrainedAutoencoder, is_trained_autoencoder
 from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
@@ -159,7 +161,7 @@ def check_resumable(saved: DictConfig, cfg: DictConfig, root: Path) -> None:
     """Refuse changes a resumed run cannot take (the network's shape, and what its output means);
     say which other changed settings now apply."""
     fixed = ("model.name", "model.conditional", f"model.{cfg.model.name}.", "data.image_size", "data.channels",
-             "diffusion.objective", "diffusion.sigma_data", "distill.teacher", "distill.method", "lora.base",
+             "diffusion.objective", "diffusion.sigma_data", "distill.teacher", "distill.method", "lora.base", "codec.",
              "lora.rank", "lora.alpha", "lora.targets")
     changes = {key: (OmegaConf.select(saved, key, default=None), OmegaConf.select(cfg, key))
                for key in dotted_keys(cfg) if key not in ("preset", "experiment")}
@@ -199,10 +201,12 @@ def describe(error: Exception) -> str:
 
 
 # -- building models ---------------------------------------------------------------------------
-def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: list[int] | None = None) -> Model:
+def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: list[int] | None = None,
+              codec=None) -> Model:
     """A Model with new weights for ``config`` (the resolved configuration, a dict or DictConfig)
     and data of ``data_shape`` with ``class_names`` (and ``cluster_sizes`` when the classes are
-    the data's clusters): the network that model.name names for the shape of the data, or with
+    the data's clusters): the network that model.name names for the shape of the data (with
+    codec.source, for the shape of its latents; ``codec``: that codec, already loaded), or with
     model.name=pretrained the pipeline at model.pretrained.source (its network, prediction type
     and noise levels, and, unless the data gives one, its shape)."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
@@ -216,16 +220,35 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
                           "(for an image folder set data.labels_from_subfolders=true; for toy2d use moons or "
                           "gaussians)")
     noise = training_noise(cfg.diffusion)
+    codec = codec if codec is not None else load_codec(cfg.codec.source)
     try:
-        net = build_model(cfg.model, tuple(data_shape), condition)
-    except ValueError as error:          # the networks explain sizes they cannot take
-        raise ConfigError(f"model.name={cfg.model.name} cannot be built for data of shape {list(data_shape)}: "
+        shape = codec.latent_shape(tuple(data_shape))
+    except ValueError as error:
+        raise ConfigError(f"codec.source={cfg.codec.source} cannot take the data (data.name={cfg.data.name}): "
                           f"{error}") from None
+    try:
+        net = build_model(cfg.model, shape, condition)
+    except ValueError as error:          # the networks explain sizes they cannot take
+        raise ConfigError(f"model.name={cfg.model.name} cannot be built for {'latents' if codec.latent else 'data'} "
+                          f"of shape {list(shape)}: {error}") from None
     if isinstance(net, IdealDenoiser):      # already a denoiser: it has nothing to parameterize
-        return Model(net, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)
+        return Model(net, noise, shape, cfg, condition, list(class_names), cluster_sizes)
     parameterization = build_parameterization(cfg.diffusion.objective, cfg.diffusion.sigma_data)
     denoiser = NetworkDenoiser(net, parameterization, noise.sigma_min, noise.sigma_max)
-    return Model(denoiser, noise, tuple(data_shape), cfg, condition, list(class_names), cluster_sizes)
+    return Model(denoiser, noise, shape, cfg, condition, list(class_names), cluster_sizes, codec)
+
+
+def load_codec(source: str | None):
+    """The codec that codec.source names (``codecs.py``): pixels, this project's autoencoder (a
+    folder that the ``autoencoder`` command wrote, or an export that holds its copy), or a
+    diffusers AutoencoderKL."""
+    if not source:
+        return Identity()
+    if is_trained_autoencoder(Path(source).expanduser()):
+        return TrainedAutoencoder.load(Path(source).expanduser())
+    from .adapters.pretrained import load_autoencoder
+
+    return DiffusersAutoencoder(load_autoencoder(source))
 
 
 def new_student(cfg, teacher: Model) -> Model:
@@ -238,6 +261,9 @@ def new_student(cfg, teacher: Model) -> Model:
     if teacher.config.model.name == "ideal":
         raise ConfigError(f"distill.teacher={cfg.distill.teacher} is the ideal denoiser (model.name=ideal): students "
                           "start from the teacher's network, and it has none")
+    if teacher.codec.latent and teacher.pretrained is None:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a latent model (codec.source="
+                          f"{teacher.config.codec.source}): few-step students are of pixel models for now")
     pipeline = teacher.pretrained
     if pipeline is not None and (pipeline.takes_prompts or pipeline.vae is not None):
         raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a text-to-image or latent pipeline: students "
@@ -316,7 +342,7 @@ def pretrained_model(cfg: DictConfig, data_shape) -> Model:
     if data_shape is not None and data_shape[0] != shape[0]:
         raise ConfigError(f"model.pretrained.source={source} takes {shape[0]} channels, the data has "
                           f"{data_shape[0]}: set data.channels={shape[0]}")
-    codec = PretrainedAutoencoder(pretrained.vae) if pretrained.vae is not None else Identity()
+    codec = DiffusersAutoencoder(pretrained.vae) if pretrained.vae is not None else Identity()
     return Model(pretrained.denoiser, DiscreteNoise(pretrained.sigmas), tuple(data_shape or shape), cfg,
                  codec=codec, pretrained=pretrained)
 
@@ -350,18 +376,23 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
     ema = {key.removeprefix("ema."): value for key, value in saved["state_dict"].items() if key.startswith("ema.")}
     model = model_with_weights(hparams["config"], hparams["data_shape"], hparams.get("class_names") or [],
                                hparams.get("cluster_sizes"), ema,
-                               f"{checkpoint} does not fit the model its own configuration describes")
+                               f"{checkpoint} does not fit the model its own configuration describes",
+                               hparams.get("latents"))
     model.origin = {"checkpoint": str(checkpoint), "step": saved.get("global_step")}
     return model, Run(checkpoint.parent.parent)
 
 
-def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str) -> Model:
-    """A model with ``weights``, in eval mode on the CPU, the caller's random state untouched;
+def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str,
+                       latents: dict | None = None) -> Model:
+    """A model with ``weights`` (and a latent model's codec with its normalisation, ``latents``:
+    ``LatentCodec.statistics``), in eval mode on the CPU, the caller's random state untouched;
     ``misfit`` says what is wrong when the weights do not fit. Keys that ``config`` predates
     take this project's defaults. An adapted model's weights are its adapters alone: the rest
     are its base's (lora.base)."""
     with torch.random.fork_rng(devices=[]):
         model = new_model(with_later_keys(config), data_shape, class_names, cluster_sizes)
+    if latents is not None:
+        model.codec.normalise(latents)
     try:
         if model.config.lora.base:
             load_adapters(model.denoiser, weights)
@@ -392,8 +423,11 @@ def load_export(folder: Path) -> tuple[Model, Run]:
     except Exception as error:         # a missing file, bad JSON or YAML, a damaged safetensors file
         raise ConfigError(f"{folder} is not a readable export folder ({EXPORT_WEIGHTS}, {EXPORT_INFO} and "
                           f"config.yaml; {describe(error)})") from None
+    if is_trained_autoencoder(folder):          # the export's own copy of its autoencoder
+        config["codec"]["source"] = str(folder)
     model = model_with_weights(config, info["data_shape"], info["class_names"] or [], info.get("cluster_sizes"),
-                               weights, f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes")
+                               weights, f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes",
+                               info.get("latents"))
     model.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
     return model, Run(folder)
 
@@ -509,10 +543,12 @@ def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool
     out.mkdir(parents=True, exist_ok=True)
     weights = {key: value.detach().cpu().contiguous() for key, value in model.denoiser.state_dict().items()}
     save_file(weights, out / EXPORT_WEIGHTS)
-    info = {"format": "diffusion-lab export 1", "data_shape": list(model.data_shape),
+    info = {"format": "diffusion-lab export 1", "data_shape": list(model.codec.data_shape(model.data_shape)),
             "class_names": list(model.class_names), "step": step, "trained_in": source,
-            "cluster_sizes": model.cluster_sizes}
+            "cluster_sizes": model.cluster_sizes, "latents": model.codec.statistics}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
+    if isinstance(model.codec, TrainedAutoencoder):          # an export carries its own autoencoder
+        model.codec.save(out)
     OmegaConf.save(cfg, out / "config.yaml")
     classes = f" of {len(info['class_names'])} classes" if info["class_names"] else ""
     (out / "README.md").write_text(

@@ -29,6 +29,7 @@ the package still imports, and loading says how to install them.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,14 +167,48 @@ def load_pretrained(source: str) -> Pretrained:
     except (OSError, ValueError) as error:
         if folder.exists():
             raise ConfigError(f"{folder} could not be loaded as a diffusers pipeline: {first_line(error)}") from None
-        raise OfflineWeights(
-            f"could not load {source} from the hub or its local cache ({first_line(error)}). Where there is internet, "
-            "save it as a folder and give that folder instead: "
-            "python -c \"from diffusers import DiffusionPipeline as P; "
-            f"P.from_pretrained('{source}').save_pretrained('models/{source.split('/')[-1]}')\""
-            f"{' (HF_HUB_OFFLINE is set here)' if offline() else ''}") from None
+        raise not_fetched(source, "DiffusionPipeline", error) from None
     pipeline.set_progress_bar_config(disable=True)
     return adapt(source, pipeline)
+
+
+def load_autoencoder(source: str) -> nn.Module:
+    """A diffusers ``AutoencoderKL`` (codec.source), in float32 on the CPU: a folder that holds one
+    (its config.json) or a pipeline's (its vae/), or ``hf:<hub id>`` of either; offline, a hub id
+    loads only from the local cache."""
+    diffusers = import_diffusers()
+    folder = Path(source).expanduser()
+    hub_id = source.removeprefix("hf:")
+    if not source.startswith("hf:"):
+        where = next((sub for sub in ("", "vae") if (folder / sub / "config.json").is_file()), None)
+        if where is None:
+            raise ConfigError(f"codec.source={source}: {folder} holds neither this project's autoencoder (train one "
+                              "with the autoencoder command) nor a diffusers AutoencoderKL (config.json, or a pipeline "
+                              "folder with vae/); a hub id is written hf:<owner/name>")
+        try:
+            return diffusers.AutoencoderKL.from_pretrained(str(folder), subfolder=where or None).eval()
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"codec.source={source} could not be loaded as an AutoencoderKL: "
+                              f"{first_line(error)}") from None
+    for subfolder in (None, "vae"):          # an autoencoder's own repository, or a pipeline's
+        try:
+            with warnings.catch_warnings():       # huggingface_hub's deprecation notes, of no use here
+                warnings.simplefilter("ignore", UserWarning)
+                return diffusers.AutoencoderKL.from_pretrained(hub_id, subfolder=subfolder).eval()
+        except (OSError, ValueError) as error:
+            failure = error
+    raise not_fetched(hub_id, "AutoencoderKL", failure)
+
+
+def not_fetched(hub_id: str, kind: str, error: Exception) -> OfflineWeights:
+    """The error for a hub id that could not be loaded: where there is internet, save it as a
+    folder (the command that does) and give the folder."""
+    return OfflineWeights(
+        f"could not load {hub_id} from the hub or its local cache ({first_line(error)}). Where there is internet, "
+        "save it as a folder and give that folder instead: "
+        f"python -c \"from diffusers import {kind} as P; "
+        f"P.from_pretrained('{hub_id}').save_pretrained('models/{hub_id.split('/')[-1]}')\""
+        f"{' (HF_HUB_OFFLINE is set here)' if offline() else ''}")
 
 
 def adapt(source: str, pipeline) -> Pretrained:

@@ -2,6 +2,7 @@
 ``--help``) and ``run(overrides)``, which reads ``key=value`` pairs, loads what it needs, calls
 the library and saves what it made. A new command is a module here and a line in ``COMMANDS``."""
 from . import (
+    autoencoder,
     bench,
     doctor,
     evaluate,
@@ -20,4 +21,4 @@ from . import (
 COMMANDS = {"train": train, "sample": sample, "evaluate": evaluate, "inspect-data": inspect_data,
     "fetch-weights": fetch_weights, "bench": bench, "visualize": visualize,
     "interpolate": interpolate, "guidance-grid": guidance_grid, "illusion": illusion,
-    "restore": restore, "export": export, "doctor": doctor}
+    "restore": restore, "export": export, "autoencoder": autoencoder, "doctor": doctor}

@@ -79,6 +79,8 @@ def run(overrides: list[str]) -> None:
     print(f"  training, full loop: {loop:,.0f} images/s, {100 * loop / bare:.0f}% of the bare step "
           f"(data, EMA, logging and checks), MFU {100 * loop * step_flops / peak:.0f}%")
 
+    if model.codec.latent:
+        print(codec_speed(model.codec, model.data_shape, batch_size, device))
     nfe = model.nfe(cfg.sampling)
     sample_batch = cfg.evaluation.batch_size
     sampling = bench.sampling_speed(sample_batch)
@@ -97,6 +99,18 @@ def run(overrides: list[str]) -> None:
     steps = cfg.trainer.max_steps * batch_size / loop
     print(f"  time: an epoch ({len(data.train_set):,} images) {duration(epoch)}; "
           f"trainer.max_steps={cfg.trainer.max_steps:,} about {duration(steps)} on this device")
+
+
+def codec_speed(codec, latent_shape, n: int, device: torch.device) -> str:
+    """How fast the autoencoder of a latent model encodes images (once per data set, then cached)
+    and decodes latents (every sample), in batches of ``n``."""
+    codec.to(device)
+    images = torch.rand(n, *codec.data_shape(latent_shape), device=device) * 2 - 1
+    latents = torch.randn(n, *latent_shape, device=device)
+    encoding = n / seconds_per_call(lambda: codec.encode(images), device, warmup=1, repeats=3)
+    decoding = n / seconds_per_call(lambda: codec.decode(latents), device, warmup=1, repeats=3)
+    return (f"  autoencoder: encodes {encoding:,.0f} images/s (once, then cached), decodes {decoding:,.0f} "
+            f"latents/s; the network sees latents of {'x'.join(map(str, latent_shape))}")
 
 
 def peak_memory(device: torch.device) -> int | None:
@@ -164,8 +178,9 @@ def full_loop_speed(cfg, overrides: list[str]) -> float:
     data = DiffusionDataModule(loop_cfg.data, loop_cfg.seed)
     data.setup("fit")
     module = DiffusionModule(new_model(loop_cfg, data.data_shape, data.class_names, data.cluster_sizes))
-    if module.model.codec.latent:
-        data.encode(module.model.codec)           # a latent model trains on its images' latents
+    model = module.model
+    if model.codec.latent:                        # a latent model trains on its images' latents
+        data.encode(model.codec, None if model.pretrained is not None else loop_cfg.codec.latent_std)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = build_trainer(loop_cfg, Run(Path(scratch) / "bench"), lambda: None,
                                 speed_report=lambda trainer, speed: measured.append(speed))

@@ -105,6 +105,7 @@ def between_noises(model, command, sampling):
 
 
 def between_images(model, command, sampling):
+    model.need_pixels("interpolating between training images inverts the sampler on them")
     data = DiffusionDataModule.of_run(model.config)
     model.check_data(data.data_shape)
     images = data.training_examples(command.images).to(model.device)

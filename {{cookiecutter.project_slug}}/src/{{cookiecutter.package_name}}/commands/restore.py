@@ -84,6 +84,7 @@ def run(overrides: list[str]) -> Path:
     command, model, run_dir, sampling = open_run(overrides, RestoreCommand, "restore", ("resample", "factor"))
     check_request(command, model)
     model.to(pick_device(command.device))
+    model.need_pixels("restoration keeps known pixels at every step")
     data = DiffusionDataModule.of_run(model.config)
     model.check_data(data.data_shape)
     truth = data.training_examples(command.images).to(model.device)

@@ -22,7 +22,7 @@ from ..model import Model
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
-from ..runs import Run, load_run, new_model, new_student, with_base
+from ..runs import Run, load_codec, load_run, new_model, new_student, with_base
 from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 from ..visualize import sampling_title, save_sample_grid, save_samples_picture
@@ -46,6 +46,7 @@ def run(overrides: list[str]) -> Path:
     program = __package__.split(".")[0]
     extractor = build_extractor(cfg.evaluation, program) if cfg.evaluation.every_n_steps else None
     seed_process(cfg.seed)
+    codec = load_codec(cfg.codec.source)     # a latent model's autoencoder, found (or refused) before any work
     objective = None
     if teacher is not None:                  # a run that cannot be resumed is refused before the pairs are drawn
         model = new_student(cfg, teacher)
@@ -61,7 +62,7 @@ def run(overrides: list[str]) -> Path:
     if cfg.model.name == "ideal":
         return memorise(cfg, run_dir, data, program)
     if teacher is None:
-        model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes)
+        model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes, codec)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, model.class_names)
     if model.codec.latent:
         encode_data(cfg, model, data, extractor)
@@ -107,15 +108,17 @@ def run(overrides: list[str]) -> Path:
 
 def encode_data(cfg, model: Model, data: DiffusionDataModule, extractor) -> None:
     """A latent model trains on the latents of its images, encoded once on the training device
-    (``DiffusionDataModule.encode``), where its autoencoder then stays to decode the sample grids."""
-    if extractor is not None:
-        raise ConfigError("FID and KID during training are measured on pixel models only, and this model trains on "
-                          "latents: set evaluation.every_n_steps=0")
+    (``DiffusionDataModule.encode``), where its autoencoder then stays to decode the sample grids.
+    A new latent model of this project's networks measures its latents' normalisation there
+    (codec.latent_std); a pipeline's network, or a trained one's, keeps its own."""
+    if extractor is not None and model.pretrained is not None:
+        raise ConfigError("FID and KID during training are measured on this project's networks and on pixel "
+                          "pipelines, and this run adapts a latent pipeline: set evaluation.every_n_steps=0")
     if cfg.data.random_crop:
         raise ConfigError("data.random_crop crops pixels at each step, and this model's images are encoded once, "
                           "centre-cropped: set data.random_crop=false")
     model.codec.to(training_device(cfg.trainer.accelerator))
-    data.encode(model.codec)
+    data.encode(model.codec, None if model.pretrained is not None else cfg.codec.latent_std)
 
 
 def keep_the_class(cfg, model: Model, data: DiffusionDataModule, run_dir: Run) -> None:
@@ -261,6 +264,9 @@ def startup_summary(cfg, run_dir: Run, resumed_at: int | None, data: DiffusionDa
     """What is about to happen, in a few lines: run (and the step it resumes from), data, model,
     device, length."""
     shape = "x".join(map(str, data.data_shape))
+    if data.latent:
+        autoencoder = cfg.codec.source or cfg.model.pretrained.source
+        shape = f"{'x'.join(map(str, data.image_shape))} images as latents of {shape} ({autoencoder})"
     classes = data.class_names
     labels = ""
     if classes:

@@ -62,6 +62,7 @@ class DiffusionDataModule(L.LightningDataModule):
         self.fingerprint = ""                          # of the training examples: caches of their statistics use it
         self.image_shape: tuple[int, ...] | None = None   # a latent model's: of the images that were encoded
         self.prior: InMemoryDataset | None = None          # DreamBooth's class images (``add_prior``)
+        self.images: dict[str, InMemoryDataset] = {}       # a latent model's images, by split (``encode``)
 
     @classmethod
     def of_run(cls, cfg) -> DiffusionDataModule:
@@ -106,15 +107,18 @@ class DiffusionDataModule(L.LightningDataModule):
             train = train[part * size:(part + 1) * size]
         return {"val": order[:n_val].sort().values, "train": train.sort().values}
 
-    def encode(self, codec) -> None:
+    def encode(self, codec, latent_std: float | None = None) -> None:
         """A latent model's data: each image's latent Gaussian (``codec.encode``: mean and standard
         deviation, stacked), in place of the image. Computed once, with a progress bar, and cached
         under the data's fingerprint and the codec's identity; with data.hflip the flipped
         training images are encoded too, as examples of their own (a flip of the latents is not
-        the latent of the flip). Batches then draw a latent from each (``on_after_batch_transfer``)."""
+        the latent of the flip). With ``latent_std`` (a latent model of this project), a codec
+        not yet normalised is first normalised per channel on the training latents; the
+        latents are then kept normalised (``codec.normalised``), and batches draw a latent from
+        each (``on_after_batch_transfer``). The images stay, as the reference of FID."""
         self.image_shape = self.data_shape
         key = {"source": "latents", "data": self.fingerprint, "codec": codec.identity(), "hflip": self.cfg.hflip,
-               "size": self.cfg.image_size, "format": 1}
+               "size": self.cfg.image_size, "format": 2}
         flips = self.cfg.hflip
 
         def build() -> dict:
@@ -122,11 +126,14 @@ class DiffusionDataModule(L.LightningDataModule):
                     "val": encode_images(codec, self.reference_images(held_out=True), False, "and the held-out ones")}
 
         latents = cached_tensors(key, build, self.cfg.cache_dir)
+        if latent_std is not None and codec.statistics is None:
+            codec.measure(latents["train"], latent_std)
         train_labels, val_labels = self.train_set.labels, self.val_set.labels
         if flips and train_labels is not None:
             train_labels = torch.cat([train_labels, train_labels])
-        self.train_set = InMemoryDataset(latents["train"], train_labels)
-        self.val_set = InMemoryDataset(latents["val"], val_labels)
+        self.images = {"train": self.train_set, "val": self.val_set}
+        self.train_set = InMemoryDataset(codec.normalised(latents["train"]), train_labels)
+        self.val_set = InMemoryDataset(codec.normalised(latents["val"]), val_labels)
 
     def add_prior(self, x0: Tensor, label: int) -> None:
         """DreamBooth's class images ``x0`` (latents, undrawn: a standard deviation of 0), all of
@@ -160,9 +167,11 @@ class DiffusionDataModule(L.LightningDataModule):
     def reference_images(self, held_out: bool = False) -> Tensor:
         """The training examples (or the ``held_out`` validation ones) as the network sees them,
         without augmentation: images centre-cropped to data.image_size (uint8), other data as it
-        is. Quality metrics such as FID compare samples with these."""
-        data = (self.val_set if held_out else self.train_set).data
-        return center_crop(data, self.cfg.image_size) if self.is_image else data
+        is; a latent model's images, not their latents. Quality metrics such as FID compare
+        samples with these."""
+        split = "val" if held_out else "train"
+        data = (self.images or {"train": self.train_set, "val": self.val_set})[split].data
+        return center_crop(data, self.cfg.image_size) if data.dtype == torch.uint8 and data.ndim == 4 else data
 
     def training_examples(self, indices: list[int]) -> Tensor:
         """Training examples number ``indices`` as the network sees them (images centre-cropped

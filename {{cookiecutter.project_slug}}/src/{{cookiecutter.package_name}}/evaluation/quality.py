@@ -91,7 +91,7 @@ def sample_features(draw: Callable[[Tensor], Tensor], extractor: nn.Module, n: i
     (float in [-1, 1]) numbered ``indices`` (see ``Model.sample_numbered``: they do not
     depend on how the work is cut); ``keep(indices, images)`` may store their uint8 pixels.
     Outside autocast: features and metrics are computed in full precision."""
-    device = next(extractor.parameters()).device
+    device = next(extractor.parameters(), torch.empty(0)).device      # a network without weights: the CPU
     features = []
     with torch.autocast(device.type, enabled=False):
         for indices in shares(n, batch_size, rank, world_size):

@@ -1,0 +1,192 @@
+"""Latent diffusion (codecs.py, models/autoencoder.py, the autoencoder command). Known answers:
+diffusers' own AutoencoderKL calls with its scaling factor, sample moments of drawn latents, a
+decoder whose output is known, and runs that were never interrupted."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.codecs import TrainedAutoencoder
+from {{ cookiecutter.package_name }}.models.autoencoder import Autoencoder
+from {{ cookiecutter.package_name }}.runs import load_codec, load_run
+
+pytestmark = pytest.mark.once
+
+DIGITS = ["experiment=digits", "logger=csv", "data.clusters=0", "model.unet.channels=8", "data.batch_size=16",
+          "sampling.steps=4", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
+          "trainer.sample_count=4"]
+AUTOENCODER = ["autoencoder", "experiment=digits", "data.clusters=0", "data.batch_size=16",
+               "autoencoder.channels=[8,16]", "autoencoder.latent_channels=2", "trainer.checkpoint_every_n_steps=3"]
+
+
+def saved_autoencoder(folder: Path, seed: int = 0, decoded: float | None = None) -> Path:
+    """A random autoencoder of 1-channel 8x8 images to 2x4x4 latents, saved as the autoencoder
+    command saves one; with ``decoded``, one whose decoder gives that value at every pixel."""
+    torch.manual_seed(seed)
+    network = Autoencoder(1, 2, (8, 16))
+    if decoded is not None:
+        last = network.decoder[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.constant_(last.bias, decoded)
+    TrainedAutoencoder(network).save(folder)
+    return folder
+
+
+# -- the codec -----------------------------------------------------------------------------------
+def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_undoes_it(tmp_path):
+    """Latents drawn from the normalised Gaussians have, per channel, mean 0 and standard
+    deviation codec.latent_std (within 5 standard errors of 200 draws per latent); decoding a
+    normalised latent equals decoding the raw one."""
+    codec = load_codec(str(saved_autoencoder(tmp_path / "ae")))
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    raw = codec.encode(images)
+    codec.measure(raw, 0.7)
+    moments = codec.normalised(raw)
+    mean, std = moments.chunk(2, dim=1)
+    drawn = mean + std * torch.randn(200, *mean.shape, generator=torch.Generator().manual_seed(2))
+    per_channel = drawn.transpose(0, 2).reshape(2, -1)
+    count = per_channel.shape[1]
+    assert (per_channel.mean(1).abs() < 5 * 0.7 / count ** 0.5).all()
+    assert ((per_channel.std(1) - 0.7).abs() < 5 * 0.7 / (2 * count) ** 0.5).all()
+    assert codec.shift.abs().max() > 0.01 and (codec.scale - 1).abs().max() > 0.01      # a change was needed
+    raw_mean = raw.chunk(2, dim=1)[0]
+    torch.testing.assert_close(codec.decode(mean), codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
+
+
+def test_a_codec_source_that_is_no_autoencoder_is_one_error_line(project_dir, capsys):
+    Path("empty").mkdir()
+    assert main(["train", *DIGITS, "codec.source=empty"]) == 2
+    assert "codec.source=empty: empty holds neither this project's autoencoder" in capsys.readouterr().err
+    saved_autoencoder(Path("ae"))
+    assert main(["train", "experiment=toy2d", "codec.source=ae"]) == 2
+    assert "codec.source=ae cannot take the data (data.name=toy2d): its autoencoder takes images" in \
+        capsys.readouterr().err
+
+
+# -- the autoencoder command and latent runs ----------------------------------------------------------
+def test_the_autoencoder_trains_resumes_exactly_and_reports_its_reconstructions(project_dir, capsys):
+    """3 steps, then 3 more, give the weights of 6 straight; the folder holds what a latent run
+    names (codec.source), the pictures and the held-out numbers."""
+    assert main([*AUTOENCODER, "name=straight", "autoencoder.max_steps=6"]) == 0
+    assert main([*AUTOENCODER, "name=cut", "autoencoder.max_steps=3"]) == 0
+    assert main([*AUTOENCODER, "name=cut", "autoencoder.max_steps=6"]) == 0
+    assert "resuming at step 3" in capsys.readouterr().out
+    straight, cut = (load_codec(f"runs/{name}").network.state_dict() for name in ("straight", "cut"))
+    assert all(torch.equal(straight[key], cut[key]) for key in straight)
+    for name in ("reconstructions.png", "metrics.json", "config.yaml"):
+        assert (Path("runs/cut") / name).is_file()
+    assert main([*AUTOENCODER, "name=cut", "autoencoder.max_steps=6", "autoencoder.latent_channels=3"]) == 2
+    assert "keep autoencoder.channels and latent_channels" in capsys.readouterr().err
+
+
+def test_a_latent_run_resumes_exactly_as_one_never_interrupted(project_dir):
+    saved_autoencoder(Path("ae"))
+    latent = [*DIGITS, "codec.source=ae"]
+    assert main(["train", *latent, "name=straight", "trainer.max_steps=6"]) == 0
+    assert main(["train", *latent, "name=cut", "trainer.max_steps=3"]) == 0
+    assert main(["train", *latent, "name=cut", "trainer.max_steps=6"]) == 0
+    straight, cut = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
+                     for name in ("straight", "cut"))
+    assert straight["global_step"] == cut["global_step"] == 6
+    assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
+    assert straight["hyper_parameters"]["latents"] == cut["hyper_parameters"]["latents"]
+    assert main(["train", *latent, "name=cut", "trainer.max_steps=7", "codec.source=other"]) == 2
+
+
+RECORDING_EXTRACTOR = '''
+import torch
+
+SEEN = []
+
+class Features(torch.nn.Module):
+    """Records every batch of images it is given; features: their mean and the first pixels."""
+
+    def forward(self, images):
+        SEEN.append(images.detach().cpu().clone())
+        return torch.cat([images.mean((1, 2, 3))[:, None], images.flatten(1)[:, :3]], 1)
+'''
+
+
+def test_fid_of_a_latent_run_sees_the_decoded_samples_and_the_data_as_pixels(project_dir, monkeypatch):
+    """A decoder that paints every pixel 0.25: the extractor is shown 1x8x8 images, the samples
+    all 0.25 (as 8-bit images), the reference the training images themselves, during training and in evaluate."""
+    (project_dir / "recording.py").write_text(RECORDING_EXTRACTOR)
+    monkeypatch.syspath_prepend(str(project_dir))
+    import recording
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
+
+    painted = to_unit_range(to_uint8(torch.tensor(0.25)))          # the samples pass through 8-bit images
+    saved_autoencoder(Path("ae"), decoded=0.25)
+    quality = ["evaluation.extractor=custom", "evaluation.extractor_module=recording:Features", "evaluation.samples=20",
+               "evaluation.batch_size=10", "evaluation.steps=2", "evaluation.kid_subset_size=10",
+               "evaluation.kid_reference=200"]
+    assert main(["train", *DIGITS, *quality, "codec.source=ae", "name=latent", "trainer.max_steps=2",
+                 "evaluation.every_n_steps=2"]) == 0
+    reference = to_unit_range(DiffusionDataModule.of_run(load_config([*DIGITS])).reference_images())
+    seen = torch.cat(recording.SEEN)
+    assert seen.shape[1:] == (1, 8, 8) and len(seen) == len(reference) + 20
+    assert torch.equal(seen[:len(reference)], reference)
+    assert (seen[len(reference):] == painted).all()
+    recording.SEEN.clear()
+    evaluate = [key.removeprefix("evaluation.") for key in quality]       # evaluate's own keys
+    assert main(["evaluate", "run=runs/latent", *evaluate, "seeds=1", "steps=2"]) == 0
+    seen = torch.cat(recording.SEEN)                     # the reference statistics are cached: samples only
+    assert len(seen) >= 20 and (seen == painted).all() and seen.shape[1:] == (1, 8, 8)   # (one more batch times it)
+
+
+def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_pixel_tasks(project_dir, capsys):
+    saved_autoencoder(Path("ae"))
+    assert main(["train", *DIGITS, "codec.source=ae", "name=latent", "trainer.max_steps=2"]) == 0
+    model, _ = load_run("runs/latent")
+    assert model.data_shape == (2, 4, 4) and model.codec.statistics is not None
+    assert main(["export", "run=runs/latent", "out=exports/latent"]) == 0
+    Path("ae/autoencoder.safetensors").unlink()                 # the export carries its own copy
+    exported, _ = load_run("exports/latent")
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    ours, theirs = (m.sample(3, torch.Generator(), noise=noise).x for m in (model, exported))
+    assert ours.shape == (3, 1, 8, 8) and torch.equal(ours, theirs)
+    assert main(["restore", "run=exports/latent", "method=inpaint", "images=[0]"]) == 2
+    assert "restoration keeps known pixels at every step, but this model samples latents" in capsys.readouterr().err
+
+
+# -- a diffusers AutoencoderKL ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 16), latent_channels=4,
+                                  norm_num_groups=4, layers_per_block=1, scaling_factor=0.3, shift_factor=0.1,
+                                  down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2)
+    folder = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.pretrained
+def test_a_diffusers_autoencoder_encodes_and_decodes_as_its_pipelines_do(vae_folder):
+    """Unnormalised, the codec's latents are (mean - shift_factor) * scaling_factor of diffusers'
+    posterior and its decode is vae.decode(z / scaling_factor + shift_factor)."""
+    import diffusers
+
+    vae = diffusers.AutoencoderKL.from_pretrained(vae_folder)
+    codec = load_codec(str(vae_folder))
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+        mean, std = codec.normalised(codec.encode(images)).chunk(2, dim=1)
+        torch.testing.assert_close(mean, (posterior.mean - 0.1) * 0.3)
+        torch.testing.assert_close(std, posterior.std * 0.3)
+        torch.testing.assert_close(codec.decode(mean), vae.decode(mean / 0.3 + 0.1).sample)
+
+
+@pytest.mark.pretrained
+def test_a_latent_run_on_a_diffusers_autoencoder_trains_and_samples_images(project_dir, vae_folder, capsys):
+    assert main(["train", *DIGITS, f"codec.source={vae_folder}", "name=latent", "trainer.max_steps=2"]) == 0
+    assert "1x8x8 images as latents of 4x4x4" in capsys.readouterr().out
+    model, _ = load_run("runs/latent")
+    assert model.sample(2, torch.Generator().manual_seed(0)).x.shape == (2, 1, 8, 8)
