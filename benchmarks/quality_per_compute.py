@@ -195,6 +195,12 @@ CLASS = ["model.conditional=true", "data.clusters=0"]         # conditioning=cla
 W32 = "model.unet.channels=32"     # the CPU U-Net's width before the width ablation (today's: 16)
 EDM = ["diffusion.noise_mean=-1.2", "diffusion.noise_std=1.2"]   # EDM's training noise levels
 EDM2 = "diffusion.noise_mean=-0.4"   # EDM2's: the default until the cpu preset's 0.4 (rows before run j)
+# Latent flow matching (issue 30), as the course's lab: a home-trained autoencoder (32x32 digits to
+# 4x8x8 latents) for AUTOENCODER_SHARE of the budget, then a U-Net on its latents for the rest.
+AUTOENCODER = "codec.source=AUTOENCODER"        # replaced by the autoencoder this recipe trains first
+AUTOENCODER_SHARE = 0.2
+LATENT = [AUTOENCODER, "diffusion.objective=flow", "model.unet.channels=32", "model.unet.channel_mult=[1,2]",
+          "model.unet.attention_levels=[1]", "data.batch_size=64"]
 OURS = {
     "ours": [],
     "ours-plain": PLAIN,
@@ -212,6 +218,7 @@ OURS = {
     "ours-edm-noise-ema0.995": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995"],
     "ours-edm-noise-ema0.995-lr2e-3": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995", "optim.lr=2e-3"],
     "ours-edm-noise-ema0.995-batch32": [*PLAIN, W32, *EDM, "optim.ema_decay=0.995", "data.batch_size=32"],
+    "ours-latent": LATENT,
 }
 
 
@@ -230,20 +237,34 @@ def train_ours(name: str, data_file: Path, budget: int, images: int | None, extr
                device: torch.device) -> dict:
     """Train with the baked project's own command, for ``budget`` seconds, or for ``images``
     images seen. On a GPU (``device``) the same float32 recipe trains, only faster: a way to run
-    many ablations at a CPU's fixed number of images seen."""
+    many ablations at a CPU's fixed number of images seen. A latent recipe first trains its
+    autoencoder with the project's ``autoencoder`` command, within the same budget."""
     from diffusion_lab.cli import main
 
+    start = time.perf_counter()
+    data = ["data.name=tensor_file", f"data.root={data_file}", "data.image_size=32", "data.channels=1",
+            "data.hflip=false"]
+    autoencoder = {}
+    if AUTOENCODER in extra:
+        if images:
+            raise SystemExit("a latent recipe trains its autoencoder for a share of --budget; --images is for pixel ones")
+        share = round(AUTOENCODER_SHARE * budget)
+        assert main(["autoencoder", f"name={name}-autoencoder", "preset=cpu", *data, "data.val_fraction=0.05",
+                     "autoencoder.channels=[16,32,64]", "autoencoder.batch_size=8",
+                     f"trainer.max_time=00:00:{share // 60:02d}:{share % 60:02d}",
+                     "autoencoder.max_steps=1000000"]) == 0
+        autoencoder = {"autoencoder": json.loads((Path("runs") / f"{name}-autoencoder" / "metrics.json").read_text())}
+        extra = [f"codec.source=runs/{name}-autoencoder" if change == AUTOENCODER else change for change in extra]
+        budget -= round(time.perf_counter() - start)
     minutes, seconds = divmod(budget, 60)
     batch = int(next((change.split("=")[1] for change in extra if change.startswith("data.batch_size=")),
                      64))                                                      # the cpu preset's batch
     stop = ([f"trainer.max_steps={images // batch}"] if images else
             [f"trainer.max_time=00:00:{minutes:02d}:{seconds:02d}", "trainer.max_steps=10000000"])
-    args = ["train", f"name={name}", "preset=cpu", "logger=csv", "data.name=tensor_file", f"data.root={data_file}",
-            "data.image_size=32", "data.channels=1", "data.hflip=false", "data.val_fraction=0", *stop,
+    args = ["train", f"name={name}", "preset=cpu", "logger=csv", *data, "data.val_fraction=0", *stop,
             "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0",
             "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0",
             *(["trainer.accelerator=gpu"] if device.type == "cuda" else []), *extra]
-    start = time.perf_counter()
     assert main(args) == 0
     from diffusion_lab.runs import load_run
 
@@ -252,7 +273,7 @@ def train_ours(name: str, data_file: Path, budget: int, images: int | None, extr
     steps = model.origin["step"]
     return {"train_seconds": time.perf_counter() - start, "steps": steps,
             "images_seen": steps * model.config.data.batch_size, "batch_size": model.config.data.batch_size,
-            "params": sum(p.numel() for p in model.denoiser.parameters()), "module": model}
+            "params": sum(p.numel() for p in model.denoiser.parameters()), **autoencoder, "module": model}
 
 
 def sample_ours(model, n: int, sampler: str, steps: int, guidance: float,

@@ -271,11 +271,12 @@ def test_your_own_images_example_trains_on_a_folder(bake):
 
 
 def example_commands(folder: str) -> list[list[str]]:
-    """The `<package> ...` command lines of an example's README, in order."""
+    """The `<package> ...` command lines of an example's README, in order, split as the shell does."""
     import re
+    import shlex
 
     text = (REPO / "examples" / folder / "README.md").read_text()
-    return [line.split() for line in re.findall(r"<package> ([^`\n]+)", text)]
+    return [shlex.split(line) for line in re.findall(r"<package> ([^`\n]+)", text)]
 
 
 def test_the_task_examples_run_as_their_readmes_say(bake):
@@ -304,6 +305,54 @@ def test_the_task_examples_run_as_their_readmes_say(bake):
         import re
         for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
             assert (REPO / "examples" / folder / picture).is_file(), f"{folder}/{picture}"
+
+
+def test_the_latent_examples_run_as_their_readmes_say(bake):
+    """examples/latent-mnist on the digits (8x8, an autoencoder of two levels) and
+    examples/latent-your-images on a folder of pictures with a tiny saved AutoencoderKL in place
+    of Stable Diffusion's VAE: every command of their READMEs, in order, for a few steps."""
+    import re
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    project = bake()
+    for folder, name in (("latent-mnist", "latent-mnist"), ("latent-your-images", "latent-your-images")):
+        shutil.copy(REPO / "examples" / folder / "experiment.yaml", project / "configs" / "experiments" / f"{name}.yaml")
+    rng = np.random.default_rng(0)
+    (project / "pictures").mkdir()
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(project / "pictures" / f"{k}.png")
+    subprocess.run([sys.executable, "-c", TINY_VAE], cwd=project, check=True)
+    short = ["trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
+             "trainer.sample_count=4", "logger=csv", "autoencoder.max_steps=3", "data.batch_size=8",
+             "autoencoder.batch_size=8"]
+    tiny = {"latent-mnist": ["data.name=digits", "data.image_size=8", "autoencoder.channels=[8,16]",
+                             "model.unet.channels=8"],
+            "latent-your-images": ["data.root=pictures", "data.image_size=32", "model.unet.channels=8",
+                                   "model.unet.blocks_per_level=1"]}
+    lines = []
+    for folder in ("latent-mnist", "latent-your-images"):
+        commands = example_commands(folder)
+        assert commands, folder
+        lines += [[*args, *tiny[folder], *short] if args[0] in ("train", "autoencoder", "inspect-data") else
+                  [*args, "steps=3"] for args in commands]
+    run_commands(project, lines)
+    for path in ("mnist-ae/reconstructions.png", "latent-mnist/generated/samples.png",
+                 "latent-mnist/interpolate/images.png", "latent-images/generated/samples.png"):
+        assert (project / "runs" / path).is_file(), path
+    for folder in ("latent-mnist", "latent-your-images"):
+        for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
+            assert (REPO / "examples" / folder / picture).is_file(), f"{folder}/{picture}"
+
+
+TINY_VAE = """
+import diffusers
+diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained("models/sd-vae")
+"""
 
 
 def test_the_memorisation_example_runs_as_its_readme_says(bake):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.once
 DIGITS = ["experiment=digits", "logger=csv", "data.clusters=0", "model.unet.channels=8", "data.batch_size=16",
           "sampling.steps=4", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
           "trainer.sample_count=4"]
-AUTOENCODER = ["autoencoder", "experiment=digits", "data.clusters=0", "data.batch_size=16",
+AUTOENCODER = ["autoencoder", "experiment=digits", "data.clusters=0", "autoencoder.batch_size=16",
                "autoencoder.channels=[8,16]", "autoencoder.latent_channels=2", "trainer.checkpoint_every_n_steps=3"]
 
 
@@ -151,6 +151,9 @@ def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_pixel_tas
     assert ours.shape == (3, 1, 8, 8) and torch.equal(ours, theirs)
     assert main(["restore", "run=exports/latent", "method=inpaint", "images=[0]"]) == 2
     assert "restoration keeps known pixels at every step, but this model samples latents" in capsys.readouterr().err
+    assert main(["interpolate", "run=exports/latent", "between=images", "images=[0,1]", "frames=3"]) == 0
+    assert "image 0: inverted and regenerated" in capsys.readouterr().out
+    assert Path("exports/latent/interpolate/images.png").is_file()
 
 
 # -- a diffusers AutoencoderKL ------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A pixel model denoises the data itself (``Identity``). A latent model (Rombach et al. 2022)
 denoises the latents of an autoencoder: its samples are latents, and ``decode`` turns them into
-images in [-1, 1] at the end. ``Model`` decodes every sample it returns; whatever needs pixels
-along the way (a picture of the trajectory, starting from a training image) asks ``latent``.
+images in [-1, 1] at the end. ``Model`` decodes every sample it returns; a task that starts from
+images starts from their ``latents``; whatever needs pixels along the way (a picture of the
+trajectory, restoration's known pixels) asks ``latent``.
 
 Training a latent model encodes its images once (``encode``: each image's latent Gaussian, its
 mean and standard deviation; ``data/datamodule.py`` caches them under the codec's ``identity``)
@@ -44,6 +45,9 @@ class Identity(nn.Module):
 
     def decode(self, x: Tensor) -> Tensor:
         return x
+
+    def latents(self, images: Tensor) -> Tensor:
+        return images
 
     def latent_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(data_shape)
@@ -121,6 +125,11 @@ class LatentCodec(nn.Module):
         """Normalise each channel to mean 0 and standard deviation ``latent_std`` on the data
         whose latent Gaussians are ``moments`` (``encode``)."""
         self.normalise({**latent_statistics(moments), "latent_std": latent_std})
+
+    def latents(self, images: Tensor) -> Tensor:
+        """The normalised latents of ``images`` in [-1, 1] that a task starts from: the means of
+        their Gaussians (the autoencoder's best guess, as ``decode`` takes it back)."""
+        return self.normalised(self.encode(images)).chunk(2, dim=1)[0]
 
     def normalise(self, statistics: dict) -> None:
         """Shift and scale by ``statistics``: the raw latents' mean and standard deviation per

@@ -238,6 +238,7 @@ class AutoencoderConfig:
     latent_channels: int = valid(at_least(1))
     kl_weight: float = valid(finite_above(0, inclusive=True))
     lr: float = valid(finite_above(0))
+    batch_size: int = valid(at_least(1))
     max_steps: int = valid(at_least(1))
 
 

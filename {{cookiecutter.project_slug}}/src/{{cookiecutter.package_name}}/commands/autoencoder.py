@@ -78,7 +78,7 @@ def run(overrides: list[str]) -> Path:
     try:
         with tqdm(total=settings.max_steps, initial=step, desc="autoencoder", unit="step") as bar:
             while step < settings.max_steps and time.monotonic() - started < budget:
-                batch = images[torch.randint(len(images), (cfg.data.batch_size,), generator=generator, device=device)]
+                batch = images[torch.randint(len(images), (settings.batch_size,), generator=generator, device=device)]
                 loss, reconstruction, kl = network.loss(to_unit_range(data.augment(batch)), settings.kl_weight)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

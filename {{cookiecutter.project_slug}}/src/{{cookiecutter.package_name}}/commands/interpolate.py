@@ -1,8 +1,9 @@
 """``interpolate``: a strip of samples that changes one thing at a time, as a PNG and a GIF.
 
 * ``between=noise``: spherical interpolation between the noises of two seeds.
-* ``between=images``: two training images inverted to their noises (the deterministic sampler
-  run upwards), then interpolated; how well each inversion reconstructs its image is printed.
+* ``between=images``: two training images (a latent model's: their latents) inverted to their
+  noises (the deterministic sampler run upwards), then interpolated; how well each inversion
+  reconstructs its image is printed.
 * ``between=labels``: one noise, the guidance moving from one label to another.
 * ``between=guidance``: one noise and label, the guidance weight swept over ``weights``.
 
@@ -105,13 +106,13 @@ def between_noises(model, command, sampling):
 
 
 def between_images(model, command, sampling):
-    model.need_pixels("interpolating between training images inverts the sampler on them")
     data = DiffusionDataModule.of_run(model.config)
     model.check_data(data.data_shape)
     images = data.training_examples(command.images).to(model.device)
     denoiser = model.guided(2, sampling.guidance, labels_of(command, model, 2))
     sigmas = model.sigmas(sampling)
-    noises = invert(denoiser, sigmas, images, configured_sampler(sampling)) / sigmas[0].item()
+    start = model.codec.latents(images)                  # a latent model inverts its images' latents
+    noises = invert(denoiser, sigmas, start, configured_sampler(sampling)) / sigmas[0].item()
     rebuilt = model.sample(2, torch.Generator(), sampling, labels=labels_of(command, model, 2), noise=noises.cpu()).x
     for index, image, copy in zip(command.images, images, rebuilt):
         error = (copy - image).square().mean().sqrt().item()
