@@ -54,6 +54,43 @@ def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_un
     torch.testing.assert_close(codec.decode(mean), codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
 
 
+def test_the_latents_are_encoded_once_and_again_when_an_image_or_the_autoencoder_changes(project_dir):
+    """A second encoding of the same folder with the same autoencoder reads the cache; a changed
+    image, or changed weights, encode the whole data again (and the flips with data.hflip)."""
+    import numpy as np
+    from PIL import Image
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+
+    folder = project_dir / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{k}.png")
+    cfg = load_config(["data.name=image_folder", f"data.root={folder}", "data.image_size=8", "data.channels=1",
+                       "data.labels_from_subfolders=false", "data.clusters=0", "data.val_fraction=0",
+                       "data.hflip=true"])
+    codec = load_codec(str(saved_autoencoder(project_dir / "ae")))
+    encoded = []
+    encode = type(codec).encode
+    codec.encode = lambda images: encoded.append(len(images)) or encode(codec, images)
+
+    def encodings() -> int:
+        encoded.clear()
+        DiffusionDataModule.of_run(cfg).encode(codec)
+        return sum(encoded)
+
+    assert encodings() == 12                      # six images and their mirror images
+    assert encodings() == 0                       # nothing changed: the cache
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / "3.png")
+    assert encodings() == 12
+    assert encodings() == 0
+    with torch.no_grad():
+        codec.network.decoder[-1].bias.add_(0.1)  # the decoder is part of the codec's identity
+    assert encodings() == 12
+
+
 def test_a_codec_source_that_is_no_autoencoder_is_one_error_line(project_dir, capsys):
     Path("empty").mkdir()
     assert main(["train", *DIGITS, "codec.source=empty"]) == 2
