@@ -230,3 +230,13 @@ def test_a_latent_run_on_a_diffusers_autoencoder_trains_and_samples_images(proje
     assert "1x8x8 images as latents of 4x4x4" in capsys.readouterr().out
     model, _ = load_run("runs/latent")
     assert model.sample(2, torch.Generator().manual_seed(0)).x.shape == (2, 1, 8, 8)
+
+
+def test_bench_times_a_latent_model_and_its_autoencoder(project_dir, capsys):
+    saved_autoencoder(Path("ae"))
+    assert main(["bench", *DIGITS, "codec.source=ae", "evaluation.batch_size=16", "sampling.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "training, full loop:" in out and "the network sees latents of 2x4x4" in out
+    encodes, decodes = (float(out.split(f"{what} ")[1].split(" ")[0].replace(",", ""))
+                        for what in ("encodes", "decodes"))
+    assert encodes > 0 and decodes > 0
