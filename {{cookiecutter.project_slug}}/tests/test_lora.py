@@ -181,6 +181,28 @@ def test_an_adapted_run_resumes_exactly_as_one_never_interrupted(base_run):
     assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
 
 
+def test_adapters_on_a_latent_run_keep_its_autoencoder_and_normalisation_through_export(project_dir):
+    """lora.base on a latent run (codec.source): the adapted run, and its export with the adapters
+    folded in, sample through the base's autoencoder with the base's measured normalisation."""
+    from {{ cookiecutter.package_name }}.codecs import TrainedAutoencoder
+    from {{ cookiecutter.package_name }}.models.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    TrainedAutoencoder(Autoencoder(1, 2, (8, 16))).save(Path("ae"))
+    assert main(["train", *BASE, "codec.source=ae", "name=latent-base"]) == 0
+    assert main(["train", *ADAPT, "lora.base=runs/latent-base", "name=latent-lora", "trainer.max_steps=3"]) == 0
+    assert main(["export", "run=runs/latent-lora", "out=exports/latent-lora"]) == 0
+    base, adapted, exported = (load_run(path)[0] for path in ("runs/latent-base", "runs/latent-lora",
+                                                               "exports/latent-lora"))
+    assert base.codec.statistics is not None
+    assert adapted.codec.statistics == exported.codec.statistics == base.codec.statistics
+    noise = torch.randn(2, *base.data_shape, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 2])
+    drawn = [model.sample(2, torch.Generator(), labels=labels, noise=noise).x for model in (adapted, exported)]
+    assert drawn[0].shape == (2, 1, 8, 8)
+    torch.testing.assert_close(drawn[0], drawn[1], rtol=1e-4, atol=1e-4)
+
+
 def test_a_mixed_precision_run_of_this_projects_network_keeps_its_float32_parts(base_run, project_dir):
     """bf16-mixed on the CPU: this project's networks keep their frozen weights in float32 (their
     noise embedding runs in float32 on purpose), train, and draw their grids."""

@@ -567,9 +567,10 @@ def merged_model(model: Model) -> Model:
     W + (alpha / r) B A in place of each adapted W, and no lora.base."""
     cfg = model.config.copy()
     cfg.lora.base = None
-    data_shape = None if model.pretrained is not None else model.data_shape
+    data_shape = None if model.pretrained is not None else model.codec.data_shape(model.data_shape)
     merged = model_with_weights(cfg, data_shape, model.class_names, model.cluster_sizes,
-                                merged_weights(model.denoiser), "the merged weights do not fit the base")
+                                merged_weights(model.denoiser), "the merged weights do not fit the base",
+                                model.codec.statistics)
     merged.origin = model.origin
     return merged
 
