@@ -34,3 +34,14 @@ def digits_run(project_dir):
                  "model.unet.channels=8", "data.batch_size=32", "trainer.max_steps=10",
                  "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
     return "runs/digits"
+
+
+def straight_and_resumed(args: list[str], steps: int = 6) -> tuple[dict, dict]:
+    """The last checkpoints of ``train args`` run ``steps`` steps straight (runs/straight) and run
+    half of them, then resumed to the end (runs/cut): a resumed run must end as the straight one."""
+    from {{ cookiecutter.package_name }}.cli import main
+
+    assert main(["train", *args, "name=straight", f"trainer.max_steps={steps}"]) == 0
+    assert main(["train", *args, "name=cut", f"trainer.max_steps={steps // 2}"]) == 0
+    assert main(["train", *args, "name=cut", f"trainer.max_steps={steps}"]) == 0
+    return tuple(torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True) for name in ("straight", "cut"))

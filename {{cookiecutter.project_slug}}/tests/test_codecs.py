@@ -34,6 +34,26 @@ def saved_autoencoder(folder: Path, seed: int = 0, decoded: float | None = None)
 
 
 # -- the codec -----------------------------------------------------------------------------------
+def test_the_autoencoders_loss_is_the_error_of_a_drawn_latent_plus_the_weighted_kl():
+    """Against torch.distributions' KL(N(mean, std^2) || N(0, 1)) and the reconstruction error of
+    z = mean + std * eps with the loss's own eps (Kingma & Welling 2014)."""
+    from torch.distributions import Normal, kl_divergence
+
+    torch.manual_seed(0)
+    network = Autoencoder(1, 2, (8, 16))
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    torch.manual_seed(3)
+    loss, reconstruction, kl = network.loss(images, 0.01)
+    with torch.no_grad():
+        mean, std = network.encode(images)
+        torch.manual_seed(3)
+        eps = torch.randn_like(std)
+        expected = (network.decode(mean + std * eps) - images).square().mean()
+    torch.testing.assert_close(kl, kl_divergence(Normal(mean, std), Normal(0.0, 1.0)).mean())
+    torch.testing.assert_close(reconstruction, expected)
+    torch.testing.assert_close(loss, expected + 0.01 * kl)
+
+
 def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_undoes_it(tmp_path):
     """Latents drawn from the normalised Gaussians have, per channel, mean 0 and standard
     deviation codec.latent_std (within 5 standard errors of 200 draws per latent); decoding a
@@ -119,12 +139,10 @@ def test_the_autoencoder_trains_resumes_exactly_and_reports_its_reconstructions(
 
 def test_a_latent_run_resumes_exactly_as_one_never_interrupted(project_dir):
     saved_autoencoder(Path("ae"))
+    from conftest import straight_and_resumed
+
     latent = [*DIGITS, "codec.source=ae"]
-    assert main(["train", *latent, "name=straight", "trainer.max_steps=6"]) == 0
-    assert main(["train", *latent, "name=cut", "trainer.max_steps=3"]) == 0
-    assert main(["train", *latent, "name=cut", "trainer.max_steps=6"]) == 0
-    straight, cut = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
-                     for name in ("straight", "cut"))
+    straight, cut = straight_and_resumed(latent)
     assert straight["global_step"] == cut["global_step"] == 6
     assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])
     assert straight["hyper_parameters"]["latents"] == cut["hyper_parameters"]["latents"]

@@ -35,7 +35,7 @@ ALLOWED = {
     "module": {"model", "diffusion", "devices", "errors"},
     "pairs": {"model", "diffusion", "storage", "errors"},
     "callbacks": {"model", "evaluation", "visualize", "pixels", "storage", "devices"},
-    "trainer": {"callbacks", "devices", "errors"},
+    "trainer": {"callbacks", "config", "devices", "errors"},
     "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
     "commands": {"runs", "config", "model", "module", "pairs", "trainer", "data", "tasks", "evaluation", "visualize",
                  "diffusion", "models", "codecs", "pixels", "devices", "speed", "storage", "errors"},

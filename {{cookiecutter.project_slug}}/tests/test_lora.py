@@ -171,11 +171,9 @@ def test_adapters_on_a_run_start_as_the_run_and_train_only_themselves(base_run, 
 
 def test_an_adapted_run_resumes_exactly_as_one_never_interrupted(base_run):
     """Adapters, their EMA and the optimiser of 3 + 3 steps equal those of 6 straight steps."""
-    assert main(["train", *ADAPT, "name=straight", "trainer.max_steps=6"]) == 0
-    assert main(["train", *ADAPT, "name=cut", "trainer.max_steps=3"]) == 0
-    assert main(["train", *ADAPT, "name=cut", "trainer.max_steps=6"]) == 0
-    straight, cut = (torch.load(f"runs/{name}/checkpoints/last.ckpt", weights_only=True)
-                     for name in ("straight", "cut"))
+    from conftest import straight_and_resumed
+
+    straight, cut = straight_and_resumed(ADAPT)
     assert straight["global_step"] == cut["global_step"] == 6
     assert straight["state_dict"].keys() == cut["state_dict"].keys()
     assert all(torch.equal(straight["state_dict"][k], cut["state_dict"][k]) for k in straight["state_dict"])

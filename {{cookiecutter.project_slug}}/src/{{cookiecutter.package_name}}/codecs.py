@@ -201,9 +201,7 @@ class TrainedAutoencoder(LatentCodec):
 
         folder.mkdir(parents=True, exist_ok=True)
         save_file({key: value.contiguous() for key, value in self.network.state_dict().items()}, folder / WEIGHTS)
-        shape = {"in_channels": self.in_channels, "latent_channels": self.latent_channels,
-                 "channels": list(self.network.channels)}
-        (folder / SHAPE).write_text(json.dumps(shape, indent=1))
+        (folder / SHAPE).write_text(json.dumps(self.network.shape, indent=1))
 
     @classmethod
     def load(cls, folder: Path) -> TrainedAutoencoder:

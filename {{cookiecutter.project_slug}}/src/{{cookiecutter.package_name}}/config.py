@@ -57,6 +57,14 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DURATION = re.compile(r"\d{1,2}:\d{2}:\d{2}:\d{2}")
 
 
+def duration_seconds(duration: str | None) -> int | None:
+    """A ``DURATION`` (trainer.max_time), DD:HH:MM:SS, in seconds; None (no budget) stays None."""
+    if duration is None:
+        return None
+    days, hours, minutes, secs = map(int, duration.split(":"))
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+
+
 def valid(rule: tuple, default: Any = MISSING) -> Any:
     """A schema field whose value must pass ``rule``, (test, what passes): checked where it
     enters (``check_values``), so that a bad value stops the run at once, naming its key."""

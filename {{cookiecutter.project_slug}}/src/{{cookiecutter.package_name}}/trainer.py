@@ -23,7 +23,7 @@ from .callbacks import (
     StepProgress,
     say,
 )
-from .callbacks.graceful_stop import seconds
+from .config import duration_seconds
 from .devices import check_training_hardware, resolve_precision, set_float32_matmuls
 from .errors import MissingPackage
 
@@ -95,7 +95,7 @@ def speed_estimate(cfg) -> Callable[[L.Trainer, float], None]:
         steps_left = cfg.trainer.max_steps - trainer.global_step
         epoch = len(trainer.datamodule.train_set) / images_per_second
         time_left = steps_left * batch / images_per_second
-        budget = seconds(cfg.trainer.max_time)
+        budget = duration_seconds(cfg.trainer.max_time)
         stop = f" (trainer.max_time={cfg.trainer.max_time} stops it first)" if budget and budget < time_left else ""
         say(f"speed: {images_per_second:,.0f} images/s, {images_per_second / batch:.1f} steps/s; an epoch takes "
               f"{duration(epoch)}, the {steps_left:,} steps left to trainer.max_steps about "
@@ -146,8 +146,9 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
     callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
-    callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=seconds(trainer_cfg.max_time)))
-    callbacks.append(GracefulStop(trainer_cfg.max_time))      # last: it acts once the checkpoint is saved
+    budget = duration_seconds(trainer_cfg.max_time)
+    callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=budget))
+    callbacks.append(GracefulStop(budget))      # last: it acts once the checkpoint is saved
     has_validation = cfg.data.val_fraction > 0
     return L.Trainer(
         accelerator=trainer_cfg.accelerator,

@@ -15,14 +15,6 @@ import time
 import lightning as L
 
 
-def seconds(duration: str | None) -> int | None:
-    """``DD:HH:MM:SS`` in seconds; None (no budget) stays None."""
-    if duration is None:
-        return None
-    days, hours, minutes, secs = map(int, duration.split(":"))
-    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
-
-
 def slurm_job_id() -> str | None:
     """This job's id as ``scontrol`` wants it (``<array job>_<task>`` in a job array), or None
     outside SLURM."""
@@ -32,8 +24,8 @@ def slurm_job_id() -> str | None:
 
 
 class GracefulStop(L.Callback):
-    def __init__(self, max_time: str | None):
-        self.budget = seconds(max_time)
+    def __init__(self, budget: int | None):
+        self.budget = budget            # seconds (trainer.max_time), None for no budget
         self.signalled = False          # set by the SIGUSR1 handler of this process
         self.reason: str | None = None  # why training stopped early: "max_time" or "SIGUSR1"
         self.requeued: str | None = None

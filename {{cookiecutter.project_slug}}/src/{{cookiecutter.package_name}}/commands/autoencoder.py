@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from ..codecs import TrainedAutoencoder
-from ..config import load_config
+from ..config import duration_seconds, load_config
 from ..data import DiffusionDataModule
 from ..devices import device_name, training_device
 from ..errors import ConfigError, DataError, Interrupted
-from ..models.autoencoder import Autoencoder
+from ..models.autoencoder import Autoencoder, kl_from_standard_normal
 from ..pixels import to_uint8, to_unit_range
 from ..runs import Run
 from ..storage import read_tensors
@@ -74,10 +74,10 @@ def run(overrides: list[str]) -> Path:
           f"{sum(p.numel() for p in network.parameters()) / 1e6:.2f}M parameters, on {device_name(device)}"
           + (f", resuming at step {step}" if step else ""))
     started = time.monotonic()
-    budget = seconds(cfg.trainer.max_time)
+    budget = duration_seconds(cfg.trainer.max_time)
     try:
         with tqdm(total=settings.max_steps, initial=step, desc="autoencoder", unit="step") as bar:
-            while step < settings.max_steps and time.monotonic() - started < budget:
+            while step < settings.max_steps and (budget is None or time.monotonic() - started < budget):
                 batch = images[torch.randint(len(images), (settings.batch_size,), generator=generator, device=device)]
                 loss, reconstruction, kl = network.loss(to_unit_range(data.augment(batch)), settings.kl_weight)
                 optimiser.zero_grad(set_to_none=True)
@@ -97,9 +97,9 @@ def run(overrides: list[str]) -> Path:
         print(f"time budget trainer.max_time={cfg.trainer.max_time} spent at step {step}; the same command continues")
     network.eval().requires_grad_(False)
     codec.to("cpu").save(run_dir.root)
-    metrics = judge(codec, held_out, settings.kl_weight, latent_shape)
+    decoded, metrics = judge(codec, held_out, settings.kl_weight, latent_shape)
     (run_dir.root / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    picture = save_reconstructions(codec, held_out[:SHOWN], run_dir.root / "reconstructions.png", metrics)
+    picture = save_reconstructions(held_out[:SHOWN], decoded[:SHOWN], run_dir.root / "reconstructions.png", metrics)
     print("\n".join([
         f"finished   step {step:,} of {settings.max_steps:,} in {time.monotonic() - started:,.0f} s: held-out "
         f"PSNR {metrics['psnr']:.1f} dB (MSE {metrics['mse']:.2g} in [-1, 1]), KL {metrics['kl']:.3g} per value",
@@ -110,20 +110,12 @@ def run(overrides: list[str]) -> Path:
     return run_dir.root
 
 
-def seconds(duration: str | None) -> float:
-    """trainer.max_time, DD:HH:MM:SS, in seconds (no budget: infinity)."""
-    if not duration:
-        return math.inf
-    days, hours, minutes, secs = map(int, duration.split(":"))
-    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
-
-
 def resume(checkpoint: Path, cfg, network: Autoencoder, optimiser, generator: torch.Generator) -> int:
     """Load what ``save_checkpoint`` saved, if the network's shape is the one configured."""
     saved = read_tensors(checkpoint)
-    if saved.get("shape") != shape_of(network):
+    if saved.get("shape") != network.shape:
         raise ConfigError(f"{checkpoint} is an autoencoder of {saved.get('shape')}, and the configuration asks for "
-                          f"{shape_of(network)}: keep autoencoder.channels and latent_channels, or name=<new name>")
+                          f"{network.shape}: keep autoencoder.channels and latent_channels, or name=<new name>")
     network.load_state_dict(saved["network"])
     optimiser.load_state_dict(saved["optimiser"])
     generator.set_state(saved["generator"])
@@ -134,32 +126,25 @@ def resume(checkpoint: Path, cfg, network: Autoencoder, optimiser, generator: to
 def save_checkpoint(path: Path, network: Autoencoder, optimiser, generator: torch.Generator, step: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"network": network.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-             "generator": generator.get_state(), "rng": torch.get_rng_state(), "shape": shape_of(network)}
+             "generator": generator.get_state(), "rng": torch.get_rng_state(), "shape": network.shape}
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)          # a kill mid-write leaves the previous checkpoint whole
 
 
-def shape_of(network: Autoencoder) -> dict:
-    return {"in_channels": network.in_channels, "latent_channels": network.latent_channels,
-            "channels": list(network.channels)}
-
-
 @torch.no_grad()
-def judge(codec: TrainedAutoencoder, images: torch.Tensor, kl_weight: float, latent_shape) -> dict:
-    """The reconstruction of held-out ``images`` from their latents' means: MSE and PSNR (peak to
+def judge(codec: TrainedAutoencoder, images: torch.Tensor, kl_weight: float, latent_shape) -> tuple[torch.Tensor, dict]:
+    """Held-out ``images`` decoded from their latents' means, and how well: MSE and PSNR (peak to
     peak 2 in [-1, 1]), and the KL per latent value."""
-    moments = codec.encode(images)
-    mean, std = moments.chunk(2, dim=1)
-    mse = (codec.reconstruct(mean) - images).square().mean().item()
-    kl = 0.5 * (mean.square() + std.square() - 1 - 2 * std.log()).mean().item()
-    return {"mse": mse, "psnr": 10 * math.log10(4 / max(mse, 1e-12)), "kl": kl, "kl_weight": kl_weight,
-            "latent_shape": list(latent_shape), "images": len(images)}
+    mean, std = codec.encode(images).chunk(2, dim=1)
+    decoded = codec.reconstruct(mean)
+    mse = (decoded - images).square().mean().item()
+    kl = kl_from_standard_normal(mean, std).item()
+    return decoded, {"mse": mse, "psnr": 10 * math.log10(4 / max(mse, 1e-12)), "kl": kl, "kl_weight": kl_weight,
+                     "latent_shape": list(latent_shape), "images": len(images)}
 
 
-@torch.no_grad()
-def save_reconstructions(codec: TrainedAutoencoder, images: torch.Tensor, path: Path, metrics: dict) -> Path:
-    mean, _ = codec.encode(images).chunk(2, dim=1)
-    tiles = to_uint8(torch.cat([images, codec.reconstruct(mean)]))
+def save_reconstructions(images: torch.Tensor, decoded: torch.Tensor, path: Path, metrics: dict) -> Path:
+    tiles = to_uint8(torch.cat([images, decoded]))
     return save_labelled_grid(tiles, ["held out", "decoded"], [""] * len(images), path,
                               f"autoencoder: PSNR {metrics['psnr']:.1f} dB, latents "
                               f"{'x'.join(map(str, metrics['latent_shape']))}")

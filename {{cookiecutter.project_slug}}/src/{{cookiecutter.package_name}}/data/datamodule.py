@@ -60,7 +60,6 @@ class DiffusionDataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.cluster_sizes: list[int] | None = None     # examples per cluster, when data.clusters labels them
         self.fingerprint = ""                          # of the training examples: caches of their statistics use it
-        self.image_shape: tuple[int, ...] | None = None   # a latent model's: of the images that were encoded
         self.prior: InMemoryDataset | None = None          # DreamBooth's class images (``add_prior``)
         self.images: dict[str, InMemoryDataset] = {}       # a latent model's images, by split (``encode``)
 
@@ -116,7 +115,6 @@ class DiffusionDataModule(L.LightningDataModule):
         not yet normalised is first normalised per channel on the training latents; the
         latents are then kept normalised (``codec.normalised``), and batches draw a latent from
         each (``on_after_batch_transfer``). The images stay, as the reference of FID."""
-        self.image_shape = self.data_shape
         key = {"source": "latents", "data": self.fingerprint, "codec": codec.identity(), "hflip": self.cfg.hflip,
                "size": self.cfg.image_size, "format": 2}
         flips = self.cfg.hflip
@@ -146,7 +144,13 @@ class DiffusionDataModule(L.LightningDataModule):
 
     @property
     def latent(self) -> bool:
-        return self.image_shape is not None
+        """Whether the examples are latents of the images (``encode``)."""
+        return bool(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """A latent model's: the shape of the images that were encoded."""
+        return self.images["train"].data.shape[1], self.cfg.image_size, self.cfg.image_size
 
     @property
     def is_image(self) -> bool:

@@ -56,6 +56,12 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(*decoder)
 
     @property
+    def shape(self) -> dict:
+        """The arguments that build this network again (saved beside its weights)."""
+        return {"in_channels": self.in_channels, "latent_channels": self.latent_channels,
+                "channels": list(self.channels)}
+
+    @property
     def factor(self) -> int:
         """f: how many times smaller a latent's sides are than its image's."""
         return 2 ** (len(self.channels) - 1)
@@ -75,5 +81,11 @@ class Autoencoder(nn.Module):
         mean, std = self.encode(x)
         z = mean + std * torch.randn_like(std)
         reconstruction = F.mse_loss(self.decode(z), x)
-        kl = 0.5 * (mean.square() + std.square() - 1 - 2 * std.log()).mean()
+        kl = kl_from_standard_normal(mean, std)
         return reconstruction + kl_weight * kl, reconstruction, kl
+
+
+def kl_from_standard_normal(mean: Tensor, std: Tensor) -> Tensor:
+    """KL(N(mean, std^2) || N(0, 1)) per latent value, averaged: (mean^2 + std^2 - 1) / 2 - ln std
+    (Kingma & Welling 2014, appendix B)."""
+    return 0.5 * (mean.square() + std.square() - 1 - 2 * std.log()).mean()
