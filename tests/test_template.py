@@ -409,3 +409,36 @@ def test_the_reflow_example_runs_as_its_readme_says(bake):
     assert [row["sampler"] for row in rows[3::2]] == ["euler", "consistency", "consistency"]
     for picture in re.findall(r"\]\(([^)]+\.png)\)", (folder / "README.md").read_text()):
         assert (folder / picture).is_file(), picture
+
+
+def test_the_score_distillation_example_runs_as_its_readme_says(bake):
+    """examples/score-distillation-3d, tiny: the views rendered small and few, the view-conditioned
+    model trained a few steps, SDS and SDI on a small voxel grid for a few steps each, and the
+    comparison with the true shape, every line of the README in order."""
+    import json
+    import re
+    import shutil
+
+    project = bake()
+    folder = REPO / "examples" / "score-distillation-3d"
+    shutil.copy(folder / "experiment.yaml", project / "configs" / "experiments" / "views.yaml")
+    for script in ("make_views.py", "compare.py"):
+        shutil.copy(folder / script, project / script)
+    readme = (folder / "README.md").read_text()
+    scripts = re.findall(r"python ((?:make_views|compare)\.py[^`\n]*)", readme)
+    assert [line.split()[0] for line in scripts] == ["make_views.py", "compare.py", "compare.py"]
+    run_in(project, *scripts[0].split(), "--images", "48", "--size", "16")
+    tiny = {"train": ["data.image_size=16", "trainer.max_steps=3", "trainer.val_every_n_steps=1000",
+                      "trainer.sample_every_n_steps=1000", "logger=csv"],
+            "score-distill": ["steps=2", "n=2", "resolution=8", "samples=8", "inversion_steps=2"]}
+    commands = example_commands("score-distillation-3d")
+    assert [args[0] for args in commands] == ["train", "score-distill", "score-distill"]
+    run_commands(project, [[*args, *tiny[args[0]]] for args in commands])
+    for line in scripts[1:]:
+        run_in(project, *line.split())
+        out = (project / line.split()[1]).parent
+        report = json.loads((out / "comparison.json").read_text())
+        assert 0 <= report["iou"] <= 1 and (out / "comparison.png").is_file()
+        assert (out / "turntable.gif").is_file() and (out / "field.ply").is_file()
+    for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", readme):
+        assert (folder / picture).is_file(), picture

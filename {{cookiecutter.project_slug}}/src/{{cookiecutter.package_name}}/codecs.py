@@ -128,8 +128,10 @@ class LatentCodec(nn.Module):
 
     def latents(self, images: Tensor) -> Tensor:
         """The normalised latents of ``images`` in [-1, 1] that a task starts from: the means of
-        their Gaussians (the autoencoder's best guess, as ``decode`` takes it back)."""
-        return self.normalised(self.encode(images)).chunk(2, dim=1)[0]
+        their Gaussians (the autoencoder's best guess, as ``decode`` takes it back). Gradients
+        flow back to the images (score distillation optimises pictures seen through them)."""
+        mean = self.moments(images.to(self.device))[0].float().to(images.device)
+        return (mean - self.shift.to(mean.device)[:, None, None]) * self.scale.to(mean.device)[:, None, None]
 
     def normalise(self, statistics: dict) -> None:
         """Shift and scale by ``statistics``: the raw latents' mean and standard deviation per

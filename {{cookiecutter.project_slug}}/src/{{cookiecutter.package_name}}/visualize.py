@@ -133,6 +133,32 @@ def save_histograms(values: dict[str, Tensor], path: str | Path, xlabel: str) ->
     return _save(fig, path)
 
 
+def save_curves(curves: dict[str, list[float]], path: str | Path, title: str = "") -> Path:
+    """Each named curve against the step, one panel each, log-scaled when all its values are positive."""
+    fig = Figure(figsize=(5 * len(curves), 3.5))
+    for ax, (name, values) in zip(fig.subplots(1, len(curves), squeeze=False)[0], curves.items()):
+        ax.plot(values, linewidth=0.8)
+        ax.set(xlabel="step", ylabel=name, yscale="log" if min(values, default=0) > 0 else "linear")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def save_point_cloud(occupied: Tensor, colour: Tensor, path: str | Path) -> Path:
+    """The centres of the ``occupied`` voxels (R, R, R; indexed z, y, x over [-1, 1]^3) with
+    their ``colour`` (C, R, R, R; in [0, 1]) as an ASCII PLY point cloud (Turk 1994), the format
+    that MeshLab, Blender, CloudCompare and trimesh open."""
+    index = occupied.nonzero()                                         # (M, 3): z, y, x
+    xyz = (-1 + 2 * index.double() / (occupied.shape[0] - 1)).flip(1)  # x, y, z
+    rgb = (colour[:, index[:, 0], index[:, 1], index[:, 2]].T.clamp(0, 1) * 255).round().to(torch.uint8)
+    rgb = rgb.expand(-1, 3) if rgb.shape[1] == 1 else rgb[:, :3]
+    header = ["ply", "format ascii 1.0", f"element vertex {len(index)}", "property float x", "property float y",
+              "property float z", "property uchar red", "property uchar green", "property uchar blue", "end_header"]
+    rows = [f"{x:.5f} {y:.5f} {z:.5f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(xyz.tolist(), rgb.tolist())]
+    path = output_path(path)
+    path.write_text("\n".join(header + rows) + "\n")
+    return path
+
+
 # -- labelled pictures and animations (the course tasks) --------------------------------------------
 def figure_array(fig: Figure) -> np.ndarray:
     """A figure rendered to an RGB uint8 array (for animation frames)."""

@@ -14,6 +14,7 @@ from . import (
     interpolate,
     restore,
     sample,
+    score_distill,
     train,
     visualize,
 )
@@ -21,4 +22,4 @@ from . import (
 COMMANDS = {"train": train, "sample": sample, "evaluate": evaluate, "inspect-data": inspect_data,
     "fetch-weights": fetch_weights, "bench": bench, "visualize": visualize,
     "interpolate": interpolate, "guidance-grid": guidance_grid, "illusion": illusion,
-    "restore": restore, "export": export, "autoencoder": autoencoder, "doctor": doctor}
+    "restore": restore, "score-distill": score_distill, "export": export, "autoencoder": autoencoder, "doctor": doctor}
