@@ -250,7 +250,7 @@ def test_score_distill_writes_images_progress_and_a_field_a_viewer_opens(digits_
         for name in ("result.png", "progress.png", "result.pt", "made_by.yaml"):
             assert (out / name).is_file(), (generator, name)
     images = torch.load(Path(digits_run) / "score_distill" / "sds-pixels" / "result.pt")
-    assert images.shape == (2, 1, 8, 8)
+    assert images.shape == (2, 1, 8, 8) and type(images) is torch.Tensor and not images.requires_grad
     out = Path(digits_run) / "score_distill" / "sdi-voxels"
     assert (out / "turntable.gif").is_file()
     field = torch.load(out / "result.pt")
@@ -291,7 +291,7 @@ def test_bad_settings_are_one_line_errors(digits_run, capsys):
 
 
 @pytest.mark.pretrained
-def test_a_tiny_stable_diffusion_pipeline_distils_latents_and_a_field_seen_through_its_vae(tmp_path, project_dir):
+def test_a_tiny_stable_diffusion_pipeline_distils_latents_and_a_field(tmp_path, project_dir, capsys):
     """Offline, on the tiny text-to-image pipeline of test_pretrained.py: SDS on its latents with a
     prompt, and SDI on a voxel field whose renders are encoded by its VAE (gradients through the
     encoder) with the front, side and back views added to the prompt."""
@@ -301,6 +301,8 @@ def test_a_tiny_stable_diffusion_pipeline_distils_latents_and_a_field_seen_throu
     from test_pretrained import text_pipeline
 
     folder = text_pipeline(tmp_path / "tiny-sd")
+    assert main(["score-distill", f"run={folder}", "steps=1"]) == 2
+    assert "give prompts as labels" in capsys.readouterr().err
     assert main(["score-distill", f"run={folder}", "labels=[a red car]", "steps=2", "n=1", "out=latents"]) == 0
     assert torch.load("latents/result.pt").shape == (1, 3, 16, 16)
     assert main(["score-distill", f"run={folder}", "labels=[a red car]", "generator=voxels", "method=sdi", "steps=2",

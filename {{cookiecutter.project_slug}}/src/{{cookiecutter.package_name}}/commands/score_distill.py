@@ -85,15 +85,22 @@ def run(overrides: list[str]) -> Path:
     model, run_dir = load_run(command.run)
     views = view_labels(command, model)
     if model.takes_prompts:
-        base = [str(p) for p in command.labels or []]
-        model.use_prompts([f"{base[0]}, {name} view" for name in VIEWS] if views is not None else base)
-        command.labels = None if views is not None else base
+        use_prompts(command, model, views)
     resolve_labels(command, model)
-    device = pick_device(command.device)
-    model.to(device)
+    model.to(pick_device(command.device))
     generator = torch.Generator().manual_seed(command.seed)
-    torch.manual_seed(command.seed)
-    g = make_generator(command, model, generator).to(device)
+    g = make_generator(command, model, generator).to(model.device)
+    history = optimise(g, command, model, views, generator)
+    out = Path(command.out) if command.out else run_dir.task("score_distill") / f"{command.method}-{command.generator}"
+    save(g, command, model, out, history)
+    record_made_by(out, "score-distill", command, model)
+    return out
+
+
+def optimise(g, command: ScoreDistillCommand, model, views: torch.Tensor | None,
+             generator: torch.Generator) -> dict[str, list[float]]:
+    """``command.steps`` steps of Adam on the generator's parameters, each with the gradient of
+    ``distillation_loss``; the loss (per image) and the gradient norm of every step."""
     optimiser = torch.optim.Adam(g.parameters(), lr=command.lr)
     schedule = command.schedule or ("descending" if command.method == "sdi" else "random")
     history = {"loss": [], "gradient norm": []}
@@ -104,7 +111,7 @@ def run(overrides: list[str]) -> Path:
         denoiser = model.guided(len(x), command.guidance, labels)
         sigma = ddpm_sigma(t)
         eps = (sdi_noise(denoiser, x, sigma, command.inversion_steps) if command.method == "sdi"
-               else torch.randn(x.shape, generator=generator).to(device))
+               else torch.randn(x.shape, generator=generator).to(x.device))
         loss = distillation_loss(denoiser, x, sigma, eps, command.weighting)
         optimiser.zero_grad()
         loss.backward()
@@ -113,10 +120,18 @@ def run(overrides: list[str]) -> Path:
         history["loss"].append(loss.item() / len(x))
         history["gradient norm"].append(norm.item())
         bar.set_postfix(loss=f"{history['loss'][-1]:.3g}")
-    out = Path(command.out) if command.out else run_dir.task("score_distill") / f"{command.method}-{command.generator}"
-    save(g, command, model, out, history)
-    record_made_by(out, "score-distill", command, model)
-    return out
+    return history
+
+
+def use_prompts(command: ScoreDistillCommand, model, views: torch.Tensor | None) -> None:
+    """A text model's classes: the prompts given as labels, or for voxels the one prompt given
+    with each view's words added (its labels are then the views)."""
+    prompts = [str(prompt) for prompt in command.labels or []]
+    if not prompts:
+        raise ConfigError(f"{command.run} is a text-to-image model: give prompts as labels, e.g. "
+                          "'labels=[a photo of a red car]'")
+    model.use_prompts([f"{prompts[0]}, {name} view" for name in VIEWS] if views is not None else prompts)
+    command.labels = None if views is not None else prompts
 
 
 def check_request(command: ScoreDistillCommand) -> None:
@@ -124,8 +139,8 @@ def check_request(command: ScoreDistillCommand) -> None:
         raise ConfigError(f"weighting={command.weighting}: one of {', '.join(WEIGHTS)}")
     if command.schedule not in (None, *SCHEDULES):
         raise ConfigError(f"schedule={command.schedule}: one of {', '.join(SCHEDULES)}")
-    low, high = (command.t_range + [None, None])[:2]
-    if len(command.t_range) != 2 or not 0 < low <= high < 1 or not 0 < command.t_max_end < 1:
+    t_range = list(command.t_range)
+    if len(t_range) != 2 or not 0 < t_range[0] <= t_range[1] < 1 or not 0 < command.t_max_end < 1:
         raise ConfigError(f"t_range={list(command.t_range)}, t_max_end={command.t_max_end}: t_range is [t_min, t_max] "
                           "with 0 < t_min <= t_max < 1, and t_max_end in (0, 1), fractions of DDPM's 1000 steps")
     if len(command.elevation) != 2 or not -90 < command.elevation[0] <= command.elevation[1] < 90:
@@ -168,8 +183,7 @@ def outputs(g, command: ScoreDistillCommand, model, views: torch.Tensor | None, 
     images, with gradients through the encoder), and their labels."""
     if command.generator != "voxels":
         x = g()
-        labels = labels_in_turn(command.labels, 0, len(x)) if command.labels else model.default_labels(
-            torch.arange(len(x)))
+        labels = image_labels(command, model, len(x))
     else:
         azimuth = 360 * torch.rand(command.n, generator=generator)
         low, high = command.elevation
@@ -179,6 +193,11 @@ def outputs(g, command: ScoreDistillCommand, model, views: torch.Tensor | None, 
     if command.generator != "pixels":
         x = model.codec.latents(x)
     return x, None if labels is None else labels.to(x.device)
+
+
+def image_labels(command: ScoreDistillCommand, model, n: int) -> torch.Tensor | None:
+    """The labels of n images: those asked for, in turn, else the model's own (its classes in turn)."""
+    return labels_in_turn(command.labels, 0, n) if command.labels else model.default_labels(torch.arange(n))
 
 
 def nearest_views(azimuth: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
@@ -197,12 +216,10 @@ def save(g, command: ScoreDistillCommand, model, out: Path, history: dict) -> No
     save_curves(history, out / "progress.png", title)
     if command.generator != "voxels":
         x = g()
-        images = model.codec.decode(x) if command.generator == "pixels" else x
-        names = model.class_names
-        labels = labels_in_turn(command.labels, 0, len(x)) if command.labels else model.default_labels(
-            torch.arange(len(x)))
-        columns = [names[label] for label in labels.tolist()] if labels is not None else [f"#{k}" for k in
-                                                                                          range(len(x))]
+        images = (model.codec.decode(x) if command.generator == "pixels" else x).detach()
+        labels = image_labels(command, model, len(x))
+        columns = ([model.class_names[label] for label in labels.tolist()] if labels is not None
+                   else [f"#{k}" for k in range(len(x))])
         save_labelled_grid(to_uint8(images.clamp(-1, 1).cpu()), [command.generator], columns, out / "result.png",
                            title)
         torch.save(images.cpu(), out / "result.pt")
