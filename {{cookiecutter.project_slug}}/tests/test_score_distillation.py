@@ -285,7 +285,8 @@ def test_bad_settings_are_one_line_errors(digits_run, capsys):
     from {{ cookiecutter.package_name }}.cli import main
 
     for setting, says in (("t_range=[0.5,0.2]", "t_range"), ("weighting=snr", "weighting=snr: one of"),
-                          ("elevation=[10]", "elevation"), ("generator=nerf", "generator")):
+                          ("elevation=[10]", "elevation"), ("generator=nerf", "generator"),
+                          ("resolution=1", "resolution >= 2"), ("splats=0", "'splats'")):
         assert main(["score-distill", f"run={digits_run}", setting, "steps=1"]) == 2
         assert says in capsys.readouterr().err
 

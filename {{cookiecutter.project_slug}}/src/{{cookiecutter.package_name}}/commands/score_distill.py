@@ -80,7 +80,8 @@ class ScoreDistillCommand:
 
 
 def run(overrides: list[str]) -> Path:
-    command, _ = parse_command(overrides, ScoreDistillCommand, "score-distill", None, ("n", "steps"))
+    command, _ = parse_command(overrides, ScoreDistillCommand, "score-distill", None,
+                               ("n", "steps", "inversion_steps", "splats", "samples"))
     check_request(command)
     model, run_dir = load_run(command.run)
     views = view_labels(command, model)
@@ -145,8 +146,10 @@ def check_request(command: ScoreDistillCommand) -> None:
                           "with 0 < t_min <= t_max < 1, and t_max_end in (0, 1), fractions of DDPM's 1000 steps")
     if len(command.elevation) != 2 or not -90 < command.elevation[0] <= command.elevation[1] < 90:
         raise ConfigError(f"elevation={list(command.elevation)}: [lowest, highest] in degrees, between -90 and 90")
-    if command.lr <= 0 or command.inversion_steps < 1 or not 0 <= command.background <= 1:
-        raise ConfigError("lr must be > 0, inversion_steps >= 1 and background in [0, 1]")
+    if command.lr <= 0 or command.resolution < 2 or command.size < 0 or not 0 <= command.background <= 1:
+        raise ConfigError(f"lr={command.lr}, resolution={command.resolution}, size={command.size}, background="
+                          f"{command.background}: lr must be > 0, resolution >= 2, size >= 0 (0: the model's) and "
+                          "background in [0, 1]")
 
 
 def view_labels(command: ScoreDistillCommand, model) -> torch.Tensor | None:
@@ -229,7 +232,8 @@ def save(g, command: ScoreDistillCommand, model, out: Path, history: dict) -> No
     elevation = sum(command.elevation) / 2
     turn = torch.arange(0, 360, 10.0)
     frames = [render(g, a, elevation, size, command) for a in turn]
-    save_gif([enlarged_grid(frame, 1) for frame in frames], out / "turntable.gif", seconds_per_frame=0.1, hold=0.1)
+    save_gif([enlarged_grid(frame, 1, tile=192) for frame in frames], out / "turntable.gif", seconds_per_frame=0.1,
+             hold=0.1)
     sides = torch.arange(0, 360, 45.0)
     tiles = torch.cat([render(g, a, elevation, size, command) for a in sides])
     save_labelled_grid(tiles, ["render"], [f"{a:g}°" for a in sides.tolist()], out / "result.png", title)
