@@ -130,8 +130,8 @@ class LatentCodec(nn.Module):
         """The normalised latents of ``images`` in [-1, 1] that a task starts from: the means of
         their Gaussians (the autoencoder's best guess, as ``decode`` takes it back). Gradients
         flow back to the images (score distillation optimises pictures seen through them)."""
-        mean = self.moments(images.to(self.device))[0].float().to(images.device)
-        return (mean - self.shift.to(mean.device)[:, None, None]) * self.scale.to(mean.device)[:, None, None]
+        moments = torch.cat(self.moments(images.to(self.device)), 1).float().to(images.device)
+        return self.normalised(moments).chunk(2, dim=1)[0]
 
     def normalise(self, statistics: dict) -> None:
         """Shift and scale by ``statistics``: the raw latents' mean and standard deviation per
