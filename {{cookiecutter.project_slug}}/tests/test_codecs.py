@@ -1,6 +1,7 @@
 """Latent diffusion (codecs.py, models/autoencoder.py, the autoencoder command). Known answers:
 diffusers' own AutoencoderKL calls with its scaling factor, sample moments of drawn latents, a
 decoder whose output is known, and runs that were never interrupted."""
+import math
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,20 @@ def test_the_autoencoders_loss_is_the_error_of_a_drawn_latent_plus_the_weighted_
     torch.testing.assert_close(kl, kl_divergence(Normal(mean, std), Normal(0.0, 1.0)).mean())
     torch.testing.assert_close(reconstruction, expected)
     torch.testing.assert_close(loss, expected + 0.01 * kl)
+
+
+def test_the_encoders_second_half_is_the_log_variance_of_the_latent():
+    """An encoder whose last layer outputs a constant 0.3 for the means and ln 0.25 for the rest
+    gives latents of mean 0.3 and standard deviation exp(ln 0.25 / 2) = 0.5, as the VAE's
+    log-variance parameterisation (Kingma & Welling 2014; Stable Diffusion's) says."""
+    network = Autoencoder(1, 2, (8, 16))
+    last = network.encoder[-1]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([0.3, 0.3, math.log(0.25), math.log(0.25)]))
+        mean, std = network.encode(torch.rand(2, 1, 8, 8))
+    torch.testing.assert_close(mean, torch.full((2, 2, 4, 4), 0.3))
+    torch.testing.assert_close(std, torch.full((2, 2, 4, 4), 0.5))
 
 
 def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_undoes_it(tmp_path):
@@ -228,7 +243,8 @@ def vae_folder(tmp_path_factory):
 @pytest.mark.pretrained
 def test_a_diffusers_autoencoder_encodes_and_decodes_as_its_pipelines_do(vae_folder):
     """Unnormalised, the codec's latents are (mean - shift_factor) * scaling_factor of diffusers'
-    posterior and its decode is vae.decode(z / scaling_factor + shift_factor)."""
+    posterior and its decode is vae.decode(z / scaling_factor + shift_factor); ``latents`` (a
+    task's starting point) is that mean, with gradients back to the images."""
     import diffusers
 
     vae = diffusers.AutoencoderKL.from_pretrained(vae_folder)
@@ -240,6 +256,11 @@ def test_a_diffusers_autoencoder_encodes_and_decodes_as_its_pipelines_do(vae_fol
         torch.testing.assert_close(mean, (posterior.mean - 0.1) * 0.3)
         torch.testing.assert_close(std, posterior.std * 0.3)
         torch.testing.assert_close(codec.decode(mean), vae.decode(mean / 0.3 + 0.1).sample)
+    pictures = images.clone().requires_grad_(True)        # what score distillation optimises, seen as latents
+    latents = codec.latents(pictures)
+    torch.testing.assert_close(latents, (vae.encode(images).latent_dist.mean - 0.1) * 0.3)
+    latents.sum().backward()
+    assert pictures.grad is not None and pictures.grad.abs().sum() > 0
 
 
 @pytest.mark.pretrained

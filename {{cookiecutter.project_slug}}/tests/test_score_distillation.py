@@ -11,7 +11,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.diffusion.samplers import ddim
 from {{ cookiecutter.package_name }}.tasks.interpolate import invert
-from {{ cookiecutter.package_name }}.tasks.render import VoxelField, camera_axes, render_volume
+from {{ cookiecutter.package_name }}.tasks.render import VoxelField, camera_axes, occupied, render_volume
 from {{ cookiecutter.package_name }}.tasks.score_distillation import (
     WEIGHTS,
     Gaussians,
@@ -192,6 +192,25 @@ def test_a_uniform_cube_renders_to_its_closed_form_image():
         assert torch.allclose(image[:, far], torch.tensor(background, dtype=torch.float64))
 
 
+def test_density_and_colour_varying_along_the_ray_composite_front_to_back():
+    """Density 2 everywhere, colour (z + 1) / 2 (1 at the front, z = 1, 0 at the back): seen from
+    azimuth 0 the ray meets colour 1 - s / 2 at depth s, and the emission-absorption integral is
+    (1 - e^-4) - (1/2 - e^-4 (2 + 1/2)) / 2 + b e^-4 in closed form. A linear density a (z + 1)
+    lets through exp(-2a), exactly at the midpoints."""
+    R, b = 17, 0.5
+    z = torch.linspace(-1, 1, R, dtype=torch.float64).view(R, 1, 1).expand(R, R, R)
+    colour = ((z + 1) / 2)[None]
+    image = render_volume(torch.full((R, R, R), 2.0, dtype=torch.float64), colour, torch.tensor([0.0]),
+                          torch.tensor([0.0]), 4, samples=512, extent=1.0, background=b)
+    e = math.exp(-4)
+    expected = (1 - e) - (0.5 - e * 2.5) / 2 + b * e
+    torch.testing.assert_close(image, torch.full_like(image, expected), rtol=0, atol=1e-4)
+    ramp = 0.7 * (z + 1)
+    dark = render_volume(ramp, torch.zeros(1, R, R, R, dtype=torch.float64), torch.tensor([0.0]),
+                         torch.tensor([0.0]), 4, samples=4 * (R - 1), extent=1.0, background=1.0)
+    torch.testing.assert_close(dark, torch.full_like(dark, math.exp(-1.4)), rtol=0, atol=1e-12)
+
+
 def test_cameras_see_the_right_side_on_the_right():
     """From azimuth 0 (on +z) the +x half of the grid is on the image's right; from azimuth 90 (on
     +x) the -z half is; from above (elevation 90) the image's top is -z. Axes are orthonormal."""
@@ -230,6 +249,10 @@ def test_a_voxel_field_starts_as_a_faint_haze_and_reports_what_it_occupies():
     with torch.no_grad():
         field.raw_density[2:4, 2:4, 2:4] = 20.0
     assert field.occupancy().sum() == 8
+    side = 2 / 7                                        # a voxel's side: 8 voxel centres span [-1, 1]
+    edge = -math.log(1 - 0.1) / side                    # the density that stops exactly a tenth of a ray
+    assert occupied(torch.full((8, 8, 8), edge * 1.001)).all()
+    assert not occupied(torch.full((8, 8, 8), edge * 0.999)).any()
     image = field.render(torch.tensor([0.0]), torch.tensor([0.0]), 8)
     assert image.shape == (1, 3, 8, 8) and image.min() >= -1 and image.max() <= 1
 

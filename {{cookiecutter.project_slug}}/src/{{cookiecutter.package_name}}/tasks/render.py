@@ -56,7 +56,7 @@ def render_volume(density: Tensor, colour: Tensor, azimuth: Tensor, elevation: T
     points = ray_points(azimuth, elevation, size, samples, extent).to(density)
     grid = points.reshape(1, len(azimuth), size * size, samples, 3)
     sigma = F.grid_sample(density[None, None], grid, align_corners=True, padding_mode="zeros")[0, 0]
-    rgb = F.grid_sample(colour[None], grid, align_corners=True, padding_mode="border")[0]   # (C, B, pixels, samples)
+    rgb = F.grid_sample(colour[None], grid, align_corners=True)[0]        # (C, B, pixels, samples)
     delta = 2 * extent / samples
     optical_depth = sigma * delta
     before = torch.cumsum(optical_depth, dim=-1) - optical_depth           # sum_{j<k}
