@@ -120,14 +120,15 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
     from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
     from {{ cookiecutter.package_name }}.diffusion.schedules import SCHEDULES, TRAINING_NOISE
     from {{ cookiecutter.package_name }}.evaluation.features import EXTRACTORS
-    from {{ cookiecutter.package_name }}.models import MODELS
+    from {{ cookiecutter.package_name }}.models import DECLARED, MODELS
     from {{ cookiecutter.package_name }}.trainer import LOGGERS
 
     tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES,
               "model.name": {**MODELS, "pretrained": "adapters"}, "diffusion.objective": PARAMETERIZATIONS,
               "diffusion.train_noise": TRAINING_NOISE, "diffusion.loss_weight": LOSS_WEIGHTS,
               "sampling.sampler": SAMPLERS, "sampling.schedule": SCHEDULES, "evaluation.sampler": SAMPLERS,
-              "evaluation.extractor": EXTRACTORS, "distill.method": METHODS}
+              "evaluation.extractor": EXTRACTORS, "distill.method": METHODS,
+              "data.kind": {"auto": "the shape", **DECLARED}}
     plain_switches = {"data.on_bad_file", "trainer.precision", "trainer.accelerator",   # used as they are,
                       "trainer.strategy", "trainer.compile"}                           # or by Lightning
     literals = {key: set(typing.get_args(kind)) for key, kind in schema_leaves(Config)

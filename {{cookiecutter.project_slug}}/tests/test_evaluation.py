@@ -2,6 +2,7 @@
 the sharing of samples among processes, and the offline path. Tests use a small feature
 extractor of their own, never Inception's weights (no network, ever)."""
 import json
+import math
 import sys
 
 import numpy as np
@@ -327,9 +328,18 @@ def test_fetch_weights_offline_is_one_error_line(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("ERROR: could not download weights-inception")
 
 
-def test_fid_on_data_that_are_not_images_is_one_error_line(project_dir, custom_extractor, capsys):
-    assert main(["train", "experiment=toy2d", *custom_extractor, "evaluation.every_n_steps=2"]) == 2
-    assert "FID and KID measure images, but data.name=toy2d gives examples of shape [2]" in capsys.readouterr().err
+def test_points_are_judged_by_distances_to_the_held_out_data_in_training_and_evaluate(project_dir, capsys):
+    """No feature extractor is built for points: training logs the sliced Wasserstein distance
+    and MMD against the held-out data, and evaluate reports them beside the training data's own."""
+    assert main(["train", "experiment=toy2d", "name=points", "trainer.max_steps=4", "evaluation.every_n_steps=2",
+                 "evaluation.samples=60", "evaluation.steps=2", "logger=csv", "data.toy_samples=400"]) == 0
+    history = [json.loads(line) for line in (project_dir / "runs/points/fid/history.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in history] == [2, 4]
+    assert all(entry["swd"] > 0 and "mmd" in entry and entry["extractor"] == "held-out data" for entry in history)
+    assert "swd@60" in capsys.readouterr().out
+    assert main(["evaluate", "run=runs/points", "samples=60", "steps=2"]) == 0
+    report = json.loads((project_dir / "runs/points/fid/distances.json").read_text())
+    assert report["kind"] == "vector" and report["swd@60"] > report["training_data"]["swd"]
 
 
 @pytest.mark.parametrize("module, message", [("nowhere:Net", "does not name a network"),
@@ -559,3 +569,64 @@ def test_a_twin_trained_on_other_examples_is_sampled_from_the_same_noise(project
     assert "from the same noise as part1's: cosine similarity" in capsys.readouterr().out
     assert main(["evaluate", "run=runs/part0", "twin=runs/part0", *judge]) == 0
     assert json.loads((folder / "memorisation.json").read_text())["twin"]["same_noise"] == pytest.approx(1.0)
+
+
+# -- distances for data of any kind (evaluation/distances.py) -----------------------------------
+def test_sliced_wasserstein_agrees_with_pot_on_unequal_samples():
+    import ot
+
+    from {{ cookiecutter.package_name }}.evaluation.distances import random_directions, sliced_wasserstein, wasserstein_1d
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(37, 3, generator=generator, dtype=torch.float64), torch.rand(23, 3, generator=generator,
+                                                                                   dtype=torch.float64) * 2
+    assert torch.allclose(wasserstein_1d(x, y), torch.tensor(ot.wasserstein_1d(x.numpy(), y.numpy(), p=2)))
+    directions = random_directions(3, 50, generator)
+    ours = sliced_wasserstein(x, y, directions)
+    theirs = ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), projections=directions.numpy(), p=2)
+    assert abs(ours - theirs) < 1e-10
+
+
+def test_mmd_is_the_written_out_u_statistic_and_the_closed_form_for_two_gaussians():
+    from {{ cookiecutter.package_name }}.evaluation.distances import mmd
+
+    rng = np.random.default_rng(0)
+    x, y, h = rng.normal(size=(7, 2)), rng.normal(size=(5, 2)) + 1, 0.8
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * h * h))    # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(7) for j in range(7) if i != j) / 42
+    yy = sum(k(y[i], y[j]) for i in range(5) for j in range(5) if i != j) / 20
+    xy = sum(k(a, b) for a in x for b in y) / 35
+    assert abs(mmd(torch.tensor(x), torch.tensor(y), h) - (xx + yy - 2 * xy)) < 1e-12
+    # N(0, I) against N(mu, I) in d dimensions: MMD^2 = 2 (h^2 / (h^2 + 2))^(d/2) (1 - exp(-|mu|^2 / 2 (h^2 + 2)))
+    d, h, mu = 3, 1.5, torch.tensor([0.7, 0.0, -0.4])
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(3000, d, generator=generator), torch.randn(3000, d, generator=generator) + mu
+    exact = 2 * (h**2 / (h**2 + 2)) ** (d / 2) * (1 - math.exp(-mu.square().sum().item() / (2 * (h**2 + 2))))
+    assert abs(mmd(a, b, h) - exact) < 0.1 * exact
+
+
+def test_set_features_ignore_order_place_and_turn_and_the_distances_vanish_against_itself():
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances, features
+    from {{ cookiecutter.package_name }}.sets import rotated
+
+    generator = torch.Generator().manual_seed(0)
+    sets = torch.randn(200, 6, 3, generator=generator)
+    sets[::3, 4:] = math.nan
+    moved = rotated(sets, generator)[:, torch.randperm(6, generator=generator)] + torch.tensor([5.0, -1.0, 2.0])
+    assert torch.allclose(features(moved, "set", sets), features(sets, "set", sets), atol=1e-9)
+    same = distances(sets, sets, "set")
+    assert same["swd"] < 1e-12 and abs(same["mmd"]) < 0.01
+    stretched = sets * torch.tensor([2.0, 1.0, 1.0])
+    other = distances(stretched, sets, "set")
+    assert other["swd"] > 0.3 and other["mmd"] > 0.05
+
+
+def test_distances_rank_samples_of_the_data_above_samples_of_something_else():
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(1000, 2, 8, generator=generator).cumsum(-1)         # random walks
+    fresh = torch.randn(1000, 2, 8, generator=generator).cumsum(-1)
+    shuffled = fresh[..., torch.randperm(8, generator=generator)]          # the same values out of order
+    good, bad = distances(fresh, data, "sequence"), distances(shuffled, data, "sequence")
+    assert good["swd"] < bad["swd"] / 3 and good["mmd"] < bad["mmd"] / 5

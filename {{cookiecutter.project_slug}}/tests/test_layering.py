@@ -19,31 +19,32 @@ NAME = PACKAGE.name
 ALLOWED = {
     "errors": set(),
     "pixels": set(),
+    "sets": set(),
     "storage": set(),
     "devices": {"errors"},
     "speed": {"devices"},
     "diffusion": set(),
-    "models": set(),
-    "codecs": {"models", "errors"},
+    "models": {"sets"},
+    "codecs": {"models", "sets", "errors"},
     "tasks": {"diffusion", "pixels"},
-    "evaluation": {"pixels", "storage", "errors"},
+    "evaluation": {"pixels", "sets", "storage", "errors"},
     "adapters": {"diffusion", "errors"},
-    "data": {"pixels", "storage", "errors"},
+    "data": {"pixels", "sets", "storage", "errors"},
     "config": {"diffusion", "models", "errors"},
-    "visualize": {"pixels", "diffusion", "models"},
-    "model": {"diffusion", "models", "codecs", "devices", "errors"},
+    "visualize": {"pixels", "sets", "diffusion", "models"},
+    "model": {"diffusion", "models", "codecs", "sets", "devices", "errors"},
     "module": {"model", "diffusion", "devices", "errors"},
     "pairs": {"model", "diffusion", "storage", "errors"},
     "callbacks": {"model", "evaluation", "visualize", "pixels", "storage", "devices"},
     "trainer": {"callbacks", "config", "devices", "errors"},
     "runs": {"model", "models", "codecs", "adapters", "diffusion", "config", "storage", "errors"},
     "commands": {"runs", "config", "model", "module", "pairs", "trainer", "data", "tasks", "evaluation", "visualize",
-                 "diffusion", "models", "codecs", "pixels", "devices", "speed", "storage", "errors"},
+                 "diffusion", "models", "codecs", "pixels", "sets", "devices", "speed", "storage", "errors"},
     "cli": {"commands", "errors"},
     "__main__": {"cli"},
 }
-PURE_TORCH = {"diffusion", "models", "codecs", "model", "devices", "speed", "pixels", "errors", "storage", "tasks",
-              "evaluation", "adapters", "pairs"}
+PURE_TORCH = {"diffusion", "models", "codecs", "model", "devices", "speed", "pixels", "sets", "errors", "storage",
+              "tasks", "evaluation", "adapters", "pairs"}
 FRAMEWORKS = {"lightning", "pytorch_lightning", "omegaconf"}
 TRAINING_COMMANDS = {"train", "bench"}       # the only commands that build a LightningModule
 

@@ -45,7 +45,7 @@ def test_the_output_depends_on_noise_level_and_label():
 
 def test_conditional_network_refuses_missing_labels():
     net = MLP((2,), width=32, depth=1, condition=ClassLabels(3))
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="conditional: pass its condition"):
         net(torch.randn(2, 2), torch.randn(2))
 
 

@@ -56,6 +56,68 @@ class Identity(nn.Module):
         return tuple(latent_shape)
 
 
+class FeatureRange(nn.Module):
+    """A tensor file's data other than images (vectors, sequences, sets of points), scaled so
+    that each feature spans [-1, 1], the range the noise levels are made for (data.normalise;
+    without it the data is taken as it is): x' = (x - centre) / half_range. A feature is a
+    vector's coordinate, a sequence's channel; a set's coordinates share one scale and no shift
+    (distances and rotations keep their meaning, and a centred set stays centred). For sets of
+    different sizes it also keeps how many training sets have each number of points, the sizes
+    that samples are drawn with (``Model.set_noise``). Measured once on the training data
+    (``measure``), saved with the run (``statistics``), undone on every sample (``decode``).
+    Until measured it changes nothing."""
+
+    latent = False
+
+    def __init__(self, kind: str, scale: bool = True):
+        super().__init__()
+        self.kind, self.scale = kind, scale
+        self.statistics: dict | None = None
+
+    def measure(self, data: Tensor) -> None:
+        """The range of each feature of the training ``data`` (N, ...), missing points ignored."""
+        features = data.transpose(0, 1).flatten(1) if self.kind == "sequence" else data.flatten(0, -2).T
+        low = torch.stack([f[~torch.isnan(f)].min() for f in features])
+        high = torch.stack([f[~torch.isnan(f)].max() for f in features])
+        if self.kind == "set":
+            half = torch.maximum(low.abs(), high.abs()).max().expand_as(low)
+            low, high = -half, half
+        if not self.scale:
+            low, high = -torch.ones_like(low), torch.ones_like(high)
+        statistics = {"low": low.tolist(), "high": high.tolist()}
+        if self.kind == "set" and torch.isnan(data).any():
+            sizes = (~torch.isnan(data).any(-1)).sum(1)
+            statistics["points"] = torch.bincount(sizes, minlength=data.shape[1] + 1).tolist()
+        self.normalise(statistics)
+
+    def normalise(self, statistics: dict) -> None:
+        self.statistics = dict(statistics)
+
+    def centre_and_half_range(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Broadcast to x, on x's device; None until measured."""
+        if self.statistics is None:
+            return None
+        low, high = (torch.tensor(self.statistics[key], device=x.device) for key in ("low", "high"))
+        shape = [-1, 1] if self.kind == "sequence" else [-1]
+        return ((high + low) / 2).reshape(shape), ((high - low) / 2).clamp_min(1e-12).reshape(shape)
+
+    def latents(self, data: Tensor) -> Tensor:
+        """Data in its own units -> what the network sees."""
+        scaling = self.centre_and_half_range(data)
+        return data if scaling is None else (data - scaling[0]) / scaling[1]
+
+    def decode(self, x: Tensor) -> Tensor:
+        """What the network made -> data in its own units."""
+        scaling = self.centre_and_half_range(x)
+        return x if scaling is None else x * scaling[1] + scaling[0]
+
+    def latent_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(data_shape)
+
+    def data_shape(self, latent_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(latent_shape)
+
+
 class LatentCodec(nn.Module):
     """An autoencoder as a codec: images of C x H x W to the Gaussians of latents of
     c x H/f x W/f and back, with the normalisation z' = (z - shift) * scale per channel.

@@ -91,6 +91,10 @@ class DataConfig:
     clusters: int = valid(at_least(0))
     toy_shape: Literal["swiss_roll", "moons", "checkerboard", "gaussians"] = MISSING
     toy_samples: int = valid(at_least(2))
+    kind: Literal["auto", "set"] = MISSING
+    normalise: bool = MISSING
+    zero_com: bool = MISSING
+    rotate: bool = MISSING
     val_fraction: float = valid(UNIT_INTERVAL)
     train_size: int = valid(at_least(0))
     train_part: int = valid(at_least(0))
@@ -121,6 +125,13 @@ class DiTConfig:
 
 
 @dataclass
+class SetTransformerConfig:
+    width: int = valid(at_least(1))
+    depth: int = valid(at_least(1))
+    heads: int = valid(at_least(1))
+
+
+@dataclass
 class MLPConfig:
     width: int = valid(at_least(1))
     depth: int = valid(at_least(1))
@@ -140,10 +151,11 @@ class PretrainedConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["unet", "dit", "mlp", "ideal", "pretrained"] = MISSING
+    name: Literal["unet", "dit", "set_transformer", "mlp", "ideal", "pretrained"] = MISSING
     conditional: bool = MISSING
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
+    set_transformer: SetTransformerConfig = field(default_factory=SetTransformerConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     ideal: IdealConfig = field(default_factory=IdealConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)

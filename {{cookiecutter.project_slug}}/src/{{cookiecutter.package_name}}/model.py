@@ -28,10 +28,21 @@ from .codecs import Identity
 from .devices import autocast, compile_in_place
 from .diffusion.generate import generate, indexed_generators
 from .diffusion.guidance import GuidedDenoiser, evaluations
-from .diffusion.samplers import SAMPLERS, Denoiser, Generators, Hook, SampleResult, configured_sampler
+from .diffusion.samplers import (
+    SAMPLERS,
+    Denoiser,
+    Generators,
+    Hook,
+    SampleResult,
+    Step,
+    configured_sampler,
+    standard_normal,
+)
 from .diffusion.schedules import sampling_sigmas
 from .errors import ConfigError
-from .models.conditioning import ClassLabels
+from .models import data_kind
+from .models.conditioning import ClassLabels, Condition, Vectors
+from .sets import without_centre
 
 GOLDEN = (math.sqrt(5) - 1) / 2      # frac(i * GOLDEN), i = 0, 1, 2, ...: the most even spread over [0, 1)
 
@@ -45,7 +56,7 @@ class Model:
     noise: Any                           # the training noise levels (schedules.py); ``trailing`` walks their table
     data_shape: tuple[int, ...]          # one example (a latent model's: one latent)
     config: Any                          # the run's resolved configuration (its sampling section: the defaults)
-    condition: ClassLabels | None = None     # the kind of condition, None for an unconditional model
+    condition: Condition | None = None       # the kind of condition, None for an unconditional model
     class_names: list[str] = field(default_factory=list)     # the classes' names (or the prompts)
     cluster_sizes: list[int] | None = None   # examples per cluster, when the classes are the data's clusters
     codec: nn.Module = field(default_factory=Identity)       # decodes samples to data (codecs.py)
@@ -86,10 +97,20 @@ class Model:
                               "data.channels to data of the model's kind (in configs/local.yaml for a pretrained "
                               "model)")
 
+    @property
+    def kind(self) -> str:
+        """What one example is: vector, sequence, set or image (``models.data_kind``)."""
+        return data_kind(self.data_shape, self.config.data.get("kind", "auto"))
+
     # -- the condition table -----------------------------------------------------------------
     @property
     def num_classes(self) -> int | None:
-        return self.condition.count if self.condition is not None else None
+        return self.condition.count if isinstance(self.condition, ClassLabels) else None
+
+    @property
+    def condition_table(self) -> dict | None:
+        """A vector-conditioned model's ranges and example conditions (saved with the run)."""
+        return self.condition.table() if isinstance(self.condition, Vectors) else None
 
     @property
     def draws_clusters(self) -> bool:
@@ -124,15 +145,15 @@ class Model:
     def default_labels(self, indices: Tensor) -> Tensor | None:
         """The labels of samples number ``indices`` when none are asked for. Classes come in
         turn: 0, 1, 2, ... Clusters come as often as the data holds them, so that the samples
-        follow the data as an unconditional model's should: sample i takes the cluster into whose
-        share of [0, 1) the number frac(i * golden ratio) falls, a sequence that spreads any run of
-        consecutive samples over the clusters in proportion to their shares (Weyl 1916)."""
+        follow the data as an unconditional model's should (``in_proportion``). A
+        vector-conditioned model takes the training conditions it keeps, in turn."""
+        if isinstance(self.condition, Vectors):
+            return self.condition.examples[indices % len(self.condition.examples)]
         if not self.num_classes:
             return None
         if not self.draws_clusters:
             return indices % self.num_classes
-        sizes = torch.tensor(self.cluster_sizes, dtype=torch.float64)
-        return torch.searchsorted(sizes.cumsum(0) / sizes.sum(), indices.double() * GOLDEN % 1, right=True)
+        return in_proportion(indices, self.cluster_sizes)
 
     def column_names(self, n: int, labels: list[int] | None = None) -> list[str] | None:
         """The class names of the columns of a grid of ``n`` samples when their labels cycle
@@ -194,17 +215,51 @@ class Model:
         ``noise`` if given (else drawn from ``generator``); see ``guided`` for ``labels`` and
         ``conditions``."""
         sampling = sampling or self.config.sampling
+        if self.kind == "set":
+            noise = self.set_noise(torch.arange(n), generator) if noise is None else noise
+            hooks = [centre_each_step, *hooks] if self.config.data.zero_com else hooks
         shape = None if noise is not None else (n, *self.data_shape)
         return self.generate(self.guided(n, sampling.guidance, labels, conditions), sampling, shape=shape,
                              noise=noise, generator=generator, hooks=hooks)
 
-    def sample_numbered(self, indices: Tensor, seed: int, sampling=None) -> Tensor:
+    def set_noise(self, indices: Tensor, generator: Generators) -> Tensor:
+        """The starting noise of sets number ``indices``: sample i has as many points as training
+        sets have in proportion (``in_proportion``, over the counts the codec keeps; all P when
+        they all have P), the rest missing (``sets.py``), and with data.zero_com its centre of
+        mass at zero."""
+        noise = standard_normal((len(indices), *self.data_shape), generator)
+        counts = (self.codec.statistics or {}).get("points")
+        if counts:
+            sizes = in_proportion(indices, counts)
+            noise[torch.arange(self.data_shape[0]) >= sizes[:, None]] = torch.nan
+        return without_centre(noise) if self.config.data.zero_com else noise
+
+    def sample_numbered(self, indices: Tensor, seed: int, sampling=None, labels: Tensor | None = None) -> Tensor:
         """Samples number ``indices`` of a fixed, numbered set: sample i draws all its noise (where
         it starts, and a stochastic sampler's steps) from a generator seeded with seed + i and,
-        for a conditional model, takes the label ``default_labels`` gives number i, whatever batch
-        it is drawn in."""
-        return self.sample(len(indices), indexed_generators(indices, seed), sampling,
-                           labels=self.default_labels(indices)).x
+        for a conditional model, takes the label ``default_labels`` gives number i (or
+        ``labels[i]``, numbered alike), whatever batch it is drawn in."""
+        generators = indexed_generators(indices, seed)
+        noise = self.set_noise(indices, generators) if self.kind == "set" else None
+        labels = self.default_labels(indices) if labels is None else labels[indices % len(labels)]
+        return self.sample(len(indices), generators, sampling, labels=labels, noise=noise).x
+
+
+def in_proportion(indices: Tensor, counts: list[int]) -> Tensor:
+    """For samples number ``indices``, a value k drawn in proportion to ``counts[k]``: the value
+    into whose share of [0, 1) the number frac(i * golden ratio) falls, a sequence that spreads
+    any run of consecutive samples over the values in proportion to their shares (Weyl 1916)."""
+    counts = torch.tensor(counts, dtype=torch.float64)
+    return torch.searchsorted(counts.cumsum(0) / counts.sum(), indices.double() * GOLDEN % 1, right=True)
+
+
+def centre_each_step(step: Step) -> None:
+    """A hook that keeps sets in the zero centre-of-mass subspace: a stochastic sampler's fresh
+    noise has a centre of mass of its own, taken out of the state at every step, and out of the
+    estimate, which then is the denoiser's at the centred state (the network ignores the centre;
+    the skip connection c_skip x does not)."""
+    step.x.copy_(without_centre(step.x))
+    step.x0_hat.copy_(without_centre(step.x0_hat))
 
 
 def labels_in_turn(labels: list[int] | None, start: int, stop: int) -> Tensor | None:

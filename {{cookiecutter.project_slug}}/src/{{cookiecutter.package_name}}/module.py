@@ -43,7 +43,8 @@ class DiffusionModule(L.LightningModule):
         self.save_hyperparameters({"config": OmegaConf.to_container(self.cfg, resolve=True),
                                    "data_shape": list(model.codec.data_shape(model.data_shape)),   # the data's
                                    "class_names": model.class_names, "cluster_sizes": model.cluster_sizes,
-                                   "latents": model.codec.statistics})       # a latent model's normalisation
+                                   "latents": model.codec.statistics,        # the codec's normalisation
+                                   "conditions": model.condition_table})
         self.denoiser = model.denoiser.train()              # a pretrained network is loaded in eval mode
         self.adapted = bool(self.cfg.lora.base)
         self.frozen_half = self.adapted and model.pretrained is not None      # a pipeline's gigabytes: see setup

@@ -49,7 +49,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .adapters.lora import (
     DIFFUSERS_ADAPTERS,
@@ -58,14 +58,14 @@ from .adapters.lora import (
     merged_weights,
     save_diffusers_adapters,
 )
-from .codecs import DiffusersAutoencoder, Identity, TrainedAutoencoder, is_trained_autoencoder
+from .codecs import DiffusersAutoencoder, FeatureRange, Identity, TrainedAutoencoder, is_trained_autoencoder
 from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
 from .model import Model
-from .models import IdealDenoiser, build_model
-from .models.conditioning import ClassLabels
+from .models import IdealDenoiser, build_model, data_kind
+from .models.conditioning import ClassLabels, Vectors
 from .storage import UnreadableFile, read_tensors
 
 RUNS = Path("runs")
@@ -202,11 +202,13 @@ def describe(error: Exception) -> str:
 
 # -- building models ---------------------------------------------------------------------------
 def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: list[int] | None = None,
-              codec=None) -> Model:
+              codec=None, conditions: dict | None = None) -> Model:
     """A Model with new weights for ``config`` (the resolved configuration, a dict or DictConfig)
     and data of ``data_shape`` with ``class_names`` (and ``cluster_sizes`` when the classes are
-    the data's clusters): the network that model.name names for the shape of the data (with
-    codec.source, for the shape of its latents; ``codec``: that codec, already loaded), or with
+    the data's clusters) or vector ``conditions`` (``Vectors.table``): the network that
+    model.name names for the shape of the data (with codec.source, for the shape of its latents;
+    ``codec``: that codec, already loaded; a tensor file's other data are scaled to [-1, 1] by
+    ``FeatureRange``, data.normalise), or with
     model.name=pretrained the pipeline at model.pretrained.source (its network, prediction type
     and noise levels, and, unless the data gives one, its shape)."""
     cfg = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
@@ -214,20 +216,25 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
         return adapted_model(cfg, data_shape, class_names, cluster_sizes)
     if cfg.model.name == "pretrained":
         return pretrained_model(cfg, data_shape)
-    condition = ClassLabels(len(class_names)) if cfg.model.conditional and class_names else None
+    condition = None
+    if cfg.model.conditional:
+        condition = Vectors(**conditions) if conditions else ClassLabels(len(class_names)) if class_names else None
     if cfg.model.conditional and condition is None:
-        raise ConfigError(f"model.conditional=true needs class labels, but data.name={cfg.data.name} provides none "
-                          "(for an image folder set data.labels_from_subfolders=true; for toy2d use moons or "
-                          "gaussians)")
+        raise ConfigError(f"model.conditional=true needs class labels or conditions, but data.name={cfg.data.name} "
+                          "provides none (for an image folder set data.labels_from_subfolders=true; for toy2d use "
+                          "moons or gaussians; a tensor file's dict holds them as 'labels' or 'conditions')")
     noise = training_noise(cfg.diffusion)
     codec = codec if codec is not None else load_codec(cfg.codec.source)
+    kind = data_kind(tuple(data_shape), cfg.data.kind)
+    if isinstance(codec, Identity) and cfg.data.name == "tensor_file" and kind != "image":
+        codec = FeatureRange(kind, cfg.data.normalise)
     try:
         shape = codec.latent_shape(tuple(data_shape))
     except ValueError as error:
         raise ConfigError(f"codec.source={cfg.codec.source} cannot take the data (data.name={cfg.data.name}): "
                           f"{error}") from None
     try:
-        net = build_model(cfg.model, shape, condition)
+        net = build_model(cfg, shape, condition)
     except ValueError as error:          # the networks explain sizes they cannot take
         raise ConfigError(f"model.name={cfg.model.name} cannot be built for {'latents' if codec.latent else 'data'} "
                           f"of shape {list(shape)}: {error}") from None
@@ -236,6 +243,17 @@ def new_model(config, data_shape, class_names: list[str] = (), cluster_sizes: li
     parameterization = build_parameterization(cfg.diffusion.objective, cfg.diffusion.sigma_data)
     denoiser = NetworkDenoiser(net, parameterization, noise.sigma_min, noise.sigma_max)
     return Model(denoiser, noise, shape, cfg, condition, list(class_names), cluster_sizes, codec)
+
+
+def model_for_data(cfg, data, codec=None) -> Model:
+    """A new Model (``new_model``) for the data of a data module that is set up: its shape, its
+    classes or vector conditions (their ranges measured on the training examples) and, for a
+    tensor file's data, its scaling (``FeatureRange``), measured there too and served by it."""
+    conditions = Vectors.measured(data.train_set.labels).table() if data.conditioned else None
+    model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes, codec, conditions)
+    if isinstance(model.codec, FeatureRange):
+        data.scale_with(model.codec)
+    return model
 
 
 def load_codec(source: str | None):
@@ -377,20 +395,21 @@ def load_run(path: str | Path) -> tuple[Model, Run]:
     model = model_with_weights(hparams["config"], hparams["data_shape"], hparams.get("class_names") or [],
                                hparams.get("cluster_sizes"), ema,
                                f"{checkpoint} does not fit the model its own configuration describes",
-                               hparams.get("latents"))
+                               hparams.get("latents"), hparams.get("conditions"))
     model.origin = {"checkpoint": str(checkpoint), "step": saved.get("global_step")}
     return model, Run(checkpoint.parent.parent)
 
 
 def model_with_weights(config, data_shape, class_names, cluster_sizes, weights: dict, misfit: str,
-                       latents: dict | None = None) -> Model:
-    """A model with ``weights`` (and a latent model's codec with its normalisation, ``latents``:
-    ``LatentCodec.statistics``), in eval mode on the CPU, the caller's random state untouched;
+                       latents: dict | None = None, conditions: dict | None = None) -> Model:
+    """A model with ``weights`` (and its codec's normalisation, ``latents``: a latent model's
+    ``LatentCodec.statistics``, a tensor file's ``FeatureRange.statistics``; and its vector
+    ``conditions``, ``Vectors.table``), in eval mode on the CPU, the caller's random state untouched;
     ``misfit`` says what is wrong when the weights do not fit. Keys that ``config`` predates
     take this project's defaults. An adapted model's weights are its adapters alone: the rest
     are its base's (lora.base)."""
     with torch.random.fork_rng(devices=[]):
-        model = new_model(with_later_keys(config), data_shape, class_names, cluster_sizes)
+        model = new_model(with_later_keys(config), data_shape, class_names, cluster_sizes, conditions=conditions)
     if latents is not None:
         model.codec.normalise(latents)
     try:
@@ -427,7 +446,7 @@ def load_export(folder: Path) -> tuple[Model, Run]:
         config["codec"]["source"] = str(folder)
     model = model_with_weights(config, info["data_shape"], info["class_names"] or [], info.get("cluster_sizes"),
                                weights, f"{folder / EXPORT_WEIGHTS} does not fit the model its config.yaml describes",
-                               info.get("latents"))
+                               info.get("latents"), info.get("conditions"))
     model.origin = {"export": str(folder), "step": info["step"], "trained_in": info["trained_in"]}
     return model, Run(folder)
 
@@ -504,8 +523,20 @@ def prompts_asked(command, name: str) -> list[str]:
 def resolve_labels(command, model: Model) -> None:
     """Labels given by class name (``labels=[rose]``) or by number (``labels=[3]``) become class
     numbers, in the command itself; conditions (where the command has them) are [label, weight]
-    pairs with a finite weight."""
+    pairs with a finite weight. A model conditioned on vectors takes each label as a list of its
+    numbers, in the data's own units (``labels=[[0.5,1,2,3]]``)."""
     conditions = command.get("conditions") or []
+    if model.condition_table is not None:
+        size = model.condition.features
+        given = command.get("labels") or []
+        labels = [list(label) if isinstance(label, (list, ListConfig)) else [label] for label in given]
+        if conditions or any(len(label) != size or not all(map(is_finite_number, label)) for label in labels):
+            raise ConfigError(f"{command.run} is conditioned on vectors of {size} numbers: give each as a list in "
+                              f"labels, e.g. labels=[[{', '.join(['0.5'] * size)}]] (weighted conditions are for "
+                              "class labels)")
+        if labels:
+            command.labels = [[float(value) for value in label] for label in labels]
+        return
     if (command.get("labels") or conditions) and not model.num_classes:
         raise ConfigError(f"labels and conditions need a class-conditional model; {command.run} was trained "
                           "with model.conditional=false")
@@ -545,7 +576,8 @@ def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool
     save_file(weights, out / EXPORT_WEIGHTS)
     info = {"format": "diffusion-lab export 1", "data_shape": list(model.codec.data_shape(model.data_shape)),
             "class_names": list(model.class_names), "step": step, "trained_in": source,
-            "cluster_sizes": model.cluster_sizes, "latents": model.codec.statistics}
+            "cluster_sizes": model.cluster_sizes, "latents": model.codec.statistics,
+            "conditions": model.condition_table}
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     if isinstance(model.codec, TrainedAutoencoder):          # an export carries its own autoencoder
         model.codec.save(out)
@@ -570,7 +602,7 @@ def merged_model(model: Model) -> Model:
     data_shape = None if model.pretrained is not None else model.codec.data_shape(model.data_shape)
     merged = model_with_weights(cfg, data_shape, model.class_names, model.cluster_sizes,
                                 merged_weights(model.denoiser), "the merged weights do not fit the base",
-                                model.codec.statistics)
+                                model.codec.statistics, model.condition_table)
     merged.origin = model.origin
     return merged
 

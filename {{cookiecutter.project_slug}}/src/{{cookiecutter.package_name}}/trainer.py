@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from .callbacks import (
     AtomicCheckpointIO,
+    DataDistances,
     GracefulStop,
     LastCheckpoint,
     QualityMetrics,
@@ -126,11 +127,12 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
+def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None, distances: bool = False,
                   speed_report: Callable[[L.Trainer, float], None] | None = None) -> L.Trainer:
     """The Trainer for ``cfg``, writing into the run directory ``run`` (a ``runs.Run``);
     ``write_record`` saves the run's configuration once training has started; with a feature
-    ``extractor``, FID and KID are measured every evaluation.every_n_steps. The speed of steps
+    ``extractor``, FID and KID are measured every evaluation.every_n_steps, with ``distances``
+    the sliced Wasserstein distance and MMD to the held-out data. The speed of steps
     SPEED_WINDOW goes to ``speed_report`` (by default printed with what it means for the run)."""
     trainer_cfg = cfg.trainer
     check_training_hardware(trainer_cfg.accelerator, trainer_cfg.precision)
@@ -145,6 +147,8 @@ def build_trainer(cfg, run, write_record: Callable[[], None], extractor=None,
     ]
     if extractor is not None:
         callbacks.append(QualityMetrics(extractor, cfg.evaluation, evaluation_sampling(cfg), run.fid))
+    if distances:
+        callbacks.append(DataDistances(cfg.evaluation, evaluation_sampling(cfg), run.fid))
     callbacks.append(StepClock(*SPEED_WINDOW, cfg.data.batch_size, speed_report or speed_estimate(cfg)))
     budget = duration_seconds(trainer_cfg.max_time)
     callbacks.append(StepProgress(cfg.data.batch_size, budget_seconds=budget))

@@ -1,5 +1,6 @@
-"""Pictures: image grids, 2D scatter plots, sequences as curves, and sampling trajectories, saved
-as PNG. ``save_samples_picture`` picks the picture that suits the kind of data."""
+"""Pictures: image grids, 2D scatter plots, sequences as curves or paths, sets of points from
+several sides, and sampling trajectories, saved as PNG. ``save_samples_picture`` picks the
+picture that suits the kind of data."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from torch import Tensor
 from .diffusion.samplers import Step
 from .models import data_kind
 from .pixels import to_uint8
+from .sets import missing_points
 
 
 def new_figure() -> tuple[Figure, object]:
@@ -201,46 +203,171 @@ def save_sample_grid(images: Tensor, path: str | Path, title: str, column_names:
 
 
 def save_samples_picture(x: Tensor, path: str | Path, title: str, column_names: list[str] | None = None,
-                         reference: Tensor | None = None) -> Path:
-    """Samples as the picture that suits their kind: vectors as a scatter plot of their first two
-    coordinates (over ``reference`` data, when given), sequences as curves, images as a titled
-    grid (with columns named by class when their labels cycle)."""
-    kind = data_kind(tuple(x.shape[1:]))
+                         reference: Tensor | None = None, kind: str | None = None) -> Path:
+    """Samples as the picture that suits their ``kind`` (default: read off their shape):
+    vectors as a scatter plot of their first two coordinates (over ``reference`` data, when
+    given), sequences as curves (two channels: as paths in the plane), sets of points as scatter
+    plots, images as a titled grid (with columns named by class when their labels cycle)."""
+    kind = kind or data_kind(tuple(x.shape[1:]))
     if kind == "vector":
         return save_scatter(x, path, title, reference)
     if kind == "sequence":
-        return save_sequences(x, path, title)
+        return save_paths(x, path, title) if x.shape[1] == 2 else save_sequences(x, path, title)
+    if kind == "set":
+        return save_sets(x, path, title)
     return save_sample_grid(to_uint8(x), path, title, column_names)
+
+
+def panels(count: int, size: float = 2.4) -> tuple[Figure, list]:
+    """A figure of ``count`` small square panels, at most 4 a row, without ticks."""
+    columns = min(4, count)
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(size * columns, size * rows + 0.5))
+    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[count:]:
+        ax.axis("off")
+    return fig, list(axes[:count])
 
 
 def save_sequences(x: Tensor, path: str | Path, title: str = "", count: int = 16) -> Path:
     """Up to ``count`` sequences (N, C, L), one panel each, a curve per channel over the steps."""
     shown = x[:count].cpu()
-    columns = min(4, len(shown))
-    rows = math.ceil(len(shown) / columns)
-    fig = Figure(figsize=(2.4 * columns, 1.6 * rows + 0.5))
-    axes = fig.subplots(rows, columns, squeeze=False).flatten()
+    fig, axes = panels(len(shown))
     for ax, sequence in zip(axes, shown):
         for channel in sequence:
             ax.plot(channel, lw=1)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def draw_path(ax, path: Tensor, colour: str = "tab:blue", label: bool = False) -> None:
+    """A path (2, L) through the plane: its start a circle, its end a star."""
+    ax.plot(*path, lw=1.2, c=colour)
+    ax.scatter(*path[:, 0], s=30, c="tab:green", marker="o", zorder=3, label="start" if label else None)
+    ax.scatter(*path[:, -1], s=60, c="tab:red", marker="*", zorder=3, label="end" if label else None)
+
+
+def save_paths(x: Tensor, path: str | Path, title: str = "", count: int = 16) -> Path:
+    """Up to ``count`` two-channel sequences (N, 2, L) as paths in the plane, one panel each."""
+    shown = x[:count].cpu()
+    fig, axes = panels(len(shown))
+    low, high = shown.amin((0, 2)), shown.amax((0, 2))
+    margin = 0.05 * (high - low).max()
+    for i, (ax, sequence) in enumerate(zip(axes, shown)):
+        draw_path(ax, sequence, label=i == 0)
+        ax.set(aspect="equal", xlim=(low[0] - margin, high[0] + margin), ylim=(low[1] - margin, high[1] + margin))
+    axes[0].legend(loc="best", fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def draw_example(ax, example: Tensor, kind: str) -> None:
+    """One sequence (two channels: a path) or one set of points (its first two coordinates)."""
+    if kind == "set":
+        points = example[~missing_points(example[None])[0]]
+        ax.scatter(points[:, 0], points[:, 1], s=12, c="tab:blue")
+    elif len(example) == 2:
+        draw_path(ax, example)
+    else:
+        for channel in example:
+            ax.plot(channel, lw=1)
+
+
+def data_frames(states: list[Tensor], kind: str, titles: list[str], count: int = 4) -> list[np.ndarray]:
+    """The frames of a GIF of sequences or sets: for each state (N, ...), up to ``count`` of its
+    examples side by side (``draw_example``), on axes fixed by the last state."""
+    states = [state[:count].detach().cpu() for state in states]
+    last = states[-1]
+    finite = last[torch.isfinite(last)]
+    low, high = (finite.min().item(), finite.max().item()) if len(finite) else (-1.0, 1.0)
+    margin = 0.1 * (high - low) + 1e-6
+    frames = []
+    for state, title in zip(states, titles):
+        fig, axes = panels(len(state), 2.2)
+        for ax, example in zip(axes, state):
+            draw_example(ax, example, kind)
+            if kind == "set" or len(example) == 2:
+                ax.set(aspect="equal", xlim=(low - margin, high + margin), ylim=(low - margin, high + margin))
+            else:
+                ax.set_ylim(low - margin, high + margin)
+        fig.suptitle(title, fontsize=9)
+        frames.append(figure_array(fig))
+    return frames
+
+
+def save_denoising_gif(trajectory: list[Step], final: Tensor, path: str | Path, kind: str, decode=None) -> Path:
+    """Sequences and sets: the denoiser's estimate x0_hat at every step (``decode`` takes it to the
+    data's units), then the sample."""
+    decode = decode or (lambda x: x)
+    states = [decode(step.x0_hat) for step in trajectory] + [final]
+    titles = [f"x0_hat at step {step.i}, σ = {step.sigma:.3g}" for step in trajectory] + ["sample"]
+    return save_gif(data_frames(states, kind, titles), path, seconds_per_frame=0.25)
+
+
+def save_restored_sequences(truth: Tensor, restored: Tensor, known: Tensor, path: str | Path, title: str,
+                            names: list[str]) -> Path:
+    """Sequences (N, C, L) filled in from their ``known`` steps (L,): the original dashed grey,
+    the restored in colour, the known steps as black dots; two channels as paths in the plane."""
+    fig, axes = panels(len(truth), 2.8)
+    for ax, original, result, name in zip(axes, truth, restored, names):
+        if truth.shape[1] == 2:
+            ax.plot(*original, ls="--", c="0.6", lw=1, label="original")
+            draw_path(ax, result)
+            ax.scatter(*original[:, known], s=14, c="k", zorder=4, label="known")
+            ax.set(aspect="equal")
+        else:
+            for channel, (was, now) in enumerate(zip(original, result)):
+                ax.plot(was, ls="--", c="0.6", lw=1)
+                ax.plot(now, c=f"C{channel}", lw=1.2)
+                ax.scatter(known.nonzero().flatten(), was[known], s=14, c="k", zorder=4)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(title + "  (dashed: original, dots: known)", fontsize=9)
+    return _save(fig, path)
+
+
+def save_sets(x: Tensor, path: str | Path, title: str = "", count: int = 8) -> Path:
+    """Up to ``count`` sets of points (N, P, D), missing points left out: 2D sets as one
+    scatter plot each; 3D sets from three sides (x-y, x-z, y-z), a row each."""
+    shown = x[:count].cpu()
+    views = [(0, 1)] if shown.shape[-1] < 3 else [(0, 1), (0, 2), (1, 2)]
+    fig = Figure(figsize=(2.2 * len(views) * min(2, len(shown)), 2.2 * math.ceil(len(shown) / 2) + 0.5))
+    axes = fig.subplots(math.ceil(len(shown) / 2), 2 * len(views), squeeze=False).flatten()
+    extent = shown[~missing_points(shown)].abs().max().item() * 1.1 if (~missing_points(shown)).any() else 1.0
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.set(aspect="equal", xlim=(-extent, extent), ylim=(-extent, extent))
+    for i, points in enumerate(shown):
+        points = points[~missing_points(points[None])[0]]
+        for j, (a, b) in enumerate(views):
+            ax = axes[i * len(views) + j]
+            ax.scatter(points[:, a], points[:, b], s=12, c=points[:, 3 - a - b] if len(views) > 1 else "tab:blue",
+                       cmap="viridis")
+            ax.set_title(f"#{i} {'xyz'[a]}-{'xyz'[b]}" if len(views) > 1 else f"#{i} ({len(points)} points)",
+                         fontsize=7)
+    for ax in axes[len(shown) * len(views):]:
+        ax.axis("off")
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
 def save_samples(x: Tensor, trajectory: list[Step], out: Path, title: str,
-                 column_names: list[str] | None = None) -> None:
+                 column_names: list[str] | None = None, kind: str | None = None, decode=None) -> None:
     """What ``sample`` writes: samples.pt, samples.png (``save_samples_picture``), for images
-    images/NNNNNN.png (exact pixels), and trajectory.png when a trajectory was kept."""
+    images/NNNNNN.png (exact pixels), and when a trajectory was kept trajectory.png (sequences
+    and sets: trajectory.gif, its estimates taken to the data's units by ``decode``)."""
     torch.save(x, out / "samples.pt")
-    picture = save_samples_picture(x, out / "samples.png", title, column_names)
+    picture = save_samples_picture(x, out / "samples.png", title, column_names, kind=kind)
     if data_kind(tuple(x.shape[1:])) == "image":
         for i, image in enumerate(to_uint8(x)):
             save_image(image, out / "images" / f"{i:06d}.png")
     print(f"{len(x)} samples ({title}): {picture}")
-    if trajectory:
+    if trajectory and kind in ("sequence", "set"):
+        print(f"trajectory: {save_denoising_gif(trajectory, x, out / 'trajectory.gif', kind, decode)}")
+    elif trajectory:
         plot = save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / "trajectory.png", title)
         print(f"trajectory: {plot}")
 

@@ -52,7 +52,7 @@ class SampleGrid(L.Callback):
         title = f"step {step:,}, " + sampling_title(self.folder.parent.name, model.config.sampling, result.nfe,
                                                     model.condition is not None)
         reference = trainer.datamodule.train_set.data[: self.count]       # drawn under 2D points
-        save_samples_picture(result.x, path, title, model.column_names(self.count, labels), reference)
+        save_samples_picture(result.x, path, title, model.column_names(self.count, labels), reference, model.kind)
         log_picture(trainer.logger, path, step)
 
 

@@ -28,7 +28,7 @@ from ..devices import (
 )
 from ..errors import ConfigError
 from ..module import DiffusionModule
-from ..runs import Run, new_model, with_base
+from ..runs import Run, model_for_data, with_base
 from ..speed import flops_per_image, largest_batch, matmul_peak, seconds_per_call, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration
 
@@ -50,7 +50,7 @@ def run(overrides: list[str]) -> None:
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
     batch_size = min(cfg.data.batch_size, len(data.train_set))
-    module = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
+    module = DiffusionModule(model_for_data(cfg, data))
     model = module.model
     bench = Bench(module.to(device), device, precision)
     print(f"bench: {cfg.model.name}, {sum(p.numel() for p in module.denoiser.parameters()) / 1e6:.2f}M parameters, "
@@ -90,7 +90,7 @@ def run(overrides: list[str]) -> None:
     if device.type == "cuda":
         del bench
         module.cpu()                   # the search has the GPU to itself
-        fresh = DiffusionModule(new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes))
+        fresh = DiffusionModule(model_for_data(cfg, data))
         fits = largest_batch(Bench(fresh.to(device), device, precision).one_step, batch_size)
         print(f"  largest batch that fits: {fits} (training step, doubling from {batch_size}, not compiled)")
     else:
@@ -177,7 +177,7 @@ def full_loop_speed(cfg, overrides: list[str]) -> float:
     loop_cfg = with_base(load_config([*overrides, *quiet]), [*overrides, *quiet])
     data = DiffusionDataModule(loop_cfg.data, loop_cfg.seed)
     data.setup("fit")
-    module = DiffusionModule(new_model(loop_cfg, data.data_shape, data.class_names, data.cluster_sizes))
+    module = DiffusionModule(model_for_data(loop_cfg, data))
     model = module.model
     if model.codec.latent:                        # a latent model trains on its images' latents
         data.encode(model.codec, None if model.pretrained is not None else loop_cfg.codec.latent_std)

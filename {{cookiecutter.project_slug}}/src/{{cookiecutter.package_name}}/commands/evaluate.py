@@ -1,6 +1,8 @@
 """``evaluate``: FID and KID of a trained run, the full protocol: many samples, several seeds,
 and on request FID against NFE for several samplers; and the memorisation check: how many
-samples copy a training image, and how alike a twin run's samples from the same noise are."""
+samples copy a training image, and how alike a twin run's samples from the same noise are.
+Data other than images (points, sequences, sets) is judged by the sliced Wasserstein distance
+and MMD against the held-out data instead."""
 from __future__ import annotations
 
 import json
@@ -21,15 +23,16 @@ from ..data import DiffusionDataModule
 from ..devices import device_name, memory_errors, pick_device, sampling_precision
 from ..diffusion.samplers import SAMPLERS
 from ..errors import ConfigError
+from ..evaluation.distances import distances
 from ..evaluation.features import build_extractor
 from ..evaluation.memorisation import memorisation, same_noise_similarity
 from ..evaluation.quality import (
-    check_images,
     count_name,
     fid_kid,
     reference_file,
     reference_statistics,
     sample_features,
+    shares,
 )
 from ..pixels import to_uint8, to_unit_range
 from ..runs import fresh_output, load_run
@@ -78,15 +81,16 @@ def run(overrides: list[str]) -> Path:
     device = pick_device(command.device)
     data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup()
-    check_images(data.data_shape, cfg.data.name)
     model.check_data(data.data_shape)
-    extractor = None
-    if command.fid or command.features:
-        extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
     precision = sampling_precision(command.precision, device)
     for drawn in (model, teacher) if teacher is not None else (model,):
         drawn.to(device)
         drawn.speed_up(precision, command.compile)
+    if model.kind != "image":
+        return measure_distances(model, data, evaluation, cfg.sampling, command.seeds, run_dir.fid)
+    extractor = None
+    if command.fid or command.features:
+        extractor = build_extractor(evaluation, __package__.split(".")[0]).to(device)
     if command.memorisation:
         twin = load_twin(command.twin, model, device, precision, command.compile) if command.twin else None
         judge_memorisation(model, data, extractor, command.memorisation, evaluation, cfg.sampling,
@@ -215,6 +219,38 @@ def image_keeper(folder: Path):
             save_image(image, folder / f"{i:06d}.png")
 
     return keep
+
+
+def measure_distances(model, data: DiffusionDataModule, evaluation, sampling, seeds: int, folder: Path) -> Path:
+    """Data that FID cannot judge: the sliced Wasserstein distance and MMD (``evaluation/distances.py``)
+    of evaluation.samples samples against the held-out data, for each seed (a conditional model's
+    sample i drawn for held-out example i's condition, in turn), and of as many training
+    examples against the held-out data: the floor, what a model that drew the data itself would
+    get. Written to distances.json."""
+    held_out = data.reference_images(held_out=True)
+    labels = data.val_set.labels if model.condition is not None else None
+    runs = []
+    for k in range(seeds):
+        seed = evaluation.seed + k * evaluation.samples
+        with tqdm(total=evaluation.samples, desc=f"{model.config.name}: {sampling.sampler} {sampling.steps} steps, "
+                  f"seed {seed}", unit="sample") as bar:
+            drawn = []
+            for indices in shares(evaluation.samples, evaluation.batch_size, 0, 1):
+                drawn.append(model.sample_numbered(indices, seed, sampling, labels).cpu())
+                bar.update(len(indices))
+        runs.append({"seed": seed, **distances(torch.cat(drawn), held_out, model.kind, evaluation.seed)})
+    floor = distances(data.reference_images()[:evaluation.samples], held_out, model.kind, evaluation.seed)
+    count = count_name(evaluation.samples)
+    summary = {"kind": model.kind, "against": f"{len(held_out)} held-out examples", "sampler": sampling.sampler,
+               "steps": sampling.steps, "nfe": model.nfe(sampling),
+               **{f"{key}@{count}": statistics.mean(run[key] for run in runs) for key in ("swd", "mmd")},
+               "training_data": floor, "runs": runs}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "distances.json").write_text(json.dumps(summary, indent=1))
+    print(f"swd@{count} {summary[f'swd@{count}']:.4g}, mmd@{count} {summary[f'mmd@{count}']:.4g} against "
+          f"{summary['against']} ({sampling.sampler}, {summary['nfe']} NFE); training data itself: swd "
+          f"{floor['swd']:.4g}, mmd {floor['mmd']:.4g}: {folder / 'distances.json'}")
+    return folder
 
 
 def report(runs: list[dict], sweep: list[dict], extractor_name: str, folder: Path) -> Path:

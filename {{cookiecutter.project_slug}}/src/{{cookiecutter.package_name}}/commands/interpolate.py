@@ -6,6 +6,10 @@
   reconstructs its image is printed.
 * ``between=labels``: one noise, the guidance moving from one label to another.
 * ``between=guidance``: one noise and label, the guidance weight swept over ``weights``.
+* ``between=conditions``: a model conditioned on vectors; one noise, the condition moving in a
+  straight line from that of training example ``images[0]`` to that of ``images[1]``.
+
+Images make a strip; sequences and sets a picture of every frame and a GIF.
 
 The sampler must be deterministic (euler, ddim with eta=0, heun without churn, dpmpp_2m, ...):
 noise added along the way would change every frame, not only what is interpolated.
@@ -28,7 +32,7 @@ from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..runs import open_run, record_made_by
 from ..tasks.interpolate import invert, slerp
-from ..visualize import enlarged_grid, save_gif, save_labelled_grid
+from ..visualize import data_frames, enlarged_grid, save_gif, save_labelled_grid, save_samples_picture
 
 USAGE = f"""\
 interpolate run=DIR [key=value ...]
@@ -41,10 +45,10 @@ interpolate run=DIR [key=value ...]
 @dataclass
 class InterpolateCommand:
     run: str = MISSING
-    between: Literal["noise", "images", "labels", "guidance"] = "noise"
+    between: Literal["noise", "images", "labels", "guidance", "conditions"] = "noise"
     frames: int = 9                        # pictures in the strip (noise, images, labels)
     seeds: list[int] = field(default_factory=lambda: [0, 1])      # between=noise: the two noises
-    images: list[int] = field(default_factory=lambda: [0, 1])     # between=images: indices into the training data
+    images: list[int] = field(default_factory=lambda: [0, 1])     # between=images, conditions: training examples
     labels: Optional[list[Any]] = None     # between=labels: the two labels; otherwise the label to draw (conditional)
     weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0, 5.0, 8.0])   # between=guidance
     seed: int = 0                          # the noise of labels and guidance sweeps
@@ -57,13 +61,19 @@ def run(overrides: list[str]) -> Path:
     check_request(command, sampling, model)
     model.to(pick_device(command.device))
     plan = {"noise": between_noises, "images": between_images, "labels": between_labels,
-            "guidance": across_guidance}[command.between]
+            "guidance": across_guidance, "conditions": between_conditions}[command.between]
     frames, names = plan(model, command, sampling)
     out = run_dir.task("interpolate", command.out)
-    images = to_uint8(frames)
     title = f"{run_dir.root.name}: between {command.between}, {sampling.sampler}, {sampling.steps} steps"
-    strip = save_labelled_grid(images, [""], names, out / f"{command.between}.png", title)
-    pictures = [enlarged_grid(image[None], 1, tile=128) for image in images]
+    if model.kind == "image":
+        images = to_uint8(frames)
+        strip = save_labelled_grid(images, [""], names, out / f"{command.between}.png", title)
+        pictures = [enlarged_grid(image[None], 1, tile=128) for image in images]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(frames.cpu(), out / f"{command.between}.pt")
+        strip = save_samples_picture(frames, out / f"{command.between}.png", title, kind=model.kind)
+        pictures = [frame for frame in data_frames([x[None] for x in frames], model.kind, names, count=1)]
     gif = save_gif(pictures + pictures[-2:0:-1], out / f"{command.between}.gif", seconds_per_frame=0.2, hold=0.2)
     print(f"{strip}\n{gif}")
     record_made_by(out, "interpolate", command, model, sampling)
@@ -71,9 +81,12 @@ def run(overrides: list[str]) -> Path:
 
 
 def check_request(command, sampling, model) -> None:
-    if len(model.data_shape) != 3:
-        raise ConfigError(f"interpolate draws images; {command.run} was trained on data of shape "
+    if model.kind not in ("image", "sequence", "set"):
+        raise ConfigError(f"interpolate draws images, sequences or sets; {command.run} was trained on data of shape "
                           f"{list(model.data_shape)}")
+    if command.between == "conditions" and model.condition_table is None:
+        raise ConfigError(f"between=conditions needs a model conditioned on vectors (a tensor file's 'conditions'); "
+                          f"{command.run} is not")
     if not SAMPLERS[sampling.sampler].deterministic(sampling):
         raise ConfigError(f"interpolate needs a deterministic sampler, and sampler={sampling.sampler} adds noise "
                           "(eta, churn or mu above 0, ddpm, or consistency in more than one step); use "
@@ -131,6 +144,16 @@ def between_labels(model, command, sampling):
         conditions = [(torch.tensor([a]), (1 - t) * sampling.guidance), (torch.tensor([b]), t * sampling.guidance)]
         frames.append(model.sample(1, torch.Generator(), sampling, conditions=conditions, noise=noise).x)
     return torch.cat(frames), [f"{a}→{b}\nt={t:.2f}" for t in fractions(command.frames)]
+
+
+def between_conditions(model, command, sampling):
+    data = DiffusionDataModule.of_run(model.config)
+    a, b = data.train_set.labels[command.images]
+    noise = torch.randn(1, *model.data_shape, generator=torch.Generator().manual_seed(command.seed))
+    frames = [model.sample(1, torch.Generator(), sampling, labels=((1 - t) * a + t * b)[None], noise=noise).x
+              for t in fractions(command.frames)]
+    i, j = command.images
+    return torch.cat(frames), [f"#{i}→#{j} t={t:.2f}" for t in fractions(command.frames)]
 
 
 def across_guidance(model, command, sampling):

@@ -8,6 +8,11 @@ differentiable ``degradation=package.module:function``) and ``sdedit`` (``streng
 The images are ``images=[i,j,...]`` of the run's training data; the mask is ``mask=``. Writes
 <run>/restore/<method>.png (original, observed and restored, a column per image) and the restored
 images themselves (<method>.pt, in [-1, 1]).
+
+Sequences (paths, signals) are restored the same way with ``inpaint``, ``repaint``, ``dps`` and
+``sdedit``: the steps ``known_steps`` (default the first and the last: a fixed start and goal)
+are observed and the rest filled in; a model conditioned on vectors is guided by each example's
+own condition. The result holds the known steps exactly, in the data's own units.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from ..model import labels_in_turn
 from ..pixels import to_uint8
 from ..runs import open_run, record_made_by
 from ..tasks.restore import PosteriorSampling, Projected, downsample, grayscale, masked, measurement_error, repaint
-from ..visualize import save_labelled_grid
+from ..visualize import save_labelled_grid, save_restored_sequences
 
 USAGE = f"""\
 restore run=DIR method=NAME [key=value ...]
@@ -45,6 +50,7 @@ class RestoreCommand:
     method: Method = MISSING
     images: list[int] = field(default_factory=lambda: [0, 1, 2, 3])   # indices into the training data
     mask: Literal["center", "left", "right", "top", "bottom", "random"] = "center"   # the pixels hidden
+    known_steps: list[int] = field(default_factory=lambda: [0, -1])   # sequences: the steps observed (-1: the last)
     resample: int = 10                   # repaint: tries per step
     factor: int = 2                      # superres: each factor x factor block is observed as its mean
     zeta: float = 10.0                   # dps: strength of the pull towards the observation
@@ -87,11 +93,15 @@ def run(overrides: list[str]) -> Path:
     model.need_pixels("restoration keeps known pixels at every step")
     data = DiffusionDataModule.of_run(model.config)
     model.check_data(data.data_shape)
-    truth = data.training_examples(command.images).to(model.device)
+    examples = data.training_examples(command.images).to(model.device)
+    truth = model.codec.latents(examples)            # as the network sees them (a tensor file's: scaled)
     n, size = len(truth), model.data_shape[-1]
     labels = labels_in_turn(command.labels, 0, n)
+    if model.condition_table is not None:            # vector conditions: each example's own
+        labels = data.train_set.labels[command.images]
     denoiser = model.guided(n, sampling.guidance if labels is not None else 0.0, labels)
-    mask = hidden(command.mask, size, command.seed).to(model.device)
+    sequence = model.kind == "sequence"
+    mask = (known(command.known_steps, size) if sequence else hidden(command.mask, size, command.seed)).to(model.device)
     degrade, pseudo_inverse = {"superres": downsample(command.factor), "colorize": grayscale()}.get(
         command.method, masked(mask))
     if command.method == "dps" and command.degradation:
@@ -99,22 +109,44 @@ def run(overrides: list[str]) -> Path:
     y = degrade(truth)
     x = restoration(command, denoiser, sampling, model, truth, mask, degrade, pseudo_inverse, y)
     report(command, x, truth, degrade, y)
+    x = model.codec.decode(x)
+    if sequence and command.method != "sdedit":
+        x = torch.where(mask.bool(), examples, x)    # the known steps exactly, in the data's units
     out = run_dir.task("restore", command.out)
-    tiles = to_uint8(torch.cat([truth, observed(command, truth, mask, pseudo_inverse, y), x]).clamp(-1, 1).cpu())
     title = f"{run_dir.root.name}: {command.method}, {sampling.sampler}, {sampling.steps} steps"
-    path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
-                              out / f"{command.method}.png", title)
+    if sequence:
+        path = save_restored_sequences(examples.cpu(), x.cpu(), mask[0, 0].bool().cpu(), out / f"{command.method}.png",
+                                       title, [f"#{i}" for i in command.images])
+    else:
+        tiles = to_uint8(torch.cat([truth, observed(command, truth, mask, pseudo_inverse, y), x]).clamp(-1, 1).cpu())
+        path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
+                                  out / f"{command.method}.png", title)
     torch.save(x.cpu(), out / f"{command.method}.pt")
     print(f"{path}\n{out / f'{command.method}.pt'}")
     record_made_by(out, "restore", command, model, sampling)
     return path
 
 
+def known(steps: list[int], length: int) -> torch.Tensor:
+    """1 at the observed steps of a sequence (negative steps count from the end), else 0: (1, 1, length)."""
+    keep = torch.zeros(1, 1, length)
+    keep[..., steps] = 1
+    return keep
+
+
 def check_request(command, model) -> None:
     if OmegaConf.is_missing(command, "method"):
         raise ConfigError("restore needs method=inpaint|repaint|superres|colorize|dps|sdedit")
-    if len(model.data_shape) != 3:
-        raise ConfigError(f"restore works on images; {command.run} was trained on data of shape "
+    if model.kind == "sequence":
+        length = model.data_shape[-1]
+        if command.method in ("superres", "colorize"):
+            raise ConfigError(f"method={command.method} restores images; sequences take inpaint, repaint, dps or "
+                              "sdedit, with known_steps")
+        if not command.known_steps or any(not -length <= step < length for step in command.known_steps):
+            raise ConfigError(f"known_steps={list(command.known_steps)}: steps of the sequences, from 0 to "
+                              f"{length - 1} (or -1 for the last, -2 before it, ...), at least one")
+    elif len(model.data_shape) != 3:
+        raise ConfigError(f"restore works on images and sequences; {command.run} was trained on data of shape "
                           f"{list(model.data_shape)}")
     channels, size = model.data_shape[0], model.data_shape[-1]
     if command.method == "superres" and size % command.factor:
@@ -131,12 +163,13 @@ def restoration(command, denoiser, sampling, model, truth, mask, degrade, pseudo
         resample = 1 if command.method == "inpaint" else command.resample
         return repaint(denoiser, model.sigmas(sampling), truth * mask, mask, resample=resample, generator=generator).x
     if command.method == "sdedit":
-        return model.generate(denoiser, sampling, image=truth, strength=command.strength, generator=generator).x
+        return model.generate(denoiser, sampling, image=truth, strength=command.strength, generator=generator,
+                              decode=False).x
     if command.method == "dps":
         wrapped = PosteriorSampling(denoiser, degrade, y, command.zeta)
     else:
         wrapped = Projected(denoiser, degrade, pseudo_inverse, y)
-    return model.generate(wrapped, sampling, shape=tuple(truth.shape), generator=generator).x
+    return model.generate(wrapped, sampling, shape=tuple(truth.shape), generator=generator, decode=False).x
 
 
 def observed(command, truth, mask, pseudo_inverse, y) -> torch.Tensor:

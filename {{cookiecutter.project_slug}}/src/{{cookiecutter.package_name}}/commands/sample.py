@@ -14,7 +14,6 @@ from ..devices import device_name, host_memory, memory_errors, pick_device, samp
 from ..diffusion.samplers import Step, Trajectory
 from ..errors import ConfigError
 from ..model import labels_in_turn
-from ..models import data_kind
 from ..runs import fresh_output, open_run, record_made_by
 from ..visualize import sampling_title, save_samples
 
@@ -48,8 +47,8 @@ def run(overrides: list[str]) -> Path:
     device = pick_device(command.device)
     if command.trajectory:
         model.need_pixels("trajectory=true draws pixels along the way")
-        if data_kind(model.data_shape) not in ("vector", "image"):
-            raise ConfigError("trajectory=true draws the paths of points or the steps of images; "
+        if model.kind not in ("vector", "image", "sequence", "set"):
+            raise ConfigError("trajectory=true draws the paths of points, the steps of images, sequences or sets; "
                               f"{command.run} draws data of shape {list(model.data_shape)}")
     out = fresh_output(Path(command.out) if command.out else run_dir.generated)
     model.to(device)
@@ -59,7 +58,7 @@ def run(overrides: list[str]) -> Path:
         x, nfe, trajectory = draw(model, command, sampling)
     names = None if command.conditions else model.column_names(command.n, command.labels)
     title = sampling_title(run_dir.root.name, sampling, nfe, model.condition is not None)
-    save_samples(x, trajectory, out, title, names)
+    save_samples(x, trajectory, out, title, names, model.kind, model.codec.decode)
     record_made_by(out, "sample", command, model, sampling)
     return out
 

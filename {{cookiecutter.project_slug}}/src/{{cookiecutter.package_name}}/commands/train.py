@@ -17,12 +17,13 @@ from ..diffusion.parameterizations import X0Prediction
 from ..diffusion.schedules import karras_sigmas, training_noise
 from ..errors import ConfigError, DataError, Interrupted
 from ..evaluation.features import build_extractor
-from ..evaluation.quality import check_images, evaluation_cost
+from ..evaluation.quality import evaluation_cost
 from ..model import Model
+from ..models import data_kind
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
-from ..runs import Run, load_codec, load_run, new_model, new_student, with_base
+from ..runs import Run, load_codec, load_run, model_for_data, new_model, new_student, with_base
 from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 from ..visualize import sampling_title, save_sample_grid, save_samples_picture
@@ -44,7 +45,9 @@ def run(overrides: list[str]) -> Path:
         raise ConfigError(f"name={cfg.name} is the teacher's own run ({teacher_run.root}): give the student a name "
                           "of its own")
     program = __package__.split(".")[0]
-    extractor = build_extractor(cfg.evaluation, program) if cfg.evaluation.every_n_steps else None
+    evaluating = cfg.evaluation.every_n_steps > 0
+    maybe_images = cfg.data.name not in ("toy2d", "tensor_file")      # a tensor file says once it is read
+    extractor = build_extractor(cfg.evaluation, program) if evaluating and maybe_images else None
     seed_process(cfg.seed)
     codec = load_codec(cfg.codec.source)     # a latent model's autoencoder, found (or refused) before any work
     objective = None
@@ -57,26 +60,29 @@ def run(overrides: list[str]) -> Path:
     data.setup("fit")
     if teacher is not None:
         check_student_data(cfg, data.data_shape, teacher.data_shape)
-    if extractor is not None:
-        check_images(data.data_shape, cfg.data.name)
+    images = data_kind(data.data_shape, cfg.data.kind) == "image"
+    if evaluating and images and extractor is None:
+        extractor = build_extractor(cfg.evaluation, program)
+    distances = evaluating and not images
     if cfg.model.name == "ideal":
         return memorise(cfg, run_dir, data, program)
     if teacher is None:
-        model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes, codec)
+        model = model_for_data(cfg, data, codec)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, model.class_names)
     if model.codec.latent:
         encode_data(cfg, model, data, extractor)
     if cfg.lora.class_prompt:
         keep_the_class(cfg, model, data, run_dir)
     module = DiffusionModule(model, objective)
-    trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor)
+    trainer = build_trainer(cfg, run_dir, lambda: run_dir.save_config(cfg, data.class_names), extractor, distances)
     memory = memory_needed(cfg, module, data, trainer)
     if teacher is not None and cfg.distill.method == "cd":
         teacher.to(trainer.strategy.root_device)         # consistency distillation asks it at every step
     if trainer.is_global_zero:
         print(startup_summary(cfg, run_dir, start_step if resume_from else None, data, module, trainer, memory))
-        if extractor is not None:
-            print(quality_cost(cfg, module.model.nfe(evaluation_sampling(cfg)), extractor.name, trainer.world_size))
+        if extractor is not None or distances:
+            measure = f"FID and KID with {extractor.name}" if extractor else "SWD and MMD against the held-out data"
+            print(quality_cost(cfg, module.model.nfe(evaluation_sampling(cfg)), measure, trainer.world_size))
     started = time.monotonic()
     kept = (override for override in overrides if not override.startswith("trainer.resume="))
     resume = f"{program} " + " ".join(["train", *map(shlex.quote, kept)])
@@ -324,11 +330,11 @@ def closing_summary(cfg, run_dir: Run, step: int, seconds: float, program: str) 
     ])
 
 
-def quality_cost(cfg, nfe: int, extractor_name: str, world_size: int) -> str:
-    """What FID during training will cost (``nfe`` per sample), said before training starts."""
+def quality_cost(cfg, nfe: int, measure: str, world_size: int) -> str:
+    """What measuring quality during training will cost (``nfe`` per sample), said before training starts."""
     evaluation = cfg.evaluation
     evaluating, training = evaluation_cost(evaluation.samples, nfe, evaluation.every_n_steps,
                                            cfg.data.batch_size * world_size)
-    return (f"quality: FID and KID with {extractor_name}: {evaluation.samples} samples x ({nfe} NFE + features) = "
+    return (f"quality: {measure}: {evaluation.samples} samples x ({nfe} NFE + features) = "
             f"{evaluating:,} network evaluations every {evaluation.every_n_steps} steps, about "
             f"{100 * evaluating / training:.0f}% of training's {training:,}; the time is measured at each evaluation")

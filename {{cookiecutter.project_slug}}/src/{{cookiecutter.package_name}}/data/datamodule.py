@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..pixels import to_unit_range
+from ..sets import rotated, without_centre
 from .augment import center_crop, random_crop, random_flip
 from .cache import cached_tensors, fingerprint_key
 from .clusters import cluster_labels
@@ -21,16 +22,20 @@ SPLIT_SEED = 0     # the split ignores the seed: runs that differ only in their 
 LARGEST = 1e6      # float values beyond this are refused: far outside the scale that the noise levels assume
 
 
-def value_problem(data: Tensor) -> str | None:
-    """What makes float data unusable for training, or None: NaN or Inf values, or values so
-    large that the noise levels (and k-means' squared distances) mean nothing to them."""
+def value_problem(data: Tensor, sets: bool = False) -> str | None:
+    """What makes float data unusable for training, or None: NaN or Inf values (but for
+    ``sets``, whose missing points are whole rows of NaN, ``sets.py``), or values so large
+    that the noise levels (and k-means' squared distances) mean nothing to them."""
     if not data.is_floating_point():
         return None
+    if sets and data.ndim == 3:
+        data = torch.where(torch.isnan(data).all(-1, keepdim=True), 0.0, data)     # missing points
     flat = data.flatten(1)
     bad = (~torch.isfinite(flat)).any(1).nonzero().flatten()
     if len(bad):
+        sets_hint = "; for sets with missing points (a mask) set data.kind=set" if data.ndim == 3 and not sets else ""
         return (f"{len(bad)} example(s) hold NaN or Inf values (the first: index {bad[0].item()}); remove or fix "
-                "them")
+                f"them{sets_hint}")
     largest = flat.abs().max().item() if flat.numel() else 0.0
     if largest > LARGEST:
         return (f"values reach {largest:.3g}: scale the data to about unit size (the noise levels and the networks "
@@ -41,9 +46,15 @@ def value_problem(data: Tensor) -> str | None:
 def check_trainable(data: Tensor, cfg) -> None:
     """Values the network can learn from (``value_problem``), and images at least as large as
     the square that training crops from them."""
-    problem = value_problem(data)
+    problem = value_problem(data, sets=cfg.kind == "set")
     if problem:
         raise DataError(problem)
+    if cfg.kind == "set" and (data.ndim != 3 or not data.is_floating_point()):
+        raise DataError(f"data.kind=set needs float data of shape (N, P, D), P points of D numbers each; the data "
+                        f"is {data.dtype} of shape {tuple(data.shape)}")
+    if (cfg.zero_com or cfg.rotate) and cfg.kind != "set":
+        raise DataError("data.zero_com and data.rotate act on sets of points: set data.kind=set (data of shape "
+                        "(N, P, D)), or turn them off")
     if data.dtype == torch.uint8 and data.ndim == 4:
         height, width = data.shape[-2:]
         if height != width or height < cfg.image_size:
@@ -62,6 +73,8 @@ class DiffusionDataModule(L.LightningDataModule):
         self.fingerprint = ""                          # of the training examples: caches of their statistics use it
         self.prior: InMemoryDataset | None = None          # DreamBooth's class images (``add_prior``)
         self.images: dict[str, InMemoryDataset] = {}       # a latent model's images, by split (``encode``)
+        self.conditioned = False        # whether the examples' labels are vector conditions (N, K)
+        self.scaling = None             # a tensor file's FeatureRange (``scale_with``)
 
     @classmethod
     def of_run(cls, cfg) -> DiffusionDataModule:
@@ -78,7 +91,13 @@ class DiffusionDataModule(L.LightningDataModule):
         check_trainable(decoded.data, self.cfg)
         data, labels = decoded.data, decoded.labels
         self.class_names = decoded.class_names
-        if self.cfg.clusters:                           # self-guidance: the data's own clusters as labels
+        if decoded.conditions is not None:          # conditions take the labels' place
+            if labels is not None:
+                print(f"note: {self.cfg.root} holds labels and conditions: the model is conditioned on the conditions")
+            labels, self.class_names, self.conditioned = decoded.conditions, [], True
+        if self.cfg.zero_com:
+            data = without_centre(data)
+        if self.cfg.clusters and not self.conditioned:     # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
             self.cluster_sizes = torch.bincount(labels, minlength=len(self.class_names)).tolist()
         split = self.split(len(data))
@@ -199,7 +218,16 @@ class DiffusionDataModule(L.LightningDataModule):
         elif self.latent:                 # a latent drawn from each image's Gaussian; its mean for validation
             mean, std = data.chunk(2, dim=1)
             data = mean + std * torch.randn_like(std) if training else mean
+        elif self.scaling is not None:    # a tensor file's data, each set turned at random (data.rotate), scaled
+            data = self.scaling.latents(rotated(data) if training and self.cfg.rotate else data)
         return data, labels, *paired_noise
+
+    def scale_with(self, scaling) -> None:
+        """Serve the data scaled by ``scaling`` (``codecs.FeatureRange``), measured on the training
+        examples here unless it already is (a loaded run's)."""
+        if scaling.statistics is None:
+            scaling.measure(self.train_set.data)
+        self.scaling = scaling
 
     def augment(self, images: Tensor) -> Tensor:
         size = self.cfg.image_size

@@ -52,7 +52,7 @@ def stack(images: list[np.ndarray]) -> Tensor:
 
 @dataclass
 class Decoded:
-    """A decoded source: the data, its labels, and what was found on the way.
+    """A decoded source: the data, its labels (or conditions), and what was found on the way.
 
     ``files`` holds one record per decoded file (path, width, height, mode, sha1), ``bad`` the
     files that could not be decoded with the reason, ``others`` the files that are not images.
@@ -63,6 +63,7 @@ class Decoded:
     data: Tensor
     labels: Tensor | None = None
     class_names: list[str] = field(default_factory=list)
+    conditions: Tensor | None = None        # a tensor file's float conditions (N, K), one row per example
     files: list[dict] = field(default_factory=list)
     bad: list[dict] = field(default_factory=list)
     others: list[str] = field(default_factory=list)

@@ -7,6 +7,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from ..sets import missing_points
 from .augment import center_crop
 from .datamodule import value_problem
 from .decode import Decoded, count_suffixes
@@ -15,9 +16,9 @@ from .sources import load_source
 FEW_IMAGES = 1000        # below this, diffusion models mostly memorise
 
 
-def data_report(cfg) -> tuple[str, Tensor | None, list[str]]:
+def data_report(cfg) -> tuple[str, Tensor | None, list[str], str]:
     """Decode (or load from the cache) the configured data; return the report, a preview (see
-    ``preview``) and the class names of its rows, if any."""
+    ``preview``), the class names of its rows, if any, and what a preview example is (``kind``)."""
     decoded = load_source(cfg)
     lines = [f"data.name={cfg.name}" + (f"  data.root={cfg.root}" if cfg.name not in ("toy2d", "digits") else ""),
              f"examples: {len(decoded.data)}, stored as {tuple(decoded.data.shape[1:])} {decoded.data.dtype}"]
@@ -25,14 +26,17 @@ def data_report(cfg) -> tuple[str, Tensor | None, list[str]]:
     if decoded.files:
         lines += describe_files(decoded, cfg.image_size, warnings)
     lines += describe_labels(decoded, warnings)
-    problem = value_problem(decoded.data)
+    kind = data_kind(decoded.data, cfg.kind)
+    if kind in ("vector", "sequence", "set"):
+        lines += describe_values(decoded, kind)
+    problem = value_problem(decoded.data, sets=kind == "set")
     if problem:
         warnings.append(f"{problem}: training refuses this data")
     if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")
     lines += [f"WARNING: {w}" for w in warnings] or ["no warnings"]
-    return "\n".join(lines), *preview(decoded, cfg.image_size)
+    return "\n".join(lines), *preview(decoded, cfg.image_size), kind
 
 
 PREVIEW_PER_CLASS = 8
@@ -53,7 +57,53 @@ def preview(decoded: Decoded, size: int) -> tuple[Tensor | None, list[str]]:
             return center_crop(tiles.flatten(0, 1), size), names
         pick = torch.linspace(0, len(data) - 1, min(64, len(data))).long()
         return center_crop(data[pick], size), []
-    return (data[:2000] if data.ndim == 2 and data.shape[1] == 2 else None), []
+    if data.ndim == 2:
+        return (data[:2000] if data.shape[1] == 2 else None), []
+    return data[:16], []
+
+
+def data_kind(data: Tensor, declared: str) -> str:
+    """What one example is, as training will take it (``models.data_kind`` reads the same)."""
+    if data.dtype == torch.uint8 or data.ndim == 4:
+        return "image"
+    if data.ndim == 3:
+        return "set" if declared == "set" else "sequence"
+    return "vector" if data.ndim == 2 else "other"
+
+
+def describe_values(decoded: Decoded, kind: str) -> list[str]:
+    """The shape in words, the range, mean and spread of each feature (a sequence's channel, a
+    point's coordinate), the sizes of sets, and the conditions' ranges."""
+    data = decoded.data
+    if kind == "vector":
+        shape = f"vectors of {data.shape[1]} numbers"
+    elif kind == "sequence":
+        shape = f"sequences of {data.shape[1]} channel(s) over {data.shape[2]} steps"
+    else:
+        shape = f"sets of up to {data.shape[1]} points of {data.shape[2]} numbers"
+    lines = [f"kind: {shape}"]
+    features = data.transpose(0, 1).flatten(1) if kind == "sequence" else data.flatten(0, -2).T
+    name = {"vector": "coordinate", "sequence": "channel", "set": "coordinate"}[kind]
+    lines += [f"  {name} {i}: {feature_summary(feature)}" for i, feature in enumerate(features[:8])]
+    if len(features) > 8:
+        lines.append(f"  ... and {len(features) - 8} more")
+    if kind == "set":
+        sizes = (~missing_points(data)).sum(1)
+        lines.append(f"points per set: {sizes.min().item()} to {sizes.max().item()}, median {sizes.median().item()}"
+                     + ("" if sizes.min() < sizes.max() else " (all the same size: no mask)"))
+    if decoded.conditions is not None:
+        conditions = decoded.conditions
+        lines.append(f"conditions: {conditions.shape[1]} per example")
+        lines += [f"  condition {i}: {feature_summary(c)}" for i, c in enumerate(conditions.T[:8])]
+    return lines
+
+
+def feature_summary(values: Tensor) -> str:
+    values = values[torch.isfinite(values)].double()
+    if not len(values):
+        return "no finite values"
+    return (f"from {values.min().item():.4g} to {values.max().item():.4g}, mean {values.mean().item():.4g}, "
+            f"std {values.std().item() if len(values) > 1 else 0.0:.4g}")
 
 
 def describe_files(decoded: Decoded, size: int, warnings: list[str]) -> list[str]:

@@ -193,10 +193,15 @@ def load_torchvision(name: str, root: str, size: int, channels: int) -> Decoded:
 
 
 def load_tensor_file(path: str | Path) -> Decoded:
-    """A .pt file (a tensor, or a dict with "data" and optional "labels") or a .npy array.
+    """A .pt file (a tensor, or a dict with "data" and optional "labels", "conditions" and
+    "mask") or a .npy array.
 
     Shape (N, C, H, W) is a batch of images: uint8 in [0, 255], or float already in [-1, 1].
-    Any other shape (N, ...) is a batch of vectors or signals, used as they are.
+    Any other shape (N, ...) is a batch of vectors, sequences (N, C, L) or sets of points
+    (N, P, D), used as they are. "conditions" (N, K) are real numbers that each example is
+    conditioned on (observations, start and goal, properties); "mask" (N, P), True for the real
+    points of sets of different sizes: the missing ones become rows of NaN (see
+    ``models/set_transformer.py``), whatever the file held there.
     """
     file = Path(path).expanduser()
     if file.suffix not in (".pt", ".npy"):
@@ -206,7 +211,12 @@ def load_tensor_file(path: str | Path) -> Decoded:
     except (UnreadableFile, ValueError, OSError, EOFError) as why:       # numpy: objects, truncated, empty
         raise DataError(f"'{file}' is not a readable tensor file ({why}); save the data as numbers with "
                         "torch.save({'data': tensor}) or numpy.save(path, array)") from None
-    data, labels = (content.get("data"), content.get("labels")) if isinstance(content, dict) else (content, None)
+    content = content if isinstance(content, dict) else {"data": content}
+    unknown = sorted(set(content) - {"data", "labels", "conditions", "mask"})
+    if unknown:
+        raise DataError(f"'{file}' holds keys {unknown}; a tensor file's dict holds 'data' and, if any, 'labels', "
+                        "'conditions' and 'mask'")
+    data = content.get("data")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or len(data) < 2:
         raise DataError(f"'{file}' must hold a tensor of shape (N, ...) with N >= 2 examples"
                         f" (or a dict with key 'data'); found {type(data).__name__}"
@@ -219,9 +229,49 @@ def load_tensor_file(path: str | Path) -> Decoded:
         if data.ndim == 4 and len(finite) and (finite.min() < -1.01 or finite.max() > 1.01):
             raise DataError(f"'{file}' holds float images in [{finite.min():.3g}, {finite.max():.3g}]; "
                             "store uint8 in [0, 255] or floats scaled to [-1, 1]")
+    if content.get("mask") is not None:
+        data = with_missing_points(data, torch.as_tensor(content["mask"]), file)
+    labels = content.get("labels")
     labels = None if labels is None else class_numbers(torch.as_tensor(labels), len(data), file)
     names = [] if labels is None else [str(i) for i in range(int(labels.max()) + 1)]
-    return Decoded(data, labels, names)
+    conditions = content.get("conditions")
+    conditions = None if conditions is None else condition_rows(torch.as_tensor(conditions), len(data), file)
+    return Decoded(data, labels, names, conditions)
+
+
+def with_missing_points(data: Tensor, mask: Tensor, file: Path) -> Tensor:
+    """Sets (N, P, D) whose points where ``mask`` (N, P) is False are missing: rows of NaN."""
+    if data.ndim != 3 or not data.is_floating_point():
+        raise DataError(f"'{file}': a mask marks the real points of sets, and needs float data of shape (N, P, D); "
+                        f"found {data.dtype} of shape {tuple(data.shape)}")
+    if mask.shape != data.shape[:2] or not (mask.dtype == torch.bool or ((mask == 0) | (mask == 1)).all()):
+        raise DataError(f"'{file}': mask must be {tuple(data.shape[:2])} (N, P) of True/False or 1/0, True for the "
+                        f"real points; found {mask.dtype} of shape {tuple(mask.shape)}")
+    mask = mask.bool()
+    empty = (~mask.any(1)).nonzero().flatten()
+    if len(empty):
+        raise DataError(f"'{file}': {len(empty)} set(s) have no real point in the mask (the first: index "
+                        f"{empty[0].item()}); every set needs at least one")
+    bad = (~torch.isfinite(data) & mask[..., None]).any(-1).any(-1).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"'{file}': {len(bad)} set(s) hold NaN or Inf at real points (the first: index "
+                        f"{bad[0].item()}); fix them, or mark those points missing in the mask")
+    return torch.where(mask[..., None], data, torch.nan)
+
+
+def condition_rows(conditions: Tensor, n: int, file: Path) -> Tensor:
+    """Conditions as float (N, K), finite, one row per example."""
+    if conditions.ndim == 1:
+        conditions = conditions[:, None]
+    if conditions.ndim != 2 or len(conditions) != n or conditions.dtype.is_complex or conditions.dtype == torch.bool:
+        raise DataError(f"'{file}': conditions must be ({n}, K) real numbers, one row of K per example; found "
+                        f"{conditions.dtype} of shape {tuple(conditions.shape)}")
+    conditions = conditions.float()
+    bad = (~torch.isfinite(conditions)).any(1).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"'{file}': {len(bad)} condition row(s) hold NaN or Inf (the first: index {bad[0].item()}); "
+                        "every example needs a finite condition")
+    return conditions
 
 
 def class_numbers(labels: Tensor, n: int, file: Path) -> Tensor:

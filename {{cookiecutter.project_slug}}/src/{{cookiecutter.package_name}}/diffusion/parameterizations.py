@@ -148,11 +148,13 @@ class NetworkDenoiser(nn.Module):
              x0_weight: Tensor | None = None) -> Tensor:
         """Per-example loss in the network's own space (EDM eq. 8):
         lambda(sigma) c_out(sigma)^2 ||F - F_target||^2, which equals lambda(sigma) ||D - x0||^2.
-        Without ``x0_weight`` (lambda), the weight on F is 1: the objective's own loss."""
+        Without ``x0_weight`` (lambda), the weight on F is 1: the objective's own loss. The mean
+        runs over the example's real numbers: a set's missing points (NaN rows) count for nothing."""
         x = x0 + per_example(sigma, x0) * noise
         out, c_skip, c_out = self._network(x, sigma, labels)
         target = (x0 - c_skip * x) / c_out
-        error = (out - target).square().flatten(1).mean(1)
+        real = ~torch.isnan(x0.flatten(1))
+        error = torch.where(real, (out - target).flatten(1), 0.0).square().sum(1) / real.sum(1)
         if x0_weight is None:
             return error
         return x0_weight.float() * c_out.flatten() ** 2 * error

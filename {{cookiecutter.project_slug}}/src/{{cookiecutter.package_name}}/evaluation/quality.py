@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..pixels import to_uint8
 from ..storage import save_atomically
 
@@ -36,14 +35,6 @@ class GivenFeatures(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return features
-
-
-def check_images(data_shape: tuple[int, ...], data_name: str) -> None:
-    """FID and KID compare images: refuse, before any work, data of another shape."""
-    if len(data_shape) != 3:
-        raise ConfigError(f"FID and KID measure images, but data.name={data_name} gives examples of shape "
-                          f"{list(data_shape)}; set evaluation.every_n_steps=0 (for 2D points, look at the "
-                          "scatter plots in runs/<name>/samples/)")
 
 
 def reference_file(cache_dir: str, fingerprint: str, image_size: int, channels: int, extractor: nn.Module) -> Path:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning import ClassLabels, ConditionEmbedding
+from .conditioning import Condition, ConditionEmbedding
 
 
 def sincos_positions(grid: int, dim: int) -> Tensor:
@@ -36,19 +36,21 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, seen: Tensor | None = None) -> Tensor:
+        """``seen``: (B, N) True for the tokens that attention may look at (None: all)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(emb))[:, None].chunk(6, dim=2)
         b, n, d = x.shape
         h = self.norm1(x) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        mask = None if seen is None else seen[:, None, None, :]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
         x = x + gate1 * self.proj(h)
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
 class DiT(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], patch_size: int = 2, width: int = 384,
-                 depth: int = 12, heads: int = 6, condition: ClassLabels | None = None):
+                 depth: int = 12, heads: int = 6, condition: Condition | None = None):
         super().__init__()
         channels, size, _ = data_shape
         if size % patch_size or width % heads or width % 4:

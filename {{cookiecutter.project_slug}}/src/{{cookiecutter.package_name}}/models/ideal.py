@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .conditioning import ClassLabels
+from .conditioning import ClassLabels, Condition
 
 SMALLEST = 1e-6      # sigma = 0 is taken as this: the limit, the nearest example (and no 0 / 0)
 
@@ -37,9 +37,11 @@ class IdealDenoiser(nn.Module):
     memory grows with the batch times ``chunk``, not with the number of examples.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], condition: ClassLabels | None = None, smoothing: float = 0.0,
+    def __init__(self, data_shape: tuple[int, ...], condition: Condition | None = None, smoothing: float = 0.0,
                  draws: int = 16, chunk: int = 4096):
         super().__init__()
+        if condition is not None and not isinstance(condition, ClassLabels):
+            raise ValueError("the ideal denoiser is conditioned on class labels only, not on vector conditions")
         self.condition, self.smoothing, self.chunk = condition, smoothing, chunk
         self.register_buffer("examples", torch.zeros(0, *data_shape))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))

@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor, nn
 
-from .conditioning import ClassLabels, ConditionEmbedding
+from .conditioning import Condition, ConditionEmbedding
 
 
 class ResidualBlock(nn.Module):
@@ -20,7 +20,7 @@ class ResidualBlock(nn.Module):
 
 class MLP(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 4,
-                 condition: ClassLabels | None = None):
+                 condition: Condition | None = None):
         super().__init__()
         self.data_shape = tuple(data_shape)
         dim = math.prod(data_shape)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conditioning import ClassLabels, ConditionEmbedding
+from .conditioning import Condition, ConditionEmbedding
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -68,7 +68,7 @@ class UNet(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], channels: int = 64,
                  channel_mult: tuple[int, ...] = (1, 2, 2), blocks_per_level: int = 2,
                  attention_levels: tuple[int, ...] = (), dropout: float = 0.0,
-                 condition: ClassLabels | None = None):
+                 condition: Condition | None = None):
         super().__init__()
         in_channels, size, _ = data_shape
         if size % 2 ** (len(channel_mult) - 1):
