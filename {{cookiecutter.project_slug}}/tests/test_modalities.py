@@ -280,7 +280,7 @@ def path_file(folder, offset: float = 1000.0):
     """Paths (N, 2, 16) from a start to a goal in a square far from the origin, conditioned on
     (start, goal): data that only the saved scaling brings back to its units."""
     generator = torch.Generator().manual_seed(0)
-    start, goal = torch.rand(96, 2, generator=generator) * 4 + offset, torch.rand(96, 2, generator=generator) * 4 + offset
+    start, goal = (torch.rand(96, 2, generator=generator) * 4 + offset for _ in range(2))
     t = torch.linspace(0, 1, 16)
     paths = start[:, :, None] + (goal - start)[:, :, None] * t + 0.05 * torch.randn(96, 2, 16, generator=generator)
     torch.save({"data": paths, "conditions": torch.cat([start, goal], 1)}, folder / "paths.pt")
@@ -295,6 +295,7 @@ def train_args(name: str, root, *more: str) -> list[str]:
 
 def test_sequences_with_conditions_train_sample_restore_interpolate_and_export(project_dir, capsys):
     from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
     from {{ cookiecutter.package_name }}.runs import load_export, load_run
 
     paths = path_file(project_dir)
@@ -311,9 +312,9 @@ def test_sequences_with_conditions_train_sample_restore_interpolate_and_export(p
     assert (project_dir / "runs/paths/generated/trajectory.gif").is_file()
     assert main(["sample", "run=runs/paths", "n=1", "labels=[[1,2]]"]) == 2
     assert "conditioned on vectors of 4 numbers" in capsys.readouterr().err
-    assert main(["restore", "run=runs/paths", "method=repaint", "resample=2", "images=[0,5]", "known_steps=[0,-1]"]) == 0
+    assert main(["restore", "run=runs/paths", "method=repaint", "resample=2", "images=[0,5]",
+                 "known_steps=[0,-1]"]) == 0
     restored = torch.load("runs/paths/restore/repaint.pt")
-    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
     truth = DiffusionDataModule.of_run(model.config).training_examples([0, 5])
     assert torch.equal(restored[..., [0, -1]], truth[..., [0, -1]])                # the start and goal exactly
     assert not torch.equal(restored[..., 1:-1], truth[..., 1:-1])
