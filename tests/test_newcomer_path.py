@@ -91,13 +91,18 @@ def readme_commands(readme: str, program: str) -> list[str]:
 # it small, with a stand-in extractor).
 NOT_RUN = ("evaluate ",)
 
-# What the README's commands download, as tiny stand-ins of the same kinds and shapes: the
-# pretrained pipelines it saves from the hub (the project's own test helpers make them), and
-# 32 random "digits" in MNIST's files where torchvision looks for them.
+# What the README's commands download or take from the user, as tiny stand-ins of the same kinds
+# and shapes: the pretrained pipelines it saves from the hub (the project's own test helpers make
+# them), 32 random "digits" in MNIST's files where torchvision looks for them, and tensor files
+# of paths with their start and goal and of sets of 3 to 6 atoms.
 STAND_INS = """
 import sys
 from pathlib import Path
 import numpy as np
+import torch
+paths = torch.randn(64, 2, 16).cumsum(-1)
+torch.save({"data": paths, "conditions": torch.cat([paths[..., 0], paths[..., -1]], 1)}, "paths.pt")
+torch.save({"data": torch.randn(64, 6, 3), "mask": torch.arange(6) < torch.randint(3, 7, (64, 1))}, "atoms.pt")
 sys.path.insert(0, "tests")
 from test_pretrained import pixel_pipeline, text_pipeline
 pixel_pipeline("models/ddpm-cifar10-32", channels=3, size=32)
@@ -144,7 +149,8 @@ def test_the_generated_readme_commands_run_as_written_in_order(bake, tmp_path):
                  "exports/pictures-cd/model_index.json", "runs/digits-lora/checkpoints/last.ckpt",
                  "runs/dreambooth/class_images/preview.png", "exports/dreambooth/generated/samples.png",
                  "exports/dreambooth-pipeline/model_index.json", "runs/pictures-ae/reconstructions.png",
-                 "runs/pictures-latent/generated/samples.png", "runs/pictures-sd/checkpoints/last.ckpt"):
+                 "runs/pictures-latent/generated/samples.png", "runs/pictures-sd/checkpoints/last.ckpt",
+                 "runs/paths/generated/trajectory.gif", "runs/atoms/checkpoints/last.ckpt"):
         assert (project / path).is_file(), path
     diffusers = pytest.importorskip("diffusers")          # the adapters as a diffusers user loads them
     pipeline = diffusers.StableDiffusionPipeline.from_pretrained(project / "models/stable-diffusion")

@@ -442,3 +442,39 @@ def test_the_score_distillation_example_runs_as_its_readme_says(bake):
         assert (out / "turntable.gif").is_file() and (out / "field.ply").is_file()
     for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", readme):
         assert (folder / picture).is_file(), picture
+
+
+def test_the_modality_examples_run_as_their_readmes_say(bake):
+    """examples/planner-2d and examples/point-sets, tiny: their data made small by their own
+    scripts, every command of their READMEs in order for a few steps, and their judges."""
+    import json
+    import re
+    import shutil
+
+    project = bake()
+    tiny = {"train": ["trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
+                      "evaluation.every_n_steps=2", "evaluation.samples=20", "evaluation.steps=2", "logger=csv",
+                      "data.batch_size=16"],
+            "sample": ["steps=2"], "restore": ["steps=2", "resample=2"], "interpolate": ["steps=2", "frames=3"],
+            "evaluate": ["samples=20", "steps=2"], "inspect-data": []}
+    made = {"planner-2d": ("planner", "make_paths.py", ["--paths", "60", "--steps", "16"], "judge.py",
+                           ["--pairs", "6"]),
+            "point-sets": ("rings", "make_rings.py", ["--rings", "60"], "check_rings.py", ["--samples", "12"])}
+    for folder, (name, maker, small, judge, few) in made.items():
+        source = REPO / "examples" / folder
+        shutil.copy(source / "experiment.yaml", project / "configs" / "experiments" / f"{name}.yaml")
+        for script in (maker, judge):
+            shutil.copy(source / script, project / script)
+        readme = (source / "README.md").read_text()
+        scripts = re.findall(r"python ((?:make_\w+|judge|check_rings)\.py[^`\n]*)", readme)
+        assert [line.split()[0] for line in scripts] == [maker, judge]
+        run_in(project, *scripts[0].split(), *small)
+        commands = example_commands(folder)
+        assert commands[:2] == [["inspect-data", f"experiment={name}"], ["train", f"experiment={name}"]]
+        run_commands(project, [[*args, *tiny[args[0]]] for args in commands])
+        run_in(project, *scripts[1].split(), *few)
+        history = (project / "runs" / name / "fid" / "history.jsonl").read_text().splitlines()
+        assert "swd" in json.loads(history[-1])
+        assert (project / "runs" / name / ("judge.json" if folder == "planner-2d" else "check.json")).is_file()
+        for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", readme):
+            assert (source / picture).is_file(), picture

@@ -630,3 +630,15 @@ def test_distances_rank_samples_of_the_data_above_samples_of_something_else():
     shuffled = fresh[..., torch.randperm(8, generator=generator)]          # the same values out of order
     good, bad = distances(fresh, data, "sequence"), distances(shuffled, data, "sequence")
     assert good["swd"] < bad["swd"] / 3 and good["mmd"] < bad["mmd"] / 5
+
+
+def test_a_feature_the_reference_never_varies_does_not_blow_the_distance_up():
+    """Rings of one size leave most histogram bins empty in the reference: samples that reach
+    them are farther, by an amount of the order of the shares, not divided by a zero spread."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances
+
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    reference = square.expand(100, 4, 2)
+    stretched = square * torch.tensor([1.3, 1.0])
+    result = distances(stretched.expand(100, 4, 2), reference, "set")
+    assert 0.1 < result["swd"] < 10

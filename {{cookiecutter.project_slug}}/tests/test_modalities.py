@@ -21,6 +21,8 @@ from {{ cookiecutter.package_name }}.models import MODELS, SetTransformer, Tempo
 from {{ cookiecutter.package_name }}.models.conditioning import Vectors
 from {{ cookiecutter.package_name }}.sets import missing_points, random_rotations, rotated, without_centre
 
+pytestmark = pytest.mark.once      # known answers that no answer to the template's questions changes
+
 
 def randomised(net: torch.nn.Module) -> torch.nn.Module:
     """Undo the zero initialisations, so that every layer acts."""
@@ -269,7 +271,10 @@ def test_nan_rows_are_refused_unless_the_data_are_sets(tmp_path):
     cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'sets.pt'}", "data.clusters=0"]).data
     with pytest.raises(DataError, match="NaN or Inf.*set data.kind=set"):
         DiffusionDataModule(cfg).setup()
-    cfg.kind = "set"
+    cfg.kind, cfg.clusters = "set", 5
+    with pytest.raises(DataError, match="means nothing for sets.*data.clusters=0"):
+        DiffusionDataModule(cfg).setup()
+    cfg.clusters = 0
     module = DiffusionDataModule(cfg)
     module.setup()
     assert missing_points(module.train_set.data)[:, 4:].all()

@@ -344,8 +344,8 @@ def save_sets(x: Tensor, path: str | Path, title: str = "", count: int = 8) -> P
         points = points[~missing_points(points[None])[0]]
         for j, (a, b) in enumerate(views):
             ax = axes[i * len(views) + j]
-            ax.scatter(points[:, a], points[:, b], s=12, c=points[:, 3 - a - b] if len(views) > 1 else "tab:blue",
-                       cmap="viridis")
+            depth = {"c": points[:, 3 - a - b], "cmap": "viridis"} if len(views) > 1 else {"c": "tab:blue"}
+            ax.scatter(points[:, a], points[:, b], s=12, **depth)
             ax.set_title(f"#{i} {'xyz'[a]}-{'xyz'[b]}" if len(views) > 1 else f"#{i} ({len(points)} points)",
                          fontsize=7)
     for ax in axes[len(shown) * len(views):]:

@@ -225,8 +225,9 @@ def measure_distances(model, data: DiffusionDataModule, evaluation, sampling, se
     """Data that FID cannot judge: the sliced Wasserstein distance and MMD (``evaluation/distances.py``)
     of evaluation.samples samples against the held-out data, for each seed (a conditional model's
     sample i drawn for held-out example i's condition, in turn), and of as many training
-    examples against the held-out data: the floor, what a model that drew the data itself would
-    get. Written to distances.json."""
+    examples against the held-out data: for an unconditional model the floor, what a model that
+    drew the data itself would get (a conditional model's samples share the held-out conditions,
+    which the training examples do not, and may come closer). Written to distances.json."""
     held_out = data.reference_images(held_out=True)
     labels = data.val_set.labels if model.condition is not None else None
     runs = []
@@ -247,9 +248,10 @@ def measure_distances(model, data: DiffusionDataModule, evaluation, sampling, se
                "training_data": floor, "runs": runs}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "distances.json").write_text(json.dumps(summary, indent=1))
+    floor_said = ("samples drawn for their conditions" if labels is not None else
+                  f"training data itself: swd {floor['swd']:.4g}, mmd {floor['mmd']:.4g}")
     print(f"swd@{count} {summary[f'swd@{count}']:.4g}, mmd@{count} {summary[f'mmd@{count}']:.4g} against "
-          f"{summary['against']} ({sampling.sampler}, {summary['nfe']} NFE); training data itself: swd "
-          f"{floor['swd']:.4g}, mmd {floor['mmd']:.4g}: {folder / 'distances.json'}")
+          f"{summary['against']} ({sampling.sampler}, {summary['nfe']} NFE); {floor_said}: {folder / 'distances.json'}")
     return folder
 
 

@@ -97,6 +97,9 @@ class DiffusionDataModule(L.LightningDataModule):
             labels, self.class_names, self.conditioned = decoded.conditions, [], True
         if self.cfg.zero_com:
             data = without_centre(data)
+        if self.cfg.clusters and not self.conditioned and self.cfg.kind == "set":
+            raise DataError(f"data.clusters={self.cfg.clusters} labels examples by k-means on their numbers, which "
+                            "means nothing for sets (the order of their points is arbitrary): set data.clusters=0")
         if self.cfg.clusters and not self.conditioned:     # self-guidance: the data's own clusters as labels
             labels, self.class_names = cluster_labels(data, self.cfg.clusters, self.seed)
             self.cluster_sizes = torch.bincount(labels, minlength=len(self.class_names)).tolist()

@@ -91,13 +91,15 @@ def pairwise_histograms(sets: Tensor, top: float) -> Tensor:
 def features(x: Tensor, kind: str, reference: Tensor) -> Tensor:
     """What the distances compare: vectors and sequences flattened, sets as their pairwise
     histograms (over distances up to the reference's largest), standardised by the reference
-    features' mean and standard deviation."""
+    features' mean and standard deviation (a feature constant in the reference, such as a
+    histogram bin no reference set reaches, is only centred)."""
     if kind == "set":
         real = reference.nan_to_num().double()
         top = max(torch.cdist(real, real).max().item(), 1e-12)
         x, reference = pairwise_histograms(x, top), pairwise_histograms(reference, top)
     x, reference = x.flatten(1).double(), reference.flatten(1).double()
-    mean, std = reference.mean(0), reference.std(0).clamp_min(1e-12)
+    mean, std = reference.mean(0), reference.std(0)
+    std = torch.where(std > 1e-9, std, torch.ones_like(std))
     return (x - mean) / std
 
 
