@@ -228,6 +228,25 @@ def test_a_mask_makes_missing_points_and_conditions_come_as_rows(tmp_path):
     assert decoded.conditions.shape == (4, 1)
 
 
+def test_steps_first_sequences_are_doubted_aloud(tmp_path):
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+
+    torch.save({"data": torch.randn(40, 48, 2)}, tmp_path / "steps_first.pt")
+    cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'steps_first.pt'}", "data.clusters=0"]).data
+    with pytest.warns(UserWarning, match="48 channels over 2 steps.*transpose"):
+        DiffusionDataModule(cfg).setup()
+
+
+def test_a_numpy_archive_holds_the_same_keys(tmp_path):
+    import numpy as np
+
+    data, conditions = np.random.default_rng(0).normal(size=(6, 2, 8)), np.arange(12.0).reshape(6, 2)
+    np.savez(tmp_path / "paths.npz", data=data, conditions=conditions)
+    decoded = sources.load_tensor_file(tmp_path / "paths.npz")
+    assert torch.equal(decoded.data, torch.from_numpy(data).float())
+    assert torch.equal(decoded.conditions, torch.from_numpy(conditions).float())
+
+
 @pytest.mark.parametrize("content, message", [
     ({"data": torch.randn(4, 5, 3), "conditions": torch.randn(3, 2)}, r"conditions must be \(4, K\).*\(3, 2\)"),
     ({"data": torch.randn(4, 5, 3), "conditions": torch.tensor([[0.0], [math.nan], [1], [2]])},

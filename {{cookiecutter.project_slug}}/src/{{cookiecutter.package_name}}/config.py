@@ -399,7 +399,7 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None, base=
     check_values(cfg)
     if "data.root" in given and cfg.data.name in ("toy2d", "digits"):
         raise ConfigError(f"data.root={cfg.data.root} is given, but data.name={cfg.data.name} does not read files; "
-                          "for your own images add data.name=image_folder (or tensor_file for a .pt/.npy file)")
+                          "for your own images add data.name=image_folder (or tensor_file for a .pt/.npy/.npz file)")
     for note in unused_sampler_options(cfg.sampling, {k.partition(".")[2] for k in given if k.startswith("sampling.")}):
         print(f"note: {note}", file=sys.stderr)
     return cfg

@@ -2,6 +2,8 @@
 augment them on the training device."""
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -40,6 +42,17 @@ def value_problem(data: Tensor, sets: bool = False) -> str | None:
     if largest > LARGEST:
         return (f"values reach {largest:.3g}: scale the data to about unit size (the noise levels and the networks "
                 "assume a standard deviation near diffusion.sigma_data)")
+    return None
+
+
+def layout_doubt(data: Tensor, kind: str) -> str | None:
+    """A warning for float sequences with more channels than steps: most likely (N, steps,
+    channels), the layout of many trajectory files, read the wrong way round."""
+    if data.ndim == 3 and data.is_floating_point() and kind != "set" and data.shape[1] > data.shape[2]:
+        channels, steps = data.shape[1:]
+        return (f"the sequences are read as {channels} channels over {steps} steps ((N, C, L), channels first); if "
+                f"they are {channels} steps of {steps} numbers, save data.transpose(1, 2), or for sets of points "
+                "set data.kind=set")
     return None
 
 
@@ -89,6 +102,9 @@ class DiffusionDataModule(L.LightningDataModule):
         decoded = load_source(self.cfg, self.seed)
         report_bad_files(decoded, self.cfg)
         check_trainable(decoded.data, self.cfg)
+        doubt = layout_doubt(decoded.data, self.cfg.kind)
+        if doubt:
+            warnings.warn(doubt, stacklevel=2)
         data, labels = decoded.data, decoded.labels
         self.class_names = decoded.class_names
         if decoded.conditions is not None:          # conditions take the labels' place

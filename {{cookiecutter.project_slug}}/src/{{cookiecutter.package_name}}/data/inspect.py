@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..sets import missing_points
 from .augment import center_crop
-from .datamodule import value_problem
+from .datamodule import layout_doubt, value_problem
 from .decode import Decoded, count_suffixes
 from .sources import load_source
 
@@ -29,6 +29,9 @@ def data_report(cfg) -> tuple[str, Tensor | None, list[str], str]:
     kind = data_kind(decoded.data, cfg.kind)
     if kind in ("vector", "sequence", "set"):
         lines += describe_values(decoded, kind)
+    doubt = layout_doubt(decoded.data, cfg.kind)
+    if doubt:
+        warnings.append(doubt)
     problem = value_problem(decoded.data, sets=kind == "set")
     if problem:
         warnings.append(f"{problem}: training refuses this data")

@@ -119,7 +119,7 @@ def tensor_file_source(cfg, size: int, seed: int) -> Prepared:
     file = Path(cfg.root).expanduser()
     if not file.is_file():
         raise DataError(f"data.root '{cfg.root}' is not a file; for data.name=tensor_file point it at a .pt or "
-                        ".npy file")
+                        ".npy or .npz file")
     return {"root": str(file.resolve()), "file": file_signature(file, file.parent)}, lambda: load_tensor_file(file)
 
 
@@ -194,7 +194,7 @@ def load_torchvision(name: str, root: str, size: int, channels: int) -> Decoded:
 
 def load_tensor_file(path: str | Path) -> Decoded:
     """A .pt file (a tensor, or a dict with "data" and optional "labels", "conditions" and
-    "mask") or a .npy array.
+    "mask"), a .npy array, or a .npz file of arrays under those names.
 
     Shape (N, C, H, W) is a batch of images: uint8 in [0, 255], or float already in [-1, 1].
     Any other shape (N, ...) is a batch of vectors, sequences (N, C, L) or sets of points
@@ -204,10 +204,10 @@ def load_tensor_file(path: str | Path) -> Decoded:
     ``models/set_transformer.py``), whatever the file held there.
     """
     file = Path(path).expanduser()
-    if file.suffix not in (".pt", ".npy"):
-        raise DataError(f"'{file.name}': tensor files must end in .pt or .npy")
+    if file.suffix not in (".pt", ".npy", ".npz"):
+        raise DataError(f"'{file.name}': tensor files must end in .pt, .npy or .npz")
     try:
-        content = torch.from_numpy(np.load(file)) if file.suffix == ".npy" else read_tensors(file)
+        content = read_tensors(file) if file.suffix == ".pt" else numpy_arrays(file)
     except (UnreadableFile, ValueError, OSError, EOFError) as why:       # numpy: objects, truncated, empty
         raise DataError(f"'{file}' is not a readable tensor file ({why}); save the data as numbers with "
                         "torch.save({'data': tensor}) or numpy.save(path, array)") from None
@@ -237,6 +237,15 @@ def load_tensor_file(path: str | Path) -> Decoded:
     conditions = content.get("conditions")
     conditions = None if conditions is None else condition_rows(torch.as_tensor(conditions), len(data), file)
     return Decoded(data, labels, names, conditions)
+
+
+def numpy_arrays(file: Path) -> Tensor | dict[str, Tensor]:
+    """A .npy array as a tensor, or a .npz file's arrays as a dict of tensors (no pickled objects)."""
+    loaded = np.load(file, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return torch.from_numpy(loaded)
+    with loaded:
+        return {key: torch.from_numpy(loaded[key]) for key in loaded.files}
 
 
 def with_missing_points(data: Tensor, mask: Tensor, file: Path) -> Tensor:
