@@ -51,7 +51,7 @@ BAD = [
     (["train", "data.name=tensor_file", "data.root=huge.pt", "model.name=mlp"], "values reach 1e+30"),
     (["train", "data.name=tensor_file", "data.root=negative-labels.pt", "model.name=mlp"], "labels must number"),
     (["train", "data.name=tensor_file", "data.root=missing.pt"], "missing.pt"),
-    (["train", "data.name=tensor_file", "data.root=notes.txt"], "must end in .pt or .npy"),
+    (["train", "data.name=tensor_file", "data.root=notes.txt"], "must end in .pt, .npy or .npz"),
     (["train", "data.name=image_folder", "data.root=no-images", "data.channels=1"], "no-images"),
     (["inspect-data", "data.name=image_folder", "data.root=nowhere"], "nowhere"),
     (["train", "data.name=mnist", "data.root=offline"], "MNIST"),
