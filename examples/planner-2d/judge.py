@@ -3,8 +3,8 @@ and goal pairs it has never seen, how close its paths come to the goal, how ofte
 obstacle, and how long they are, against the planner's own paths for the same pairs and
 against the straight line from start to goal (what ignoring the map gives).
 
-Each path is drawn conditioned on its start and goal, with the run's sampler and guidance; with
-``inpaint`` also with its first and last step held at the start and goal (replacement
+Each path is drawn conditioned on its start and goal, with the run's sampler and guidance (or
+``--guidance``), and also with its first and last step held at the start and goal (replacement
 inpainting, tasks/restore.py: the condition and the known steps together). Writes judge.json and
 judge.png (the map, 16 drawn paths, the planner's beside them) into the run's folder.
 
@@ -19,10 +19,10 @@ import math
 import sys
 from pathlib import Path
 
+import make_paths
 import torch
 from matplotlib.figure import Figure
-
-import make_paths
+from matplotlib.patches import Circle
 
 sys.path.insert(0, "src")
 PACKAGE = next(Path("src").glob("*/tasks/restore.py")).parts[1]
@@ -72,7 +72,7 @@ def picture(drawn: torch.Tensor, planned: torch.Tensor, conditions: torch.Tensor
     fig = Figure(figsize=(10, 5.3))
     for ax, paths, name in zip(fig.subplots(1, 2), (drawn, planned), ("diffusion planner", "A* planner")):
         for a, b, r in make_paths.OBSTACLES:
-            ax.add_patch(__import__("matplotlib.patches").patches.Circle((a, b), r, color="0.75"))
+            ax.add_patch(Circle((a, b), r, color="0.75"))
         for k, (p, c) in enumerate(zip(paths[:16], conditions[:16])):
             colour = "tab:red" if collides(p) else f"C{k % 10}"
             ax.plot(*p, lw=1.3, c=colour)
@@ -88,8 +88,11 @@ def main() -> None:
     parser.add_argument("run", help="the trained run, e.g. runs/planner")
     parser.add_argument("--pairs", type=int, default=200, help="start and goal pairs, unseen in training")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--guidance", type=float, help="the guidance weight (default: the run's sampling.guidance)")
     args = parser.parse_args()
     model, run = runs.load_run(args.run)
+    if args.guidance is not None:
+        model.config.sampling.guidance = args.guidance
     steps = model.data_shape[-1]
     generator = torch.Generator().manual_seed(10_000 + args.seed)
     conditions, planned = [], []
@@ -103,16 +106,18 @@ def main() -> None:
     straight = conditions[:, :2, None] + (conditions[:, 2:] - conditions[:, :2])[:, :, None] * torch.linspace(0, 1,
                                                                                                              steps)
     drawn = draw(model, conditions, args.seed, inpaint=False)
-    report = {"pairs": args.pairs, "diffusion": scores(drawn, conditions),
+    report = {"pairs": args.pairs, "guidance": model.config.sampling.guidance,
+              "diffusion": scores(drawn, conditions),
               "diffusion_with_ends_inpainted": scores(draw(model, conditions, args.seed, inpaint=True), conditions),
               "planner": scores(planned, conditions), "straight_line": scores(straight, conditions)}
     out = Path(run.root)
     (out / "judge.json").write_text(json.dumps(report, indent=1))
     picture(drawn, planned, conditions, out / "judge.png", f"{out.name}: {args.pairs} unseen start and goal pairs")
     for name, result in report.items():
-        if name != "pairs":
-            print(f"{name:30s} goal error {result['goal_error']:.3f}, reach the goal {100 * result['reach_goal']:.0f}%, "
-                  f"collisions {100 * result['collision_rate']:.1f}%, length {result['length']:.2f}")
+        if isinstance(result, dict):
+            print(f"{name:30s} goal error {result['goal_error']:.3f}, reach the goal "
+                  f"{100 * result['reach_goal']:.1f}%, collisions {100 * result['collision_rate']:.1f}%, "
+                  f"length {result['length']:.2f}")
     print(f"{out / 'judge.json'}\n{out / 'judge.png'}")
 
 

