@@ -467,7 +467,7 @@ def test_the_modality_examples_run_as_their_readmes_say(bake):
             shutil.copy(source / script, project / script)
         readme = (source / "README.md").read_text()
         scripts = re.findall(r"python ((?:make_\w+|judge|check_rings)\.py[^`\n]*)", readme)
-        assert [line.split()[0] for line in scripts] == [maker, judge]
+        assert [line.split()[0] for line in scripts[:2]] == [maker, judge]      # the steps; later lines vary them
         run_in(project, *scripts[0].split(), *small)
         commands = example_commands(folder)
         assert commands[:2] == [["inspect-data", f"experiment={name}"], ["train", f"experiment={name}"]]
