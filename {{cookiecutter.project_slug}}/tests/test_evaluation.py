@@ -615,7 +615,7 @@ def test_set_features_ignore_order_place_and_turn_and_the_distances_vanish_again
     sets = torch.randn(200, 6, 3, generator=generator)
     sets[::3, 4:] = math.nan
     moved = rotated(sets, generator)[:, torch.randperm(6, generator=generator)] + torch.tensor([5.0, -1.0, 2.0])
-    assert torch.allclose(features(moved, "set", sets), features(sets, "set", sets), atol=1e-9)
+    assert torch.allclose(features(moved, sets, "set")[0], features(sets, sets, "set")[0], atol=1e-9)
     same = distances(sets, sets, "set")
     assert same["swd"] < 1e-12 and abs(same["mmd"]) < 0.01
     stretched = sets * torch.tensor([2.0, 1.0, 1.0])
@@ -632,6 +632,36 @@ def test_distances_rank_samples_of_the_data_above_samples_of_something_else():
     shuffled = fresh[..., torch.randperm(8, generator=generator)]          # the same values out of order
     good, bad = distances(fresh, data, "sequence"), distances(shuffled, data, "sequence")
     assert good["swd"] < bad["swd"] / 3 and good["mmd"] < bad["mmd"] / 5
+
+
+def test_sets_far_from_the_origin_with_missing_points_have_the_features_of_the_same_sets_centred():
+    """The histograms' range is the largest distance between two real points of the reference:
+    a missing point (a NaN row) is nowhere, not at the origin, so moving every set far away
+    changes nothing."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances, features
+
+    generator = torch.Generator().manual_seed(2)
+    sets = torch.randn(100, 6, 3, generator=generator)
+    sets[::2, 3:] = math.nan
+    far = sets + 1000.0
+    assert torch.allclose(features(far, far, "set")[0], features(sets, sets, "set")[0], atol=1e-6)
+    assert distances(far, far, "set")["swd"] < 1e-9
+
+
+def test_sets_whose_points_are_all_alike_apart_differ_by_their_size():
+    """Regular triangles and regular tetrahedra with edges of 1 have the same histogram of
+    pairwise distances (every pair at 1): only the number of points tells them apart."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances, features
+
+    tetrahedron = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / math.sqrt(8)
+    triangle = tetrahedron.clone()
+    triangle[3] = math.nan
+    tetrahedra, triangles = tetrahedron.expand(50, 4, 3), triangle.expand(50, 4, 3)
+    mixed = torch.cat([tetrahedra, triangles])
+    ours, _ = features(mixed, mixed, "set")
+    assert torch.allclose(ours[:50, :-1], ours[50:, :-1]) and (ours[:50, -1] > ours[50:, -1]).all()
+    apart, alike = distances(triangles, mixed, "set"), distances(mixed, mixed, "set")
+    assert apart["swd"] > 0.1 and apart["mmd"] > 0.1 and alike["swd"] < 1e-9
 
 
 def test_a_feature_the_reference_never_varies_does_not_blow_the_distance_up():

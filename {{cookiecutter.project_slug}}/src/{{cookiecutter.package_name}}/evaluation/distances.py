@@ -73,40 +73,48 @@ def mmd(x: Tensor, y: Tensor, bandwidth: float) -> float:
     return (within(x) + within(y) - 2 * kernel(x, y).mean()).item()
 
 
-def pairwise_histograms(sets: Tensor, top: float) -> Tensor:
-    """For each set (N, P, D), the share of its pairs of real points at each distance, in
-    ``SET_BINS`` bins over [0, top] (the last bin takes everything further), and its number of
-    real points over P."""
+def pairwise_distances(sets: Tensor) -> tuple[Tensor, Tensor]:
+    """The distances between the points of each set (N, P, D), (N, P, P), and which of them are
+    between two distinct real points (each pair once): a missing point is nowhere."""
     missing = missing_points(sets)
     points = sets.nan_to_num().double()
-    distances = torch.cdist(points, points)
-    pairs = ~missing[:, :, None] & ~missing[:, None, :] & torch.ones_like(distances, dtype=torch.bool).triu(1)
+    pairs = ~missing[:, :, None] & ~missing[:, None, :] & torch.ones(sets.shape[1], sets.shape[1]).bool().triu(1)
+    return torch.cdist(points, points), pairs
+
+
+def pairwise_histograms(sets: Tensor, distances: Tensor, pairs: Tensor, top: float) -> Tensor:
+    """For each set, the share of its pairs of real points (``pairwise_distances``) at each
+    distance, in ``SET_BINS`` bins over [0, top] (the last bin takes everything further), and its
+    number of real points over P."""
     bins = (distances / top * SET_BINS).floor().long().clamp(0, SET_BINS - 1)
     counts = torch.zeros(len(sets), SET_BINS, dtype=torch.float64)
     counts.scatter_add_(1, bins.flatten(1), pairs.flatten(1).double())
     shares = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    return torch.cat([shares, (~missing).sum(1, keepdim=True).double() / sets.shape[1]], 1)
+    real = (~missing_points(sets)).sum(1, keepdim=True).double()
+    return torch.cat([shares, real / sets.shape[1]], 1)
 
 
-def features(x: Tensor, kind: str, reference: Tensor) -> Tensor:
-    """What the distances compare: vectors and sequences flattened, sets as their pairwise
-    histograms (over distances up to the reference's largest), standardised by the reference
-    features' mean and standard deviation (a feature constant in the reference, such as a
-    histogram bin no reference set reaches, is only centred)."""
+def features(samples: Tensor, reference: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """What the distances compare, for the samples and for the reference: vectors and sequences
+    flattened, sets as their pairwise histograms (over distances up to the largest between two
+    real points of the reference), both standardised by the reference features' mean and
+    standard deviation (a feature constant in the reference, such as a histogram bin no
+    reference set reaches, is only centred)."""
     if kind == "set":
-        real = reference.nan_to_num().double()
-        top = max(torch.cdist(real, real).max().item(), 1e-12)
-        x, reference = pairwise_histograms(x, top), pairwise_histograms(reference, top)
-    x, reference = x.flatten(1).double(), reference.flatten(1).double()
+        theirs = pairwise_distances(reference)
+        top = max(theirs[0][theirs[1]].max().item() if theirs[1].any() else 0.0, 1e-12)
+        samples = pairwise_histograms(samples, *pairwise_distances(samples), top)
+        reference = pairwise_histograms(reference, *theirs, top)
+    samples, reference = samples.flatten(1).double(), reference.flatten(1).double()
     mean, std = reference.mean(0), reference.std(0)
     std = torch.where(std > 1e-9, std, torch.ones_like(std))
-    return (x - mean) / std
+    return (samples - mean) / std, (reference - mean) / std
 
 
 def distances(samples: Tensor, reference: Tensor, kind: str, seed: int = 0, directions: int = 500) -> dict:
     """SW_2 and MMD^2 of ``samples`` against ``reference`` data (both in the data's units) on
     ``features``, with ``directions`` random directions drawn from ``seed``."""
-    ours, theirs = features(samples.cpu(), kind, reference.cpu()), features(reference.cpu(), kind, reference.cpu())
+    ours, theirs = features(samples.cpu(), reference.cpu(), kind)
     directions = random_directions(ours.shape[1], directions, torch.Generator().manual_seed(seed))
     return {"swd": sliced_wasserstein(ours, theirs, directions), "mmd": mmd(ours, theirs, median_distance(theirs)),
             "samples": len(samples)}
