@@ -32,11 +32,6 @@ data_module = importlib.import_module(f"{PACKAGE}.data")
 TOLERANCE = 0.15
 
 
-def atoms(points: torch.Tensor) -> torch.Tensor:
-    """The real points of one set (P, 3)."""
-    return points[~sets.missing_points(points[None])[0]]
-
-
 def bonds(points: torch.Tensor) -> torch.Tensor:
     distances = torch.cdist(points, points)
     near = (distances - make_rings.BOND).abs() <= TOLERANCE * make_rings.BOND
@@ -100,9 +95,9 @@ def main() -> None:
     if model.condition is not None:          # the held-out rings' puckers, in turn
         asked = held_out_conditions[indices % len(held_out_conditions)]
     drawn = model.sample_numbered(indices, seed=0, labels=None if asked is None else held_out_conditions)
-    shapes = [atoms(points) for points in drawn]
+    shapes = [sets.real_points(points) for points in drawn]
     result = {"samples": report(shapes, None if asked is None else asked[:, 0]),
-              "held_out": report([atoms(points) for points in held_out],
+              "held_out": report([sets.real_points(points) for points in held_out],
                                  None if asked is None else held_out_conditions[:, 0])}
     out = Path(run.root)
     (out / "check.json").write_text(json.dumps(result, indent=1))
@@ -112,7 +107,7 @@ def main() -> None:
     for k in range(shown):
         wanted = f", asked {asked[k, 0]:.2f}" if asked is not None else ""
         draw(axes[0, k], shapes[k], f"sample{wanted}\n{'valid' if valid(shapes[k]) else 'not a ring'}")
-        draw(axes[1, k], atoms(held_out[k]), f"held out, {pucker(atoms(held_out[k])):.2f}")
+        draw(axes[1, k], sets.real_points(held_out[k]), f"held out, {pucker(sets.real_points(held_out[k])):.2f}")
     fig.suptitle(f"{out.name}: samples (top) and held-out rings (bottom), seen from above; colour: height",
                  fontsize=9, y=1.02)
     fig.savefig(out / "check.png", dpi=110, bbox_inches="tight")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .models.autoencoder import Autoencoder
+from .sets import point_counts
 
 WEIGHTS, SHAPE = "autoencoder.safetensors", "autoencoder.json"
 
@@ -86,8 +87,7 @@ class FeatureRange(nn.Module):
             low, high = -torch.ones_like(low), torch.ones_like(high)
         statistics = {"low": low.tolist(), "high": high.tolist()}
         if self.kind == "set" and torch.isnan(data).any():
-            sizes = (~torch.isnan(data).any(-1)).sum(1)
-            statistics["points"] = torch.bincount(sizes, minlength=data.shape[1] + 1).tolist()
+            statistics["points"] = torch.bincount(point_counts(data), minlength=data.shape[1] + 1).tolist()
         self.normalise(statistics)
 
     def normalise(self, statistics: dict) -> None:

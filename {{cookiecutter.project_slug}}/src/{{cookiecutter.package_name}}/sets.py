@@ -8,8 +8,18 @@ from torch import Tensor
 
 
 def missing_points(x: Tensor) -> Tensor:
-    """(N, P) True where a point of the sets x (N, P, D) is missing (a row of NaN)."""
+    """(N, P) True where a point of the sets x (N, P, D) is missing (a row of NaN); (P,) of one set."""
     return torch.isnan(x).any(-1)
+
+
+def real_points(points: Tensor) -> Tensor:
+    """The real points of one set (P, D): its rows that are not missing."""
+    return points[~missing_points(points)]
+
+
+def point_counts(x: Tensor) -> Tensor:
+    """(N,) the number of real points of each set of x (N, P, D)."""
+    return (~missing_points(x)).sum(1)
 
 
 def without_centre(x: Tensor, missing: Tensor | None = None) -> Tensor:

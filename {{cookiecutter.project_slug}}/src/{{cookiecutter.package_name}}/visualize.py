@@ -16,7 +16,7 @@ from torch import Tensor
 from .diffusion.samplers import Step
 from .models import data_kind
 from .pixels import to_uint8
-from .sets import missing_points
+from .sets import missing_points, real_points
 
 
 def new_figure() -> tuple[Figure, object]:
@@ -267,7 +267,7 @@ def save_paths(x: Tensor, path: str | Path, title: str = "", count: int = 16) ->
 def draw_example(ax, example: Tensor, kind: str) -> None:
     """One sequence (two channels: a path) or one set of points (its first two coordinates)."""
     if kind == "set":
-        points = example[~missing_points(example[None])[0]]
+        points = real_points(example)
         ax.scatter(points[:, 0], points[:, 1], s=12, c="tab:blue")
     elif len(example) == 2:
         draw_path(ax, example)
@@ -335,13 +335,14 @@ def save_sets(x: Tensor, path: str | Path, title: str = "", count: int = 8) -> P
     views = [(0, 1)] if shown.shape[-1] < 3 else [(0, 1), (0, 2), (1, 2)]
     fig = Figure(figsize=(2.2 * len(views) * min(2, len(shown)), 2.2 * math.ceil(len(shown) / 2) + 0.5))
     axes = fig.subplots(math.ceil(len(shown) / 2), 2 * len(views), squeeze=False).flatten()
-    extent = shown[~missing_points(shown)].abs().max().item() * 1.1 if (~missing_points(shown)).any() else 1.0
+    real = shown[~missing_points(shown)]
+    extent = real.abs().max().item() * 1.1 if len(real) else 1.0
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set(aspect="equal", xlim=(-extent, extent), ylim=(-extent, extent))
     for i, points in enumerate(shown):
-        points = points[~missing_points(points[None])[0]]
+        points = real_points(points)
         for j, (a, b) in enumerate(views):
             ax = axes[i * len(views) + j]
             depth = {"c": points[:, 3 - a - b], "cmap": "viridis"} if len(views) > 1 else {"c": "tab:blue"}

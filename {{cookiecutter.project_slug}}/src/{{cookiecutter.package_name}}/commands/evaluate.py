@@ -137,7 +137,8 @@ def judge_memorisation(model, data, extractor, n: int, evaluation, sampling, fol
     training, held_out = data.reference_images(), data.reference_images(held_out=True)
     if not len(held_out):
         raise ConfigError("memorisation is calibrated on held-out images, and data.val_fraction=0 holds none out")
-    samples = draw_numbered(model, n, evaluation, sampling, "memorisation: samples")
+    samples = to_uint8(draw_numbered(model, n, evaluation.seed, evaluation.batch_size, sampling,
+                                     "memorisation: samples"))
     found = {"pixels": memorisation(*(to_unit_range(images) for images in (samples, held_out, training)))}
     if extractor is not None:
         with tqdm(total=n + len(held_out) + len(training), desc="memorisation: features", unit="img") as bar:
@@ -171,24 +172,25 @@ def judge_memorisation(model, data, extractor, n: int, evaluation, sampling, fol
     return summary
 
 
-def draw_numbered(model, n: int, evaluation, sampling, description: str) -> Tensor:
-    """Samples 0 to n - 1 of ``model``'s numbered set for evaluation.seed, as uint8 images
-    (``Model.sample_numbered``: sample i starts from the same noise in any model of the same
-    shape)."""
-    images = []
+def draw_numbered(model, n: int, seed: int, batch_size: int, sampling, description: str,
+                  labels: Tensor | None = None) -> Tensor:
+    """Samples 0 to n - 1 of ``model``'s numbered set for ``seed`` (``Model.sample_numbered``:
+    sample i starts from the same noise in any model of the same shape; with ``labels``, it is
+    drawn for labels[i], in turn), a batch at a time with a progress bar, on the CPU."""
+    samples = []
     with tqdm(total=n, desc=description, unit="sample") as bar:
-        for start in range(0, n, evaluation.batch_size):
-            indices = torch.arange(start, min(start + evaluation.batch_size, n))
-            images.append(to_uint8(model.sample_numbered(indices, evaluation.seed, sampling)).cpu())
+        for indices in shares(n, batch_size, 0, 1):
+            samples.append(model.sample_numbered(indices, seed, sampling, labels).cpu())
             bar.update(len(indices))
-    return torch.cat(images)
+    return torch.cat(samples)
 
 
 def compare_twins(model, samples: Tensor, twin, evaluation, sampling, folder: Path) -> dict:
     """The ``twin`` model's samples from the same noise as ``model``'s ``samples`` (and with the
     same sampler): their similarity (``same_noise_similarity``) and twins.png, the first twelve
     pairs."""
-    twin_samples = draw_numbered(twin, len(samples), evaluation, sampling, "memorisation: twin")
+    twin_samples = to_uint8(draw_numbered(twin, len(samples), evaluation.seed, evaluation.batch_size, sampling,
+                                          "memorisation: twin"))
     similarity = same_noise_similarity(to_unit_range(samples), to_unit_range(twin_samples))
     pairs = similarity.pop("pairs")[:12]
     save_labelled_grid(torch.cat([samples[:12], twin_samples[:12]]), [model.config.name, twin.config.name],
@@ -233,13 +235,9 @@ def measure_distances(model, data: DiffusionDataModule, evaluation, sampling, se
     runs = []
     for k in range(seeds):
         seed = evaluation.seed + k * evaluation.samples
-        with tqdm(total=evaluation.samples, desc=f"{model.config.name}: {sampling.sampler} {sampling.steps} steps, "
-                  f"seed {seed}", unit="sample") as bar:
-            drawn = []
-            for indices in shares(evaluation.samples, evaluation.batch_size, 0, 1):
-                drawn.append(model.sample_numbered(indices, seed, sampling, labels).cpu())
-                bar.update(len(indices))
-        runs.append({"seed": seed, **distances(torch.cat(drawn), held_out, model.kind, evaluation.seed)})
+        drawn = draw_numbered(model, evaluation.samples, seed, evaluation.batch_size, sampling,
+                              f"{model.config.name}: {sampling.sampler} {sampling.steps} steps, seed {seed}", labels)
+        runs.append({"seed": seed, **distances(drawn, held_out, model.kind, evaluation.seed)})
     floor = distances(data.reference_images()[:evaluation.samples], held_out, model.kind, evaluation.seed)
     count = count_name(evaluation.samples)
     summary = {"kind": model.kind, "against": f"{len(held_out)} held-out examples", "sampler": sampling.sampler,

@@ -7,7 +7,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
-from ..sets import missing_points
+from ..sets import point_counts
 from .augment import center_crop
 from .datamodule import layout_doubt, value_problem
 from .decode import Decoded, count_suffixes
@@ -91,7 +91,7 @@ def describe_values(decoded: Decoded, kind: str) -> list[str]:
     if len(features) > 8:
         lines.append(f"  ... and {len(features) - 8} more")
     if kind == "set":
-        sizes = (~missing_points(data)).sum(1)
+        sizes = point_counts(data)
         lines.append(f"points per set: {sizes.min().item()} to {sizes.max().item()}, median {sizes.median().item()}"
                      + ("" if sizes.min() < sizes.max() else " (all the same size: no mask)"))
     if decoded.conditions is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sets import missing_points
+from ..sets import missing_points, point_counts
 
 SET_BINS = 16       # histogram bins of a set's pairwise distances
 
@@ -90,8 +90,7 @@ def pairwise_histograms(sets: Tensor, distances: Tensor, pairs: Tensor, top: flo
     counts = torch.zeros(len(sets), SET_BINS, dtype=torch.float64)
     counts.scatter_add_(1, bins.flatten(1), pairs.flatten(1).double())
     shares = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    real = (~missing_points(sets)).sum(1, keepdim=True).double()
-    return torch.cat([shares, real / sets.shape[1]], 1)
+    return torch.cat([shares, point_counts(sets)[:, None].double() / sets.shape[1]], 1)
 
 
 def features(samples: Tensor, reference: Tensor, kind: str) -> tuple[Tensor, Tensor]:
