@@ -141,6 +141,20 @@ def test_zero_centre_of_mass_outputs_stay_in_the_subspace_whatever_the_input():
     assert torch.allclose(net(shifted, torch.zeros(5) + 0.3)[real], net(x, torch.zeros(5) + 0.3)[real], atol=1e-4)
 
 
+@pytest.mark.parametrize("zero_com", [True, False])
+def test_data_zero_com_makes_the_built_network_centre_its_output(zero_com):
+    """data.zero_com reaches the set transformer that runs.new_model builds: its output is
+    centred whatever the input (a sampler's hook alone would hide a network that is not)."""
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["data.name=tensor_file", "data.kind=set", f"data.zero_com={str(zero_com).lower()}",
+                       "data.clusters=0", "model.name=set_transformer", "model.conditional=false",
+                       "model.set_transformer.width=16", "model.set_transformer.depth=1"])
+    net = randomised(new_model(cfg, (5, 3)).denoiser.net)
+    centres = net(torch.randn(4, 5, 3) + 10, torch.randn(4)).mean(1)
+    assert (centres.abs().max() < 1e-5) == zero_com
+
+
 def test_centring_and_rotations():
     x = torch.randn(6, 5, 3)
     x[0, 2:] = math.nan
