@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conditioning import Condition, ConditionEmbedding
-from .unet import group_norm
+from .unet import SelfAttention, group_norm
 
 
 class TemporalBlock(nn.Module):
@@ -30,27 +30,16 @@ class TemporalBlock(nn.Module):
         return self.skip(x) + self.conv2(self.conv1(x) * (1 + scale) + shift)
 
 
-class TemporalAttention(nn.Module):
-    """Multi-head self-attention over the steps, with a residual connection (zero at start)."""
+class TemporalAttention(SelfAttention):
+    """The U-Net's self-attention over the steps: a sequence is an image one pixel high."""
 
-    def __init__(self, channels: int, head_dim: int = 32):
-        super().__init__()
-        self.heads = max(h for h in range(1, max(1, channels // head_dim) + 1) if channels % h == 0)
-        self.norm = group_norm(channels)
-        self.qkv, self.proj = nn.Conv1d(channels, 3 * channels, 1), nn.Conv1d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        b, c, length = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, length).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, length))
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
+        return super().forward(x[:, :, None])[:, :, 0]
 
 
 class TemporalUNet(nn.Module):
     """The U-Net's settings (model.unet) over time: ``channel_mult[l]`` sets the width of level l,
-    ``blocks_per_level`` residual blocks per level on the way down (one more on the way up),
+    ``blocks_per_level`` residual blocks per level on each way, down and up,
     self-attention at ``attention_levels``. The length must halve evenly at every level."""
 
     def __init__(self, data_shape: tuple[int, int], channels: int = 64, channel_mult: tuple[int, ...] = (1, 2, 2),
