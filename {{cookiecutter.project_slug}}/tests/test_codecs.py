@@ -226,6 +226,43 @@ def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_pixel_tas
     assert Path("exports/latent/interpolate/images.png").is_file()
 
 
+def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its_autoencoder(project_dir,
+                                                                                             monkeypatch):
+    """Reflow and consistency students of a latent teacher: its network, autoencoder and
+    normalisation. A decoder that paints every pixel 0.25 shows what is decoded where: the
+    reflow student's FID during training compares its decoded samples with its teacher's decoded
+    samples (its pairs, latents on disk), and both students' samples come out painted."""
+    (project_dir / "recording.py").write_text(RECORDING_EXTRACTOR)
+    monkeypatch.syspath_prepend(str(project_dir))
+    import recording
+
+    from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
+
+    painted = to_unit_range(to_uint8(torch.tensor(0.25)))
+    saved_autoencoder(Path("ae"), decoded=0.25)
+    assert main(["train", *DIGITS, "codec.source=ae", "name=teacher", "trainer.max_steps=2"]) == 0
+    quality = ["evaluation.extractor=custom", "evaluation.extractor_module=recording:Features", "evaluation.samples=10",
+               "evaluation.batch_size=10", "evaluation.steps=2", "evaluation.kid_subset_size=5",
+               "evaluation.kid_reference=20", "evaluation.every_n_steps=2"]
+    student = ["distill.teacher=runs/teacher", "logger=csv", "data.batch_size=16", "trainer.max_steps=2",
+               "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]
+    assert main(["train", "experiment=reflow", *student, *quality, "name=reflow", "distill.pairs=24",
+                 "distill.shard_size=24", "distill.teacher_sampling.steps=2"]) == 0
+    pairs = torch.load("runs/reflow/pairs/000000.pt")["x0"]
+    assert pairs.shape == (24, 2, 4, 4)
+    seen = torch.cat(recording.SEEN)
+    assert seen.shape[1:] == (1, 8, 8) and (seen == painted).all()          # the reference, then the samples
+    assert main(["train", "experiment=ect", *student, "name=ect"]) == 0
+    teacher, _ = load_run("runs/teacher")
+    for name in ("reflow", "ect"):
+        model, _ = load_run(f"runs/{name}")
+        assert model.config.codec.source == "ae" and model.data_shape == (2, 4, 4)
+        assert model.codec.statistics == teacher.codec.statistics
+        assert main(["sample", f"run=runs/{name}", "n=3", "steps=1", f"out={name}"]) == 0
+        samples = torch.load(f"{name}/samples.pt")
+        assert samples.shape == (3, 1, 8, 8) and (samples == 0.25).all()
+
+
 # -- a diffusers AutoencoderKL ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vae_folder(tmp_path_factory):

@@ -220,11 +220,13 @@ def test_device_batches_shuffle_and_shard_like_a_distributed_sampler():
 
 def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_splitting():
     """Reflow's pairs (data, labels, noise): every batch, from the training device or through a
-    DataLoader, and both splits of the data module, serve each example with its own noise."""
+    DataLoader, and both splits of the data module, serve each example with its own noise; the
+    quality metrics see the pairs decoded by the teacher's codec."""
     from types import SimpleNamespace
 
     from torch.utils.data import DataLoader
 
+    from {{ cookiecutter.package_name }}.codecs import FeatureRange
     from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.data import PairedDataModule
     from {{ cookiecutter.package_name }}.data.loaders import InMemoryDataset, keep_batch
@@ -236,11 +238,14 @@ def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_spl
     assert all(torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y) for x, y, n in batches)
     pairs = SimpleNamespace(x0=data, noise=noise, labels=labels, class_names=["a"], cluster_sizes=None,
                             fingerprint="f")
-    module = PairedDataModule(load_config(["data.val_fraction=0.2", "data.batch_size=16"]).data, 0, pairs)
+    scaling = FeatureRange("vector")                 # the teacher's: its data spanned [0, 200]
+    scaling.normalise({"low": [0.0], "high": [200.0]})
+    module = PairedDataModule(load_config(["data.val_fraction=0.2", "data.batch_size=16"]).data, 0, pairs, scaling)
     module.setup()
     assert (len(module.train_set), len(module.val_set)) == (80, 20) and module.class_names == ["a"]
     for x, y, n in [*module.train_dataloader(), *module.val_dataloader()]:
         assert torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y)
+    assert torch.equal(module.reference_images(held_out=True), module.val_set.data * 100 + 100)   # in data units
 
 
 def take(loader, count: int) -> list[int]:

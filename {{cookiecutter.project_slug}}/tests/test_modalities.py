@@ -4,6 +4,7 @@ answers: the closed-form conditional denoiser of linear-Gaussian data, exact per
 subspace of zero centre of mass, and losses that missing points cannot touch."""
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -362,6 +363,37 @@ def test_sequences_with_conditions_train_sample_restore_interpolate_and_export(p
     exported, _ = load_export(project_dir / "exported")
     generator = lambda: torch.Generator().manual_seed(0)                          # noqa: E731
     assert torch.equal(exported.sample(2, generator()).x, model.sample(2, generator()).x)
+
+
+def test_few_step_students_of_scaled_conditioned_sequences_learn_and_sample_in_the_teachers_units(project_dir):
+    """Students of a teacher that scales its data (``FeatureRange``) and takes vector conditions:
+    each takes the teacher's scaling and condition table, the consistency student trains on the
+    data scaled as the teacher saw it (its first losses are the teacher's size, not the size of
+    numbers near 1000), and both sample, asked in the data's units, in the data's units."""
+    import csv
+
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.runs import load_run
+
+    path_file(project_dir)
+    assert main(train_args("teacher", project_dir / "paths.pt", "model.conditional=true", "model.unet.channels=8",
+                           "model.unet.channel_mult=[1,2]")) == 0
+    student = ["distill.teacher=runs/teacher", "logger=csv", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+               "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000", "data.batch_size=32"]
+    assert main(["train", "experiment=reflow", *student, "name=reflow", "distill.pairs=32", "distill.shard_size=32",
+                 "distill.teacher_sampling.steps=2"]) == 0
+    assert main(["train", "experiment=ect", *student, "name=ect"]) == 0
+    teacher, _ = load_run("runs/teacher")
+    for name in ("reflow", "ect"):
+        model, _ = load_run(f"runs/{name}")
+        assert model.codec.statistics == teacher.codec.statistics
+        assert model.condition_table == teacher.condition_table
+        assert main(["sample", f"run=runs/{name}", "n=3", "labels=[[1001,1001,1003,1003]]", f"out={name}"]) == 0
+        samples = torch.load(f"{name}/samples.pt")
+        assert samples.shape == (3, 2, 16) and (samples - 1002).abs().max() < 50
+    with open(next(Path("runs/ect").rglob("metrics.csv"))) as file:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(file) if row.get("train/loss")]
+    assert losses and max(losses) < 10
 
 
 def test_sets_of_different_sizes_train_and_sample_centred_with_the_datas_sizes(project_dir):

@@ -550,8 +550,9 @@ def with_later_keys(saved) -> DictConfig:
 
 
 # What a student (distill.teacher) takes from its teacher: the network and the meaning of its
-# output, and the data it learnt (which ``evaluate`` compares the student with).
-TEACHER_KEYS = ("model", "data", "diffusion.objective", "diffusion.sigma_data")
+# output, the space it works in (its codec), and the data it learnt (which ``evaluate`` compares
+# the student with).
+TEACHER_KEYS = ("model", "codec", "data", "diffusion.objective", "diffusion.sigma_data")
 MACHINE_KEYS = ("data.batch_size", "data.num_workers", "data.gpu_cache_gb")     # the student's own
 
 

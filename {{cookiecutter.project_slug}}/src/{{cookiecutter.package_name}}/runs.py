@@ -272,22 +272,22 @@ def load_codec(source: str | None):
 def new_student(cfg, teacher: Model) -> Model:
     """A few-step student of ``teacher`` (distill.teacher), configured by ``cfg``
     (``config.student_config``): a new Model of the teacher's network, which starts from the
-    teacher's (EMA) weights. The teacher is a run or an export of this project's networks, or a
-    pixel diffusers pipeline (a UNet2DModel: DDPM's google/ddpm-cifar10-32, or a run that
-    fine-tuned one), whose student trains at the recipe's noise levels, not at the pipeline's
-    own discrete ones."""
+    teacher's (EMA) weights and works in the teacher's space: its codec (a latent model's
+    autoencoder and normalisation, a tensor file's scaling) and its condition table (classes,
+    clusters or vector conditions). The teacher is a run or an export of this project's
+    networks, or a pixel diffusers pipeline (a UNet2DModel: DDPM's google/ddpm-cifar10-32, or a
+    run that fine-tuned one), whose student trains at the recipe's noise levels, not at the
+    pipeline's own discrete ones."""
     if teacher.config.model.name == "ideal":
         raise ConfigError(f"distill.teacher={cfg.distill.teacher} is the ideal denoiser (model.name=ideal): students "
                           "start from the teacher's network, and it has none")
-    if teacher.codec.latent and teacher.pretrained is None:
-        raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a latent model (codec.source="
-                          f"{teacher.config.codec.source}): few-step students are of pixel models for now")
     pipeline = teacher.pretrained
     if pipeline is not None and (pipeline.takes_prompts or pipeline.vae is not None):
         raise ConfigError(f"distill.teacher={cfg.distill.teacher} is a text-to-image or latent pipeline: students "
                           "start from a run of this project's networks or from a pixel UNet2DModel pipeline "
                           "(e.g. google/ddpm-cifar10-32)")
-    student = new_model(cfg, teacher.data_shape, teacher.class_names, teacher.cluster_sizes)
+    student = new_model(cfg, teacher.codec.data_shape(teacher.data_shape), teacher.class_names,
+                        teacher.cluster_sizes, teacher.codec, teacher.condition_table)
     student.denoiser.load_state_dict(teacher.denoiser.state_dict())
     if student.pretrained is not None:
         student = dataclasses.replace(student, noise=training_noise(cfg.diffusion))

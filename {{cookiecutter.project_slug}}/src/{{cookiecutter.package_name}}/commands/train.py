@@ -23,6 +23,7 @@ from ..models import data_kind
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
+from ..codecs import FeatureRange
 from ..runs import Run, load_codec, load_run, model_for_data, new_model, new_student, with_base
 from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
@@ -49,17 +50,20 @@ def run(overrides: list[str]) -> Path:
     maybe_images = cfg.data.name not in ("toy2d", "tensor_file")      # a tensor file says once it is read
     extractor = build_extractor(cfg.evaluation, program) if evaluating and maybe_images else None
     seed_process(cfg.seed)
-    codec = load_codec(cfg.codec.source)     # a latent model's autoencoder, found (or refused) before any work
     objective = None
     if teacher is not None:                  # a run that cannot be resumed is refused before the pairs are drawn
         model = new_student(cfg, teacher)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, model.data_shape, model.class_names)
         data, objective = METHODS[cfg.distill.method](cfg, teacher, run_dir)
     else:
+        codec = load_codec(cfg.codec.source)     # a latent model's autoencoder, found (or refused) before any work
         data = DiffusionDataModule(cfg.data, cfg.seed)
     data.setup("fit")
-    if teacher is not None:
-        check_student_data(cfg, data.data_shape, teacher.data_shape)
+    paired = isinstance(data, PairedDataModule)  # reflow's pairs: already in the teacher's space
+    if teacher is not None and not paired:
+        check_student_data(cfg, data.data_shape, teacher.codec.data_shape(teacher.data_shape))
+        if isinstance(model.codec, FeatureRange):
+            data.scale_with(model.codec)         # the teacher's scaling, as the teacher saw its data
     images = data_kind(data.data_shape, cfg.data.kind) == "image"
     if evaluating and images and extractor is None:
         extractor = build_extractor(cfg.evaluation, program)
@@ -69,7 +73,7 @@ def run(overrides: list[str]) -> Path:
     if teacher is None:
         model = model_for_data(cfg, data, codec)
         resume_from, start_step = run_dir.checkpoint_to_resume(cfg, data.data_shape, model.class_names)
-    if model.codec.latent:
+    if model.codec.latent and not paired:
         encode_data(cfg, model, data, extractor)
     if cfg.lora.class_prompt:
         keep_the_class(cfg, model, data, run_dir)
@@ -154,7 +158,7 @@ def reflow(cfg, teacher: Model, run_dir: Run) -> tuple[PairedDataModule, None]:
     pairs = reflow_pairs(teacher, teacher_sampling(cfg, teacher), run_dir.pairs, distill.pairs, distill.shard_size,
                          distill.batch_size, cfg.seed)
     teacher.to("cpu")
-    return PairedDataModule(cfg.data, cfg.seed, pairs), None
+    return PairedDataModule(cfg.data, cfg.seed, pairs, teacher.codec), None
 
 
 def consistency_distillation(cfg, teacher: Model, run_dir: Run) -> tuple[DiffusionDataModule, Objective]:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..pixels import to_unit_range
+from ..pixels import to_uint8, to_unit_range
 from ..sets import rotated, without_centre
 from .augment import center_crop, random_crop, random_flip
 from .cache import cached_tensors, fingerprint_key
@@ -303,11 +303,13 @@ def encode_images(codec, images: Tensor, flips: bool, what: str, batch_size: int
 
 class PairedDataModule(DiffusionDataModule):
     """Reflow's data (``pairs.py``): the teacher's samples as the examples, each with the noise it
-    is paired with, split and served like any data, as batches (data, labels, noise)."""
+    is paired with, split and served like any data, as batches (data, labels, noise). They are
+    in the space the teacher samples in (a latent teacher's latents, a tensor file's scaled
+    data); ``codec``, the teacher's, decodes them for the quality metrics."""
 
-    def __init__(self, cfg, seed: int, pairs):
+    def __init__(self, cfg, seed: int, pairs, codec):
         super().__init__(cfg, seed)
-        self.pairs = pairs
+        self.pairs, self.codec = pairs, codec
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -320,3 +322,9 @@ class PairedDataModule(DiffusionDataModule):
                                                         pairs.noise[i]) for i in (split["train"], split["val"]))
         self.fingerprint = fingerprint_key({"pairs": pairs.fingerprint, **{key: getattr(self.cfg, key)
                                                                            for key in SPLIT_KEYS}})
+
+    def reference_images(self, held_out: bool = False) -> Tensor:
+        """The teacher's samples as data, which FID (or SWD and MMD) compares the student's
+        samples with: decoded by the teacher's codec, and images as 8-bit ones."""
+        data = self.codec.decode((self.val_set if held_out else self.train_set).data)
+        return to_uint8(data) if data.ndim == 4 else data
