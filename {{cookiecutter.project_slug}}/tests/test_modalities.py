@@ -12,6 +12,7 @@ import torch
 from {{ cookiecutter.package_name }}.codecs import FeatureRange
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.data import sources
+from {{ cookiecutter.package_name }}.diffusion.distillation import consistency_loss, heun_step
 from {{ cookiecutter.package_name }}.diffusion.generate import generate
 from {{ cookiecutter.package_name }}.diffusion.guidance import GuidedDenoiser
 from {{ cookiecutter.package_name }}.diffusion.parameterizations import NetworkDenoiser, build_parameterization
@@ -173,18 +174,45 @@ def test_centring_and_rotations():
     assert torch.allclose(distances(turned[1]), distances(centred[1]), atol=1e-5)
 
 
-def test_the_loss_of_a_padded_set_is_the_loss_of_its_real_points():
-    """Padding a 4-point set with 3 missing points changes nothing: the loss is the mean over
-    the real numbers, and the network ignores the missing points."""
+def set_denoisers() -> tuple[NetworkDenoiser, NetworkDenoiser]:
+    """The denoiser of a set transformer of 7-point sets, and its weights on 4-point sets."""
     denoiser = NetworkDenoiser(set_transformer(), build_parameterization("edm", 0.5), 0.002, 80.0)
     small = NetworkDenoiser(randomised(SetTransformer((4, 3), width=32, depth=2, heads=4)),
                             build_parameterization("edm", 0.5), 0.002, 80.0)
     small.load_state_dict(denoiser.state_dict())
+    return denoiser, small
+
+
+def padded(x: torch.Tensor) -> torch.Tensor:
+    """4-point sets as 7-point sets with 3 missing points."""
+    return torch.cat([x, torch.full((len(x), 3, 3), math.nan)], 1)
+
+
+def test_the_loss_of_a_padded_set_is_the_loss_of_its_real_points():
+    """Padding a 4-point set with 3 missing points changes nothing: the loss is the mean over
+    the real numbers, and the network ignores the missing points."""
+    denoiser, small = set_denoisers()
     x0, noise, sigma = torch.randn(2, 4, 3), torch.randn(2, 4, 3), torch.tensor([0.3, 2.0])
-    padded = torch.cat([x0, torch.full((2, 3, 3), math.nan)], 1)
     padded_noise = torch.cat([noise, torch.randn(2, 3, 3)], 1)
-    loss = denoiser.loss(padded, sigma, padded_noise)
+    loss = denoiser.loss(padded(x0), sigma, padded_noise)
     assert torch.allclose(loss, small.loss(x0, sigma, noise), atol=1e-5)
+    loss.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in denoiser.parameters() if p.grad is not None)
+
+
+def test_a_consistency_students_loss_of_a_padded_set_is_the_loss_of_its_real_points():
+    """The same for the few-step students' loss (``diffusion/distillation.py``): the teacher's
+    Heun step carries missing points along, and iCT's distance runs over the real numbers, its
+    constant c = 0.00054 sqrt(dim) counting them alone."""
+    denoiser, small = set_denoisers()
+    x0, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    t, r = torch.tensor([0.3, 2.0]), torch.tensor([0.1, 1.0])
+    x_t = x0 + t[:, None, None] * noise
+    with torch.no_grad():
+        x_r = heun_step(denoiser, padded(x_t), t, r)
+        torch.testing.assert_close(x_r, padded(heun_step(small, x_t, t, r)), equal_nan=True, atol=1e-5, rtol=0)
+    loss = consistency_loss(denoiser, padded(x0), padded(x_t), t, x_r, r, None)
+    assert torch.allclose(loss, consistency_loss(small, x0, x_t, t, x_r[:, :4], r, None), atol=1e-5)
     loss.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in denoiser.parameters() if p.grad is not None)
 
@@ -396,7 +424,7 @@ def test_few_step_students_of_scaled_conditioned_sequences_learn_and_sample_in_t
     assert losses and max(losses) < 10
 
 
-def test_sets_of_different_sizes_train_and_sample_centred_with_the_datas_sizes(project_dir):
+def test_sets_of_different_sizes_train_and_sample_centred_with_the_datas_sizes_as_do_their_students(project_dir):
     from {{ cookiecutter.package_name }}.cli import main
     from {{ cookiecutter.package_name }}.runs import load_run
 
@@ -416,6 +444,11 @@ def test_sets_of_different_sizes_train_and_sample_centred_with_the_datas_sizes(p
     assert centres.abs().max() < 1e-3                                      # a stochastic sampler, still centred
     alone = model.sample_numbered(torch.tensor([7]), 0)                   # sample 7 whatever the batch
     assert torch.allclose(alone, x[7:8], atol=1e-5, equal_nan=True)
+    assert main(["train", "experiment=ect", "distill.teacher=runs/sets", "name=ect", "logger=csv",
+                 "trainer.max_steps=2", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
+    student, _ = load_run("runs/ect")                                     # a few-step student of sets
+    x = student.sample_numbered(torch.arange(40), seed=0, sampling=student.config.sampling)
+    assert sorted(set((~missing_points(x)).sum(1).tolist())) == [3, 5]
 
 
 def test_inspect_data_describes_sequences_and_sets(project_dir, capsys):

@@ -37,7 +37,6 @@ also found that the target needs no EMA copy of the student):
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -55,12 +54,14 @@ def reflow_noise(z: Tensor, x0: Tensor, sigma_max: float) -> Tensor:
 
 # -- consistency ----------------------------------------------------------------------------
 
-def pseudo_huber(difference: Tensor) -> Tensor:
+def pseudo_huber(difference: Tensor, real: Tensor) -> Tensor:
     """iCT's distance (Song & Dhariwal 2023, §3.3) per example: sqrt(||a - b||^2 + c^2) - c with
     c = 0.00054 sqrt(dim), the L2 distance for large differences and a scaled squared L2 for
-    small ones, so that a few badly wrong examples do not swamp a batch."""
-    c = 0.00054 * math.sqrt(difference[0].numel())
-    return (difference.flatten(1).square().sum(1) + c**2).sqrt() - c
+    small ones, so that a few badly wrong examples do not swamp a batch. Only the ``real``
+    numbers count, and dim is their number: a set's missing points (NaN rows) count for nothing."""
+    real = real.flatten(1)
+    c = 0.00054 * real.sum(1).sqrt()
+    return (torch.where(real, difference.flatten(1), 0.0).square().sum(1) + c**2).sqrt() - c
 
 
 def consistency_loss(student: Callable[..., Tensor], x0: Tensor, x_t: Tensor, t: Tensor, x_r: Tensor, r: Tensor,
@@ -72,7 +73,7 @@ def consistency_loss(student: Callable[..., Tensor], x0: Tensor, x_t: Tensor, t:
     with torch.no_grad():
         target = student(x_r, r.clamp(min=1e-6), labels)       # ln(sigma) tells a network the level: not 0
     target = torch.where(per_example(r > 0, x0), target, x0)
-    return pseudo_huber(prediction - target) / (t - r)
+    return pseudo_huber(prediction - target, ~torch.isnan(x0)) / (t - r)
 
 
 def heun_step(denoiser: Denoiser, x: Tensor, t: Tensor, r: Tensor) -> Tensor:
