@@ -666,11 +666,18 @@ def test_sets_whose_points_are_all_alike_apart_differ_by_their_size():
 
 def test_a_feature_the_reference_never_varies_does_not_blow_the_distance_up():
     """Rings of one size leave most histogram bins empty in the reference: samples that reach
-    them are farther, by an amount of the order of the shares, not divided by a zero spread."""
-    from {{ cookiecutter.package_name }}.evaluation.distances import distances
+    them are farther, by an amount of the order of the shares, not divided by a zero spread.
+    Here every reference set is the same square, so no two reference features differ and the
+    median heuristic has no width to give: the kernel's width is then sqrt(2 D), and MMD^2
+    between two point masses at distance |v| is 2 (1 - exp(-|v|^2 / (4 D)))."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances, features
 
     square = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     reference = square.expand(100, 4, 2)
     stretched = square * torch.tensor([1.3, 1.0])
     result = distances(stretched.expand(100, 4, 2), reference, "set")
     assert 0.1 < result["swd"] < 10
+    ours, theirs = features(stretched.expand(100, 4, 2), reference, "set")
+    v, dimension = ours[0] - theirs[0], ours.shape[1]
+    assert result["mmd"] == pytest.approx(2 * (1 - math.exp(-v.square().sum().item() / (4 * dimension))), rel=1e-9)
+    assert distances(reference, reference, "set")["mmd"] == 0

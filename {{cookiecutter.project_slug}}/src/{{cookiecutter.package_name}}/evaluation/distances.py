@@ -8,7 +8,7 @@ more than another's.
   each, which is exact in 1D from the sorted values (their quantile functions).
 * MMD (Gretton et al. 2012): the unbiased squared maximum mean discrepancy with the Gaussian
   kernel k(x, y) = exp(-|x - y|^2 / 2 h^2), h the median distance between reference points
-  (the median heuristic) unless given.
+  (the median heuristic; ``bandwidth``).
 
 Both are about 0 for two samples of the same distribution (the MMD estimate is unbiased, so it
 can be slightly negative). Sets of points are compared by the histogram of the distances
@@ -16,6 +16,8 @@ between their points (and their number of points): a feature that no permutation
 or rotation of a set changes.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -51,11 +53,13 @@ def sliced_wasserstein(x: Tensor, y: Tensor, directions: Tensor) -> float:
     return wasserstein_1d(x.double() @ directions, y.double() @ directions).mean().sqrt().item()
 
 
-def median_distance(x: Tensor, limit: int = 2000) -> float:
-    """The median distance between two of the first ``limit`` rows of x."""
+def bandwidth(x: Tensor, limit: int = 2000) -> float:
+    """The Gaussian kernel's width for the standardised features x (N, D): the median distance
+    between two of the first ``limit`` rows (the median heuristic), or, where half of them or more
+    coincide, sqrt(2 D), the distance between two examples of features of variance 1."""
     x = x[:limit].double()
-    distances = torch.cdist(x, x)
-    return distances[torch.triu_indices(len(x), len(x), 1).unbind()].median().item()
+    median = torch.cdist(x, x)[torch.triu_indices(len(x), len(x), 1).unbind()].median().item()
+    return median if median > 0 else math.sqrt(2 * x.shape[1])
 
 
 def mmd(x: Tensor, y: Tensor, bandwidth: float) -> float:
@@ -115,5 +119,5 @@ def distances(samples: Tensor, reference: Tensor, kind: str, seed: int = 0, dire
     ``features``, with ``directions`` random directions drawn from ``seed``."""
     ours, theirs = features(samples.cpu(), reference.cpu(), kind)
     directions = random_directions(ours.shape[1], directions, torch.Generator().manual_seed(seed))
-    return {"swd": sliced_wasserstein(ours, theirs, directions), "mmd": mmd(ours, theirs, median_distance(theirs)),
+    return {"swd": sliced_wasserstein(ours, theirs, directions), "mmd": mmd(ours, theirs, bandwidth(theirs)),
             "samples": len(samples)}
