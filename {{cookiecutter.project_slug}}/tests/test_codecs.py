@@ -208,7 +208,7 @@ def test_fid_of_a_latent_run_sees_the_decoded_samples_and_the_data_as_pixels(pro
     assert len(seen) >= 20 and (seen == painted).all() and seen.shape[1:] == (1, 8, 8)   # (one more batch times it)
 
 
-def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_pixel_tasks(project_dir, capsys):
+def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_tasks_on_pixels(project_dir, capsys):
     saved_autoencoder(Path("ae"))
     assert main(["train", *DIGITS, "codec.source=ae", "name=latent", "trainer.max_steps=2"]) == 0
     model, _ = load_run("runs/latent")
@@ -220,7 +220,8 @@ def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_pixel_tas
     ours, theirs = (m.sample(3, torch.Generator(), noise=noise).x for m in (model, exported))
     assert ours.shape == (3, 1, 8, 8) and torch.equal(ours, theirs)
     assert main(["restore", "run=exports/latent", "method=inpaint", "images=[0]"]) == 2
-    assert "restoration keeps known pixels at every step, but this model samples latents" in capsys.readouterr().err
+    assert "method=inpaint keeps known pixels at every step (method=sdedit edits latents), but this model samples " \
+           "latents" in capsys.readouterr().err
     assert main(["interpolate", "run=exports/latent", "between=images", "images=[0,1]", "frames=3"]) == 0
     assert "image 0: inverted and regenerated" in capsys.readouterr().out
     assert Path("exports/latent/interpolate/images.png").is_file()
@@ -261,6 +262,34 @@ def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its
         assert main(["sample", f"run=runs/{name}", "n=3", "steps=1", f"out={name}"]) == 0
         samples = torch.load(f"{name}/samples.pt")
         assert samples.shape == (3, 1, 8, 8) and (samples == 0.25).all()
+
+
+def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, monkeypatch):
+    """sample trajectory=true, visualize and restore method=sdedit on a latent model: every
+    state drawn (x_t and x0_hat) and the edit are decoded images. Under a decoder that paints
+    every pixel 0.25 they are all that grey, of the images' shape."""
+    from {{ cookiecutter.package_name }} import visualize
+    from {{ cookiecutter.package_name }}.pixels import to_uint8
+
+    grey = to_uint8(torch.tensor(0.25))
+    saved_autoencoder(Path("ae"), decoded=0.25)
+    assert main(["train", *DIGITS, "codec.source=ae", "name=latent", "trainer.max_steps=2"]) == 0
+    drawn, draw = [], visualize.save_labelled_grid
+
+    def recording(tiles, *args, **kwargs):
+        drawn.append(tiles)
+        return draw(tiles, *args, **kwargs)
+
+    monkeypatch.setattr(visualize, "save_labelled_grid", recording)
+    assert main(["sample", "run=runs/latent", "n=2", "trajectory=true"]) == 0
+    assert main(["visualize", "run=runs/latent", "n=2", "columns=3"]) == 0
+    assert [tuple(tiles.shape) for tiles in drawn] == [(2, 1, 8, 8), (16, 1, 8, 8), (12, 1, 8, 8)]   # samples, steps
+    assert all((tiles == grey).all() for tiles in drawn)
+    assert Path("runs/latent/generated/trajectory.png").is_file()
+    assert Path("runs/latent/visualize/denoising.gif").is_file()
+    assert main(["restore", "run=runs/latent", "method=sdedit", "images=[0,1]", "strength=0.6"]) == 0
+    edited = torch.load("runs/latent/restore/sdedit.pt")
+    assert edited.shape == (2, 1, 8, 8) and (edited == 0.25).all()
 
 
 # -- a diffusers AutoencoderKL ------------------------------------------------------------------------

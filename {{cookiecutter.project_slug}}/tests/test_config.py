@@ -120,7 +120,8 @@ def test_every_choice_in_the_schema_has_exactly_one_implementation():
     from {{ cookiecutter.package_name }}.diffusion.samplers import SAMPLERS
     from {{ cookiecutter.package_name }}.diffusion.schedules import SCHEDULES, TRAINING_NOISE
     from {{ cookiecutter.package_name }}.evaluation.features import EXTRACTORS
-    from {{ cookiecutter.package_name }}.models import DECLARED, MODELS
+    from {{ cookiecutter.package_name }}.kinds import DECLARED
+    from {{ cookiecutter.package_name }}.models import MODELS
     from {{ cookiecutter.package_name }}.trainer import LOGGERS
 
     tables = {"logger": LOGGERS, "data.name": SOURCES, "data.toy_shape": TOY_SHAPES,

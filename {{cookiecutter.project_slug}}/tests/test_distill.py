@@ -296,7 +296,8 @@ def test_a_heun_step_of_the_gaussian_teacher_follows_its_ode_and_pseudo_huber_is
     difference = torch.tensor([[3.0, 4.0] + [0.0] * 98, [1e-3] + [0.0] * 99])
     c = 0.00054 * 10
     everywhere = torch.ones_like(difference, dtype=torch.bool)
-    assert torch.allclose(pseudo_huber(difference, everywhere), torch.tensor([(25 + c**2) ** 0.5 - c, (1e-6 + c**2) ** 0.5 - c]))
+    expected = torch.tensor([(25 + c**2) ** 0.5 - c, (1e-6 + c**2) ** 0.5 - c])
+    assert torch.allclose(pseudo_huber(difference, everywhere), expected)
 
 
 def test_cd_draws_every_adjacent_pair_of_its_ladder_from_the_generator_given():

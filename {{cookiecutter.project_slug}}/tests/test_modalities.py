@@ -19,7 +19,8 @@ from {{ cookiecutter.package_name }}.diffusion.parameterizations import NetworkD
 from {{ cookiecutter.package_name }}.diffusion.samplers import ddim, heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
 from {{ cookiecutter.package_name }}.errors import DataError
-from {{ cookiecutter.package_name }}.models import MODELS, SetTransformer, TemporalUNet, data_kind
+from {{ cookiecutter.package_name }}.kinds import data_kind
+from {{ cookiecutter.package_name }}.models import MODELS, SetTransformer, TemporalUNet
 from {{ cookiecutter.package_name }}.models.conditioning import Vectors
 from {{ cookiecutter.package_name }}.sets import missing_points, random_rotations, rotated, without_centre
 

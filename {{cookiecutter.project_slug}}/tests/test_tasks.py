@@ -388,6 +388,36 @@ def test_visualize_draws_the_vector_fields_and_the_particles_of_2d_data(toy_run)
     assert gif_frames(Path(toy_run) / "visualize/particles.gif") == 7 + 1           # each step, then the sample
 
 
+def test_2d_points_of_a_tensor_file_are_drawn_in_one_space(project_dir, monkeypatch):
+    """Points far from the origin, which a tensor file's scaling (``FeatureRange``) brings to
+    [-1, 1]: the sampling paths of ``sample trajectory=true`` run in the data's units from the
+    noise to the samples; ``visualize`` draws the field, the data and the particles in the
+    network's units, where the data span [-1, 1]."""
+    from {{ cookiecutter.package_name }} import visualize
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import visualize as command
+
+    points = torch.randn(200, 2, generator=torch.Generator().manual_seed(0)) * 0.5 + 1000
+    torch.save({"data": points}, project_dir / "points.pt")
+    assert main(["train", "name=points", "data.name=tensor_file", "data.root=points.pt", "data.clusters=0",
+                 "model.conditional=false", "model.name=mlp",
+                 "logger=csv", "trainer.max_steps=2", "trainer.val_every_n_steps=1000",
+                 "trainer.sample_every_n_steps=1000", "sampling.steps=4"]) == 0
+    seen, paths = {}, visualize.paths_2d
+    monkeypatch.setattr(visualize, "paths_2d", lambda *args, **kwargs: seen.setdefault("paths", paths(*args, **kwargs)))
+    assert main(["sample", "run=runs/points", "n=5", "trajectory=true"]) == 0
+    samples = torch.load("runs/points/generated/samples.pt")
+    assert seen["paths"].shape == (4 + 1, 5, 2) and torch.equal(seen["paths"][-1], samples)
+    assert ((seen["paths"] - 1000).abs() < 20).all()              # noise scaled to the data's spread, then samples
+    monkeypatch.setattr(command, "save_vector_fields", lambda denoiser, sigmas, data, path, *rest: seen.update(
+        field=data) or path)
+    monkeypatch.setattr(command, "save_particles_gif", lambda steps, final, data, path: seen.update(
+        final=final, data=data) or path)
+    assert main(["visualize", "run=runs/points", "n=20"]) == 0
+    assert torch.equal(seen["field"], seen["data"]) and seen["data"].abs().max() < 1.001    # float32 at 1000
+    assert seen["final"].abs().max() < 10
+
+
 def test_visualize_draws_a_labelled_denoising_grid_and_gif_of_images(digits_run, capsys):
     from {{ cookiecutter.package_name }}.cli import main
 

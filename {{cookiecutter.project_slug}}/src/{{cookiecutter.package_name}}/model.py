@@ -40,7 +40,7 @@ from .diffusion.samplers import (
 )
 from .diffusion.schedules import sampling_sigmas
 from .errors import ConfigError
-from .models import data_kind
+from .kinds import data_kind
 from .models.conditioning import ClassLabels, Condition, Vectors
 from .sets import without_centre
 
@@ -99,7 +99,7 @@ class Model:
 
     @property
     def kind(self) -> str:
-        """What one example is: vector, sequence, set or image (``models.data_kind``)."""
+        """What one example is: vector, sequence, set or image (``kinds.data_kind``)."""
         return data_kind(self.data_shape, self.config.data.get("kind", "auto"))
 
     # -- the condition table -----------------------------------------------------------------

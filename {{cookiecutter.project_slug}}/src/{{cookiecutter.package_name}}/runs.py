@@ -63,8 +63,9 @@ from .config import dotted_keys, load_config, parse_command, run_config, with_la
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
 from .errors import ConfigError
+from .kinds import data_kind
 from .model import Model
-from .models import IdealDenoiser, build_model, data_kind
+from .models import IdealDenoiser, build_model
 from .models.conditioning import ClassLabels, Vectors
 from .storage import UnreadableFile, read_tensors
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from .diffusion.samplers import Step
-from .models import data_kind
+from .kinds import data_kind
 from .pixels import to_uint8
 from .sets import missing_points, real_points
 
@@ -77,17 +77,32 @@ def save_scatter(points: Tensor, path: str | Path, title: str = "", reference: T
     return _save(fig, path)
 
 
-def save_trajectory_plot(trajectory: list[Step], final: Tensor, path: str | Path, title: str = "") -> Path:
+def as_is(x: Tensor) -> Tensor:
+    """What a pixel model's states are as pictures: themselves (the default ``decode``)."""
+    return x
+
+
+def save_trajectory_plot(trajectory: list[Step], final: Tensor, path: str | Path, title: str = "",
+                         decode=as_is) -> Path:
     """How samples travel from noise to data: paths for 2D points; for images, rows of x_t and
-    x0_hat for up to 4 samples at 8 steps, labelled with the step and its noise level."""
+    x0_hat for up to 4 samples at 8 steps, labelled with the step and its noise level. The
+    states are shown as ``decode`` takes them to data (a latent model's, a tensor file's units)."""
     if final.ndim == 2:
-        return save_paths_2d(trajectory, final, path)
-    return save_labelled_grid(*denoising_grid(trajectory, samples=4, columns=8), path, title)
+        return save_paths_2d(trajectory, final, path, decode=decode)
+    return save_labelled_grid(*denoising_grid(trajectory, samples=4, columns=8, decode=decode), path, title)
 
 
-def save_paths_2d(trajectory: list[Step], final: Tensor, path: str | Path, count: int = 300) -> Path:
-    """The paths of ``count`` samples, with x_t scaled by 1 / sqrt(1 + sigma^2) to stay in view."""
-    states = torch.stack([scaled_state(step)[:count] for step in trajectory] + [final[:count].cpu()])
+def paths_2d(trajectory: list[Step], final: Tensor, count: int, decode=as_is) -> Tensor:
+    """(steps + 1, count, D): the states of ``count`` samples along their paths, x_t scaled by
+    1 / sqrt(1 + sigma^2) to stay in view and taken to the data's units by ``decode``, then the
+    samples themselves (``final``, already in them)."""
+    return torch.stack([decode(scaled_state(step)[:count]) for step in trajectory] + [final[:count].cpu()])
+
+
+def save_paths_2d(trajectory: list[Step], final: Tensor, path: str | Path, count: int = 300,
+                  decode=as_is) -> Path:
+    """The paths of ``count`` samples (``paths_2d``)."""
+    states = paths_2d(trajectory, final, count, decode)
     fig, ax = new_figure()
     ax.plot(*states[..., :2].permute(2, 0, 1), lw=0.5, c="tab:blue", alpha=0.3)
     ax.scatter(*states[0, :, :2].T, s=4, c="0.6", label="noise (scaled)")
@@ -298,10 +313,9 @@ def data_frames(states: list[Tensor], kind: str, titles: list[str], count: int =
     return frames
 
 
-def save_denoising_gif(trajectory: list[Step], final: Tensor, path: str | Path, kind: str, decode=None) -> Path:
+def save_denoising_gif(trajectory: list[Step], final: Tensor, path: str | Path, kind: str, decode=as_is) -> Path:
     """Sequences and sets: the denoiser's estimate x0_hat at every step (``decode`` takes it to the
     data's units), then the sample."""
-    decode = decode or (lambda x: x)
     states = [decode(step.x0_hat) for step in trajectory] + [final]
     titles = [f"x0_hat at step {step.i}, σ = {step.sigma:.3g}" for step in trajectory] + ["sample"]
     return save_gif(data_frames(states, kind, titles), path, seconds_per_frame=0.25)
@@ -356,10 +370,10 @@ def save_sets(x: Tensor, path: str | Path, title: str = "", count: int = 8) -> P
 
 
 def save_samples(x: Tensor, trajectory: list[Step], out: Path, title: str,
-                 column_names: list[str] | None = None, kind: str | None = None, decode=None) -> None:
+                 column_names: list[str] | None = None, kind: str | None = None, decode=as_is) -> None:
     """What ``sample`` writes: samples.pt, samples.png (``save_samples_picture``), for images
     images/NNNNNN.png (exact pixels), and when a trajectory was kept trajectory.png (sequences
-    and sets: trajectory.gif, its estimates taken to the data's units by ``decode``)."""
+    and sets: trajectory.gif), its states taken to the data's units by ``decode``."""
     torch.save(x, out / "samples.pt")
     picture = save_samples_picture(x, out / "samples.png", title, column_names, kind=kind)
     if data_kind(tuple(x.shape[1:])) == "image":
@@ -369,7 +383,7 @@ def save_samples(x: Tensor, trajectory: list[Step], out: Path, title: str,
     if trajectory and kind in ("sequence", "set"):
         print(f"trajectory: {save_denoising_gif(trajectory, x, out / 'trajectory.gif', kind, decode)}")
     elif trajectory:
-        plot = save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / "trajectory.png", title)
+        plot = save_trajectory_plot(trajectory, x[:len(trajectory[0].x)], out / "trajectory.png", title, decode)
         print(f"trajectory: {plot}")
 
 
@@ -393,27 +407,30 @@ def scaled_state(step: Step) -> Tensor:
     return step.x / math.sqrt(1 + step.sigma**2)
 
 
-def denoising_grid(trajectory: list[Step], samples: int, columns: int) -> tuple[Tensor, list[str], list[str]]:
+def denoising_grid(trajectory: list[Step], samples: int, columns: int,
+                   decode=as_is) -> tuple[Tensor, list[str], list[str]]:
     """uint8 tiles with a row of x_t (at the data's scale) and a row of x0_hat for each of
-    ``samples`` samples, at ``columns`` steps from the first to the last; the rows' and
-    columns' labels (the step and its noise level)."""
+    ``samples`` samples, at ``columns`` steps from the first to the last, as images (a latent
+    model's states decoded by ``decode``: its noisy latents decode to noise of their own); the
+    rows' and columns' labels (the step and its noise level)."""
     picks = np.linspace(0, len(trajectory) - 1, min(columns, len(trajectory))).round().astype(int)
     samples = min(samples, len(trajectory[0].x))
     tiles = torch.stack([tile for k in range(samples) for row in (
         [scaled_state(trajectory[i])[k] for i in picks], [trajectory[i].x0_hat[k] for i in picks]) for tile in row])
     rows = [label for k in range(samples) for label in (f"x_t #{k}", f"x0_hat #{k}")]
-    return to_uint8(tiles), rows, [f"step {trajectory[i].i}\nσ={trajectory[i].sigma:.3g}" for i in picks]
+    return to_uint8(decode(tiles)), rows, [f"step {trajectory[i].i}\nσ={trajectory[i].sigma:.3g}" for i in picks]
 
 
-def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: int = 10) -> tuple[Path, Path]:
+def save_denoising(trajectory: list[Step], folder: Path, title: str, columns: int = 10,
+                   decode=as_is) -> tuple[Path, Path]:
     """Images: denoising.png (``denoising_grid`` of every sample); denoising.gif, every step:
-    x_t on the left, x0_hat on the right, one row per sample."""
+    x_t on the left, x0_hat on the right, one row per sample (decoded by ``decode``)."""
     samples = len(trajectory[0].x)
-    grid = save_labelled_grid(*denoising_grid(trajectory, samples, columns), folder / "denoising.png", title)
+    grid = save_labelled_grid(*denoising_grid(trajectory, samples, columns, decode), folder / "denoising.png", title)
     frames = []
     for step in trajectory:
         pairs = torch.stack([tile for k in range(samples) for tile in (scaled_state(step)[k], step.x0_hat[k])])
-        frames.append(enlarged_grid(to_uint8(pairs), ncol=2))
+        frames.append(enlarged_grid(to_uint8(decode(pairs)), ncol=2))
     return grid, save_gif(frames, folder / "denoising.gif")
 
 

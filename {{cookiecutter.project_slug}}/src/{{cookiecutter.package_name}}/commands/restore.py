@@ -13,6 +13,9 @@ Sequences (paths, signals) are restored the same way with ``inpaint``, ``repaint
 ``sdedit``: the steps ``known_steps`` (default the first and the last: a fixed start and goal)
 are observed and the rest filled in; a model conditioned on vectors is guided by each example's
 own condition. The result holds the known steps exactly, in the data's own units.
+
+A latent model restores by ``sdedit`` alone, which never needs pixels along the way: the
+image's latents are noised to ``strength``, denoised and decoded.
 """
 from __future__ import annotations
 
@@ -90,7 +93,8 @@ def run(overrides: list[str]) -> Path:
     command, model, run_dir, sampling = open_run(overrides, RestoreCommand, "restore", ("resample", "factor"))
     check_request(command, model)
     model.to(pick_device(command.device))
-    model.need_pixels("restoration keeps known pixels at every step")
+    if command.method != "sdedit":
+        model.need_pixels(f"method={command.method} keeps known pixels at every step (method=sdedit edits latents)")
     data = DiffusionDataModule.of_run(model.config)
     model.check_data(data.data_shape)
     examples = data.training_examples(command.images).to(model.device)
@@ -108,8 +112,12 @@ def run(overrides: list[str]) -> Path:
         degrade = user_degradation(command.degradation)
     y = degrade(truth)
     x = restoration(command, denoiser, sampling, model, truth, mask, degrade, pseudo_inverse, y)
-    report(command, x, truth, degrade, y)
-    x = model.codec.decode(x)
+    if model.codec.latent:                           # SDEdit of latents: its change measured on the images
+        x = model.codec.decode(x)
+        report(command, x, examples, degrade, y)
+    else:
+        report(command, x, truth, degrade, y)
+        x = model.codec.decode(x)
     if sequence and command.method != "sdedit":
         x = torch.where(mask.bool(), examples, x)    # the known steps exactly, in the data's units
     out = run_dir.task("restore", command.out)
@@ -118,7 +126,8 @@ def run(overrides: list[str]) -> Path:
         path = save_restored_sequences(examples.cpu(), x.cpu(), mask[0, 0].bool().cpu(), out / f"{command.method}.png",
                                        title, [f"#{i}" for i in command.images])
     else:
-        tiles = to_uint8(torch.cat([truth, observed(command, truth, mask, pseudo_inverse, y), x]).clamp(-1, 1).cpu())
+        shown = [examples, observed(command, examples, mask, pseudo_inverse, y), x]
+        tiles = to_uint8(torch.cat(shown).clamp(-1, 1).cpu())
         path = save_labelled_grid(tiles, ["original", "observed", "restored"], [f"#{i}" for i in command.images],
                                   out / f"{command.method}.png", title)
     torch.save(x.cpu(), out / f"{command.method}.pt")

@@ -46,7 +46,6 @@ def run(overrides: list[str]) -> Path:
     command, model, run_dir, sampling = open_run(overrides, SampleCommand, "sample", ("n", "batch_size"))
     device = pick_device(command.device)
     if command.trajectory:
-        model.need_pixels("trajectory=true draws pixels along the way")
         if model.kind not in ("vector", "image", "sequence", "set"):
             raise ConfigError("trajectory=true draws the paths of points, the steps of images, sequences or sets; "
                               f"{command.run} draws data of shape {list(model.data_shape)}")

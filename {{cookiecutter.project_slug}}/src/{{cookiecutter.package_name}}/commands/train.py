@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
+from ..codecs import FeatureRange
 from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, sampling_precision, training_device
@@ -18,12 +19,11 @@ from ..diffusion.schedules import karras_sigmas, training_noise
 from ..errors import ConfigError, DataError, Interrupted
 from ..evaluation.features import build_extractor
 from ..evaluation.quality import evaluation_cost
+from ..kinds import data_kind
 from ..model import Model
-from ..models import data_kind
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
-from ..codecs import FeatureRange
 from ..runs import Run, load_codec, load_run, model_for_data, new_model, new_student, with_base
 from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process

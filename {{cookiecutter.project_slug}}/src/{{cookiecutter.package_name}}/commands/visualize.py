@@ -1,7 +1,8 @@
 """``visualize``: how a trained model turns noise into data, as pictures.
 
 Images: ``denoising.png``, the noisy state x_t and the estimate x0_hat at chosen steps of a
-few samples, every row and column labelled, and ``denoising.gif``, every step. 2D data:
+few samples, every row and column labelled, and ``denoising.gif``, every step (a latent model's
+states decoded by its autoencoder). 2D data:
 ``vector_fields.png``, the denoiser's pull D(x, sigma) - x at several noise levels, and
 ``particles.gif``, the samples travelling from noise to the data.
 """
@@ -20,7 +21,6 @@ from ..devices import pick_device
 from ..diffusion.samplers import Trajectory
 from ..errors import ConfigError
 from ..model import labels_in_turn
-from ..models import data_kind
 from ..runs import open_run, record_made_by
 from ..visualize import sampling_title, save_denoising, save_particles_gif, save_vector_fields
 
@@ -49,28 +49,28 @@ class VisualizeCommand:
 
 def run(overrides: list[str]) -> Path:
     command, model, run_dir, sampling = open_run(overrides, VisualizeCommand, "visualize", ("n", "columns"))
-    model.need_pixels("visualize draws x_t and x0_hat at every step")
-    if data_kind(model.data_shape) not in ("vector", "image"):
+    if model.kind not in ("vector", "image"):
         raise ConfigError(f"visualize draws 2D points or images; {command.run} draws data of shape "
                           f"{list(model.data_shape)}")
     model.to(pick_device(command.device))
-    points = data_kind(model.data_shape) == "vector"
+    points = model.kind == "vector"
     n = command.n or (500 if points else 4)
     labels = labels_in_turn(command.labels, 0, n)
     trajectory = Trajectory()
     result = model.sample(n, torch.Generator().manual_seed(command.seed), sampling, labels=labels, hooks=[trajectory])
     title = sampling_title(run_dir.root.name, sampling, result.nfe, model.condition is not None)
     out = run_dir.task("visualize", command.out)
-    if points:
-        reference = DiffusionDataModule.of_run(model.config).reference_images()
+    if points:                                       # in the network's units (a tensor file's: scaled)
+        reference = model.codec.latents(DiffusionDataModule.of_run(model.config).reference_images())
         grid = FIELD_POINTS**2                       # one label for the whole field: the first asked for, or 0
         label = (labels[:1] if labels is not None else torch.zeros(1, dtype=torch.long)).expand(grid)
         denoiser = model.guided(grid, sampling.guidance, label)
         pictures = [save_vector_fields(denoiser, command.sigmas, reference, out / "vector_fields.png",
                                        FIELD_POINTS, model.device),
-                    save_particles_gif(trajectory.steps, result.x, reference, out / "particles.gif")]
+                    save_particles_gif(trajectory.steps, model.codec.latents(result.x), reference,
+                                       out / "particles.gif")]
     else:
-        pictures = list(save_denoising(trajectory.steps, out, title, command.columns))
+        pictures = list(save_denoising(trajectory.steps, out, title, command.columns, model.codec.decode))
     for picture in pictures:
         print(picture)
     record_made_by(out, "visualize", command, model, sampling)

@@ -7,6 +7,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from ..kinds import data_kind
 from ..sets import point_counts
 from .augment import center_crop
 from .datamodule import layout_doubt, value_problem
@@ -26,7 +27,7 @@ def data_report(cfg) -> tuple[str, Tensor | None, list[str], str]:
     if decoded.files:
         lines += describe_files(decoded, cfg.image_size, warnings)
     lines += describe_labels(decoded, warnings)
-    kind = data_kind(decoded.data, cfg.kind)
+    kind = data_kind(tuple(decoded.data.shape[1:]), cfg.kind)
     if kind in ("vector", "sequence", "set"):
         lines += describe_values(decoded, kind)
     doubt = layout_doubt(decoded.data, cfg.kind)
@@ -63,15 +64,6 @@ def preview(decoded: Decoded, size: int) -> tuple[Tensor | None, list[str]]:
     if data.ndim == 2:
         return (data[:2000] if data.shape[1] == 2 else None), []
     return data[:16], []
-
-
-def data_kind(data: Tensor, declared: str) -> str:
-    """What one example is, as training will take it (``models.data_kind`` reads the same)."""
-    if data.dtype == torch.uint8 or data.ndim == 4:
-        return "image"
-    if data.ndim == 3:
-        return "set" if declared == "set" else "sequence"
-    return "vector" if data.ndim == 2 else "other"
 
 
 def describe_values(decoded: Decoded, kind: str) -> list[str]:

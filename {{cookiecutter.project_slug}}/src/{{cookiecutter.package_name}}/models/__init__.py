@@ -1,8 +1,8 @@
 """Denoiser networks. Each is ``net(x, c_noise, condition=None)`` with output shaped like x.
 
 A network is chosen by its name (model.name, whose section model.<name> holds its settings) and
-by the kind of data it is given (``data_kind``): read off one example's shape, except that a
-set of points (P, D) has the shape of a sequence (C, L) and says so (data.kind=set). ``MODELS``
+by the kind of data it is given (``kinds.data_kind``: read off one example's shape, except that
+a set of points (P, D) has the shape of a sequence (C, L) and says so, data.kind=set). ``MODELS``
 is the one table: a network for a new kind of data is one entry under the name whose settings
 it takes (the temporal U-Net takes the U-Net's).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..kinds import data_kind
 from .conditioning import Condition
 from .dit import DiT
 from .ideal import IdealDenoiser
@@ -26,16 +27,6 @@ MODELS = {
     "mlp": {"vector": MLP, "sequence": MLP, "set": MLP, "image": MLP},         # flattens whatever it is given
     "ideal": {"vector": IdealDenoiser, "sequence": IdealDenoiser, "image": IdealDenoiser},   # a denoiser, untrained
 }
-KINDS = {1: "vector", 2: "sequence", 3: "image"}        # dimensions of one example -> its kind
-DECLARED = {"set": 2}                                   # kinds that data.kind names, and their dimensions
-
-
-def data_kind(data_shape: tuple[int, ...], declared: str = "auto") -> str:
-    """What one example of this shape is: a vector (D,), a sequence (C, L), an image (C, H, W),
-    or, when ``declared`` so (data.kind=set), a set of P points (P, D)."""
-    if declared != "auto" and DECLARED.get(declared) == len(data_shape):
-        return declared
-    return KINDS.get(len(data_shape), f"{len(data_shape)}-dimensional array")
 
 
 def build_model(cfg, data_shape: tuple[int, ...], condition: Condition | None = None) -> nn.Module:
