@@ -340,7 +340,8 @@ def test_the_latent_examples_run_as_their_readmes_say(bake):
                   [*args, "steps=3"] for args in commands]
     run_commands(project, lines)
     for path in ("mnist-ae/reconstructions.png", "latent-mnist/generated/samples.png",
-                 "latent-mnist/interpolate/images.png", "latent-images/generated/samples.png"):
+                 "latent-mnist/interpolate/images.png", "latent-mnist/visualize/denoising.gif",
+                 "latent-mnist/restore/dps.png", "latent-images/generated/samples.png"):
         assert (project / "runs" / path).is_file(), path
     for folder in ("latent-mnist", "latent-your-images"):
         for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
@@ -454,7 +455,8 @@ def test_the_modality_examples_run_as_their_readmes_say(bake):
     project = bake()
     tiny = {"train": ["trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
                       "evaluation.every_n_steps=2", "evaluation.samples=20", "evaluation.steps=2", "logger=csv",
-                      "data.batch_size=16"],
+                      "data.batch_size=16", "distill.pairs=64", "distill.shard_size=64",
+                      "distill.teacher_sampling.steps=2"],
             "sample": ["steps=2"], "restore": ["steps=2", "resample=2"], "interpolate": ["steps=2", "frames=3"],
             "evaluate": ["samples=20", "steps=2"], "inspect-data": []}
     made = {"planner-2d": ("planner", "make_paths.py", ["--paths", "60", "--steps", "16"], "judge.py",

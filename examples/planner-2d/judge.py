@@ -89,10 +89,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200, help="start and goal pairs, unseen in training")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--guidance", type=float, help="the guidance weight (default: the run's sampling.guidance)")
+    parser.add_argument("--steps", type=int, help="the sampler's steps (default: the run's sampling.steps)")
     args = parser.parse_args()
     model, run = runs.load_run(args.run)
-    if args.guidance is not None:
-        model.config.sampling.guidance = args.guidance
+    for key in ("guidance", "steps"):
+        if getattr(args, key) is not None:
+            model.config.sampling[key] = getattr(args, key)
     steps = model.data_shape[-1]
     generator = torch.Generator().manual_seed(10_000 + args.seed)
     conditions, planned = [], []
@@ -106,7 +108,7 @@ def main() -> None:
     straight = conditions[:, :2, None] + (conditions[:, 2:] - conditions[:, :2])[:, :, None] * torch.linspace(0, 1,
                                                                                                              steps)
     drawn = draw(model, conditions, args.seed, inpaint=False)
-    report = {"pairs": args.pairs, "guidance": model.config.sampling.guidance,
+    report = {"pairs": args.pairs, "guidance": model.config.sampling.guidance, "steps": model.config.sampling.steps,
               "diffusion": scores(drawn, conditions),
               "diffusion_with_ends_inpainted": scores(draw(model, conditions, args.seed, inpaint=True), conditions),
               "planner": scores(planned, conditions), "straight_line": scores(straight, conditions)}

@@ -87,6 +87,11 @@ def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_un
     assert codec.shift.abs().max() > 0.01 and (codec.scale - 1).abs().max() > 0.01      # a change was needed
     raw_mean = raw.chunk(2, dim=1)[0]
     torch.testing.assert_close(codec.decode(mean), codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
+    latents = mean.clone().requires_grad_(True)                 # what DPS through the decoder differentiates
+    images = codec.images(latents)
+    torch.testing.assert_close(images, codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
+    images.square().sum().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
 
 
 def test_the_latents_are_encoded_once_and_again_when_an_image_or_the_autoencoder_changes(project_dir):
@@ -220,8 +225,8 @@ def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_tasks_on_
     ours, theirs = (m.sample(3, torch.Generator(), noise=noise).x for m in (model, exported))
     assert ours.shape == (3, 1, 8, 8) and torch.equal(ours, theirs)
     assert main(["restore", "run=exports/latent", "method=inpaint", "images=[0]"]) == 2
-    assert "method=inpaint keeps known pixels at every step (method=sdedit edits latents), but this model samples " \
-           "latents" in capsys.readouterr().err
+    assert "method=inpaint keeps known pixels at every step (a latent model takes method=dps, through its decoder, " \
+           "or sdedit), but this model samples latents" in capsys.readouterr().err
     assert main(["interpolate", "run=exports/latent", "between=images", "images=[0,1]", "frames=3"]) == 0
     assert "image 0: inverted and regenerated" in capsys.readouterr().out
     assert Path("exports/latent/interpolate/images.png").is_file()
@@ -265,9 +270,9 @@ def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its
 
 
 def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, monkeypatch):
-    """sample trajectory=true, visualize and restore method=sdedit on a latent model: every
-    state drawn (x_t and x0_hat) and the edit are decoded images. Under a decoder that paints
-    every pixel 0.25 they are all that grey, of the images' shape."""
+    """sample trajectory=true, visualize and restore method=sdedit or dps on a latent model:
+    every state drawn (x_t and x0_hat) and each restoration are decoded images. Under a decoder
+    that paints every pixel 0.25 they are all that grey, of the images' shape."""
     from {{ cookiecutter.package_name }} import visualize
     from {{ cookiecutter.package_name }}.pixels import to_uint8
 
@@ -287,9 +292,10 @@ def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, mon
     assert all((tiles == grey).all() for tiles in drawn)
     assert Path("runs/latent/generated/trajectory.png").is_file()
     assert Path("runs/latent/visualize/denoising.gif").is_file()
-    assert main(["restore", "run=runs/latent", "method=sdedit", "images=[0,1]", "strength=0.6"]) == 0
-    edited = torch.load("runs/latent/restore/sdedit.pt")
-    assert edited.shape == (2, 1, 8, 8) and (edited == 0.25).all()
+    for method in ("sdedit", "dps"):
+        assert main(["restore", "run=runs/latent", f"method={method}", "images=[0,1]", "mask=left"]) == 0
+        edited = torch.load(f"runs/latent/restore/{method}.pt")
+        assert edited.shape == (2, 1, 8, 8) and (edited == 0.25).all()
 
 
 # -- a diffusers AutoencoderKL ------------------------------------------------------------------------

@@ -206,15 +206,18 @@ class LatentCodec(nn.Module):
         self.scale.copy_(statistics["latent_std"] / std)
         self.statistics = {"mean": mean.tolist(), "std": std.tolist(), "latent_std": statistics["latent_std"]}
 
+    def images(self, latents: Tensor) -> Tensor:
+        """The images in [-1, 1] (the autoencoder's output, unclipped) of normalised latents, with
+        gradients back to the latents: what a task that judges latents by their pixels
+        differentiates through (restoration by DPS through the decoder)."""
+        shift, scale = self.shift[:, None, None], self.scale[:, None, None]
+        return self.reconstruct(latents.to(self.device) / scale + shift).float().to(latents.device)
+
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Images in [-1, 1] (the autoencoder's output, unclipped) of normalised latents, decoded
-        on the autoencoder's device a few at a time (decoding a sample grid must not take more
-        memory than a training step)."""
-        shift, scale = self.shift[:, None, None], self.scale[:, None, None]
-        images = [self.reconstruct(chunk.to(self.device) / scale + shift).float().to(latents.device)
-                  for chunk in latents.split(self.decode_batch)]
-        return torch.cat(images)
+        """``images`` without gradients, a few at a time on the autoencoder's device (decoding a
+        sample grid must not take more memory than a training step)."""
+        return torch.cat([self.images(chunk) for chunk in latents.split(self.decode_batch)])
 
 
 def latent_statistics(moments: Tensor) -> dict:
