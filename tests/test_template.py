@@ -327,7 +327,8 @@ def test_the_latent_examples_run_as_their_readmes_say(bake):
     subprocess.run([sys.executable, "-c", TINY_VAE], cwd=project, check=True)
     short = ["trainer.max_steps=3", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000",
              "trainer.sample_count=4", "logger=csv", "autoencoder.max_steps=3", "data.batch_size=8",
-             "autoencoder.batch_size=8"]
+             "autoencoder.batch_size=8", "distill.pairs=16", "distill.shard_size=16",
+             "distill.teacher_sampling.steps=2"]
     tiny = {"latent-mnist": ["data.name=digits", "data.image_size=8", "autoencoder.channels=[8,16]",
                              "model.unet.channels=8"],
             "latent-your-images": ["data.root=pictures", "data.image_size=32", "model.unet.channels=8",
@@ -341,7 +342,8 @@ def test_the_latent_examples_run_as_their_readmes_say(bake):
     run_commands(project, lines)
     for path in ("mnist-ae/reconstructions.png", "latent-mnist/generated/samples.png",
                  "latent-mnist/interpolate/images.png", "latent-mnist/visualize/denoising.gif",
-                 "latent-mnist/restore/dps.png", "latent-images/generated/samples.png"):
+                 "latent-mnist/restore/dps.png", "latent-reflow/generated/samples.png",
+                 "latent-images/generated/samples.png"):
         assert (project / "runs" / path).is_file(), path
     for folder in ("latent-mnist", "latent-your-images"):
         for picture in re.findall(r"\]\(([^)]+\.(?:png|gif))\)", (REPO / "examples" / folder / "README.md").read_text()):
