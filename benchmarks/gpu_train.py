@@ -6,9 +6,12 @@ Unet(128, (1, 2, 2, 2)), in one run on one device (DESIGN.md section 9).
    every network (DDPM noising, epsilon MSE): images/s, GFLOP per image (counted by torch),
    MFU against the measured bf16 matmul peak, peak memory; eager and compiled, and the peers
    also compiled with channels_last; 32x32 and 64x64, batch 128 and 512.
-2. Our full Lightning loop (data, EMA, logging, checks) against our bare step, both as the
+2. Where our compiled step spends its time (issue 34): torch's profiler over ten steps, the
+   operator table kept as OUT/profile_ours_<size>_<batch>.txt, the time per kind of kernel
+   (convolution, normalisation, attention, optimizer, ...) and the device's idle share.
+3. Our full Lightning loop (data, EMA, logging, checks) against our bare step, both as the
    `bench` command measures them, on random 32x32 images.
-3. DDIM, 50 NFE, batch 512, on the same diffusers network: diffusers' own DDIMScheduler loop
+4. DDIM, 50 NFE, batch 512, on the same diffusers network: diffusers' own DDIMScheduler loop
    (float32, and with the network in bf16) against our `ddim` sampler through a sigma-form
    wrapper (bf16 autocast; eager and compiled), with the largest difference between the two
    loops' samples from the same noise in float32 as a check that they compute the same thing.
@@ -16,7 +19,7 @@ Unet(128, (1, 2, 2, 2)), in one run on one device (DESIGN.md section 9).
 Each figure is appended to OUT/gpu_train.jsonl as soon as it is measured (a run cut short
 keeps what it had) and the tables are printed at the end, ready for RESULTS.md.
 
-    python benchmarks/gpu_train.py --out DIR [--sizes 32 64] [--batches 128 512] [--parts train loop sampling]
+    python benchmarks/gpu_train.py --out DIR [--sizes 32 64] [--batches 128 512] [--parts train profile loop sampling]
     python benchmarks/gpu_train.py --smoke        # every code path on the CPU, tiny sizes
 
 Needs a baked project importable as diffusion_lab (benchmarks/_baked.py bakes one when
@@ -64,7 +67,7 @@ def our_unet(size: int, smoke: bool):
     if smoke:
         overrides += ["model.unet.channels=32"]
     cfg = load_config(overrides, PROJECT / "configs")
-    net = build_model(cfg.model, (3, size, size), None)
+    net = build_model(cfg, (3, size, size), None)
     return net, lambda x, t: net(x, (t.float() + 1).log() / 4)
 
 
@@ -109,8 +112,11 @@ def bare_train_step(forward, optimizer, x0: torch.Tensor, alpha_bar: torch.Tenso
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_throughput(name: str, size: int, batch: int, mode: str, device, peak: float, smoke: bool) -> dict:
-    from diffusion_lab.speed import flops_of, seconds_per_call
+def prepared_step(name: str, size: int, batch: int, mode: str, device, smoke: bool):
+    """The bare training step of network ``name`` on random images, set up as ``mode`` says
+    (eager or compiled, channels_last for ours as the h100 preset sets it, or when asked): the
+    step, the network, whether it is channels_last, and torch's FLOP count of one image's step."""
+    from diffusion_lab.speed import flops_of
 
     net, forward = NETWORKS[name](size, smoke)
     net = net.to(device)
@@ -126,11 +132,17 @@ def train_throughput(name: str, size: int, batch: int, mode: str, device, peak: 
     if mode.startswith("compiled"):
         net.compile()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    return (lambda: bare_train_step(forward, optimizer, x0, alpha_bar, device)), net, channels_last, step_flops
+
+
+def train_throughput(name: str, size: int, batch: int, mode: str, device, peak: float, smoke: bool) -> dict:
+    from diffusion_lab.speed import seconds_per_call
+
+    step, net, channels_last, step_flops = prepared_step(name, size, batch, mode, device, smoke)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    seconds = seconds_per_call(lambda: bare_train_step(forward, optimizer, x0, alpha_bar, device), device,
-                               warmup=2 if smoke else (15 if mode.startswith("compiled") else 5),
+    seconds = seconds_per_call(step, device, warmup=2 if smoke else (15 if mode.startswith("compiled") else 5),
                                repeats=2 if smoke else 30)
     images_per_second = batch / seconds
     return {"part": "train", "net": name, "size": size, "batch": batch, "mode": mode, "channels_last": channels_last,
@@ -139,6 +151,54 @@ def train_throughput(name: str, size: int, batch: int, mode: str, device, peak: 
             "mfu": round(images_per_second * step_flops / peak, 4),
             "peak_memory_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
             "seconds_with_warmup": round(time.perf_counter() - start, 1)}
+
+
+# Kernels (or, on the CPU, operators) by what they do, matched on their names, first match wins.
+CATEGORIES = (("attention", ("flash", "attention", "sdpa", "fmha")),
+              ("convolution", ("conv", "cudnn", "implicit", "xmma", "winograd", "dgrad", "wgrad")),
+              ("normalisation", ("group_norm", "layer_norm", "batch_norm", "_norm")),
+              ("optimizer", ("adam", "multi_tensor", "foreach")),
+              ("matmul", ("gemm", "cutlass", "matmul", "addmm", "aten::mm", "aten::bmm")),
+              ("copies", ("memcpy", "memset", "copy", "contiguous")),
+              ("other", ("",)))
+
+
+def category(name: str) -> str:
+    name = name.lower()
+    return next(kind for kind, parts in CATEGORIES if any(part in name for part in parts))
+
+
+def profile_step(size: int, batch: int, device, out: Path, smoke: bool) -> dict:
+    """Where our compiled training step (h100 preset) spends its time: torch's profiler over a
+    few steps after warm-up. The operator table, by each one's own device time (CPU time on the
+    CPU), is kept as OUT/profile_ours_<size>_<batch>.txt; returned: the time per step by kind of
+    kernel (``CATEGORIES``), and the share of the step in which the device does nothing (host
+    gaps: launches, Python, synchronisation), from the step's wall time without the profiler."""
+    from diffusion_lab.devices import synchronize
+    from diffusion_lab.speed import seconds_per_call
+    from torch.profiler import ProfilerActivity, profile
+
+    step, *_ = prepared_step("ours", size, batch, "compiled", device, smoke)
+    steps = 2 if smoke else 10
+    wall = seconds_per_call(step, device, warmup=2 if smoke else 15, repeats=steps)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    events = profiler.key_averages()
+    own = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = events.table(sort_by=own, row_limit=60, max_name_column_width=90)
+    name = f"profile_ours_{size}_{batch}.txt"
+    (out / name).write_text(f"{device}, {steps} compiled training steps of batch {batch} at {size}x{size}\n{table}\n")
+    by_kind: dict[str, float] = {}
+    for event in events:
+        by_kind[category(event.key)] = by_kind.get(category(event.key), 0.0) + getattr(event, own) / 1e3 / steps
+    busy = sum(by_kind.values())
+    return {"part": "profile", "net": "ours", "size": size, "batch": batch, "table": name,
+            "step_ms": round(1e3 * wall, 2), "busy_ms": round(busy, 2),
+            "idle_share": round(max(0.0, 1 - busy / (1e3 * wall)), 3) if device.type == "cuda" else None,
+            "ms_by_kind": {kind: round(ms, 2) for kind, ms in sorted(by_kind.items(), key=lambda item: -item[1])}}
 
 
 def loop_against_bare(batch: int, device, smoke: bool) -> dict:
@@ -240,6 +300,11 @@ def tables(out: Path) -> str:
         elif r.get("part") == "sampling":
             lines.append(f"\nsampling, {r['loop']} ({r['precision']}), {r['nfe']} NFE, batch {r['batch']}: "
                          f"{r['images_per_s']:,.1f} img/s, MFU {100 * r['mfu']:.0f}%")
+        elif r.get("part") == "profile":
+            kinds = ", ".join(f"{kind} {ms:.2f}" for kind, ms in r["ms_by_kind"].items())
+            idle = f", device idle {100 * r['idle_share']:.0f}% of it" if r["idle_share"] is not None else ""
+            lines.append(f"\nprofile, ours compiled, {r['size']} px, batch {r['batch']}: step {r['step_ms']} ms{idle}; "
+                         f"ms per step by kind: {kinds} ({r['table']})")
         elif r.get("part") == "sampling-check":
             lines.append(f"\nour DDIM vs diffusers' DDIM, same noise, float32: max |difference| {r['max_abs_difference_fp32']:.2e}")
         elif r.get("part") == "error":
@@ -254,7 +319,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled", "compiled+channels_last"])
-    parser.add_argument("--parts", nargs="+", default=["train", "loop", "sampling"])
+    parser.add_argument("--parts", nargs="+", default=["train", "profile", "loop", "sampling"])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks that every path runs")
     args = parser.parse_args()
     global PROJECT
@@ -290,6 +355,10 @@ def main() -> None:
                     for mode in modes:
                         attempt(f"train {net} {size} {batch} {mode}", lambda: record(
                             args.out, train_throughput(net, size, batch, mode, device, peak_bf16, args.smoke)))
+    if "profile" in args.parts:
+        for size in args.sizes:
+            attempt(f"profile {size}", lambda: record(args.out, profile_step(size, args.batches[0], device, args.out,
+                                                                             args.smoke)))
     if "loop" in args.parts:
         for batch in args.batches:
             attempt(f"loop {batch}", lambda: record(args.out, loop_against_bare(batch, device, args.smoke)))

@@ -11,6 +11,8 @@
 # cached on a warm machine for the second):
 #   bash benchmarks/gpu_train.sh --sizes 32
 #   bash benchmarks/gpu_train.sh --sizes 64 --parts train
+# and where the compiled step's time goes (issue 34; the tables land in $OUT/profile_*.txt):
+#   bash benchmarks/gpu_train.sh --sizes 32 64 --batches 512 --parts profile
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
