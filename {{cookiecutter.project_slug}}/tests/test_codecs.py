@@ -267,6 +267,15 @@ def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its
         assert main(["sample", f"run=runs/{name}", "n=3", "steps=1", f"out={name}"]) == 0
         samples = torch.load(f"{name}/samples.pt")
         assert samples.shape == (3, 1, 8, 8) and (samples == 0.25).all()
+    assert main(["export", "run=runs/reflow", "out=exports/reflow"]) == 0         # it carries the autoencoder
+    Path("ae/autoencoder.safetensors").unlink()
+    assert main(["sample", "run=exports/reflow", "n=3", "steps=1", "out=exported"]) == 0
+    assert torch.equal(torch.load("exported/samples.pt"), torch.load("reflow/samples.pt"))
+    recording.SEEN.clear()
+    evaluate = [key.removeprefix("evaluation.") for key in quality[:-1]]
+    assert main(["evaluate", "run=exports/reflow", *evaluate, "seeds=1"]) == 0     # against the teacher's data
+    seen = torch.cat(recording.SEEN)
+    assert seen.shape[1:] == (1, 8, 8) and (seen != painted).any() and (seen[-10:] == painted).all()
 
 
 def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, monkeypatch):
