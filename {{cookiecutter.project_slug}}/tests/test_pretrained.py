@@ -217,6 +217,33 @@ def test_a_text_model_samples_and_decodes_its_latents_as_diffusers_does(project_
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), theirs, rtol=0, atol=1e-4)
 
 
+def test_a_text_model_edits_and_restores_images_through_its_vae(project_dir, text_folder):
+    """restore on Stable Diffusion (img2img, and DPS through the VAE's decoder), guided by a
+    prompt. At strength 0 SDEdit changes nothing but the VAE's round trip: the images are
+    diffusers' vae.decode of their posterior means."""
+    import numpy as np
+    from PIL import Image
+
+    from {{ cookiecutter.package_name }}.cli import main
+
+    (project_dir / "pics").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(project_dir / "pics" / f"{k}.png")
+    (project_dir / "configs" / "local.yaml").write_text(
+        "data:\n  name: image_folder\n  root: pics\n  image_size: 16\n  channels: 3\n  clusters: 0\n")
+    run = Path("runs/pretrained") / Path(text_folder).name / "restore"
+    edit = ["restore", f"run={text_folder}", "images=[0,1]", "labels=['a red fox']", "steps=3"]
+    assert main([*edit, "method=sdedit", "strength=0"]) == 0
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f"pics/{k}.png"))).permute(2, 0, 1) for k in (0, 1)])
+    vae = diffusers.AutoencoderKL.from_pretrained(text_folder, subfolder="vae")
+    with torch.no_grad():
+        round_trip = vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mean).sample
+    torch.testing.assert_close(torch.load(run / "sdedit.pt"), round_trip, rtol=0, atol=1e-4)
+    assert main([*edit, "method=dps"]) == 0
+    assert torch.load(run / "dps.pt").shape == (2, 3, 16, 16)
+
+
 def test_a_pixel_pipeline_samples_by_default_as_diffusers_dpm_solver_does(pixel_folder):
     """A pipeline loaded as a run is sampled by DPM-Solver++(2M), 25 steps down the trailing
     levels of its own schedule (diffusers' multistep solver with that spacing, from the same noise)."""
