@@ -300,6 +300,8 @@ def test_a_numpy_archive_holds_the_same_keys(tmp_path):
     ({"data": torch.randn(4, 5), "mask": torch.ones(4, 5, dtype=torch.bool)}, r"needs float data of shape \(N, P, D\)"),
     ({"data": torch.full((4, 5, 3), math.nan), "mask": torch.ones(4, 5, dtype=torch.bool)}, "NaN or Inf at real"),
     ({"data": torch.randn(4, 5, 3), "condition": torch.randn(4, 2)}, r"holds keys \['condition'\]"),
+    ({"data": torch.zeros(4, 28, 28, dtype=torch.uint8)}, r"images of shape \(N, C, H, W\) \(grayscale images: "
+                                                          r"data\[:, None\], of shape \(4, 1, 28, 28\)\)"),
 ])
 def test_bad_conditions_and_masks_are_one_line_errors(tmp_path, content, message):
     torch.save(content, tmp_path / "bad.pt")

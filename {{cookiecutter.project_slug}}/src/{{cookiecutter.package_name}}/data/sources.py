@@ -223,6 +223,10 @@ def load_tensor_file(path: str | Path) -> Decoded:
                         f"{'' if not isinstance(data, torch.Tensor) else ' of shape ' + str(tuple(data.shape))}")
     if data.dtype.is_complex or data.dtype == torch.bool:
         raise DataError(f"'{file}' holds {data.dtype} data; store uint8 images in [0, 255] or real numbers")
+    if data.dtype == torch.uint8 and data.ndim != 4:
+        hint = f" (grayscale images: data[:, None], of shape {tuple(data[:, None].shape)})" if data.ndim == 3 else ""
+        raise DataError(f"'{file}' holds uint8 data of shape {tuple(data.shape)}: uint8 is read as images of shape "
+                        f"(N, C, H, W){hint}; store any other data as floats")
     if data.dtype != torch.uint8:
         data = data.float()
         finite = data[torch.isfinite(data)]
