@@ -231,15 +231,62 @@ def test_cameras_see_the_right_side_on_the_right():
     torch.testing.assert_close(frame @ frame.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
 
 
+def test_a_pinhole_camera_projects_points_as_a_pinhole_does_and_tends_to_the_orthographic_one():
+    """A small dense blob at p, seen from azimuth 0 (eye on +z at distance d = extent / sin(fov/2)):
+    the centre of its shadow lies at the pinhole projection u = p_x / (tan(fov/2) (d - p_z)),
+    v = -p_y / (tan(fov/2) (d - p_z)) in [-1, 1] (columns right, rows down); the same blob nearer
+    the camera lands further from the centre, where an orthographic camera puts both at p_x /
+    extent. Along each ray the samples are 2 extent / samples apart: a density linear in depth
+    integrates to its closed form. A field of view of almost 0 seen from almost infinitely far is
+    orthographic."""
+    R, size, fov, extent = 41, 64, 60.0, math.sqrt(3)
+    axis = torch.linspace(-1, 1, R, dtype=torch.float64)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    dark = torch.zeros(1, R, R, R, dtype=torch.float64)
+    distance, tan = extent / math.sin(math.radians(fov / 2)), math.tan(math.radians(fov / 2))
+
+    def shadow_centre(p, fov):
+        density = 40 * torch.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * 0.06**2))
+        shade = 1 - render_volume(density, dark, torch.tensor([0.0]), torch.tensor([0.0]), size, samples=256,
+                                  fov=fov)[0, 0]
+        pixels = torch.arange(size, dtype=torch.float64)
+        return [((shade.sum(axis) * pixels).sum() / shade.sum()).item() for axis in (0, 1)]   # column, row
+
+    pixel = lambda u: (u + 1) / 2 * size - 0.5                                  # noqa: E731
+    for p in [(0.5, 0.0, 0.7), (0.5, 0.0, -0.7), (-0.3, 0.4, 0.2)]:
+        depth = distance - p[2]
+        expected = [pixel(p[0] / (tan * depth)), pixel(-p[1] / (tan * depth))]
+        assert shadow_centre(p, fov) == pytest.approx(expected, abs=0.1)
+        assert shadow_centre(p, None) == pytest.approx([pixel(p[0] / extent), pixel(-p[1] / extent)], abs=0.1)
+    assert shadow_centre((0.5, 0.0, 0.7), fov)[0] - shadow_centre((0.5, 0.0, -0.7), fov)[0] > 3
+    # Density 2 + z (exact under trilinear interpolation), every sample inside the cube: a ray at
+    # angle theta to the axis meets z = d - t cos(theta) at t in [d - e, d + e], so its optical depth
+    # is 2 e (2 + d (1 - cos(theta))), with tan(theta)^2 = tan(fov/2)^2 (u^2 + v^2).
+    e = 0.5
+    shade = render_volume(2 + z, dark, torch.tensor([0.0]), torch.tensor([0.0]), 8, samples=64, extent=e,
+                          fov=fov)[0, 0]
+    side = (torch.arange(8, dtype=torch.float64) + 0.5) / 8 * 2 - 1
+    cos = (1 + tan**2 * (side[:, None] ** 2 + side[None, :] ** 2)).rsqrt()
+    d = e / math.sin(math.radians(fov / 2))
+    torch.testing.assert_close(shade, torch.exp(-2 * e * (2 + d * (1 - cos))), rtol=0, atol=1e-9)
+    density = torch.rand(9, 9, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    colour = torch.rand(3, 9, 9, 9, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    views = [torch.tensor([30.0]), torch.tensor([20.0]), 12]
+    torch.testing.assert_close(render_volume(density, colour, *views, fov=1e-4), render_volume(density, colour, *views),
+                               rtol=0, atol=1e-5)
+
+
 def test_the_renderers_gradients_match_finite_differences():
     torch.manual_seed(0)
     density = (torch.rand(4, 4, 4, dtype=torch.float64) * 2).requires_grad_(True)
     colour = torch.rand(2, 4, 4, 4, dtype=torch.float64).requires_grad_(True)
 
-    def image(density, colour):
-        return render_volume(density, colour, torch.tensor([30.0]), torch.tensor([20.0]), 3, samples=7, extent=1.2)
+    for fov in (None, 50.0):
+        def image(density, colour):
+            return render_volume(density, colour, torch.tensor([30.0]), torch.tensor([20.0]), 3, samples=7,
+                                 extent=1.2, fov=fov)
 
-    assert torch.autograd.gradcheck(image, (density, colour), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(image, (density, colour), eps=1e-6, atol=1e-6)
 
 
 def test_a_voxel_field_starts_as_a_faint_haze_and_reports_what_it_occupies():
@@ -268,7 +315,8 @@ def test_score_distill_writes_images_progress_and_a_field_a_viewer_opens(digits_
 
     for generator, method in (("pixels", "sds"), ("gaussians", "sdi"), ("voxels", "sdi")):
         assert main(["score-distill", f"run={digits_run}", f"generator={generator}", f"method={method}", "steps=3",
-                     "n=2", "labels=[3,7]", "splats=10", "resolution=8", "samples=16", "inversion_steps=2"]) == 0
+                     "n=2", "labels=[3,7]", "splats=10", "resolution=8", "samples=16", "inversion_steps=2",
+                     "fov=40"]) == 0
         out = Path(digits_run) / "score_distill" / f"{method}-{generator}"
         for name in ("result.png", "progress.png", "result.pt", "made_by.yaml"):
             assert (out / name).is_file(), (generator, name)
@@ -280,6 +328,9 @@ def test_score_distill_writes_images_progress_and_a_field_a_viewer_opens(digits_
     occupied = 1 - torch.exp(-field["density"] * 2 / 7) > 0.5
     vertices = plyfile.PlyData.read(out / "field.ply")["vertex"]
     assert len(vertices) == occupied.sum()
+    assert main(["score-distill", f"run={digits_run}", "generator=voxels", "method=sdi", "steps=3", "labels=[3,7]",
+                 "n=2", "resolution=8", "samples=16", "inversion_steps=2", "out=orthographic"]) == 0
+    assert not torch.equal(torch.load("orthographic/result.pt")["density"], field["density"])    # the cameras differ
 
 
 def test_a_dense_field_is_written_as_the_points_and_colours_of_its_voxels(tmp_path):
@@ -309,7 +360,7 @@ def test_bad_settings_are_one_line_errors(digits_run, capsys):
 
     for setting, says in (("t_range=[0.5,0.2]", "t_range"), ("weighting=snr", "weighting=snr: one of"),
                           ("elevation=[10]", "elevation"), ("generator=nerf", "generator"),
-                          ("resolution=1", "resolution >= 2"), ("splats=0", "'splats'")):
+                          ("resolution=1", "resolution >= 2"), ("splats=0", "'splats'"), ("fov=180", "fov=180")):
         assert main(["score-distill", f"run={digits_run}", setting, "steps=1"]) == 2
         assert says in capsys.readouterr().err
 

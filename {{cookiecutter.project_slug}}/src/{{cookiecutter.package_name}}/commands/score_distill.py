@@ -4,7 +4,8 @@
 * ``generator=pixels``: n images (a latent model's: latents), one per label in turn.
 * ``generator=gaussians``: n images, each painted by ``splats`` 2D Gaussians.
 * ``generator=voxels``: one voxel field of density and colour (tasks/render.py), rendered from
-  random cameras (azimuth 0-360, elevation in ``elevation``). A model whose classes are named by
+  random cameras (azimuth 0-360, elevation in ``elevation``; orthographic, or pinhole cameras with
+  a field of view of ``fov`` degrees). A model whose classes are named by
   azimuths in degrees (0, 45, 90, ...; a view-conditioned model) is given the class nearest each
   camera; a text model is given the prompt with "front view", "side view" or "back view".
 
@@ -47,8 +48,8 @@ score-distill run=DIR [key=value ...]
                           optimise images or a 3D voxel field with the model's score: method=sds
                           or sdi, generator=pixels, gaussians or voxels; keys: labels, n, steps,
                           lr, guidance, weighting, schedule, t_range, t_max_end, inversion_steps,
-                          splats, resolution, size, samples, elevation, background, seed, out,
-                          device"""
+                          splats, resolution, size, samples, elevation, fov, background, seed,
+                          out, device"""
 
 VIEWS = {"front": 0.0, "side": 90.0, "back": 180.0}      # a text model's view prompts (DreamFusion, sec. 3.2)
 
@@ -73,6 +74,7 @@ class ScoreDistillCommand:
     size: int = 0                          # voxels: rendered image side (0: the model's)
     samples: int = 64                      # voxels: points along each ray
     elevation: list[float] = field(default_factory=lambda: [15.0, 15.0])   # voxels: camera elevations, degrees
+    fov: Optional[float] = None            # voxels: the cameras' field of view in degrees; None: orthographic
     background: float = 1.0                # voxels: grey level behind the field, 0 (black) to 1 (white)
     seed: int = 0
     out: Optional[str] = None              # default <run>/score_distill/<method>-<generator>
@@ -146,6 +148,9 @@ def check_request(command: ScoreDistillCommand) -> None:
                           "with 0 < t_min <= t_max < 1, and t_max_end in (0, 1), fractions of DDPM's 1000 steps")
     if len(command.elevation) != 2 or not -90 < command.elevation[0] <= command.elevation[1] < 90:
         raise ConfigError(f"elevation={list(command.elevation)}: [lowest, highest] in degrees, between -90 and 90")
+    if command.fov is not None and not 0 < command.fov < 180:
+        raise ConfigError(f"fov={command.fov}: the cameras' field of view in degrees, between 0 and 180 (or null: "
+                          "orthographic cameras)")
     if command.lr <= 0 or command.resolution < 2 or command.size < 0 or not 0 <= command.background <= 1:
         raise ConfigError(f"lr={command.lr}, resolution={command.resolution}, size={command.size}, background="
                           f"{command.background}: lr must be > 0, resolution >= 2, size >= 0 (0: the model's) and "
@@ -191,7 +196,7 @@ def outputs(g, command: ScoreDistillCommand, model, views: torch.Tensor | None, 
         azimuth = 360 * torch.rand(command.n, generator=generator)
         low, high = command.elevation
         elevation = low + (high - low) * torch.rand(command.n, generator=generator)
-        x = g.render(azimuth, elevation, render_size(command, model), command.samples, command.background)
+        x = g.render(azimuth, elevation, render_size(command, model), command.samples, command.background, command.fov)
         labels = nearest_views(azimuth, views) if views is not None else labels_in_turn(command.labels, 0, len(x))
     if command.generator != "pixels":
         x = model.codec.latents(x)
@@ -245,5 +250,5 @@ def save(g, command: ScoreDistillCommand, model, out: Path, history: dict) -> No
 
 def render(g: VoxelField, azimuth: float, elevation: float, size: int, command: ScoreDistillCommand) -> torch.Tensor:
     image = g.render(torch.tensor([float(azimuth)]), torch.tensor([float(elevation)]), size, command.samples,
-                     command.background)
+                     command.background, command.fov)
     return to_uint8(image.clamp(-1, 1).cpu())
