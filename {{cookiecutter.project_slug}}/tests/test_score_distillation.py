@@ -282,7 +282,7 @@ def test_the_renderers_gradients_match_finite_differences():
     colour = torch.rand(2, 4, 4, 4, dtype=torch.float64).requires_grad_(True)
 
     for fov in (None, 50.0):
-        def image(density, colour):
+        def image(density, colour, fov=fov):
             return render_volume(density, colour, torch.tensor([30.0]), torch.tensor([20.0]), 3, samples=7,
                                  extent=1.2, fov=fov)
 
