@@ -183,13 +183,21 @@ class Features(torch.nn.Module):
 '''
 
 
-def test_fid_of_a_latent_run_sees_the_decoded_samples_and_the_data_as_pixels(project_dir, monkeypatch):
-    """A decoder that paints every pixel 0.25: the extractor is shown 1x8x8 images, the samples
-    all 0.25 (as 8-bit images), the reference the training images themselves, during training and in evaluate."""
+@pytest.fixture
+def recording(project_dir, monkeypatch):
+    """The module of RECORDING_EXTRACTOR (evaluation.extractor_module=recording:Features), with
+    nothing seen yet."""
     (project_dir / "recording.py").write_text(RECORDING_EXTRACTOR)
     monkeypatch.syspath_prepend(str(project_dir))
     import recording
 
+    recording.SEEN.clear()
+    return recording
+
+
+def test_fid_of_a_latent_run_sees_the_decoded_samples_and_the_data_as_pixels(project_dir, recording):
+    """A decoder that paints every pixel 0.25: the extractor is shown 1x8x8 images, the samples
+    all 0.25 (as 8-bit images), the reference the training images themselves, during training and in evaluate."""
     from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.data import DiffusionDataModule
     from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
@@ -233,15 +241,11 @@ def test_a_latent_run_samples_exports_with_its_autoencoder_and_refuses_tasks_on_
 
 
 def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its_autoencoder(project_dir,
-                                                                                             monkeypatch):
+                                                                                             recording):
     """Reflow and consistency students of a latent teacher: its network, autoencoder and
     normalisation. A decoder that paints every pixel 0.25 shows what is decoded where: the
     reflow student's FID during training compares its decoded samples with its teacher's decoded
     samples (its pairs, latents on disk), and both students' samples come out painted."""
-    (project_dir / "recording.py").write_text(RECORDING_EXTRACTOR)
-    monkeypatch.syspath_prepend(str(project_dir))
-    import recording
-
     from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
 
     painted = to_unit_range(to_uint8(torch.tensor(0.25)))
@@ -290,11 +294,11 @@ def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, mon
     assert main(["train", *DIGITS, "codec.source=ae", "name=latent", "trainer.max_steps=2"]) == 0
     drawn, draw = [], visualize.save_labelled_grid
 
-    def recording(tiles, *args, **kwargs):
+    def kept(tiles, *args, **kwargs):
         drawn.append(tiles)
         return draw(tiles, *args, **kwargs)
 
-    monkeypatch.setattr(visualize, "save_labelled_grid", recording)
+    monkeypatch.setattr(visualize, "save_labelled_grid", kept)
     assert main(["sample", "run=runs/latent", "n=2", "trajectory=true"]) == 0
     assert main(["visualize", "run=runs/latent", "n=2", "columns=3"]) == 0
     assert [tuple(tiles.shape) for tiles in drawn] == [(2, 1, 8, 8), (16, 1, 8, 8), (12, 1, 8, 8)]   # samples, steps

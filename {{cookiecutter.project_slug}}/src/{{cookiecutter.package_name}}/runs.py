@@ -252,9 +252,15 @@ def model_for_data(cfg, data, codec=None) -> Model:
     tensor file's data, its scaling (``FeatureRange``), measured there too and served by it."""
     conditions = Vectors.measured(data.train_set.labels).table() if data.conditioned else None
     model = new_model(cfg, data.data_shape, data.class_names, data.cluster_sizes, codec, conditions)
-    if isinstance(model.codec, FeatureRange):
-        data.scale_with(model.codec)
+    serve_scaled(data, model.codec)
     return model
+
+
+def serve_scaled(data, codec) -> None:
+    """A tensor file's data served as its model sees them: scaled by the model's ``FeatureRange``,
+    measured on the training examples unless it already is (a student's: its teacher's)."""
+    if isinstance(codec, FeatureRange):
+        data.scale_with(codec)
 
 
 def load_codec(source: str | None):

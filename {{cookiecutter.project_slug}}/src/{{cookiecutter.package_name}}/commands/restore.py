@@ -17,8 +17,7 @@ own condition. The result holds the known steps exactly, in the data's own units
 A latent model restores by the two methods that need no pixels along the way: ``dps``, whose
 pull differentiates the observation of the decoded estimate through the decoder (DPS, Chung et
 al. 2023, with the decoder inside the observation: the "latent DPS" of Rout et al. 2023), and
-``sdedit``, which noises the image's
-latents to ``strength``, denoises and decodes them.
+``sdedit``, which noises the image's latents to ``strength``, denoises and decodes them.
 """
 from __future__ import annotations
 

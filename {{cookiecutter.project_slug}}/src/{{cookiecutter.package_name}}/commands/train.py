@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from ..codecs import FeatureRange
 from ..config import load_config, run_config, student_config
 from ..data import DiffusionDataModule, PairedDataModule
 from ..devices import device_name, memory_errors, sampling_precision, training_device
@@ -24,7 +23,7 @@ from ..model import Model
 from ..module import DiffusionModule
 from ..pairs import class_images, reflow_pairs
 from ..pixels import to_uint8
-from ..runs import Run, load_codec, load_run, model_for_data, new_model, new_student, with_base
+from ..runs import Run, load_codec, load_run, model_for_data, new_model, new_student, serve_scaled, with_base
 from ..speed import Memory, flops_per_image, size, training_memory
 from ..trainer import SPEED_WINDOW, build_trainer, duration, evaluation_sampling, graceful_stop, seed_process
 from ..visualize import sampling_title, save_sample_grid, save_samples_picture
@@ -62,8 +61,7 @@ def run(overrides: list[str]) -> Path:
     paired = isinstance(data, PairedDataModule)  # reflow's pairs: already in the teacher's space
     if teacher is not None and not paired:
         check_student_data(cfg, data.data_shape, teacher.codec.data_shape(teacher.data_shape))
-        if isinstance(model.codec, FeatureRange):
-            data.scale_with(model.codec)         # the teacher's scaling, as the teacher saw its data
+        serve_scaled(data, model.codec)          # the teacher's scaling, as the teacher saw its data
     images = data_kind(data.data_shape, cfg.data.kind) == "image"
     if evaluating and images and extractor is None:
         extractor = build_extractor(cfg.evaluation, program)
