@@ -235,6 +235,26 @@ def test_sequences_get_the_temporal_unet_and_sets_say_so():
     assert MODELS["unet"]["sequence"] is TemporalUNet and MODELS["set_transformer"]["set"] is SetTransformer
 
 
+def test_the_temporal_block_is_film_modulated_as_chi_et_al_write_it():
+    """FiLM (Perez et al. 2018) in the residual form of Chi et al. 2023's block: the condition's
+    projection gives (gamma, beta) per channel and the block is skip(x) + conv2(conv1(x) (1 +
+    gamma) + beta). A projection that gives gamma = beta = 0 leaves the plain block; here gamma
+    and beta are set through the projection's bias."""
+    from {{ cookiecutter.package_name }}.models.temporal_unet import TemporalBlock
+
+    torch.manual_seed(0)
+    block = TemporalBlock(3, 4, emb_dim=6).eval()
+    x, emb = torch.randn(2, 3, 8), torch.randn(2, 6)
+    gamma, beta = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([0.1, 0.2, -0.3, 0.0])
+    with torch.no_grad():
+        block.film.weight.zero_()
+        block.film.bias.copy_(torch.cat([gamma, beta]))
+        expected = block.skip(x) + block.conv2(block.conv1(x) * (1 + gamma[:, None]) + beta[:, None])
+        torch.testing.assert_close(block(x, emb), expected)
+        block.film.bias.zero_()
+        torch.testing.assert_close(block(x, emb), block.skip(x) + block.conv2(block.conv1(x)))
+
+
 def test_the_temporal_unet_keeps_the_shape_follows_its_condition_and_trains_every_weight():
     kind = Vectors([0.0] * 4, [1.0] * 4, [[0.5] * 4])
     net = randomised(TemporalUNet((2, 16), channels=8, channel_mult=(1, 2, 2), blocks_per_level=1,
