@@ -5,15 +5,18 @@ Protocol:
 - Data and scorer: those of ``quality_per_compute.py`` (the MNIST 10k test set padded to 32x32;
   a small CNN trained here gives FID and KID through the project's own evaluation code, and the
   share of samples it recognises as a digit with confidence > 0.9).
-- Teacher: the default bake's ``ours-plain`` recipe (cpu preset, unconditional U-Net of width 16,
-  no guidance) trained for ``--budget`` seconds of wall clock by the project's own ``train``.
+- Teacher: a recipe of ``quality_per_compute.py`` (``--teacher``; by default ``ours-plain``, the
+  cpu preset's unconditional U-Net of width 16, no guidance; ``ours`` is the default bake, guided
+  at 2 by the data's 50 k-means clusters) trained for ``--budget`` seconds of wall clock by the
+  project's own ``train``. A guided teacher's guidance is distilled in: its students take the
+  clusters and sample at guidance 1, one evaluation a step.
 - Students, each the project's own command, ``train experiment=NAME distill.teacher=runs/teacher``
   with the cpu preset for ``--student-steps`` steps: ``reflow`` (``--pairs`` pairs drawn with the
   teacher's DPM-Solver++(2M) at 20 steps; Euler on the uniform_t levels), ``cd`` (18 Karras levels,
   one Heun step of the teacher per example and step) and ``ect`` (the gap halving 8 times over
   the run). Each student's command is timed whole: reflow's includes drawing its pairs.
 - The distillation's own compute in teacher evaluations: reflow, pairs x 20; cd, 2 per example
-  and step; ect, none (the teacher's weights are its start).
+  and step; ect, none (the teacher's weights are its start); a guided teacher's count twice.
 - Samples: 1000 per (model, steps) from the same noise (seed 0), the teacher with its own
   sampler (DPM-Solver++(2M)) at 20, 1, 2 and 4 steps, each student with its own sampler.
 - The consistency sampler's lowest re-noising level (``sampling.sigma_min``; the recipes' 0.8
@@ -23,13 +26,14 @@ Protocol:
   true``) is drawn from the seed-0 noise beside the recipe's.
 
 Run on an idle machine (2 threads):
-    .venv/bin/python benchmarks/distill_mnist.py [--budget 600] [--student-steps 1500]
+    .venv/bin/python benchmarks/distill_mnist.py [--budget 600] [--student-steps 1500] [--teacher ours]
     .venv/bin/python benchmarks/distill_mnist.py --project <the folder a run printed>   # resume there
 One JSON line per (model, steps) in benchmarks/results/distill_mnist.jsonl, and the first 64
 samples of every row, side by side, in benchmarks/results/distill_mnist.png.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -40,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from quality_per_compute import (  # noqa: E402
     MNIST,
-    PLAIN,
+    OURS,
     RESULTS,
     ScorerFeatures,
     judge,
@@ -69,9 +73,11 @@ def train_student(method: str, steps: int, pairs: int) -> dict:
     return {"train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def teacher_evaluations(method: str, cfg) -> int:
+def teacher_evaluations(method: str, cfg, guided: bool) -> int:
     """Teacher network evaluations the student's training made (see the protocol above)."""
-    return {"reflow": cfg.distill.pairs * 20, "cd": 2 * cfg.trainer.max_steps * cfg.data.batch_size, "ect": 0}[method]
+    per_call = 2 if guided else 1
+    return per_call * {"reflow": cfg.distill.pairs * 20, "cd": 2 * cfg.trainer.max_steps * cfg.data.batch_size,
+                       "ect": 0}[method]
 
 
 def draw(model, noise: torch.Tensor, steps: int, **settings) -> tuple[torch.Tensor, int]:
@@ -92,6 +98,7 @@ def main() -> None:
     parser.add_argument("--students", default=",".join(STUDENTS), help="which students, comma separated")
     parser.add_argument("--levels", default="0.2,0.4,0.8,1.6,3.2",
                         help="the consistency sampler's lowest levels to search, comma separated")
+    parser.add_argument("--teacher", default="ours-plain", choices=OURS, help="the teacher's recipe")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--project", default=None, help="the baked project of an earlier run: trained runs are kept")
     parser.add_argument("--out", default=str(RESULTS / "distill_mnist.jsonl"))
@@ -123,7 +130,7 @@ def main() -> None:
     reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
     trained = {}
     if not (project / "runs" / "teacher" / "checkpoints").is_dir():
-        teacher = train_ours("teacher", data_file, args.budget, None, PLAIN, torch.device("cpu"))
+        teacher = train_ours("teacher", data_file, args.budget, None, OURS[args.teacher], torch.device("cpu"))
         trained["teacher"] = {"train_seconds": teacher["train_seconds"]}     # its steps: trained_steps below
     for method in students:
         if not (project / "runs" / method / "checkpoints").is_dir():
@@ -131,6 +138,8 @@ def main() -> None:
     noise = torch.randn((args.samples, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     search_noise = torch.randn((500, 1, 32, 32), generator=torch.Generator().manual_seed(1))
     rows, grids = [], []
+    teaching = load_run("runs/teacher")[0].config
+    guided = teaching.model.conditional and teaching.sampling.guidance not in (0, 1)
     for name in ("teacher", *students):
         model, _ = load_run(f"runs/{name}")
         runs = [(steps, {}) for steps in ((20, *STEPS) if name == "teacher" else STEPS)]
@@ -149,7 +158,7 @@ def main() -> None:
                    "nfe": nfe, "sigma_min": searched.get("sigma_min", model.config.sampling.sigma_min),
                    "searched": bool(searched),
                    **trained.get(name, {}), "trained_steps": model.origin["step"],
-                   "teacher_evaluations": 0 if name == "teacher" else teacher_evaluations(name, model.config),
+                   "teacher_evaluations": 0 if name == "teacher" else teacher_evaluations(name, model.config, guided),
                    **quality, **judge(scorer, x), "machine": machine(torch.device("cpu"))}
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -174,7 +183,8 @@ def save_grids(grids: list, path: Path) -> None:
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, images) in zip(axes.flat, grids):
-        grid = images[:, 0].reshape(8, 8, 32, 32).permute(0, 2, 1, 3).reshape(256, 256)
+        side = math.isqrt(min(64, len(images)))           # 8 but in a smoke run of fewer samples
+        grid = images[:side**2, 0].reshape(side, side, 32, 32).permute(0, 2, 1, 3).reshape(32 * side, 32 * side)
         ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
