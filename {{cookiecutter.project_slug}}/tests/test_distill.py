@@ -329,6 +329,50 @@ def test_cd_draws_every_adjacent_pair_of_its_ladder_from_the_generator_given():
     assert torch.equal(losses[0], losses[1])
 
 
+@pytest.mark.parametrize("change, w", [([], 3.0), (["distill.teacher_sampling={guidance: 0.5}"], 0.5)])
+def test_cd_asks_its_teacher_guided_as_the_teacher_samples(change, w):
+    """train's CD objective steps the teacher guided as its sampling section says (w = 3), or as
+    distill.teacher_sampling changes it. With the ideal denoiser of one point per class, the guided
+    teacher is the constant m = w MEANS[label] + (1 - w) MEANS[null] (``PointsByLabel``), and
+    Heun's step from x_t at t to r is then exactly m + (x_t - m) r / t."""
+    from {{ cookiecutter.package_name }}.commands.train import consistency_distillation
+    from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+
+    taught = load_config(["experiment=toy2d", "model.conditional=false", "sampling.guidance=3.0"])
+    teacher = Model(PointsByLabel(), LogNormalNoise(), (2,), taught, ClassLabels(2), ["a", "b"],
+                    origin={"checkpoint": "points", "step": 0})
+    teacher.denoiser.parameterization = None           # not x0-prediction: CD's boundary check passes
+    _, objective = consistency_distillation(load_config(["experiment=cd", "distill.teacher=points", *change]),
+                                            teacher, None)
+    asked = []
+    student = lambda x, sigma, labels: asked.append((x, sigma)) or x        # noqa: E731
+    labels = torch.tensor([0, 1, 1, 0])
+    objective(student, torch.zeros(4, 2), labels, 0, torch.Generator().manual_seed(0))
+    (x_t, t), (x_r, r) = asked
+    means = teacher.denoiser.means
+    m = w * means[labels] + (1 - w) * means[2]
+    assert torch.allclose(x_r, m + (x_t - m) * (r / t)[:, None], atol=1e-5)
+
+
+def test_train_builds_the_consistency_objectives_from_the_distill_section():
+    """CD's ladder is distill.levels Karras levels (rho = 7) from diffusion.noise_max down to
+    0.002, sigma_i = (max^(1/7) + i / (N - 1) (0.002^(1/7) - max^(1/7)))^7 (Song et al. 2023: N = 18
+    up to 80); ECT's gap halves every distill.stage_steps steps."""
+    from {{ cookiecutter.package_name }}.commands.train import consistency_distillation, consistency_tuning
+
+    teacher = gaussian_teacher()
+    teacher.denoiser.parameterization = None           # not x0-prediction: the boundary check passes
+    chosen = ["distill.teacher=gaussian", "distill.levels=6", "diffusion.noise_max=40", "distill.stage_steps=7"]
+    _, cd = consistency_distillation(load_config(["experiment=cd", *chosen]), teacher, None)
+    i = torch.arange(6, dtype=torch.float64)
+    ladder = (40 ** (1 / 7) + i / 5 * (0.002 ** (1 / 7) - 40 ** (1 / 7))) ** 7
+    assert torch.allclose(cd.levels.double(), ladder, rtol=1e-5)
+    _, ect = consistency_tuning(load_config(["experiment=ect", *chosen]), teacher, None)
+    t = torch.tensor([5.0])
+    gap = lambda step: t - ect.lower_level(t, step)                        # noqa: E731
+    assert torch.allclose(gap(6), 2 * gap(7)) and torch.allclose(gap(7), 2 * gap(14))
+
+
 def test_ects_gap_halves_every_stage_and_starts_as_the_diffusion_loss():
     """Geng et al. 2024, §3: r = t (1 - (1 + 8 sigmoid(-t)) / 2^(stage + 1)), at least 0, with the
     stage rising every stage_steps steps. At stage
