@@ -285,8 +285,10 @@ def test_few_step_students_of_a_latent_run_learn_its_latents_and_decode_with_its
 def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, monkeypatch):
     """sample trajectory=true, visualize and restore method=sdedit or dps on a latent model:
     every state drawn (x_t and x0_hat) and each restoration are decoded images. Under a decoder
-    that paints every pixel 0.25 they are all that grey, of the images' shape."""
+    that paints every pixel 0.25 they are all that grey, of the images' shape. DPS pulls with the
+    latent default of ZETA."""
     from {{ cookiecutter.package_name }} import visualize
+    from {{ cookiecutter.package_name }}.commands import restore
     from {{ cookiecutter.package_name }}.pixels import to_uint8
 
     grey = to_uint8(torch.tensor(0.25))
@@ -305,10 +307,14 @@ def test_a_latent_runs_trajectories_and_edits_are_drawn_decoded(project_dir, mon
     assert all((tiles == grey).all() for tiles in drawn)
     assert Path("runs/latent/generated/trajectory.png").is_file()
     assert Path("runs/latent/visualize/denoising.gif").is_file()
+    pulls, posterior = [], restore.PosteriorSampling
+    monkeypatch.setattr(restore, "PosteriorSampling",
+                        lambda denoiser, degrade, y, zeta: pulls.append(zeta) or posterior(denoiser, degrade, y, zeta))
     for method in ("sdedit", "dps"):
         assert main(["restore", "run=runs/latent", f"method={method}", "images=[0,1]", "mask=left"]) == 0
         edited = torch.load(f"runs/latent/restore/{method}.pt")
         assert edited.shape == (2, 1, 8, 8) and (edited == 0.25).all()
+    assert pulls == [restore.ZETA["latents"]]            # latent DPS's own default pull
 
 
 # -- a diffusers AutoencoderKL ------------------------------------------------------------------------

@@ -533,6 +533,54 @@ def test_inpainting_keeps_the_training_images_and_fills_the_masked_half_from_the
     torch.testing.assert_close(restored[..., :4], c.expand(2, 1, 8, 8)[..., :4])
 
 
+def test_restores_seed_resample_factor_and_zeta_reach_the_method(digits_run, monkeypatch):
+    """Each key of ``restore`` takes effect. seed: the same seed gives the same SDEdit, another
+    seed another. Then, with a stand-in denoiser that always estimates the picture c:
+    repaint's resample=3 makes three times inpaint's evaluations (three tries per step);
+    superres with factor=4 gives DDNM's x = c + A^+(y - A c), A the 4x4 block mean and A^+ its
+    repetition, i.e. c with each 4x4 block shifted to the original's block mean; dps pulls with
+    the zeta given, else with ZETA's pixel default."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import restore
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.model import Model
+
+    common = [f"run={digits_run}", "images=[0,7]", "steps=4", "sampler=euler"]
+    edits = []
+    for seed in (1, 1, 2):
+        assert main(["restore", *common, "method=sdedit", f"seed={seed}"]) == 0
+        edits.append(torch.load(Path(digits_run) / "restore" / "sdedit.pt"))
+    assert torch.equal(edits[0], edits[1]) and not torch.allclose(edits[0], edits[2])
+
+    c = torch.linspace(-0.9, 0.9, 64).view(1, 1, 8, 8)
+    calls = []
+    monkeypatch.setattr(Model, "guided", lambda self, n, guidance, labels=None, conditions=None:
+                        lambda x, sigma: calls.append(1) or c.expand_as(x).to(x))
+    counts = {}
+    for method, resample in (("inpaint", 1), ("repaint", 3)):
+        calls.clear()
+        assert main(["restore", *common, f"method={method}", f"resample={resample}"]) == 0
+        counts[method] = len(calls)
+    assert counts["repaint"] == 3 * counts["inpaint"] > 0
+
+    assert main(["restore", *common, "method=superres", "factor=4"]) == 0
+    data = DiffusionDataModule(load_config(["experiment=digits"]).data)
+    data.setup()
+    truth = data.reference_images()[[0, 7]].float() / 127.5 - 1
+    block_mean = lambda x: x.reshape(2, 1, 2, 4, 2, 4).mean((3, 5), keepdim=True)         # noqa: E731
+    expected = (c.expand(2, 1, 8, 8).reshape(2, 1, 2, 4, 2, 4) - block_mean(c.expand(2, 1, 8, 8))
+                + block_mean(truth)).reshape(2, 1, 8, 8)
+    torch.testing.assert_close(torch.load(Path(digits_run) / "restore" / "superres.pt"), expected)
+
+    pulls = []
+    monkeypatch.setattr(restore, "PosteriorSampling",
+                        lambda denoiser, degrade, y, zeta: pulls.append(zeta) or denoiser)
+    assert main(["restore", *common, "method=dps", "zeta=2.5"]) == 0
+    assert main(["restore", *common, "method=dps"]) == 0
+    assert pulls == [2.5, restore.ZETA["data"]]
+
+
 def test_restore_takes_a_degradation_of_your_own_and_refuses_what_cannot_work(digits_run, project_dir, capsys,
                                                                               monkeypatch):
     from {{ cookiecutter.package_name }}.cli import main
