@@ -75,6 +75,28 @@ def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch, capsys):
     assert (project_dir / "out1" / "trajectory.png").is_file()
 
 
+def test_sample_draws_in_batches_of_batch_size_with_the_labels_in_turn_across_batches(digits_run, monkeypatch):
+    """n=5 batch_size=2 labels=[0,1,2]: three batches of 2, 2 and 1 samples, labelled 0 1 | 2 0 |
+    1 (the labels run on across batches); weighted conditions reach every batch with their
+    weights."""
+    from {{ cookiecutter.package_name }}.model import Model
+
+    asked = []
+
+    def guided(self, n, guidance, labels=None, conditions=None):
+        asked.append((n, None if labels is None else labels.tolist(),
+                      conditions and [(condition.tolist(), weight) for condition, weight in conditions]))
+        return lambda x, sigma: torch.zeros_like(x)
+
+    monkeypatch.setattr(Model, "guided", guided)
+    assert main(["sample", f"run={digits_run}", "n=5", "batch_size=2", "labels=[0,1,2]", "steps=2"]) == 0
+    assert asked == [(2, [0, 1], None), (2, [2, 0], None), (1, [1], None)]
+    asked.clear()
+    assert main(["sample", f"run={digits_run}", "n=3", "batch_size=2", "conditions=[[3,1.5],[8,1.0]]", "steps=2",
+                 "out=mixed"]) == 0
+    assert [conditions for _, _, conditions in asked] == [[([3, 3], 1.5), ([8, 8], 1.0)], [([3], 1.5), ([8], 1.0)]]
+
+
 @pytest.mark.parametrize("network, objective", [("unet", "eps"), ("dit", "flow"), ("mlp", "v")])
 def test_conditional_image_run_with_each_network(project_dir, network, objective):
     args = [f"name={network}", "data.name=digits", "data.image_size=8", "data.channels=1",
