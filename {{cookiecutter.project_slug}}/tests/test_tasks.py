@@ -443,6 +443,44 @@ def test_interpolate_writes_a_labelled_strip_and_a_gif(digits_run, capsys, betwe
         assert capsys.readouterr().out.count("inverted and regenerated with") == 2
 
 
+def test_interpolate_asks_the_model_for_what_each_sweep_names(digits_run, monkeypatch):
+    """The draws each sweep asks for. between=noise: from the noise of seeds[0] to that of
+    seeds[1] along the great circle (halfway, (a + b) / (2 cos(w / 2)), w the angle between them),
+    towards the first label.
+    between=labels: labels a and b weighted (1 - t) w and t w, w the guidance, on the noise of
+    seed. between=guidance: the label at each of weights, on the noise of seed."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SampleResult
+    from {{ cookiecutter.package_name }}.model import Model
+
+    asked = []
+
+    def sample(self, n, generator, sampling=None, labels=None, conditions=None, hooks=(), noise=None):
+        asked.append({"noise": noise, "labels": labels, "guidance": sampling.guidance,
+                      "conditions": conditions and [(condition.tolist(), weight) for condition, weight in conditions]})
+        return SampleResult(torch.zeros(n, *self.data_shape), 1)
+
+    monkeypatch.setattr(Model, "sample", sample)
+    noise_of = lambda seed: torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(seed))   # noqa: E731
+    common = [f"run={digits_run}", "frames=3", "steps=2", "sampler=euler"]
+    assert main(["interpolate", *common, "between=noise", "seeds=[4,9]", "labels=[5]"]) == 0
+    (drawn,) = asked
+    a, b = noise_of(4), noise_of(9)
+    torch.testing.assert_close(drawn["noise"][[0, 2]], torch.cat([a, b]))
+    angle = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).acos()
+    torch.testing.assert_close(drawn["noise"][1:2], (a + b) / (2 * (angle / 2).cos()))     # sin(w/2) / sin(w)
+    assert drawn["labels"].tolist() == [5, 5, 5]
+    asked.clear()
+    assert main(["interpolate", *common, "between=labels", "labels=[1,7]", "seed=3", "guidance=2"]) == 0
+    assert [drawn["conditions"] for drawn in asked] == [[([1], 2.0), ([7], 0.0)], [([1], 1.0), ([7], 1.0)],
+                                                        [([1], 0.0), ([7], 2.0)]]
+    assert all(torch.equal(drawn["noise"], noise_of(3)) for drawn in asked)
+    asked.clear()
+    assert main(["interpolate", *common, "between=guidance", "weights=[0,3]", "labels=[2]", "seed=6"]) == 0
+    assert [drawn["conditions"] for drawn in asked] == [[([2], 0.0)], [([2], 3.0)]]
+    assert all(torch.equal(drawn["noise"], noise_of(6)) for drawn in asked)
+
+
 def test_interpolate_refuses_a_sampler_that_adds_noise(digits_run, capsys):
     from {{ cookiecutter.package_name }}.cli import main
 
