@@ -488,6 +488,39 @@ def test_interpolate_refuses_a_sampler_that_adds_noise(digits_run, capsys):
     assert "needs a deterministic sampler" in capsys.readouterr().err
 
 
+def test_the_guidance_grid_is_a_row_per_label_and_a_column_per_weight_on_each_rows_own_noise(digits_run,
+                                                                                               monkeypatch):
+    """labels=[3,7] weights=[0,2,5] seed=4: tile (i, j) is label i drawn at weight j, from the
+    noise of row i, which is the same in every column: the noise numbered i of seed 4, drawn
+    from a generator seeded 4 + i. The default rows are the first 16 classes (the digits' 10)."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import guidance_grid
+    from {{ cookiecutter.package_name }}.diffusion.samplers import SampleResult
+    from {{ cookiecutter.package_name }}.model import Model
+    from {{ cookiecutter.package_name }}.pixels import to_uint8
+
+    noises = []
+
+    def sample(self, n, generator, sampling=None, labels=None, conditions=None, hooks=(), noise=None):
+        (rows, weight), = conditions
+        noises.append(noise)
+        return SampleResult(((rows + 10 * weight) / 100).view(-1, 1, 1, 1).expand(n, *self.data_shape), 1)
+
+    drawn = []
+    monkeypatch.setattr(Model, "sample", sample)
+    monkeypatch.setattr(guidance_grid, "save_labelled_grid", lambda tiles, rows, columns, *rest: drawn.append(
+        (tiles, rows, columns)))
+    assert main(["guidance-grid", f"run={digits_run}", "labels=[3,7]", "weights=[0,2,5]", "seed=4"]) == 0
+    (tiles, rows, columns), = drawn
+    codes = [(label + 10 * weight) / 100 for label in (3, 7) for weight in (0, 2, 5)]
+    assert torch.equal(tiles[:, 0, 0, 0], to_uint8(torch.tensor(codes))) and rows == ["3", "7"]
+    assert columns == ["w=0", "w=2", "w=5"]
+    own = torch.stack([torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(4 + i)) for i in range(2)])
+    assert all(torch.equal(noise, own) for noise in noises) and len(noises) == 3
+    assert main(["guidance-grid", f"run={digits_run}", "weights=[1]"]) == 0
+    assert drawn[-1][1] == [str(digit) for digit in range(10)]
+
+
 def test_guidance_grid_and_illusions_draw_their_pictures(digits_run, capsys):
     from {{ cookiecutter.package_name }}.cli import main
 
