@@ -380,11 +380,16 @@ def gif_frames(path) -> int:
         return gif.n_frames
 
 
-def test_visualize_draws_the_vector_fields_and_the_particles_of_2d_data(toy_run):
+def test_visualize_draws_the_vector_fields_and_the_particles_of_2d_data(toy_run, monkeypatch):
+    """The fields at the levels asked for (sigmas=[2.0,0.1]); the n = 50 particles at every step."""
     from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import visualize as command
 
+    fields, draw = [], command.save_vector_fields
+    monkeypatch.setattr(command, "save_vector_fields", lambda denoiser, sigmas, *rest: fields.append(list(sigmas)) or
+                        draw(denoiser, sigmas, *rest))
     assert main(["visualize", f"run={toy_run}", "steps=7", "sampler=euler", "n=50", "sigmas=[2.0,0.1]"]) == 0
-    assert (Path(toy_run) / "visualize/vector_fields.png").is_file()
+    assert fields == [[2.0, 0.1]] and (Path(toy_run) / "visualize/vector_fields.png").is_file()
     assert gif_frames(Path(toy_run) / "visualize/particles.gif") == 7 + 1           # each step, then the sample
 
 
@@ -418,9 +423,21 @@ def test_2d_points_of_a_tensor_file_are_drawn_in_one_space(project_dir, monkeypa
     assert seen["final"].abs().max() < 10
 
 
-def test_visualize_draws_a_labelled_denoising_grid_and_gif_of_images(digits_run, capsys):
+def test_visualize_draws_a_labelled_denoising_grid_and_gif_of_images(digits_run, capsys, monkeypatch):
+    """n=3 seed=5 labels=[3,7] columns=4: three samples drawn from seed 5 with the labels 3, 7, 3
+    in turn, followed at every step, the grid showing 4 of the steps."""
     from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import visualize as command
+    from {{ cookiecutter.package_name }}.model import Model
 
+    asked, shown, sample, show = [], [], Model.sample, command.save_denoising
+    monkeypatch.setattr(Model, "sample", lambda self, n, generator, sampling, labels, **rest: asked.append(
+        (n, generator.initial_seed(), labels.tolist())) or sample(self, n, generator, sampling, labels, **rest))
+    monkeypatch.setattr(command, "save_denoising", lambda trajectory, out, title, columns, decode: shown.append(
+        (len(trajectory), len(trajectory[0].x), columns)) or show(trajectory, out, title, columns, decode))
+    assert main(["visualize", f"run={digits_run}", "steps=5", "sampler=euler", "n=3", "seed=5", "labels=[3,7]",
+                 "columns=4"]) == 0
+    assert asked == [(3, 5, [3, 7, 3])] and shown == [(5, 3, 4)]
     assert main(["visualize", f"run={digits_run}", "steps=5", "sampler=euler", "labels=[3,7]", "n=2"]) == 0
     assert (Path(digits_run) / "visualize/denoising.png").is_file()
     assert gif_frames(Path(digits_run) / "visualize/denoising.gif") == 5
