@@ -251,7 +251,22 @@ def test_fid_during_training_is_logged_with_its_sample_count_and_never_changes_t
     assert not any("extractor" in k or "project" in k for k in measured)  # nor enters the checkpoint
 
 
-def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_dir, custom_extractor, capsys):
+def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_dir, custom_extractor, capsys,
+                                                                       monkeypatch):
+    """Seeds draw disjoint numbered sets (the second seed's samples are numbered after the
+    first's); every measurement takes kid_subset_size; the kept images are the first seed's
+    samples with the evaluation sampler, not a sweep's; the sweep and a student's teacher line
+    take every sampler and step count asked for."""
+    from PIL import Image
+
+    from diffusion_lab.commands import evaluate
+    from diffusion_lab.config import run_config
+    from diffusion_lab.pixels import to_uint8
+    from diffusion_lab.runs import load_run
+
+    subsets, measure = [], evaluate.fid_kid
+    monkeypatch.setattr(evaluate, "fid_kid", lambda reference, features, subset, **rest: subsets.append(subset) or
+                        measure(reference, features, subset, **rest))
     assert main(["train", *DIGITS, "name=done", "trainer.max_steps=2"]) == 0
     assert main(["evaluate", "run=runs/done", *[o.split(".", 1)[1] for o in custom_extractor], "samples=40",
                  "batch_size=16", "kid_subset_size=20", "steps=2", "seeds=2", "sweep=true",
@@ -260,11 +275,16 @@ def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_d
     assert "about" in out and "min (timed on one batch)" in out
     folder = project_dir / "runs/done/fid"
     summary = json.loads((folder / "evaluation.json").read_text())
-    assert len(summary["runs"]) == 2 and summary["runs"][0]["seed"] != summary["runs"][1]["seed"]
+    assert [run["seed"] for run in summary["runs"]] == [0, 40] and subsets == [20] * 6
     assert summary["fid@40_std"] > 0 and summary["extractor"] == "custom tiny_features:Features"
     sweep = json.loads((folder / "sweep.json").read_text())["results"]
     assert [(r["sampler"], r["nfe"]) for r in sweep] == [("euler", 1), ("euler", 2), ("heun", 1), ("heun", 3)]
     assert (folder / "sweep.png").is_file() and len(list((folder / "images").glob("*.png"))) == 40
+    model, _ = load_run("runs/done")
+    sampling = run_config(model.config, "sampling", {"sampler": model.config.evaluation.sampler, "steps": 2}).sampling
+    first = to_uint8(model.sample_numbered(torch.arange(3), 0, sampling))[:, 0]
+    kept = torch.stack([torch.from_numpy(np.array(Image.open(folder / f"images/{i:06d}.png"))) for i in range(3)])
+    assert torch.equal(kept, first)
     assert main(["evaluate", "run=runs/done", *[o.split(".", 1)[1] for o in custom_extractor], "samples=20",
                  "batch_size=16", "kid_subset_size=10", "steps=2", "keep_images=true"]) == 0
     assert len(list((folder / "images").glob("*.png"))) == 20                  # the earlier 40 are not mixed in
@@ -275,11 +295,12 @@ def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_d
                  "trainer.sample_every_n_steps=1000"]) == 0
     assert main(["evaluate", "run=runs/student", *[o.split(".", 1)[1] for o in custom_extractor], "samples=20",
                  "batch_size=16", "kid_subset_size=10", "steps=1", "sweep=true", "sweep_samplers=[consistency]",
-                 "sweep_steps=[1,2]", "teacher_steps=[3]"]) == 0
+                 "sweep_steps=[1,2]", "teacher_steps=[3,4]"]) == 0
     sweep = json.loads((project_dir / "runs/student/fid/sweep.json").read_text())["results"]
     assert [(r["model"], r["sampler"], r["nfe"]) for r in sweep] == [("student", "consistency", 1),
                                                                      ("student", "consistency", 2),
-                                                                     ("done", "dpmpp_2m", 3)]
+                                                                     ("done", "dpmpp_2m", 3),
+                                                                     ("done", "dpmpp_2m", 4)]
     assert all(np.isfinite(r["fid"]) for r in sweep) and (project_dir / "runs/student/fid/sweep.png").is_file()
 
 
