@@ -333,6 +333,48 @@ def test_score_distill_writes_images_progress_and_a_field_a_viewer_opens(digits_
     assert not torch.equal(torch.load("orthographic/result.pt")["density"], field["density"])    # the cameras differ
 
 
+def test_every_setting_of_score_distill_reaches_its_step(digits_run, monkeypatch):
+    """lr, guidance, weighting, t_range, t_max_end, schedule, inversion_steps and splats reach
+    the optimiser, the guided denoiser, the loss, the noise levels, SDI's inversion and the
+    splats; samples, background, fov and elevation reach the renderer (elevations drawn across
+    the range given)."""
+    from {{ cookiecutter.package_name }}.cli import main
+    from {{ cookiecutter.package_name }}.commands import score_distill as command
+    from {{ cookiecutter.package_name }}.model import Model
+    from {{ cookiecutter.package_name }}.tasks.render import VoxelField
+
+    seen = {}
+
+    def spy(name, real, *keys):
+        def call(*args, **kwargs):
+            seen.setdefault(name, []).append(tuple(kwargs[key] if isinstance(key, str) else args[key] for key in keys))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch.optim, "Adam", spy("lr", torch.optim.Adam, "lr"))
+    monkeypatch.setattr(Model, "guided", spy("guidance", Model.guided, 2))
+    monkeypatch.setattr(command, "distillation_loss", spy("weighting", command.distillation_loss, 4))
+    monkeypatch.setattr(command, "noise_time", spy("levels", command.noise_time, 1, 2, 3))
+    monkeypatch.setattr(command, "sdi_noise", spy("inversion", command.sdi_noise, 3))
+    monkeypatch.setattr(command, "Gaussians", spy("splats", command.Gaussians, 2))
+    monkeypatch.setattr(VoxelField, "render", spy("render", VoxelField.render, 2, 4, 5, 6))
+    common = [f"run={digits_run}", "steps=2", "labels=[3]", "lr=0.2", "guidance=1.5", "weighting=uniform",
+              "t_range=[0.1,0.9]", "t_max_end=0.5", "schedule=random"]
+    assert main(["score-distill", *common, "generator=gaussians", "method=sdi", "inversion_steps=3", "splats=7",
+                 "n=2"]) == 0
+    assert main(["score-distill", *common, "generator=voxels", "resolution=8", "samples=12", "background=0.3",
+                 "fov=50", "elevation=[10,20]", "n=64"]) == 0
+    assert seen["lr"] == [(0.2,)] * 2 and seen["guidance"] == [(1.5,)] * 4 and seen["weighting"] == [("uniform",)] * 4
+    assert seen["levels"] == [((0.1, 0.9), 0.5, "random")] * 4 and seen["inversion"] == [(3,)] * 2
+    assert seen["splats"] == [(7,)]
+    assert {entry[1:] for entry in seen["render"][:2]} == {(12, 0.3, 50)}        # the two steps' views
+    elevations = torch.cat([entry[0] for entry in seen["render"][:2]])
+    assert 10 <= elevations.min() < 11 and 19 < elevations.max() <= 20
+    for method, schedule in (("sds", "random"), ("sdi", "descending")):        # each paper's own, by default
+        assert main(["score-distill", f"run={digits_run}", "steps=1", "labels=[3]", f"method={method}", "n=1"]) == 0
+        assert seen["levels"][-1][2] == schedule
+
+
 def test_a_dense_field_is_written_as_the_points_and_colours_of_its_voxels(tmp_path):
     import plyfile
 
