@@ -559,21 +559,34 @@ def test_the_illusion_command_pairs_each_label_with_its_view(digits_run, monkeyp
     """labels=[3,5] views=[identity,rot90]: label 3 is seen through the identity, label 5 through
     rot90. Stand-in guided denoisers that each return a fixed picture of their label (one bright
     pixel in column `label`) make the sample the average of the pictures, each mapped back
-    through the inverse of its own view."""
+    through the inverse of its own view; each is guided at the sampling guidance. A hybrid with
+    std=2 is low(far) + near - low(near), blurred by 2 pixels. The seed draws the start."""
     from {{ cookiecutter.package_name }}.cli import main
     from {{ cookiecutter.package_name }}.model import Model
+
+    common = [f"run={digits_run}", "n=2", "steps=3", "sampler=dpmpp_2m"]
+    drawn = []
+    for seed in (1, 1, 2):
+        assert main(["illusion", *common, "labels=[3,5]", f"seed={seed}", "out=seeds"]) == 0
+        drawn.append(torch.load("seeds/anagram.pt"))
+    assert torch.equal(drawn[0], drawn[1]) and not torch.allclose(drawn[0], drawn[2])
 
     def picture(label):
         image = torch.zeros(1, 1, 8, 8)
         image[0, 0, 1, label] = 1.0
         return image
 
+    weights = []
     monkeypatch.setattr(Model, "guided", lambda self, n, guidance, labels=None, conditions=None:
-                        lambda x, sigma: picture(int(labels[0])).expand_as(x).to(x))
-    assert main(["illusion", f"run={digits_run}", "labels=[3,5]", "views=[identity,rot90]", "n=2", "steps=3",
-                 "sampler=dpmpp_2m", "out=pairs"]) == 0
+                        weights.append(guidance) or (lambda x, sigma: picture(int(labels[0])).expand_as(x).to(x)))
+    assert main(["illusion", *common, "labels=[3,5]", "views=[identity,rot90]", "guidance=2.5", "out=pairs"]) == 0
     expected = (picture(3) + picture(5).rot90(-1, (-2, -1))) / 2
     torch.testing.assert_close(torch.load("pairs/anagram.pt"), expected.expand(2, 1, 8, 8))
+    assert weights == [2.5, 2.5]
+    assert main(["illusion", *common, "kind=hybrid", "labels=[3,5]", "std=2", "out=hybrid"]) == 0
+    far, near = picture(3), picture(5)
+    expected = low_pass(far, 2.0) + near - low_pass(near, 2.0)
+    torch.testing.assert_close(torch.load("hybrid/hybrid.pt"), expected.expand(2, 1, 8, 8))
 
 
 def test_illusions_and_guidance_need_a_conditional_image_model(toy_run, capsys):
