@@ -157,6 +157,29 @@ def test_the_autoencoder_trains_resumes_exactly_and_reports_its_reconstructions(
     assert "keep autoencoder.channels and latent_channels" in capsys.readouterr().err
 
 
+def test_the_autoencoders_settings_reach_its_training(project_dir, monkeypatch):
+    """autoencoder.lr is Adam's: its first step is lr g / (|g| + eps), lr itself for a clear
+    gradient, so first steps at lr and 2 lr from one start end lr apart at most; batch_size and
+    kl_weight reach the loss; a checkpoint is written every trainer.checkpoint_every_n_steps
+    steps and at the end."""
+    from {{ cookiecutter.package_name }}.commands import autoencoder as command
+
+    losses, checkpoints = [], []
+    loss, save = Autoencoder.loss, command.save_checkpoint
+    monkeypatch.setattr(Autoencoder, "loss", lambda self, x, kl_weight: losses.append((len(x), kl_weight)) or
+                        loss(self, x, kl_weight))
+    monkeypatch.setattr(command, "save_checkpoint", lambda path, network, optimiser, generator, step:
+                        checkpoints.append(step) or save(path, network, optimiser, generator, step))
+    assert main([*AUTOENCODER, "name=stepped", "autoencoder.max_steps=7", "autoencoder.batch_size=5",
+                 "autoencoder.kl_weight=0.25"]) == 0
+    assert losses == [(5, 0.25)] * 7 and checkpoints == [3, 6, 7]
+    for lr in (0.003, 0.006):                        # the same start and batch: steps of lr and 2 lr
+        assert main([*AUTOENCODER, f"name=lr{lr}", "autoencoder.max_steps=1", f"autoencoder.lr={lr}"]) == 0
+    small, large = (load_codec(f"runs/lr{lr}").network.state_dict() for lr in (0.003, 0.006))
+    moved = torch.cat([(large[key] - small[key]).abs().flatten() for key in small])
+    assert 0.003 * (1 - 1e-4) < moved.max() < 0.003 * (1 + 1e-4)
+
+
 def test_a_latent_run_resumes_exactly_as_one_never_interrupted(project_dir):
     saved_autoencoder(Path("ae"))
     from conftest import straight_and_resumed
