@@ -39,6 +39,14 @@ def text_files(project):
             yield path, path.read_text(errors="replace")
 
 
+def test_the_template_spells_the_package_by_its_variable():
+    """Code copied from a baked project back into the template keeps "diffusion_lab" where
+    "{{ cookiecutter.package_name }}" belongs: a project of another name would import a package it
+    does not have (the long-name ruff test found one only because the imports then sorted otherwise)."""
+    template = REPO / "{{cookiecutter.project_slug}}"
+    assert not [str(path.relative_to(template)) for path, text in text_files(template) if "diffusion_lab" in text]
+
+
 def test_every_choice_is_covered():
     for question, choices in DEFAULTS.items():
         if isinstance(choices, list):

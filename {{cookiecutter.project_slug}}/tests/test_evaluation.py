@@ -259,10 +259,10 @@ def test_evaluate_runs_the_protocol_with_seeds_a_sweep_and_kept_images(project_d
     take every sampler and step count asked for."""
     from PIL import Image
 
-    from diffusion_lab.commands import evaluate
-    from diffusion_lab.config import run_config
-    from diffusion_lab.pixels import to_uint8
-    from diffusion_lab.runs import load_run
+    from {{ cookiecutter.package_name }}.commands import evaluate
+    from {{ cookiecutter.package_name }}.config import run_config
+    from {{ cookiecutter.package_name }}.pixels import to_uint8
+    from {{ cookiecutter.package_name }}.runs import load_run
 
     subsets, measure = [], evaluate.fid_kid
     monkeypatch.setattr(evaluate, "fid_kid", lambda reference, features, subset, **rest: subsets.append(subset) or
