@@ -75,6 +75,21 @@ def test_toy_run_trains_resumes_and_samples(project_dir, monkeypatch, capsys):
     assert (project_dir / "out1" / "trajectory.png").is_file()
 
 
+def test_the_training_grid_draws_sample_count_samples_of_the_sample_labels_from_the_runs_seed(project_dir,
+                                                                                                 monkeypatch):
+    """trainer.sample_count=4 trainer.sample_labels=[3,7] seed=5: every grid is 4 samples labelled
+    3, 7, 3, 7, drawn from a generator seeded 5 (the same noise at every grid)."""
+    from {{ cookiecutter.package_name }}.model import Model
+
+    asked, sample = [], Model.sample
+    monkeypatch.setattr(Model, "sample", lambda self, n, generator, sampling=None, labels=None, **rest: asked.append(
+        (n, generator.initial_seed(), labels.tolist())) or sample(self, n, generator, sampling, labels, **rest))
+    assert main(["train", "experiment=digits", "name=grids", "model.conditional=true", "model.unet.channels=8",
+                 "logger=csv", "seed=5", "trainer.max_steps=4", "trainer.sample_every_n_steps=2",
+                 "trainer.sample_count=4", "trainer.sample_labels=[3,7]", "trainer.val_every_n_steps=1000"]) == 0
+    assert asked == [(4, 5, [3, 7, 3, 7])] * 2
+
+
 def test_sample_draws_in_batches_of_batch_size_with_the_labels_in_turn_across_batches(digits_run, monkeypatch):
     """n=5 batch_size=2 labels=[0,1,2]: three batches of 2, 2 and 1 samples, labelled 0 1 | 2 0 |
     1 (the labels run on across batches); weighted conditions reach every batch with their
