@@ -73,9 +73,9 @@ def train_student(method: str, steps: int, pairs: int) -> dict:
     return {"train_seconds": round(time.perf_counter() - start, 1)}
 
 
-def teacher_evaluations(method: str, cfg, guided: bool) -> int:
-    """Teacher network evaluations the student's training made (see the protocol above)."""
-    per_call = 2 if guided else 1
+def teacher_evaluations(method: str, cfg, per_call: int) -> int:
+    """Teacher network evaluations the student's training made (see the protocol above), with
+    ``per_call`` evaluations in one call of the teacher's (guided) denoiser."""
     return per_call * {"reflow": cfg.distill.pairs * 20, "cd": 2 * cfg.trainer.max_steps * cfg.data.batch_size,
                        "ect": 0}[method]
 
@@ -121,6 +121,7 @@ def main() -> None:
         project = import_baked_package(dataset="mnist")
     print(f"project: {project} (resume with --project)", flush=True)
     os.chdir(project)
+    from diffusion_lab.diffusion.guidance import evaluations
     from diffusion_lab.evaluation.quality import reference_statistics
     from diffusion_lab.runs import load_run
     from diffusion_lab.storage import save_atomically
@@ -138,8 +139,8 @@ def main() -> None:
     noise = torch.randn((args.samples, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     search_noise = torch.randn((500, 1, 32, 32), generator=torch.Generator().manual_seed(1))
     rows, grids = [], []
-    teaching = load_run("runs/teacher")[0].config
-    guided = teaching.model.conditional and teaching.sampling.guidance not in (0, 1)
+    teacher_model = load_run("runs/teacher")[0]
+    per_call = evaluations(teacher_model.guided(1, teacher_model.config.sampling.guidance))
     for name in ("teacher", *students):
         model, _ = load_run(f"runs/{name}")
         runs = [(steps, {}) for steps in ((20, *STEPS) if name == "teacher" else STEPS)]
@@ -158,7 +159,7 @@ def main() -> None:
                    "nfe": nfe, "sigma_min": searched.get("sigma_min", model.config.sampling.sigma_min),
                    "searched": bool(searched),
                    **trained.get(name, {}), "trained_steps": model.origin["step"],
-                   "teacher_evaluations": 0 if name == "teacher" else teacher_evaluations(name, model.config, guided),
+                   "teacher_evaluations": 0 if name == "teacher" else teacher_evaluations(name, model.config, per_call),
                    **quality, **judge(scorer, x), "machine": machine(torch.device("cpu"))}
             print(json.dumps(row), flush=True)
             rows.append(row)
