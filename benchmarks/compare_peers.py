@@ -55,6 +55,11 @@ def compare_k_diffusion(x, steps=25):
     theirs = kd.sample_euler_ancestral(model, x, sigmas, disable=True, eta=1.0,
                                        noise_sampler=lambda s, s_next: torch.randn(x.shape, generator=noise, dtype=x.dtype))
     rows.append(("ancestral (ddim eta=1 / euler_ancestral)", ours, theirs))
+    ours = dpmpp_2m(mixture_denoiser, sigmas, x, eta=1.0, generator=torch.Generator().manual_seed(7)).x
+    noise = torch.Generator().manual_seed(7)
+    theirs = kd.sample_dpmpp_2m_sde(model, x, sigmas, disable=True, eta=1.0, solver_type="midpoint",
+                                    noise_sampler=lambda s, s_next: torch.randn(x.shape, generator=noise, dtype=x.dtype))
+    rows.append(("dpm-solver++(2m) sde (dpmpp_2m_sde)", ours, theirs))
     return [(f"k-diffusion {name}", largest_difference(a, b), a.abs().max().item()) for name, a, b in rows]
 
 

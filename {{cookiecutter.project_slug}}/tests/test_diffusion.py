@@ -53,7 +53,7 @@ def exact_ode_solution(x_start, sigma_start, sigma_end):
 @pytest.mark.parametrize("sampler, options, steps", [
     (ddim, {"eta": 0.0}, 500), (ddim, {"eta": 1.0}, 500), (heun, {}, 100), (heun, {"churn": 10.0}, 100),
     (generalized, {"gamma": 2.0}, 200), (generalized, {"second_order": True}, 100),
-    (generalized, {"mu": 0.5}, 500), (dpmpp_2m, {}, 100)])
+    (generalized, {"mu": 0.5}, 500), (dpmpp_2m, {}, 100), (dpmpp_2m, {"eta": 1.0}, 100)])
 def test_samplers_reproduce_gaussian_data(sampler, options, steps):
     """First-order samplers need more steps: at 40 Karras steps Euler's std is 6% low and
     ancestral sampling's 13% low (its posterior ignores the uncertainty of x0_hat)."""
@@ -154,10 +154,14 @@ def test_generalized_sampler_special_cases_are_ddim_and_ddpm():
 
 
 def test_dpm_solver_first_step_and_last_step_are_first_order():
-    """With two steps (the first, and the one to 0) DPM-Solver++(2M) is DDIM."""
+    """With two steps (the first, and the one to 0) DPM-Solver++(2M) is DDIM, and its SDE form
+    (eta = 1) is DDPM's ancestral sampling with the same noise."""
     sigmas = torch.tensor([80.0, 1.0, 0.0], dtype=torch.float64)
     x = 80 * torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert torch.allclose(dpmpp_2m(gaussian_denoiser, sigmas, x).x, ddim(gaussian_denoiser, sigmas, x).x, atol=1e-10)
+    sde = dpmpp_2m(gaussian_denoiser, sigmas, x, eta=1.0, generator=torch.Generator().manual_seed(4)).x
+    ddpm = ddim(gaussian_denoiser, sigmas, x, eta=1.0, generator=torch.Generator().manual_seed(4)).x
+    torch.testing.assert_close(sde, ddpm, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("sampler", [ddim, heun, generalized, dpmpp_2m, consistency])
@@ -542,7 +546,7 @@ def test_networks_carry_the_noise_range_they_were_trained_on():
     assert (LogNormalNoise().sigma_min, LogNormalNoise().sigma_max) == (0.0, math.inf)
 
 
-@pytest.mark.parametrize("name", ["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m"])
+@pytest.mark.parametrize("name", ["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m", "dpmpp_2m_sde"])
 def test_the_nfe_formula_matches_the_counted_evaluations(name):
     from types import SimpleNamespace
 
@@ -583,7 +587,7 @@ def test_nfe_counts_every_network_evaluation_of_guidance(guidance, evaluations):
 # -- the table of sampler facts, held against the samplers themselves ----------------------------
 NOISY = [("euler", {}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 0.5}), ("ddpm", {}), ("heun", {"churn": 0.0}),
          ("heun", {"churn": 10.0}), ("generalized", {"mu": 0.0}), ("generalized", {"mu": 0.5}), ("dpmpp_2m", {}),
-         ("consistency", {}), ("consistency", {"steps": 1})]
+         ("dpmpp_2m_sde", {}), ("consistency", {}), ("consistency", {"steps": 1})]
 
 
 @pytest.mark.parametrize("name, options", NOISY, ids=[f"{name}{options}" for name, options in NOISY])
@@ -630,12 +634,15 @@ class Float64(torch.Tensor):
         return self
 
 
-def on_the_grid(scheduler, sigmas: torch.Tensor, x: torch.Tensor, **step_options) -> torch.Tensor:
+def on_the_grid(scheduler, sigmas: torch.Tensor, x: torch.Tensor, noise=None, **step_options) -> torch.Tensor:
     """Run a diffusers scheduler down ``sigmas`` from x (sigma form), the model's output being
-    our closed-form denoiser's x0_hat; the result in the sigma form (the last sigma is 0)."""
+    our closed-form denoiser's x0_hat; the result in the sigma form (the last sigma is 0).
+    ``noise``, a generator, draws each step's ``variance_noise`` as our samplers draw theirs."""
     x_vp = (x / (1 + sigmas[0] ** 2).sqrt()).as_subclass(Float64)
     for sigma, t in zip(sigmas, scheduler.timesteps):
         x0_hat = gaussian_denoiser(x_vp * (1 + sigma**2).sqrt(), sigma.expand(len(x)))
+        if noise is not None:
+            step_options["variance_noise"] = standard_normal(x.shape, noise, x.dtype).as_subclass(Float64)
         x_vp = scheduler.step(x0_hat, t, x_vp, **step_options).prev_sample
     return x_vp.as_subclass(torch.Tensor)
 
@@ -653,18 +660,26 @@ def discrete_scheduler(name: str, sigmas: torch.Tensor):
     return scheduler
 
 
+@pytest.mark.parametrize("name, algorithm", [("dpmpp_2m", "dpmsolver++"), ("dpmpp_2m_sde", "sde-dpmsolver++")])
 @pytest.mark.parametrize("steps", [10, 17, 25])
-def test_dpm_solver_2m_equals_diffusers_step_for_step(steps):
+def test_dpm_solver_2m_equals_diffusers_step_for_step(steps, name, algorithm):
+    """The SDE form draws the same noise in the same order from the same generator in both."""
+    from types import SimpleNamespace
+
+    from {{ cookiecutter.package_name }}.diffusion.samplers import configured_sampler
+
     diffusers = pytest.importorskip("diffusers")
     sigmas = karras_sigmas(steps, 0.002, 80.0)
     x = sigmas[0] * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+    scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type=algorithm, solver_order=2,
                                                       prediction_type="sample", final_sigmas_type="zero",
                                                       lower_order_final=False)
     scheduler.set_timesteps(steps)
     scheduler.sigmas = sigmas.clone()
-    theirs = on_the_grid(scheduler, sigmas, x)
-    torch.testing.assert_close(dpmpp_2m(gaussian_denoiser, sigmas, x).x, theirs, rtol=0, atol=1e-10)
+    theirs = on_the_grid(scheduler, sigmas, x, noise=torch.Generator().manual_seed(3))
+    ours = configured_sampler(SimpleNamespace(sampler=name))(gaussian_denoiser, sigmas, x,
+                                                             generator=torch.Generator().manual_seed(3)).x
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])

@@ -174,7 +174,7 @@ class DiffusionConfig:
     p_uncond: float = valid(((lambda v: 0 <= v <= 1), "in [0, 1]"))
 
 
-SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m", "consistency"]
+SamplerName = Literal["euler", "ddim", "ddpm", "heun", "generalized", "dpmpp_2m", "dpmpp_2m_sde", "consistency"]
 
 
 @dataclass

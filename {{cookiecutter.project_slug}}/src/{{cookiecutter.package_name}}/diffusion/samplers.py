@@ -217,7 +217,7 @@ def generalized(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, gamma: float =
     return book.result(x)
 
 
-def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Generators = None,
+def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, eta: float = 0.0, generator: Generators = None,
              hooks: Iterable[Hook] = ()) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2) in the sigma form
     (alpha = 1, lambda = -ln sigma, h_i = lambda_{i+1} - lambda_i):
@@ -226,8 +226,18 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Genera
         D_bar = (1 + 1/(2 r_i)) x0_hat_i - 1/(2 r_i) x0_hat_{i-1},   r_i = h_{i-1} / h_i.
 
     The first step, and the step to sigma = 0 (where h is infinite), use D_bar = x0_hat_i: first
-    order there, second order elsewhere, one evaluation per step. ``generator`` is unused
-    (the solver is deterministic) and accepted for a common signature.
+    order there, second order elsewhere, one evaluation per step.
+
+    ``eta`` > 0 integrates the same D_bar along a reverse SDE instead of the probability-flow
+    ODE (the paper's SDE-DPM-Solver++(2M), ``dpmpp_2m_sde``), so that each step forgets part of
+    its error and draws fresh noise. The SDEs of Karras et al. 2022 (eq. 6) with beta = eta / sigma
+    read dx = (1 + eta) (D - x) dlambda + noise; holding D at D_bar over a step and integrating
+    exactly gives
+
+        x_{i+1} = e^{-(1 + eta) h_i} x_i + (1 - e^{-(1 + eta) h_i}) D_bar + sigma_{i+1} sqrt(1 - e^{-2 eta h_i}) z.
+
+    eta = 0 is the ODE step above (e^{-h_i} = sigma_{i+1} / sigma_i); eta = 1 is the reverse-time
+    SDE (Song et al. 2021), whose first-order step is DDPM's ancestral step.
     """
     book = _Bookkeeper(denoiser, hooks)
     x0_previous, h_previous = None, None
@@ -243,7 +253,9 @@ def dpmpp_2m(denoiser: Denoiser, sigmas: Tensor, x: Tensor, *, generator: Genera
         if x0_previous is not None:
             r = h_previous / h
             d_bar = (1 + 1 / (2 * r)) * step.x0_hat - 1 / (2 * r) * x0_previous
-        x = (sigma_next / sigma) * step.x - math.expm1(-h) * d_bar
+        x = math.exp(-(1 + eta) * h) * step.x - math.expm1(-(1 + eta) * h) * d_bar
+        if eta > 0:
+            x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * randn_like(x, generator)
         x0_previous, h_previous = step.x0_hat, h
     return book.result(x)
 
@@ -304,7 +316,8 @@ def _eta_above_zero(options: dict) -> bool:
 
 
 # ``euler`` is DDIM with eta = 0 and ``ddpm`` is DDIM with eta = 1: the same updates, one
-# implementation (tests check both identities against the papers' own formulas).
+# implementation (tests check both identities against the papers' own formulas); so are the
+# ODE and SDE forms of DPM-Solver++(2M).
 SAMPLERS: dict[str, SamplerFacts] = {
     "euler": SamplerFacts(ddim, fixes={"eta": 0.0}, draws_noise=_eta_above_zero),
     "ddim": SamplerFacts(ddim, options=("eta",), draws_noise=_eta_above_zero),
@@ -312,7 +325,8 @@ SAMPLERS: dict[str, SamplerFacts] = {
     "heun": SamplerFacts(heun, options=("churn",), calls_per_step=2, draws_noise=lambda options: options["churn"] > 0),
     "generalized": SamplerFacts(generalized, options=("gamma", "mu", "second_order"),
                                 draws_noise=lambda options: options["mu"] > 0),
-    "dpmpp_2m": SamplerFacts(dpmpp_2m),
+    "dpmpp_2m": SamplerFacts(dpmpp_2m, fixes={"eta": 0.0}, draws_noise=_eta_above_zero),
+    "dpmpp_2m_sde": SamplerFacts(dpmpp_2m, fixes={"eta": 1.0}, draws_noise=_eta_above_zero),
     "consistency": SamplerFacts(consistency, draws_noise=lambda options: options["steps"] > 1),
 }
 
