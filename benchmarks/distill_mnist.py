@@ -26,7 +26,7 @@ Protocol:
   true``) is drawn from the seed-0 noise beside the recipe's.
 
 Run on an idle machine (2 threads):
-    .venv/bin/python benchmarks/distill_mnist.py [--budget 600] [--student-steps 1500] [--teacher ours]
+    .venv/bin/python benchmarks/distill_mnist.py [--budget 600] [--student-steps 1500] [--teacher ours] [--seed 1]
     .venv/bin/python benchmarks/distill_mnist.py --project <the folder a run printed>   # resume there
 One JSON line per (model, steps) in benchmarks/results/distill_mnist.jsonl, and the first 64
 samples of every row, side by side, in benchmarks/results/distill_mnist.png.
@@ -59,12 +59,12 @@ STUDENTS = ("reflow", "cd", "ect")
 STEPS = (1, 2, 4)
 
 
-def train_student(method: str, steps: int, pairs: int) -> dict:
+def train_student(method: str, steps: int, pairs: int, seed: int) -> dict:
     """``train experiment=<method> distill.teacher=runs/teacher`` for ``steps`` steps, timed whole."""
     from diffusion_lab.cli import main
 
     args = ["train", f"experiment={method}", "distill.teacher=runs/teacher", f"name={method}", "preset=cpu",
-            "logger=csv", f"trainer.max_steps={steps}", f"distill.stage_steps={max(1, steps // 8)}",
+            f"seed={seed}", "logger=csv", f"trainer.max_steps={steps}", f"distill.stage_steps={max(1, steps // 8)}",
             f"distill.pairs={pairs}",
             "trainer.sample_every_n_steps=10000000", "trainer.first_grid_minutes=0", "trainer.val_every_n_steps=10000000",
             "trainer.checkpoint_every_n_steps=10000000", "evaluation.every_n_steps=0"]
@@ -100,6 +100,7 @@ def main() -> None:
                         help="the consistency sampler's lowest levels to search, comma separated")
     parser.add_argument("--teacher", default="ours-plain", choices=OURS, help="the teacher's recipe")
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="the teacher's and the students' training seed")
     parser.add_argument("--project", default=None, help="the baked project of an earlier run: trained runs are kept")
     parser.add_argument("--out", default=str(RESULTS / "distill_mnist.jsonl"))
     args = parser.parse_args()
@@ -131,11 +132,12 @@ def main() -> None:
     reference = reference_statistics(images, extractor, project / "reference.pt", 500, 10000, torch.device("cpu"))
     trained = {}
     if not (project / "runs" / "teacher" / "checkpoints").is_dir():
-        teacher = train_ours("teacher", data_file, args.budget, None, OURS[args.teacher], torch.device("cpu"))
+        teacher = train_ours("teacher", data_file, args.budget, None, [*OURS[args.teacher], f"seed={args.seed}"],
+                             torch.device("cpu"))
         trained["teacher"] = {"train_seconds": teacher["train_seconds"]}     # its steps: trained_steps below
     for method in students:
         if not (project / "runs" / method / "checkpoints").is_dir():
-            trained[method] = train_student(method, args.student_steps, args.pairs)
+            trained[method] = train_student(method, args.student_steps, args.pairs, args.seed)
     noise = torch.randn((args.samples, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     search_noise = torch.randn((500, 1, 32, 32), generator=torch.Generator().manual_seed(1))
     rows, grids = [], []
@@ -155,7 +157,7 @@ def main() -> None:
         for steps, searched in runs:
             x, nfe = draw(model, noise, steps, **searched)
             quality, drawn = scored(x, reference, extractor)
-            row = {"model": name, "sampler": model.config.sampling.sampler, "steps": steps,
+            row = {"model": name, "seed": model.config.seed, "sampler": model.config.sampling.sampler, "steps": steps,
                    "nfe": nfe, "sigma_min": searched.get("sigma_min", model.config.sampling.sigma_min),
                    "searched": bool(searched),
                    **trained.get(name, {}), "trained_steps": model.origin["step"],
