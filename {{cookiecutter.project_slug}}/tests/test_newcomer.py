@@ -11,9 +11,14 @@ from {{ cookiecutter.package_name }}.runs import load_run
 
 
 def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    samples = tmp_path / digits_run / "samples"
+    Image.new("L", (8, 8)).save(samples / "step_0000005.png")          # an earlier grid than the last one
     assert main(["export", f"run={digits_run}"]) == 0
     folder = tmp_path / "exports" / "digits"
     assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "config.yaml", "README.md"}
+    assert (folder / "preview.png").read_bytes() == (samples / "step_0000010.png").read_bytes()   # the latest grid
     model, _ = load_run(digits_run)
     weights = load_file(folder / "model.safetensors")
     assert weights.keys() == model.denoiser.state_dict().keys()                # the EMA weights, tensors only
@@ -84,10 +89,20 @@ def test_doctor_reports_a_machine_without_a_gpu_or_weights(project_dir, capsys, 
     assert "data        ERROR:" in capsys.readouterr().out            # a report, not a traceback
 
 
-def test_the_data_preview_has_a_row_per_class_named(project_dir):
+def test_the_data_preview_has_a_row_per_class_named(project_dir, monkeypatch):
     from PIL import Image
 
+    from {{ cookiecutter.package_name }}.commands import inspect_data
+
+    drawn, draw = {}, inspect_data.save_labelled_grid
+
+    def recording(tiles, rows, columns, path, title=""):
+        drawn.update(tiles=len(tiles), rows=rows, columns=len(columns))
+        return draw(tiles, rows, columns, path, title)
+
+    monkeypatch.setattr(inspect_data, "save_labelled_grid", recording)
     assert main(["inspect-data", "experiment=digits", "name=look"]) == 0
+    assert drawn["rows"] == [str(k) for k in range(10)] and drawn["tiles"] == 10 * drawn["columns"]
     preview = Image.open("runs/look/inspect/preview.png")
     assert preview.width > 300 and preview.height > 300        # a matplotlib figure with its labels, not a bare grid
 
