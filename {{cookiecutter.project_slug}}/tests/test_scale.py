@@ -358,6 +358,27 @@ def test_bench_reports_speed_flops_mfu_and_time(project_dir, capsys):
     assert len(shares) == 4 and all(0 <= share <= 150 for share in shares), out     # 3 MFUs, loop / bare step
 
 
+def test_bench_figures_follow_from_its_counts_and_timings(project_dir, capsys, monkeypatch):
+    """With the FLOPs, the device's peak and every timed call fixed, each figure has a known
+    value: 32 images in 2 s are 16 images/s, and 16 x 1 GFLOP a second of a 32 GFLOP/s peak is 50%."""
+    from {{ cookiecutter.package_name }}.commands import bench
+    from {{ cookiecutter.package_name }}.trainer import duration
+
+    monkeypatch.setattr(bench, "flops_per_image", lambda *args: (1e9, 2e8))    # a training step, an evaluation
+    monkeypatch.setattr(bench, "matmul_peak", lambda *args: 3.2e10)
+    monkeypatch.setattr(bench, "seconds_per_call", lambda *args, **kwargs: 2.0)  # every timed call takes 2 s
+    monkeypatch.setattr(bench, "full_loop_speed", lambda *args: 8.0)            # images/s
+    assert main(["bench", "experiment=digits", "model.conditional=false", "model.unet.channels=8",
+                 "data.batch_size=32", "evaluation.batch_size=16", "sampling.steps=3", "trainer.max_steps=100"]) == 0
+    out = capsys.readouterr().out
+    for figure in ("training, bare step: 16 images/s, MFU 50%",            # 32 / 2 s; 16 x 1e9 / 3.2e10
+                   "training, full loop: 8 images/s, 50% of the bare step", "MFU 25%",
+                   "sampling: 8.0 images/s (dpmpp_2m, 3 steps, 3 NFE, batch 16), MFU 15%",  # 8 x 3 x 2e8 / 3.2e10
+                   f"an epoch (1,707 images) {duration(1707 / 8)}",
+                   f"trainer.max_steps=100 about {duration(100 * 32 / 8)}"):
+        assert figure in out, (figure, out)
+
+
 def test_sampling_in_bf16_stays_close_to_float32_and_fp16_needs_a_gpu(project_dir, capsys):
     """Autocast runs the network in bf16; the sampler's own arithmetic stays float32, so the
     samples move by about bf16's rounding, not more."""
