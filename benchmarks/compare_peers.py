@@ -41,6 +41,13 @@ def largest_difference(a, b):
     return (a - b).abs().max().item()
 
 
+def noise_sampler(x, seed):
+    """k-diffusion's noise_sampler(sigma, sigma_next) drawing what our samplers draw, in the same
+    order, from a generator seeded ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
 def compare_k_diffusion(x, steps=25):
     kd = k_diffusion_sampling()
     sigmas = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
@@ -51,15 +58,13 @@ def compare_k_diffusion(x, steps=25):
         ("dpm-solver++(2m)", dpmpp_2m(mixture_denoiser, sigmas, x).x, kd.sample_dpmpp_2m(model, x, sigmas, disable=True)),
     ]
     ours = ddim(mixture_denoiser, sigmas, x, eta=1.0, generator=torch.Generator().manual_seed(7)).x
-    noise = torch.Generator().manual_seed(7)
-    theirs = kd.sample_euler_ancestral(model, x, sigmas, disable=True, eta=1.0,
-                                       noise_sampler=lambda s, s_next: torch.randn(x.shape, generator=noise, dtype=x.dtype))
+    theirs = kd.sample_euler_ancestral(model, x, sigmas, disable=True, eta=1.0, noise_sampler=noise_sampler(x, 7))
     rows.append(("ancestral (ddim eta=1 / euler_ancestral)", ours, theirs))
-    ours = dpmpp_2m(mixture_denoiser, sigmas, x, eta=1.0, generator=torch.Generator().manual_seed(7)).x
-    noise = torch.Generator().manual_seed(7)
-    theirs = kd.sample_dpmpp_2m_sde(model, x, sigmas, disable=True, eta=1.0, solver_type="midpoint",
-                                    noise_sampler=lambda s, s_next: torch.randn(x.shape, generator=noise, dtype=x.dtype))
-    rows.append(("dpm-solver++(2m) sde (dpmpp_2m_sde)", ours, theirs))
+    for eta, name in ((1.0, "dpmpp_2m_sde"), (0.5, "dpmpp_2m with eta=0.5")):
+        ours = dpmpp_2m(mixture_denoiser, sigmas, x, eta=eta, generator=torch.Generator().manual_seed(7)).x
+        theirs = kd.sample_dpmpp_2m_sde(model, x, sigmas, disable=True, eta=eta, solver_type="midpoint",
+                                        noise_sampler=noise_sampler(x, 7))
+        rows.append((f"dpm-solver++(2m) sde, eta={eta:g} ({name})", ours, theirs))
     return [(f"k-diffusion {name}", largest_difference(a, b), a.abs().max().item()) for name, a, b in rows]
 
 
