@@ -233,6 +233,20 @@ def test_the_time_budget_ends_with_a_checkpoint_and_a_grid(project_dir, capsys):
     assert f"trainer.max_time=00:00:00:02 spent at step {step} of 100000" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("world_size, decided", [(2, [10, 20]), (1, list(range(1, 25)))])
+def test_several_processes_share_the_decision_to_stop_every_ten_steps(world_size, decided):
+    """A shared decision (an all-reduce read on the host) makes the CPU wait for the GPU: with two
+    processes it is taken at every tenth step only; one process decides alone, at every step."""
+    from {{ cookiecutter.package_name }}.callbacks.graceful_stop import GracefulStop
+
+    asked = []
+    trainer = SimpleNamespace(world_size=world_size, global_step=0, strategy=SimpleNamespace(
+        reduce_boolean_decision=lambda decision, all: asked.append(trainer.global_step)))
+    for trainer.global_step in range(1, 25):
+        GracefulStop(budget=None).on_train_batch_end(trainer, None, None, None, 0)
+    assert asked == decided
+
+
 @pytest.mark.parametrize("budget, shown", [(None, "(0%)  loss nan  10 img/s  elapsed 00:40  left 27:46:00"),
                                            (100, "(40%)  loss nan  10 img/s  elapsed 00:40  left 01:00")])
 def test_the_progress_line_counts_down_to_whichever_end_comes_first(budget, shown, monkeypatch, capsys):
@@ -246,10 +260,24 @@ def test_the_progress_line_counts_down_to_whichever_end_comes_first(budget, show
     assert capsys.readouterr().out == f"step 400/1,000,000 {shown}\n"
 
 
+def test_the_progress_line_shows_the_mean_loss_of_the_steps_not_skipped(monkeypatch, capsys):
+    """Losses 1, NaN, 3 and Inf since the last line: the two skipped steps are left out (mean 2),
+    and the mean starts afresh after each line (none since: nan)."""
+    monkeypatch.setattr("time.monotonic", lambda: 0.0)
+    progress = StepProgress(batch_size=1, bar=False)
+    trainer = SimpleNamespace(is_global_zero=True, max_steps=10, global_step=0, world_size=1)
+    progress.on_train_start(trainer, SimpleNamespace(device="cpu"))
+    for loss in (1.0, float("nan"), 3.0, float("inf")):
+        progress.on_train_batch_end(trainer, None, torch.tensor(loss), None, 0)
+    progress.show(4)
+    progress.show(4)
+    first, second = capsys.readouterr().out.splitlines()
+    assert "loss 2.0000" in first and "loss nan" in second
+
+
 def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_dir, monkeypatch):
     """An overflow in the backward pass only (the loss is finite, its gradient is not), on two
-    steps: the optimiser applies nothing, the schedule and the EMA wait, and every saved tensor
-    stays finite."""
+    steps of six: the optimiser applies four updates, and every saved tensor stays finite."""
     batch_loss, calls = DiffusionModule.batch_loss, []
 
     def overflowing(self, batch):
@@ -262,7 +290,8 @@ def test_nonfinite_gradients_from_a_finite_loss_never_reach_the_weights(project_
     monkeypatch.setattr(DiffusionModule, "batch_loss", overflowing)
     assert main(["train", *TOY, "name=overflow", "trainer.max_steps=6"]) == 0
     saved = checkpoint_of("overflow")
-    assert saved["global_step"] == 6 and saved["lr_schedulers"][0]["last_epoch"] == 4
+    assert saved["global_step"] == 6 and saved["lr_schedulers"][0]["last_epoch"] == 6
+    assert {state["step"].item() for state in saved["optimizer_states"][0]["state"].values()} == {4.0}
     optimizer_state = [t for s in saved["optimizer_states"][0]["state"].values() for t in s.values()]
     assert all(torch.isfinite(t).all() for t in [*saved["state_dict"].values(), *optimizer_state])
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,9 +170,10 @@ TOY_BATCH = (torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), Non
 
 
 def test_nonfinite_steps_are_skipped_and_only_those_in_a_row_stop_the_run(project_dir):
-    """A NaN loss is skipped before the backward pass, a step with NaN gradients after it; a
-    finite step resets the count, and trainer.max_nonfinite_steps in a row stop the run with
-    what was not finite. Each finite step logs its loss, shown in the progress bar."""
+    """A step with a NaN loss or with NaN gradients is skipped; a finite step resets the count,
+    and trainer.max_nonfinite_steps in a row stop the run with what was not finite. Each step is
+    judged while the next one runs, so the run stops one step after the last bad one. Every step
+    logs its loss, shown in the progress bar."""
     from {{ cookiecutter.package_name }}.errors import TrainingDiverged
 
     module, _ = module_without_trainer("trainer.max_nonfinite_steps=2")
@@ -186,38 +188,68 @@ def test_nonfinite_steps_are_skipped_and_only_those_in_a_row_stop_the_run(projec
     def steps(*losses):
         for loss in losses:
             module.batch_loss = loss
-            returned = module.training_step(TOY_BATCH, 0)
-            assert (returned is None) == (loss is nan_loss)            # a NaN loss is not back-propagated
+            module.training_step(TOY_BATCH, 0)
 
-    steps(nan_loss, finite, bad_gradients, finite, nan_loss)              # never two in a row
-    with pytest.raises(TrainingDiverged, match="^the loss was nan for 2 steps in a row at step 0"):
-        steps(nan_loss)
-    steps(finite, bad_gradients)
+    steps(nan_loss, finite, bad_gradients, finite, nan_loss, finite)          # never two in a row
+    steps(nan_loss, nan_loss)
+    with pytest.raises(TrainingDiverged, match="^the loss was not finite for 2 steps in a row at step 0"):
+        steps(finite)
+    steps(bad_gradients, bad_gradients)
     with pytest.raises(TrainingDiverged, match=r"^the gradients were not finite \(an overflow .* for 2 steps in a row"):
-        steps(bad_gradients)
-    skip, loss = ("train/nonfinite_steps", {}), ("train/loss", {"prog_bar": True})
-    assert [(name, options) for name, _, options in module.logged] == [skip, loss, skip, loss, loss, skip, skip, loss,
-                                                                      skip, loss, skip]
-    assert [value for name, value, _ in module.logged if name == "train/nonfinite_steps"] == [1, 1, 1, 2, 1, 2]
+        steps(finite)
+    counted = [value for name, value, _ in module.logged if name == "train/nonfinite_steps"]
+    assert counted == [1, 1, 1, 1, 2, 1, 2]
+    assert [options for name, _, options in module.logged if name == "train/loss"] == [{"prog_bar": True}] * 12
 
 
-def test_a_step_is_clipped_to_optim_grad_clip_and_one_with_gradients_not_finite_changes_nothing(project_dir):
+def test_a_training_step_never_waits_for_the_device(project_dir, monkeypatch):
+    """With the fused AdamW (optim.fused, the default), nothing in a training step reads a
+    tensor's value back to the host but ``judge``, once a step, for the step before (a value
+    read mid-step makes the CPU wait for the GPU, which then idles while the CPU queues the rest).
+    Every read the package's code makes during three steps is recorded, by the function making it."""
+    package = Path(sys.modules["{{ cookiecutter.package_name }}"].__file__).parent
+    module, _ = module_without_trainer("optim.fused=true")
+    reads = []
+
+    def recorded(read):
+        def spy(tensor, *args):
+            caller = sys._getframe(1).f_code
+            if Path(caller.co_filename).is_relative_to(package):
+                reads.append(caller.co_name)
+            return read(tensor, *args)
+        return spy
+
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, recorded(getattr(torch.Tensor, name)))
+    for _ in range(3):
+        module.training_step(TOY_BATCH, 0)
+    monkeypatch.undo()
+    assert reads == ["judge", "judge"]
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_a_step_is_clipped_to_optim_grad_clip_and_one_with_gradients_not_finite_changes_no_weight(project_dir, fused):
     """on_before_optimizer_step (which Lightning calls inside optimizer.step) clips the gradients
-    to norm optim.grad_clip, or drops them when one is NaN: AdamW then leaves every weight as it
-    was (zeroed gradients would still move them, by weight decay and momentum), and take_step
-    reports the step as not taken, so the learning-rate schedule and the EMA wait."""
-    module, scheduler = module_without_trainer("optim.grad_clip=0.5", "optim.weight_decay=0.1")
+    to norm optim.grad_clip, or, when one is NaN, has AdamW skip the update: the fused kernel on
+    the device, the plain one by dropping the gradients (zeroed ones would still move the weights,
+    by weight decay and momentum). The weights and AdamW's moments stay as they were; the step
+    counts, so the schedule moves on and the EMA moves towards the weights that stood still."""
+    module, scheduler = module_without_trainer("optim.grad_clip=0.5", "optim.weight_decay=0.1", f"optim.fused={fused}")
     weights = list(module.denoiser.parameters())
+    optimizer = module.optimizers()
 
     def state():
-        return [t.detach().clone() for t in [*weights, *module.ema.parameters()]]
+        return [t.detach().clone() for t in [*weights, *(v for w in weights for v in optimizer.state[w].values())]]
 
-    assert module.take_step(1e3 * module.batch_loss(TOY_BATCH))            # a large loss: its gradients are clipped
+    module.take_step(1e3 * module.batch_loss(TOY_BATCH))            # a large loss: its gradients are clipped
     assert torch.cat([w.grad.flatten() for w in weights]).norm().item() == pytest.approx(0.5, rel=1e-5)
     assert scheduler.last_epoch == 1
-    before = state()
-    assert not module.take_step(module.batch_loss(TOY_BATCH) + nan_gradient(module))
-    assert all(torch.equal(a, b) for a, b in zip(before, state())) and scheduler.last_epoch == 1
+    before, ema = state(), [t.clone() for t in module.ema.parameters()]
+    module.take_step(module.batch_loss(TOY_BATCH) + nan_gradient(module))
+    assert all(torch.equal(a, b) for a, b in zip(before, state())) and scheduler.last_epoch == 2
+    decay = 0.1                                          # min(optim.ema_decay, (1 + k) / (10 + k)) at step k = 0
+    for average, old, weight in zip(module.ema.parameters(), ema, weights):
+        torch.testing.assert_close(average, decay * old + (1 - decay) * weight)
 
 
 def test_adamw_is_fused_except_under_fp16_and_its_rate_warms_up_then_follows_a_half_cosine(project_dir):
@@ -582,9 +614,9 @@ def test_the_ema_is_its_closed_form_after_every_step(project_dir, monkeypatch):
         torch.testing.assert_close(saved[name], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_skipped_steps_do_not_count_as_steps(project_dir, monkeypatch):
-    """Two non-finite losses: the batches are used up, but the step count, the learning-rate
-    schedule and the EMA only move on real updates."""
+def test_skipped_steps_count_as_steps_in_which_no_weight_moved(project_dir, monkeypatch):
+    """Two non-finite losses in four steps: the step count and the learning-rate schedule move
+    on every step, each step takes one batch, and AdamW counts only its two real updates."""
     from {{ cookiecutter.package_name }}.diffusion import schedules
 
     calls, draw = [], schedules.LogNormalNoise.__call__
@@ -598,7 +630,8 @@ def test_skipped_steps_do_not_count_as_steps(project_dir, monkeypatch):
     assert main(["train", *TOY, "name=skip", "trainer.max_steps=4", "data.batch_size=380"]) == 0
     saved = checkpoint_of("skip")
     assert saved["global_step"] == 4 and saved["lr_schedulers"][0]["last_epoch"] == 4
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 6, "position": 0}]  # 6 batches
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 4, "position": 0}]  # 4 batches
+    assert {state["step"].item() for state in saved["optimizer_states"][0]["state"].values()} == {2.0}
 
 
 @pytest.mark.subprocess
@@ -714,7 +747,8 @@ def test_two_ddp_processes_skip_a_nonfinite_step_together(project_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = checkpoint_of("ddp")
     assert saved["global_step"] == 8
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 10, "position": 0}]  # 2 skipped
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 8, "position": 0}]
+    assert {state["step"].item() for state in saved["optimizer_states"][0]["state"].values()} == {6.0}  # 2 skipped
 
 
 def test_sample_never_mixes_outputs_of_two_draws(project_dir, capsys):

@@ -33,8 +33,8 @@ class DiffusionModule(L.LightningModule):
     Every checkpoint holds the weights (``denoiser.*``), their EMA (``ema.*``) and, as its
     hyperparameters, what ``runs.load_run`` rebuilds the Model from: the configuration, the data
     shape, the class names and the cluster sizes. The optimisation is written out in
-    ``training_step`` (Lightning's manual optimisation), so that a step with a non-finite loss
-    is skipped entirely: no update, no step counted, on every process alike.
+    ``training_step`` (Lightning's manual optimisation), so that a step whose gradients are not
+    finite changes no weight, on every process alike, without the host waiting for the device.
     """
 
     def __init__(self, model: Model, objective: Objective | None = None):
@@ -57,8 +57,8 @@ class DiffusionModule(L.LightningModule):
         self.model = dataclasses.replace(model, denoiser=self.ema)     # samples with the EMA weights
         self.objective = objective           # a consistency student's loss (diffusion/distillation.py), else denoising
         self.nonfinite_steps = 0
-        self.gradients_finite = True
-        self.automatic_optimization = False          # training_step takes (or skips) the step itself
+        self.unjudged: tuple[int, Tensor] | None = None        # the last step and its verdict (judge)
+        self.automatic_optimization = False          # training_step takes the step itself
 
     def loss_weight(self, sigma: Tensor) -> Tensor | None:
         diffusion = self.cfg.diffusion
@@ -92,63 +92,65 @@ class DiffusionModule(L.LightningModule):
         return self.model.condition.drop(conditions, self.cfg.diffusion.p_uncond)
 
     def training_step(self, batch, batch_idx):
-        loss = self.batch_loss(batch)
-        if not self.finite_everywhere(loss):
-            return self.skip_nonfinite(f"the loss was {loss.item()}")
-        if self.take_step(loss):
-            self.nonfinite_steps = 0
-        else:
-            self.skip_nonfinite("the gradients were not finite (an overflow in the backward pass)")
+        step, loss = self.global_step, self.batch_loss(batch)
+        self.take_step(loss)
         self.log("train/loss", loss, prog_bar=True)
+        verdict = torch.stack([torch.isfinite(loss.detach()), self.gradients_finite])
+        previous, self.unjudged = self.unjudged, (step, verdict)
+        if previous is not None:
+            self.judge(*previous)
         return loss
 
-    def take_step(self, loss: Tensor) -> bool:
-        """Back-propagate, step the optimiser and the learning-rate schedule, update the EMA.
-        Returns False when the gradients were not finite: the optimiser then had none to apply
-        (``on_before_optimizer_step``), and the schedule and the EMA wait too."""
+    def take_step(self, loss: Tensor) -> None:
+        """Back-propagate, step the optimiser and the learning-rate schedule, update the EMA. A
+        step whose gradients are not finite (a NaN or Inf loss makes them NaN) leaves the weights
+        and the optimiser's moments as they were (``on_before_optimizer_step``): it still counts as
+        a step, one in which the weights stood still, as PyTorch's gradient scaler counts those it
+        skips."""
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
-        if not self.gradients_finite:
-            return False
         self.lr_schedulers().step()
         self.update_ema()
-        return True
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Called inside ``optimizer.step()`` with the gradients of every process summed (and,
         under fp16, unscaled): they are clipped to norm optim.grad_clip, or, if not finite,
         dropped, so that no NaN or Inf ever reaches the weights, the EMA or a checkpoint. The
-        summed gradients are the same in every process, so all of them decide alike."""
+        summed gradients are the same in every process, so all of them decide alike.
+
+        The fused AdamW is told on the device (its ``found_inf``, as a gradient scaler tells it),
+        so the host never waits for the device in the middle of a step; any other optimiser must be
+        told on the host, which waits for the backward pass to finish."""
         clip = self.cfg.optim.grad_clip or math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.trained_weights(self.denoiser), clip)
-        self.gradients_finite = bool(torch.isfinite(norm))
-        if not self.gradients_finite:
+        self.gradients_finite = torch.isfinite(norm)
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = (~self.gradients_finite).float()      # the kernel then skips every weight
+        elif not self.gradients_finite:
             optimizer.zero_grad(set_to_none=True)      # AdamW skips weights that have no gradient
 
-    def finite_everywhere(self, loss: Tensor) -> bool:
-        """Whether the loss is finite in every process. Under DDP all must agree to skip a step:
-        a process that skipped its backward pass would leave the others waiting forever in the
-        gradient all-reduce."""
-        finite = torch.isfinite(loss.detach()).float()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        return bool(finite > 0)
-
-    def skip_nonfinite(self, what: str) -> None:
-        """Count a step whose loss or gradients were NaN or Inf, and skipped: the weights, the
-        EMA and the learning-rate schedule stay as they were (a skipped loss does not count as a
-        step at all). Stop if it keeps happening."""
+    def judge(self, step: int, verdict: Tensor) -> None:
+        """Count a step whose gradients were not finite, and skipped (a finite step resets the
+        count); stop if it keeps happening. ``verdict`` holds whether the loss and the gradients
+        were finite. Each step is judged after the next one is queued: the device has finished it
+        by then, or is about to, with the next step's work waiting, so reading the verdict never
+        leaves the device idle."""
+        loss_finite, gradients_finite = verdict.tolist()
+        if gradients_finite:
+            self.nonfinite_steps = 0
+            return
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if self.nonfinite_steps >= self.cfg.trainer.max_nonfinite_steps:
+            what = "the loss was not finite" if not loss_finite else \
+                "the gradients were not finite (an overflow in the backward pass)"
             raise TrainingDiverged(
-                f"{what} for {self.nonfinite_steps} steps in a row at step {self.global_step}. "
+                f"{what} for {self.nonfinite_steps} steps in a row at step {step}. "
                 "Likely causes: the data (NaN or Inf values: run inspect-data), diffusion.sigma_data far from the "
                 "data's standard deviation, or a learning rate too high (lower optim.lr, keep optim.grad_clip on); "
                 "trainer.precision=32-true rules out fp16 overflow; trainer.detect_anomaly=true names the operation")
-        return None
 
     def validation_step(self, batch, batch_idx):
         """Loss of the EMA weights with noise fixed by the batch index (or paired), so runs compare;

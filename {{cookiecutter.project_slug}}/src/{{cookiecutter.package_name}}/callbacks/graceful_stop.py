@@ -14,6 +14,11 @@ import time
 
 import lightning as L
 
+SHARED_DECISION_EVERY = 10
+"""Steps between two decisions when there are several processes: sharing one makes the CPU wait
+for the GPU, which then idles while the next step is queued. Ten steps of a GPU run take
+seconds, well inside SLURM's 90 s of warning."""
+
 
 def slurm_job_id() -> str | None:
     """This job's id as ``scontrol`` wants it (``<array job>_<task>`` in a job array), or None
@@ -40,6 +45,8 @@ class GracefulStop(L.Callback):
         self.signalled = True          # acted on at the end of the step: a handler must not save mid-step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.world_size > 1 and trainer.global_step % SHARED_DECISION_EVERY:
+            return
         out_of_time = self.budget is not None and time.monotonic() - self.start >= self.budget
         # One decision for all processes (any one's signal or clock), so they stop at the same step.
         if not trainer.strategy.reduce_boolean_decision(out_of_time or self.signalled, all=False):

@@ -34,7 +34,7 @@ class StepProgress(L.Callback):
             return
         self.total, self.first_step = trainer.max_steps, trainer.global_step
         self.images_per_step = self.batch_size * trainer.world_size
-        self.loss_sum, self.losses = torch.zeros((), device=module.device), 0
+        self.loss_sum, self.losses = torch.zeros((), device=module.device), torch.zeros((), device=module.device)
         self.start = self.shown_at = time.monotonic()
         self.shown_step = self.first_step
         if self.bar:
@@ -44,10 +44,10 @@ class StepProgress(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if not trainer.is_global_zero:
             return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:                       # a skipped non-finite step returns none
-            self.loss_sum += loss.detach()         # on the device: no wait for the GPU on every step
-            self.losses += 1
+        loss = (outputs.get("loss") if isinstance(outputs, dict) else outputs).detach()
+        finite = torch.isfinite(loss)              # a skipped step's loss is left out of the mean
+        self.loss_sum += torch.where(finite, loss, 0.0)      # on the device: no wait for the GPU on every step
+        self.losses += finite
         interval = 1.0 if self.bar else self.every_seconds
         if time.monotonic() - self.shown_at >= interval:
             self.show(trainer.global_step)
@@ -60,10 +60,11 @@ class StepProgress(L.Callback):
 
     def show(self, step: int) -> None:
         now = time.monotonic()
-        loss = (self.loss_sum / max(self.losses, 1)).item() if self.losses else float("nan")
+        loss = (self.loss_sum / self.losses).item()          # nan when every step was skipped
         speed = (step - self.shown_step) * self.images_per_step / max(now - self.shown_at, 1e-9)
         self.loss_sum.zero_()
-        self.losses, self.shown_at, self.shown_step = 0, now, step
+        self.losses.zero_()
+        self.shown_at, self.shown_step = now, step
         if self.progress is not None:
             self.progress.set_postfix_str(f"loss {loss:.4f}, {speed:,.0f} img/s", refresh=False)
             self.progress.update(step - self.progress.n)
