@@ -4,6 +4,7 @@ extractor of their own, never Inception's weights (no network, ever)."""
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,6 +348,29 @@ def test_fetch_weights_offline_is_one_error_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     assert main(["fetch-weights", f"path={tmp_path / 'w.pth'}"]) == 2
     assert capsys.readouterr().err.startswith("ERROR: could not download weights-inception")
+
+
+def test_fetch_weights_saves_torch_fidelitys_file_where_asked_or_in_torchs_cache(monkeypatch, tmp_path, capsys):
+    """The download stood in for: torch-fidelity's URL, saved to path= (its folders made) or, by
+    default, into torch's hub cache, where FID then finds it; the line says where to copy it."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    fetched = []
+
+    def download(url, destination, progress=True):
+        fetched.append(url)
+        Path(destination).write_bytes(b"weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    asked, cache = tmp_path / "new" / "folder" / "w.pth", tmp_path / "hub" / "checkpoints"
+    assert main(["fetch-weights", f"path={asked}"]) == 0
+    assert main(["fetch-weights"]) == 0
+    assert fetched == [URL_INCEPTION_V3] * 2
+    assert asked.read_bytes() == (cache / features_module.INCEPTION_FILE).read_bytes() == b"weights"
+    assert features_module.inception_weights(None) == cache / features_module.INCEPTION_FILE
+    out = capsys.readouterr().out
+    assert f"saved {asked}. On another machine, put it in {cache} or set evaluation.extractor_weights" in out
 
 
 def test_points_are_judged_by_distances_to_the_held_out_data_in_training_and_evaluate(project_dir, capsys):

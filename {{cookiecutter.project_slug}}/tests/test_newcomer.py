@@ -89,6 +89,25 @@ def test_doctor_reports_a_machine_without_a_gpu_or_weights(project_dir, capsys, 
     assert "data        ERROR:" in capsys.readouterr().out            # a report, not a traceback
 
 
+def test_doctor_reports_each_gpu_and_what_training_would_use_there(project_dir, capsys, monkeypatch, tmp_path):
+    """Two T4s as torch would see them: each listed with its compute capability and free memory,
+    precision=auto resolved as training would resolve it there (fp16 with a scaler: compute 7.5),
+    and the FID weights looked for where evaluation.extractor_weights says."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: ((index + 10) * 2**30, 15 * 2**30))
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"weights")
+    assert main(["doctor", "preset=gpu", "experiment=digits", f"evaluation.extractor_weights={weights}"]) == 0
+    out = capsys.readouterr().out
+    assert "cuda:0      Tesla T4 (compute 7.5), 10.0 of 15.0 GiB free" in out
+    assert "cuda:1      Tesla T4 (compute 7.5), 11.0 of 15.0 GiB free" in out
+    assert "precision   trainer.precision=auto -> 16-mixed here" in out
+    assert f"fid         Inception weights present: {weights}" in out
+
+
 def test_the_data_preview_has_a_row_per_class_named(project_dir, monkeypatch):
     from PIL import Image
 
