@@ -634,6 +634,82 @@ def test_sliced_wasserstein_agrees_with_pot_on_unequal_samples():
     assert abs(ours - theirs) < 1e-10
 
 
+def test_sliced_wasserstein_of_a_shift_is_its_length_over_the_root_of_the_dimension():
+    """y = x + mu: along a unit direction t the projections shift by t.mu, so W_2^2 = (t.mu)^2,
+    and over directions uniform on the sphere E[(t.mu)^2] = |mu|^2 / D: SW_2 = |mu| / sqrt(D).
+    The directions are unit vectors, and the same seed draws the same ones."""
+    from {{ cookiecutter.package_name }}.evaluation import distances as d
+
+    generator = torch.Generator().manual_seed(0)
+    x, mu = torch.randn(50, 4, generator=generator, dtype=torch.float64), torch.tensor([3.0, 0.0, -1.0, 2.0])
+    directions = d.random_directions(4, 20000, generator)
+    assert torch.allclose(directions.norm(dim=0), torch.ones(20000, dtype=torch.float64))
+    assert d.sliced_wasserstein(x, x + mu, directions) == pytest.approx(mu.norm().item() / 2, rel=0.02)
+    torch.manual_seed(1)
+    first = d.random_directions(4, 3, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    assert torch.equal(first, d.random_directions(4, 3, torch.Generator().manual_seed(7)))
+
+
+def test_distances_follow_their_seed_whatever_torchs_global_random_state():
+    from {{ cookiecutter.package_name }}.evaluation.distances import distances
+
+    generator = torch.Generator().manual_seed(0)
+    samples, reference = torch.randn(40, 6, generator=generator), torch.randn(50, 6, generator=generator)
+    torch.manual_seed(1)
+    first = distances(samples, reference, "vector", seed=3, directions=20)
+    torch.manual_seed(2)
+    assert distances(samples, reference, "vector", seed=3, directions=20) == first
+    assert distances(samples, reference, "vector", seed=4, directions=20)["swd"] != first["swd"]
+
+
+def test_the_kernel_width_is_the_median_distance_between_two_distinct_rows():
+    """The median heuristic over every pair once (scipy's pdist; 6 rows make 15 pairs, an odd
+    count, so that the median is one of them), however small; sqrt(2 D) only where the rows
+    mostly coincide."""
+    from scipy.spatial.distance import pdist
+
+    from {{ cookiecutter.package_name }}.evaluation.distances import bandwidth
+
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.1
+    assert bandwidth(x) == pytest.approx(float(np.median(pdist(x.numpy()))), rel=1e-12)
+    assert bandwidth(torch.zeros(5, 3)) == pytest.approx(math.sqrt(6))
+
+
+def test_a_sets_feature_is_the_histogram_of_its_pairwise_distances_and_its_share_of_points():
+    """Worked by hand, with the range 3 cut into 16 bins: points at 0, 0.1 and 3 on a line make
+    pairs at 0.1 (bin 0), 2.9 and 3 (bin 15, which also takes what lies beyond); a set of two real
+    points of four has its one pair, at 1, in bin 5, and half its points."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import pairwise_distances, pairwise_histograms
+
+    nan = math.nan
+    sets = torch.tensor([[[0.0, 0.0], [0.1, 0.0], [3.0, 0.0], [nan, nan]],
+                         [[0.0, 0.0], [1.0, 0.0], [nan, nan], [nan, nan]]])
+    histograms = pairwise_histograms(sets, *pairwise_distances(sets), top=3.0)
+    expected = torch.zeros(2, 17, dtype=torch.float64)
+    expected[0, 0], expected[0, 15], expected[0, 16] = 1 / 3, 2 / 3, 3 / 4
+    expected[1, 5], expected[1, 16] = 1.0, 2 / 4
+    torch.testing.assert_close(histograms, expected)
+
+
+def test_set_features_are_standardised_by_the_reference_in_any_units():
+    """The same sets in millimetres or in metres have the same features (the histograms' range
+    follows the reference), standardised to mean 0 and spread 1 over the reference; sets of one
+    point each (no pair anywhere) are features too."""
+    from {{ cookiecutter.package_name }}.evaluation.distances import features
+
+    generator = torch.Generator().manual_seed(3)
+    samples, reference = torch.randn(30, 5, 2, generator=generator), torch.randn(60, 5, 2, generator=generator)
+    ours, theirs = features(samples, reference, "set")
+    small = features(samples / 1000, reference / 1000, "set")
+    assert torch.allclose(ours, small[0]) and torch.allclose(theirs, small[1])
+    varying = theirs.std(0) > 0
+    assert torch.allclose(theirs.mean(0), torch.zeros(theirs.shape[1], dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(theirs.std(0)[varying], torch.ones(int(varying.sum()), dtype=torch.float64))
+    alone = features(samples[:, :1], reference[:, :1], "set")[0]
+    assert alone.shape == (30, 17) and torch.isfinite(alone).all()
+
+
 def test_mmd_is_the_written_out_u_statistic_and_the_closed_form_for_two_gaussians():
     from {{ cookiecutter.package_name }}.evaluation.distances import mmd
 

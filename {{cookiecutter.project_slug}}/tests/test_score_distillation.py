@@ -115,6 +115,10 @@ def test_noise_levels_are_ddpm_steps_in_range_annealed_or_descending():
     assert [noise_time(k / 10, (0.1, 0.9), 0.5, "descending") for k in range(11)] == pytest.approx(
         [0.9 - 0.08 * k for k in range(11)])
     assert [ddpm_sigma(t) for t in (0.0, 0.5, 1.0, 1.2, -0.1)] == table[[0, 500, 999, 999, 0]].tolist()
+    torch.manual_seed(1)
+    first = noise_time(0.3, (0.02, 0.98), 0.5, "random", torch.Generator().manual_seed(5))
+    torch.manual_seed(2)                                # the generator, not torch's global state, draws t
+    assert noise_time(0.3, (0.02, 0.98), 0.5, "random", torch.Generator().manual_seed(5)) == first
 
 
 # -- SDI ------------------------------------------------------------------------------------------
@@ -167,6 +171,23 @@ def test_gaussian_splats_composite_front_to_back():
     a1 = 0.9 * torch.exp(-0.5 * (x**2 + y**2) / 0.4**2)
     a2 = 0.5 * torch.exp(-0.5 * ((x - 0.5) ** 2 + (y + 0.5) ** 2) / 0.7**2)
     torch.testing.assert_close(g()[0, 0], a1 * 0.8 + (1 - a1) * a2 * -0.6)
+
+
+def test_gaussian_splats_start_spread_over_the_image_from_their_seed():
+    """2,000 splats: positions uniform over [-1, 1]^2 (reaching its corners), widths
+    2 / sqrt(2000), opacity 1/2, colours tanh(0.1 z); the same seed draws the same splats whatever
+    torch's global state."""
+    torch.manual_seed(1)
+    g = Gaussians(2, (3, 4, 4), splats=2000, generator=torch.Generator().manual_seed(0))
+    position = g.position.detach()
+    assert position.abs().max() <= 1 and (position.amin((0, 1)) < -0.99).all() and (position.amax((0, 1)) > 0.99).all()
+    assert position.mean().abs() < 0.03 and position.var().item() == pytest.approx(1 / 3, rel=0.05)  # U(-1, 1)
+    torch.testing.assert_close(g.log_size.exp(), torch.full((2, 2000), 2 / math.sqrt(2000)))
+    assert torch.equal(torch.sigmoid(g.raw_opacity), torch.full((2, 2000), 0.5))
+    assert g.raw_colour.std().item() == pytest.approx(0.1, rel=0.05) and g.raw_colour.mean().abs() < 0.005
+    torch.manual_seed(2)
+    again = Gaussians(2, (3, 4, 4), splats=2000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again(), g())
 
 
 def test_a_uniform_cube_renders_to_its_closed_form_image():

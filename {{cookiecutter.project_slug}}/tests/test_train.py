@@ -224,7 +224,7 @@ def test_a_training_step_never_waits_for_the_device(project_dir, monkeypatch):
     for _ in range(3):
         module.training_step(TOY_BATCH, 0)
     monkeypatch.undo()
-    assert reads == ["judge", "judge"]
+    assert len(reads) == 2 and all("judge" in name for name in reads)      # (mutmut renames the functions it mutates)
 
 
 @pytest.mark.parametrize("fused", ["true", "false"])

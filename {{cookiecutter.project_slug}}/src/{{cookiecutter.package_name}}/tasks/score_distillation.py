@@ -114,7 +114,9 @@ class Gaussians(nn.Module):
     """Images painted by ``splats`` 2D Gaussians each: positions, sizes, colours in [-1, 1] and
     opacities, composited front to back in a fixed order over a background of 0, as 3D Gaussian
     splatting (Kerbl et al. 2023) composites its sorted splats: pixel = sum_k T_k a_k c_k with
-    T_k = prod_{j<k} (1 - a_j)."""
+    T_k = prod_{j<k} (1 - a_j). They start spread uniformly over the image, [-1, 1]^2, each of
+    width 2 / sqrt(splats) (together they cover it), half opaque and nearly grey, tanh(0.1 z):
+    drawn from ``generator``, so that a seed gives the same start."""
 
     def __init__(self, count: int, shape: tuple[int, int, int], splats: int = 200,
                  generator: torch.Generator | None = None):
