@@ -190,6 +190,26 @@ def test_gaussian_splats_start_spread_over_the_image_from_their_seed():
     assert torch.equal(again(), g())
 
 
+def test_a_voxel_field_renders_and_counts_with_the_settings_it_is_given():
+    """VoxelField.render is render_volume mapped to [-1, 1] with every setting passed on (the
+    samples, the background, the field of view: each pair of settings below renders differently),
+    and occupancy counts at the threshold it is given: voxels of density 2 on a side of 2/5 stop
+    1 - e^-0.8 = 55% of a ray."""
+    field = VoxelField(resolution=6, channels=1, initial_density=2.0)
+    with torch.no_grad():
+        field.raw_colour.normal_(generator=torch.Generator().manual_seed(0))
+    azimuth, elevation = torch.tensor([30.0]), torch.tensor([20.0])
+    images = []
+    for samples, background, fov in [(5, 0.0, None), (40, 1.0, 50.0)]:
+        image = field.render(azimuth, elevation, 8, samples, background=background, fov=fov)
+        expected = render_volume(field.density, field.colour, azimuth, elevation, 8, samples, background=background,
+                                 fov=fov)
+        torch.testing.assert_close(image, 2 * expected - 1)
+        images.append(image)
+    assert (images[0] - images[1]).abs().max() > 0.1
+    assert field.occupancy(0.5).all() and not field.occupancy(0.6).any()
+
+
 def test_a_uniform_cube_renders_to_its_closed_form_image():
     """Density s on the voxels of a cube n voxels wide (trilinear in between, so a ray crossing it
     integrates s n h, h the voxel spacing), colour c everywhere: seen along an axis, every pixel
