@@ -57,6 +57,7 @@ class DiffusionModule(L.LightningModule):
         self.model = dataclasses.replace(model, denoiser=self.ema)     # samples with the EMA weights
         self.objective = objective           # a consistency student's loss (diffusion/distillation.py), else denoising
         self.nonfinite_steps = 0
+        self.gradients_finite: Tensor | None = None    # set inside optimizer.step (on_before_optimizer_step)
         self.unjudged: tuple[int, Tensor] | None = None        # the last step and its verdict (judge)
         self.automatic_optimization = False          # training_step takes the step itself
 
