@@ -72,10 +72,12 @@ def test_the_encoders_second_half_is_the_log_variance_of_the_latent():
 def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_undoes_it(tmp_path):
     """Latents drawn from the normalised Gaussians have, per channel, mean 0 and standard
     deviation codec.latent_std (within 5 standard errors of 200 draws per latent); decoding a
-    normalised latent equals decoding the raw one."""
+    normalised latent equals decoding the raw one; an image's latents are its normalised mean."""
     codec = load_codec(str(saved_autoencoder(tmp_path / "ae")))
     images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     raw = codec.encode(images)
+    assert torch.equal(codec.normalised(raw), raw)                # unmeasured: shift 0, scale 1
+    assert not any(weight.requires_grad for weight in codec.parameters())       # the autoencoder stays frozen
     codec.measure(raw, 0.7)
     moments = codec.normalised(raw)
     mean, std = moments.chunk(2, dim=1)
@@ -87,11 +89,58 @@ def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_un
     assert codec.shift.abs().max() > 0.01 and (codec.scale - 1).abs().max() > 0.01      # a change was needed
     raw_mean = raw.chunk(2, dim=1)[0]
     torch.testing.assert_close(codec.decode(mean), codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
+    pictures = images.clone().requires_grad_(True)              # what a task starts from: the normalised means
+    started = codec.latents(pictures)
+    torch.testing.assert_close(started, mean)
+    started.square().sum().backward()
+    assert pictures.grad is not None and pictures.grad.abs().sum() > 0
     latents = mean.clone().requires_grad_(True)                 # what DPS through the decoder differentiates
     images = codec.images(latents)
     torch.testing.assert_close(images, codec.network.decode(raw_mean), rtol=1e-5, atol=1e-5)
     images.square().sum().backward()
     assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
+def test_latent_statistics_are_the_moments_of_the_mixture_of_the_latent_gaussians():
+    """Per channel, a latent drawn from one of N Gaussians N(m_i, s_i^2) at random has mean
+    mean(m_i) and variance var(m_i) + mean(s_i^2) (the law of total variance, var over the N
+    means, not N - 1); three channels, each with its own spread, worked out in numpy."""
+    import numpy as np
+
+    from {{ cookiecutter.package_name }}.codecs import latent_statistics
+
+    rng = np.random.default_rng(0)
+    spread, centre = np.array([1.0, 3.0, 0.2])[:, None, None], np.array([0.0, 2.0, -1.0])[:, None, None]
+    means = rng.normal(size=(5, 3, 2, 2)) * spread + centre
+    stds = rng.uniform(0.1, 1.0, size=(5, 3, 2, 2))
+    statistics = latent_statistics(torch.from_numpy(np.concatenate([means, stds], 1)).float())
+    per_channel = lambda a: a.transpose(1, 0, 2, 3).reshape(3, -1)     # noqa: E731
+    np.testing.assert_allclose(statistics["mean"], per_channel(means).mean(1), rtol=1e-6)
+    expected_std = np.sqrt(per_channel(means).var(1) + (per_channel(stds) ** 2).mean(1))
+    np.testing.assert_allclose(statistics["std"], expected_std, rtol=1e-6)
+
+
+@pytest.mark.parametrize("statistics", [{"mean": [0.0], "std": [1.0, 1.0]}, {"mean": [0.0, 0.0], "std": [1.0]},
+                                        {"mean": [0.0, 0.0], "std": [1.0, 0.0]}])
+def test_latent_statistics_that_do_not_fit_the_autoencoder_are_refused_by_name(tmp_path, statistics):
+    """A run's saved statistics (edited, or of another autoencoder) must give a mean and a
+    positive standard deviation for each of the 2 latent channels; small ones are fine."""
+    from {{ cookiecutter.package_name }}.errors import ConfigError
+
+    codec = load_codec(str(saved_autoencoder(tmp_path / "runs" / "ae")))        # folders made as needed
+    with pytest.raises(ConfigError, match=r"latent statistics .* do not fit an autoencoder of 2 latent channels"):
+        codec.normalise({**statistics, "latent_std": 0.5})
+    codec.normalise({"mean": [0.0, 1.0], "std": [0.5, 0.25], "latent_std": 0.5})
+    assert codec.scale.tolist() == [1.0, 2.0] and codec.shift.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8), (1, 8, 5), (1, 5, 8)])
+def test_images_the_autoencoder_cannot_take_are_refused_by_their_shape(tmp_path, shape):
+    codec = load_codec(str(saved_autoencoder(tmp_path / "ae")))          # 1 channel, sides halved
+    assert codec.latent_shape((1, 8, 12)) == (2, 4, 6)
+    size = "x".join(map(str, shape))
+    with pytest.raises(ValueError, match=f"images of 1 channels whose sides divide by 2, not {size}"):
+        codec.latent_shape(shape)
 
 
 def test_the_latents_are_encoded_once_and_again_when_an_image_or_the_autoencoder_changes(project_dir):
@@ -139,6 +188,10 @@ def test_a_codec_source_that_is_no_autoencoder_is_one_error_line(project_dir, ca
     assert main(["train", "experiment=toy2d", "codec.source=ae"]) == 2
     assert "codec.source=ae cannot take the data (data.name=toy2d): its autoencoder takes images" in \
         capsys.readouterr().err
+    (Path("ae") / "autoencoder.safetensors").write_bytes(b"damaged")
+    assert main(["train", *DIGITS, "codec.source=ae"]) == 2
+    assert ("ae holds no readable autoencoder (autoencoder.safetensors and autoencoder.json: SafetensorError: "
+            "Error while deserializing header") in capsys.readouterr().err
 
 
 # -- the autoencoder command and latent runs ----------------------------------------------------------

@@ -34,6 +34,8 @@ from {{ cookiecutter.package_name }}.diffusion.schedules import (
     uniform_t_sigmas,
 )
 
+pytestmark = pytest.mark.once      # known answers that no answer to the template's questions changes
+
 MU = torch.tensor([1.0, -2.0], dtype=torch.float64)
 STD = torch.tensor([0.5, 2.0], dtype=torch.float64)
 

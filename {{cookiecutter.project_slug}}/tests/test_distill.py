@@ -129,7 +129,7 @@ def test_a_conditional_teachers_pairs_take_the_labels_in_turn_and_its_guidance(t
                        "sampling.guidance=3.0"])
     teacher = Model(PointsByLabel(), LogNormalNoise(), (2,), cfg, ClassLabels(2), ["a", "b"],
                     origin={"checkpoint": "points", "step": 0})
-    pairs = reflow_pairs(teacher, cfg.sampling, tmp_path, 6, 6, 4, seed=0)
+    pairs = reflow_pairs(teacher, cfg.sampling, tmp_path, 6, 6, 3, seed=0)     # batches of 3: the turn goes on
     means = teacher.denoiser.means
     assert pairs.labels.tolist() == [0, 1, 0, 1, 0, 1] and pairs.class_names == ["a", "b"]
     assert torch.allclose(pairs.x0, 3 * means[pairs.labels] - 2 * means[2], atol=1e-6)
@@ -155,7 +155,7 @@ def test_pairs_resume_at_the_missing_shard_and_refuse_other_settings(tmp_path):
     with pytest.raises(ConfigError, match="sampler ddpm draws fresh noise.*teacher_sampling.sampler=dpmpp_2m"):
         reflow_pairs(teacher, stochastic, tmp_path / "d", 12, 4, 4, seed=0)
     (tmp_path / "000000.pt").write_bytes(b"damaged")
-    with pytest.raises(ConfigError, match="000000.pt is not a readable shard.*delete it"):
+    with pytest.raises(ConfigError, match="000000.pt is not a readable shard.*delete it.*draws it again"):
         reflow_pairs(teacher, sampling, tmp_path, 12, 4, 4, seed=0)
 
 

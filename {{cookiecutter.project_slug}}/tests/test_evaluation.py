@@ -135,19 +135,28 @@ def test_samples_are_shared_out_disjointly_and_do_not_depend_on_batch_size_or_pr
 @pytest.mark.parametrize("sampler", ["ddpm", "heun", "dpmpp_2m"])
 def test_numbered_samples_do_not_depend_on_the_batch_even_from_a_stochastic_sampler(project_dir, sampler):
     """Sample i draws all its noise, a stochastic sampler's steps included, from its own
-    generator: the same samples in one batch of 6 or in batches of 2 and 4 (to float rounding
-    of the network's batched arithmetic), and different samples for different numbers."""
+    generator, and takes the label of its number: the same samples in one batch of 6 or in
+    batches of 2 and 4 (to float rounding of the network's batched arithmetic), and different
+    samples for different numbers."""
     from {{ cookiecutter.package_name }}.config import load_config, run_config
     from {{ cookiecutter.package_name }}.runs import new_model
 
     cfg = load_config(["experiment=digits", "model.conditional=true", "model.unet.channels=8"])
     model = new_model(cfg, [1, 8, 8], [str(k) for k in range(10)])
+    torch.manual_seed(0)
+    for weight in model.denoiser.parameters():          # undo the zero initialisations: the labels then count
+        torch.nn.init.normal_(weight, std=0.1)
     sampling = run_config(model.config, "sampling", {"sampler": sampler, "steps": 4, "churn": 10.0}).sampling
     whole = model.sample_numbered(torch.arange(6), 7, sampling)
     parts = torch.cat([model.sample_numbered(torch.arange(0, 2), 7, sampling),
                        model.sample_numbered(torch.arange(2, 6), 7, sampling)])
     torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
     assert (whole[0] - whole[1]).abs().max() > 0.1
+    labels = torch.tensor([3, 1, 4])                                     # labels given: sample i takes labels[i % 3]
+    whole = model.sample_numbered(torch.arange(6), 7, sampling, labels)
+    parts = torch.cat([model.sample_numbered(torch.arange(0, 2), 7, sampling, labels),
+                       model.sample_numbered(torch.arange(2, 6), 7, sampling, labels)])
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
 
 
 def test_reference_statistics_are_cached_and_rebuilt_when_the_data_changes(project_dir, tmp_path):

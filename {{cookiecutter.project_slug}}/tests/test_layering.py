@@ -12,6 +12,8 @@ import pytest
 
 import {{ cookiecutter.package_name }}
 
+pytestmark = pytest.mark.once      # known answers that no answer to the template's questions changes
+
 PACKAGE = Path({{ cookiecutter.package_name }}.__file__).parent
 NAME = PACKAGE.name
 

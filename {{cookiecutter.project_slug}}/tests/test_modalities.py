@@ -84,9 +84,17 @@ def test_guidance_zero_samples_the_marginal_through_the_null_row():
                                                   marginal**2) / n).sqrt()).all()
 
 
+def test_a_vector_conditioned_model_samples_its_kept_training_conditions_in_turn():
+    from {{ cookiecutter.package_name }}.model import Model
+
+    model = Model(None, None, (2,), None, Vectors([0.0], [1.0], [[0.1], [0.2], [0.3]]))
+    drawn_for = model.default_labels(torch.tensor([0, 1, 2, 3, 7]))
+    assert torch.equal(drawn_for, torch.tensor([[0.1], [0.2], [0.3], [0.1], [0.2]]))
+
+
 def test_vector_conditions_drop_to_null_rows_and_the_embedding_scales_them_to_the_data_range():
-    kind = Vectors([0.0, 10.0], [2.0, 30.0], [[1.0, 20.0]])
-    conditions = torch.tensor([[0.0, 10.0], [2.0, 30.0], [1.0, 20.0]]).repeat(400, 1)
+    kind = Vectors([0.0, 10.0], [0.5, 30.0], [[0.25, 20.0]])           # a narrow range is widened too
+    conditions = torch.tensor([[0.0, 10.0], [0.5, 30.0], [0.25, 20.0]]).repeat(400, 1)
     dropped = kind.drop(conditions, 0.25)
     null = torch.isnan(dropped).all(1)
     assert torch.isnan(dropped).any(1).eq(null).all()                # a row is dropped whole or kept whole
@@ -96,10 +104,11 @@ def test_vector_conditions_drop_to_null_rows_and_the_embedding_scales_them_to_th
     first = embedding.mlp[0]
     seen = []
     first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    out = embedding(torch.tensor([[0.0, 10.0], [2.0, 30.0], [1.0, 20.0], [math.nan, math.nan]]))
+    out = embedding(torch.tensor([[0.0, 10.0], [0.5, 30.0], [0.25, 20.0], [math.nan, math.nan]]))
     assert torch.allclose(seen[0][:3], torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
     assert torch.equal(out[3], embedding.null)
     assert torch.isfinite(out).all()
+    assert not {"centre", "half_range"} & set(embedding.state_dict())      # the run's table keeps the ranges
 
 
 # -- sets of points ----------------------------------------------------------------------------
@@ -156,6 +165,30 @@ def test_data_zero_com_makes_the_built_network_centre_its_output(zero_com):
     net = randomised(new_model(cfg, (5, 3)).denoiser.net)
     centres = net(torch.randn(4, 5, 3) + 10, torch.randn(4)).mean(1)
     assert (centres.abs().max() < 1e-5) == zero_com
+
+
+@pytest.mark.parametrize("zero_com", [True, False])
+def test_a_sets_starting_noise_has_the_datas_sizes_in_proportion_and_is_centred_as_data_zero_com_says(zero_com):
+    """Training sets of 3 points and three times as many of 5 (the counts the codec keeps):
+    sample i starts from the generator's standard normal noise with 3 points where frac(i * g)
+    < 1/4, g the golden ratio's fractional part (Weyl's sequence), else 5; its centre of mass
+    taken out with data.zero_com, and only then."""
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    cfg = load_config(["data.name=tensor_file", "data.kind=set", f"data.zero_com={str(zero_com).lower()}",
+                       "data.clusters=0", "model.name=set_transformer", "model.conditional=false"])
+    model = new_model(cfg, (5, 3))
+    model.codec.normalise({"low": [-1.0] * 3, "high": [1.0] * 3, "points": [0, 0, 0, 1, 0, 3]})
+    noise = model.set_noise(torch.arange(12), torch.Generator().manual_seed(4))
+    expected = torch.randn(12, 5, 3, generator=torch.Generator().manual_seed(4))
+    golden = (math.sqrt(5) - 1) / 2
+    for i in range(12):
+        size = 3 if (i * golden) % 1 < 0.25 else 5
+        expected[i, size:] = math.nan
+        if zero_com:
+            expected[i, :size] -= expected[i, :size].mean(0)
+    assert 2 <= (~missing_points(noise)).sum(1).eq(3).sum() <= 4          # about a quarter have 3 points
+    torch.testing.assert_close(noise, expected, equal_nan=True)
 
 
 def test_centring_and_rotations():
@@ -331,18 +364,22 @@ def test_bad_conditions_and_masks_are_one_line_errors(tmp_path, content, message
 
 
 def test_feature_ranges_map_each_feature_to_plus_minus_one_and_back():
-    sequences = torch.stack([torch.linspace(2, 6, 40).reshape(4, 10), torch.linspace(-100, 0, 40).reshape(4, 10)], 1)
+    sequences = torch.stack([torch.linspace(2, 6, 40), torch.linspace(-100, 0, 40), torch.linspace(0, 0.1, 40)])
+    sequences = sequences.reshape(3, 4, 10).transpose(0, 1)           # narrow ranges are widened too
     scaling = FeatureRange("sequence")
     scaling.measure(sequences)
     scaled = scaling.latents(sequences)
-    assert torch.allclose(scaled.amin((0, 2)), -torch.ones(2)) and torch.allclose(scaled.amax((0, 2)), torch.ones(2))
+    assert torch.allclose(scaled.amin((0, 2)), -torch.ones(3)) and torch.allclose(scaled.amax((0, 2)), torch.ones(3))
     assert torch.allclose(scaling.decode(scaled), sequences, atol=1e-5)
-    sets = torch.tensor([[[1.0, 4.0], [-2.0, 0.0]], [[0.5, 3.0], [math.nan, math.nan]]])
+    sets = torch.tensor([[[1.0, 4.0], [-2.0, 0.0], [math.nan, math.nan]],
+                         [[0.5, 3.0], [math.nan, math.nan], [math.nan, math.nan]]])
     scaling = FeatureRange("set")
     scaling.measure(sets)
-    assert torch.allclose(scaling.latents(sets)[0], sets[0] / 4)     # one scale for all coordinates, no shift
-    assert scaling.statistics["points"] == [0, 1, 1]                 # one set of 1 point, one of 2
+    assert torch.allclose(scaling.latents(sets)[0, :2], sets[0, :2] / 4)     # one scale for all coordinates, no shift
+    assert scaling.statistics["points"] == [0, 1, 1, 0]              # sets of 0 to 3 points: one of 1, one of 2
     vectors = torch.randn(5, 3) * 7
+    unmeasured = FeatureRange("vector")                             # changes nothing until measured
+    assert torch.equal(unmeasured.latents(vectors), vectors) and torch.equal(unmeasured.decode(vectors), vectors)
     unscaled = FeatureRange("vector", scale=False)                  # data.normalise=false
     unscaled.measure(vectors)
     assert torch.equal(unscaled.latents(vectors), vectors)

@@ -5,8 +5,10 @@ import torch
 from {{ cookiecutter.package_name }}.diffusion.samplers import heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
 from {{ cookiecutter.package_name }}.models import MLP, DiT, IdealDenoiser, UNet
-from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels, Vectors, sinusoidal_features
 from {{ cookiecutter.package_name }}.models.unet import group_norm
+
+pytestmark = pytest.mark.once      # known answers that no answer to the template's questions changes
 
 CASES = [
     (UNet, (1, 8, 8), dict(channels=16, channel_mult=(1, 2), blocks_per_level=1, attention_levels=(1,))),
@@ -85,6 +87,15 @@ def test_class_labels_drop_a_share_to_the_null_label_and_keep_the_rest():
 
 
 # -- the ideal denoiser: known answers -----------------------------------------------------------
+def test_the_noise_level_features_are_the_transformers_sinusoids_of_1000_c_noise():
+    """Vaswani et al. 2017's frequencies 10000^(-i / half), i = 0 .. half - 1, cosines then sines,
+    of 1000 c_noise, worked out in float64."""
+    c_noise = torch.tensor([-0.3, 0.0, 0.05, 0.7])
+    angles = 1000 * c_noise.double().numpy()[:, None] * 10_000.0 ** (-np.arange(4) / 4)
+    expected = np.concatenate([np.cos(angles), np.sin(angles)], 1)
+    np.testing.assert_allclose(sinusoidal_features(c_noise, 8).double().numpy(), expected, atol=2e-4)
+
+
 def point_mass_posterior_mean(x: np.ndarray, sigma: float, examples: np.ndarray) -> np.ndarray:
     """E[x0 | x] for x0 drawn uniformly from ``examples`` and x = x0 + sigma * eps, written out
     in float64 with whole squared distances (the model drops ||x||^2 and works in chunks)."""
@@ -117,6 +128,8 @@ def test_conditional_ideal_denoiser_averages_the_examples_of_its_label_and_all_f
         own = examples if label == 3 else examples[labels == label]
         expected = point_mass_posterior_mean(x[row:row + 1].double().numpy(), sigma, own.double().numpy())
         np.testing.assert_allclose(got[row:row + 1], expected, atol=2e-5)
+    unlabelled = ideal(x, torch.full((4,), sigma))                      # no labels: as the null label
+    torch.testing.assert_close(unlabelled, ideal(x, torch.full((4,), sigma), torch.full((4,), 3)))
 
 
 def test_ideal_denoiser_of_many_gaussian_samples_approaches_the_gaussian_posterior_mean():
@@ -160,6 +173,37 @@ def test_smoothed_ideal_denoiser_is_the_average_over_perturbed_inputs():
     assert np.abs(expected - np.tanh(x / sigma**2)).max() > 0.1        # smoothing changed the answer
 
 
+def test_a_smoothed_conditional_ideal_denoiser_averages_its_class_posterior_over_its_fixed_draws():
+    """D_s(x, sigma, y) = (1/K) sum_k D(x + s z_k, sigma, y) over the model's K fixed draws z_k,
+    with D the posterior mean of the examples of class y (of all examples for the null label),
+    written out in float64 (Scarvelis et al. 2023, conditioned as the unsmoothed model is)."""
+    generator = torch.Generator().manual_seed(4)
+    examples, labels = torch.randn(30, 2, generator=generator), torch.arange(30) % 3
+    x, sigma, smoothing = torch.randn(4, 2, generator=generator), 0.6, 0.5
+    ideal = IdealDenoiser((2,), condition=ClassLabels(3), smoothing=smoothing, draws=5).memorise(examples, labels)
+    asked = torch.tensor([0, 2, 3, 1])                                  # 3 is the null label
+    got = ideal(x, torch.full((4,), sigma), asked).double().numpy()
+    draws = ideal.perturbations.double().numpy()
+    for row, label in enumerate(asked.tolist()):
+        own = (examples if label == 3 else examples[labels == label]).double().numpy()
+        moved = x[row].double().numpy() + smoothing * draws
+        expected = point_mass_posterior_mean(moved, sigma, own).mean(0)
+        np.testing.assert_allclose(got[row], expected, atol=2e-5)
+
+
+def test_the_smoothing_draws_are_fixed_whatever_the_global_seed_and_only_the_examples_are_saved():
+    """The K draws come from their own seed: a model built again (as a checkpoint is loaded)
+    denoises exactly as the first did, and its state is the examples and labels alone."""
+    examples, x, sigma = torch.randn(20, 3), torch.randn(5, 3), torch.full((5,), 0.4)
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        ideal = IdealDenoiser((3,), smoothing=0.3, draws=4).memorise(examples)
+        outputs.append(ideal(x, sigma))
+    assert torch.equal(*outputs)
+    assert set(ideal.state_dict()) == {"examples", "labels"}
+
+
 def test_ideal_denoiser_loads_examples_of_any_number():
     examples = torch.randn(37, 3)
     saved = IdealDenoiser((3,)).memorise(examples).state_dict()
@@ -170,6 +214,10 @@ def test_ideal_denoiser_loads_examples_of_any_number():
     assert torch.equal(loaded(x, sigma), IdealDenoiser((3,)).memorise(examples)(x, sigma))
 
 
-def test_conditional_ideal_denoiser_refuses_a_class_without_examples():
+def test_conditional_ideal_denoiser_refuses_a_class_without_examples_examples_without_labels_and_vectors():
     with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
         IdealDenoiser((2,), condition=ClassLabels(3)).memorise(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="needs the examples' labels"):
+        IdealDenoiser((2,), condition=ClassLabels(3)).memorise(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="class labels only, not on vector conditions"):
+        IdealDenoiser((2,), condition=Vectors([0.0], [1.0], [[0.5]]))

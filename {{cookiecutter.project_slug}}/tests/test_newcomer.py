@@ -2,6 +2,7 @@
 and folders that say what made them, and `doctor`."""
 import shutil
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -66,14 +67,36 @@ def test_labels_are_given_by_class_name_or_number(digits_run, capsys, monkeypatc
 def test_class_names_resolve_by_name_first():
     from omegaconf import OmegaConf
 
+    from {{ cookiecutter.package_name }}.errors import ConfigError
     from {{ cookiecutter.package_name }}.model import Model
     from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
     from {{ cookiecutter.package_name }}.runs import resolve_labels
 
     command = OmegaConf.create({"run": "r", "labels": ["tulip", 0, "2"], "conditions": [["rose", 1.5]]})
     names = ["rose", "tulip", "2", "daisy"]
-    resolve_labels(command, Model(None, None, (1,), None, ClassLabels(len(names)), names))
+    model = Model(None, None, (1,), None, ClassLabels(len(names)), names)
+    resolve_labels(command, model)
     assert list(command.labels) == [1, 0, 2] and [list(c) for c in command.conditions] == [[0, 1.5]]
+    with pytest.raises(ConfigError, match=r"label 4 is not one of the model's classes: give a class number from "
+                                          r"0 to 3 or a name \(0=rose, 1=tulip, 3=daisy\)$"):
+        resolve_labels(OmegaConf.create({"run": "r", "labels": [4]}), model)     # 4 would be the null label
+
+
+def test_a_grid_has_a_column_per_class_when_its_labels_cycle_with_a_period_of_at_most_16():
+    """Labels that come in turn fill the columns of a grid of n samples when the cycle, repeated
+    round(sqrt(n) / period) times (at least once), is its width; clusters drawn in proportion do not."""
+    from {{ cookiecutter.package_name }}.model import Model
+    from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+
+    names = [f"c{i}" for i in range(20)]
+    model = Model(None, None, (1,), None, ClassLabels(20), names)
+    assert model.column_names(64) is None                                  # 20 classes in turn: no
+    assert model.column_names(64, list(range(16))) == names[:16]           # a period of 16: yes, once
+    assert model.column_names(36, [0, 1, 2, 3]) == ["c0", "c1", "c2", "c3"] * 2       # 6 / 4 rounds to 2
+    assert model.column_names(9, [5]) == ["c5"] * 3
+    assert Model(None, None, (1,), None, ClassLabels(3), names[:3]).column_names(100) == names[:3] * 3
+    clusters = Model(None, None, (1,), None, ClassLabels(3), names[:3], cluster_sizes=[5, 1, 1])
+    assert clusters.column_names(16) is None and clusters.column_names(16, [2, 0]) == ["c2", "c0"] * 2
 
 
 def test_doctor_reports_a_machine_without_a_gpu_or_weights(project_dir, capsys, monkeypatch, tmp_path):
