@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing of the core of a freshly baked default project (mutmut, configured in the
-# project's pyproject.toml: diffusion/, tasks/, evaluation/ and module.py against the tests that
-# reach them). Writes benchmarks/results/mutation.txt: every mutant that no test killed, with its
-# diff; benchmarks/mutation.md says why each is left. Hours on a 2-core CPU.
+# project's pyproject.toml: the diffusion core, the tasks, evaluation, the training module, Model,
+# the codecs and the conditions, against the tests that reach them). Writes
+# benchmarks/results/mutation.txt: every mutant that no test killed, with its diff;
+# benchmarks/mutation.md says why each is left. Hours on a 2-core CPU.
 #
 #     bash benchmarks/mutation.sh [mutant names ...]      # all, or only the ones named
 set -euo pipefail
