@@ -136,8 +136,9 @@ def test_samples_are_shared_out_disjointly_and_do_not_depend_on_batch_size_or_pr
 def test_numbered_samples_do_not_depend_on_the_batch_even_from_a_stochastic_sampler(project_dir, sampler):
     """Sample i draws all its noise, a stochastic sampler's steps included, from its own
     generator, and takes the label of its number: the same samples in one batch of 6 or in
-    batches of 2 and 4 (to float rounding of the network's batched arithmetic), and different
-    samples for different numbers."""
+    batches of 2 and 4, and different samples for different numbers. The float rounding of the
+    network's batched arithmetic stays below 2e-5 here; another label moves a sample by 1e-2 or
+    more."""
     from {{ cookiecutter.package_name }}.config import load_config, run_config
     from {{ cookiecutter.package_name }}.runs import new_model
 
@@ -150,13 +151,13 @@ def test_numbered_samples_do_not_depend_on_the_batch_even_from_a_stochastic_samp
     whole = model.sample_numbered(torch.arange(6), 7, sampling)
     parts = torch.cat([model.sample_numbered(torch.arange(0, 2), 7, sampling),
                        model.sample_numbered(torch.arange(2, 6), 7, sampling)])
-    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-3)
     assert (whole[0] - whole[1]).abs().max() > 0.1
     labels = torch.tensor([3, 1, 4])                                     # labels given: sample i takes labels[i % 3]
     whole = model.sample_numbered(torch.arange(6), 7, sampling, labels)
     parts = torch.cat([model.sample_numbered(torch.arange(0, 2), 7, sampling, labels),
                        model.sample_numbered(torch.arange(2, 6), 7, sampling, labels)])
-    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(parts, whole, rtol=0, atol=1e-3)
 
 
 def test_reference_statistics_are_cached_and_rebuilt_when_the_data_changes(project_dir, tmp_path):
