@@ -1,4 +1,6 @@
 import io
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +42,58 @@ def test_gaussian_mixture_labels_name_the_nearest_mode():
     points, labels = make_toy2d("gaussians", 1000)
     angle = torch.atan2(points[:, 1], points[:, 0])
     assert torch.equal(torch.round(angle / (2 * torch.pi / 8)).long() % 8, labels)
+
+
+def test_the_gaussian_mixture_has_its_modes_on_the_circle_of_radius_2_each_of_std_0_15():
+    """Known answer: mode k centred at 2 (cos, sin)(2 pi k / 8), with independent N(0, 0.15^2) noise per point."""
+    points, labels = make_toy2d("gaussians", 8000)
+    angle = 2 * torch.pi * labels / 8
+    noise = points - 2 * torch.stack([angle.cos(), angle.sin()], dim=1)
+    assert (noise.mean(0).abs() < 4 * 0.15 / 8000**0.5).all()
+    assert ((noise.std(0) - 0.15).abs() < 0.01).all()
+    assert ((torch.bincount(labels, minlength=8) - 1000).abs() < 4 * (8000 / 8 * 7 / 8) ** 0.5).all()
+
+
+def test_the_moons_are_two_interleaved_half_circles():
+    """Known answer: scikit-learn's two moons (the upper half of the unit circle about (0, 0), label 0, and the lower
+    half of the one about (1, 0.5), label 1), shifted by (-0.5, -0.25), scaled by 1.5, with N(0, 0.05^2) noise."""
+    points, labels = make_toy2d("moons", 4000)
+    assert set(labels.tolist()) == {0, 1} and abs(labels.float().mean() - 0.5) < 4 * 0.5 / 4000**0.5
+    centre = torch.where(labels[:, None] == 0, torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.5]))
+    offset = points / 1.5 + torch.tensor([0.5, 0.25]) - centre
+    radial = (offset.norm(dim=1) - 1) * 1.5                 # the noise's radial part, in the data's units
+    assert radial.mean().abs() < 4 * 0.05 / 4000**0.5 and abs(radial.std() - 0.05) < 0.005
+    margin = 5 * 0.05 / 1.5
+    assert (offset[labels == 0, 1] > -margin).all() and (offset[labels == 1, 1] < margin).all()    # the halves
+    for moon in (0, 1):                                     # the angle uniform over the half circle
+        turn = torch.atan2(offset[labels == moon, 1].abs(), offset[labels == moon, 0] * (1 - 2 * moon))
+        assert abs(turn.mean() - torch.pi / 2) < 0.1 and abs(turn.std() - torch.pi / 12**0.5) < 0.05
+
+
+def test_the_checkerboard_fills_its_eight_dark_squares_evenly_and_uniformly():
+    """Known answer: uniform on the squares of a 4x4 board over [-2, 2]^2 whose column and row add up to an even
+    number."""
+    points, _ = make_toy2d("checkerboard", 8000)
+    assert points.min() >= -2 and points.max() < 2
+    square = points.floor().long() + 2                      # column and row, 0 to 3
+    assert (square.sum(1) % 2 == 0).all()
+    counts = torch.bincount(square[:, 0] * 4 + square[:, 1], minlength=16)
+    assert ((counts[counts > 0] - 1000).abs() < 4 * (8000 / 8 * 7 / 8) ** 0.5).all() and (counts > 0).sum() == 8
+    within = points - points.floor()
+    assert ((within.mean(0) - 0.5).abs() < 0.02).all() and ((within.std(0) - 12**-0.5).abs() < 0.01).all()
+
+
+def test_the_swiss_roll_is_the_spiral_t_cos_t_t_sin_t_over_5_for_t_between_1_5_pi_and_4_5_pi():
+    """Known answer: t uniform on [1.5 pi, 4.5 pi], the point t (cos t, sin t) / 5 plus N(0, 0.05^2) noise. Each
+    point's t is its angle, unwrapped by its radius (5 |x| is t to within the noise)."""
+    points, labels = make_toy2d("swiss_roll", 4000)
+    assert labels is None
+    radius, angle = points.norm(dim=1), torch.atan2(points[:, 1], points[:, 0])
+    t = angle + 2 * torch.pi * torch.round((5 * radius - angle) / (2 * torch.pi))
+    radial = radius - t / 5                                 # the noise's radial part
+    assert radial.mean().abs() < 4 * 0.05 / 4000**0.5 and abs(radial.std() - 0.05) < 0.005
+    assert t.min() > 1.5 * torch.pi - 0.2 and t.max() < 4.5 * torch.pi + 0.2
+    assert abs(t.mean() - 3 * torch.pi) < 0.1 and abs(t.std() - 3 * torch.pi / 12**0.5) < 0.1
 
 
 def test_uint8_round_trip_is_exact():
@@ -85,7 +139,9 @@ def test_messy_folder_decodes_converts_labels_and_lists_every_problem(tmp_path):
     assert decoded.class_names == ["cats", "dogs"]
     assert decoded.labels.tolist() == [0, 0, 0, 0, 1, 1]                 # puppies/ belongs to dogs
     assert sorted(b["path"] for b in decoded.bad) == ["dogs/broken.png", "dogs/cut.png"]
-    assert "truncated" in next(b["error"] for b in decoded.bad if b["path"] == "dogs/cut.png")
+    errors = {b["path"]: b["error"] for b in decoded.bad}
+    assert errors["dogs/broken.png"].startswith("UnidentifiedImageError: ")        # the kind of error, then why
+    assert errors["dogs/cut.png"].startswith("OSError: ") and "truncated" in errors["dogs/cut.png"]
     assert decoded.others == ["cats/notes.txt"]
 
 
@@ -97,6 +153,46 @@ def test_skipped_files_are_reported_or_fatal_as_configured(project_dir, tmp_path
     strict = DiffusionDataModule(folder_config(tmp_path / "pics", "data.on_bad_file=fail"))
     with pytest.raises(DataError, match=r"(?s)broken\.png.*on_bad_file=skip"):
         strict.setup()
+
+
+def captioned_folder(root: Path, captions=("a red square", "a blue circle")) -> Path:
+    """Six 20x20 RGB images, each with a caption file beside it, the captions in turn."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(captions[i % len(captions)] + "\n")
+    return root
+
+
+def test_captions_label_the_images_and_a_missing_or_empty_one_is_named(project_dir, tmp_path):
+    """Each distinct caption is a class (white space does not count), numbered in sorted order; data.prompt gives all
+    one class. The caption files are not reported as stray files, others are; a changed caption is not served from
+    the cache."""
+    images = captioned_folder(tmp_path / "images")
+    (images / "0.txt").write_text("  a red\n  square ")
+    (images / "notes.md").write_text("not a caption")
+    keys = ["data.name=image_folder", f"data.root={images}", "data.labels_from_subfolders=false",
+            "data.image_size=16", "data.channels=3", "data.val_fraction=0", "data.clusters=0"]
+    with pytest.warns(UserWarning, match=r"ignored 1 non-image file\(s\) .*\(\.md x1\)"):
+        data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    assert data.class_names == ["a blue circle", "a red square"]
+    assert data.train_set.labels.tolist() == [1, 0, 1, 0, 1, 0]          # 0.png: "a red square", ...
+    with pytest.warns(UserWarning, match=r"ignored 7 non-image file\(s\) .*\(\.txt x6, \.md x1\)"):
+        data = DiffusionDataModule.of_run(load_config([*keys, "data.prompt=a photo of sks dog"]))
+    assert data.class_names == ["a photo of sks dog"] and data.train_set.labels.tolist() == [0] * 6
+    (images / "3.txt").write_text("a green triangle")
+    data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    assert data.class_names == ["a blue circle", "a green triangle", "a red square"]
+    assert data.train_set.labels.tolist() == [2, 0, 2, 1, 2, 0]
+    (images / "5.txt").write_text(" \n")
+    with pytest.raises(DataError, match="5.txt is empty: write the caption of 5.png in it"):
+        DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    (images / "5.txt").unlink()
+    with pytest.raises(DataError, match="5.png has no readable caption 5.txt"):
+        DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
+    with pytest.raises(ConfigError, match="only one of the three"):
+        load_config([*keys, "data.captions=true", "data.labels_from_subfolders=true"])
 
 
 def test_transparent_pixels_become_white_and_grayscale_is_one_channel():
@@ -156,6 +252,18 @@ def test_cache_is_reused_rebuilt_on_change_and_never_left_half_written(project_d
     assert len(changed.data) == len(first.data) + 1 and changed.fingerprint != first.fingerprint
 
 
+def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(project_dir, tmp_path):
+    """Same-sized BMP files of the same names and dates, unpacked into two folders: told apart by the folder."""
+    import os
+
+    for root, shade in (("black", 0), ("white", 255)):
+        (tmp_path / root / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (shade,) * 3).save(tmp_path / root / "a" / "0.bmp")
+        os.utime(tmp_path / root / "a" / "0.bmp", ns=(10**18, 10**18))
+    black, white = (load_source(folder_config(tmp_path / root)) for root in ("black", "white"))
+    assert black.data.max() == 0 and white.data.min() == 255
+
+
 def test_offline_torchvision_download_names_dataset_folder_and_fix(tmp_path, monkeypatch):
     import torchvision
 
@@ -168,6 +276,46 @@ def test_offline_torchvision_download_names_dataset_folder_and_fix(tmp_path, mon
         sources.load_torchvision("mnist", str(tmp_path / "data"), 32, 1)
     message = str(error.value)
     assert "MNIST" in message and str(tmp_path / "data") in message and "download=True" in message
+
+
+class PublishedSet:
+    """A stand-in for a torchvision dataset class (nothing is downloaded in the tests): not found until asked to
+    download, then two 6x4 grey images, the first black with label 2, the second white with label 0."""
+    calls = []
+
+    def __init__(self, root, download, **split):
+        PublishedSet.calls.append((root, download, split))
+        if not download:
+            raise RuntimeError("Dataset not found. You can use download=True to download it")
+
+    def __iter__(self):
+        yield Image.fromarray(np.zeros((4, 6), np.uint8)), 2
+        yield Image.fromarray(np.full((4, 6), 255, np.uint8)), 0
+
+
+@pytest.mark.parametrize("name, torchvision_class, split, classes", [
+    ("mnist", "MNIST", {"train": True}, ["zero", "one", "two"]),
+    ("flowers102", "Flowers102", {"split": "train"}, None),
+    ("celeba", "CelebA", {"split": "train", "target_type": []}, None),
+])
+def test_published_sets_are_decoded_from_their_training_split_downloading_if_missing(tmp_path, monkeypatch, name,
+                                                                                    torchvision_class, split, classes):
+    """What torchvision's class yields, decoded as any image (resized and centre-cropped to 4x4, grey): the labels
+    named by the class's ``classes`` (by number where it has none); CelebA unlabelled."""
+    import torchvision
+
+    stand_in = type(torchvision_class, (PublishedSet,), {} if classes is None else {"classes": classes})
+    monkeypatch.setattr(torchvision.datasets, torchvision_class, stand_in)
+    PublishedSet.calls = []
+    decoded = sources.load_torchvision(name, str(tmp_path / "sets"), 4, 1)
+    assert PublishedSet.calls == [(tmp_path / "sets", False, split), (tmp_path / "sets", True, split)]
+    assert decoded.data.dtype == torch.uint8 and decoded.data.shape == (2, 1, 4, 4)
+    assert decoded.data[0].max() == 0 and decoded.data[1].min() == 255
+    if name == "celeba":
+        assert decoded.labels is None and decoded.class_names == []
+    else:
+        assert decoded.labels.dtype == torch.int64 and decoded.labels.tolist() == [2, 0]
+        assert decoded.class_names == (classes or ["0", "1", "2"])
 
 
 def test_tensor_files_images_and_signals(project_dir, tmp_path):
@@ -340,6 +488,149 @@ def test_inspect_reports_counts_problems_and_writes_a_preview(project_dir, tmp_p
     assert (tmp_path / "out" / "report.txt").read_text().strip() == report
 
 
+def test_inspect_describes_a_folders_files_line_by_line():
+    """The report of a folder described by hand, each number counted by hand: 13 images in 9 resolutions (two of them
+    smaller than image_size=8 on their short side: one 8 px side is not), duplicates in two groups, 21 unreadable
+    files (20 listed) and two that are not images."""
+    from {{ cookiecutter.package_name }}.data.decode import Decoded
+    from {{ cookiecutter.package_name }}.data.inspect import describe_files
+
+    def image(path, width, height, mode, sha1):
+        return {"path": path, "width": width, "height": height, "mode": mode, "sha1": sha1}
+
+    files = [image("a/0.png", 8, 8, "L", "x"), image("a/1.png", 8, 8, "L", "x"), image("a/2.png", 8, 8, "RGB", "y"),
+             image("a/3.png", 8, 8, "RGB", "y"), image("a/4.png", 8, 8, "RGB", "y"),
+             *(image(f"a/{n}.png", n, n, "RGB", str(n)) for n in range(9, 14)),
+             image("b/wide.png", 16, 8, "RGB", "w"), image("b/tiny.png", 4, 4, "L", "t"),
+             image("b/tall.png", 3, 6, "RGBA", "h")]
+    bad = [{"path": f"c/{i}.png", "error": "OSError: truncated"} for i in range(21)]
+    said = []
+    lines = describe_files(Decoded(torch.zeros(0), files=files, bad=bad, others=["notes.txt", "README"]), 8, said)
+    assert lines == ["files: 13 images decoded, 21 unreadable, 2 not images",
+                     *(f"  unreadable: c/{i}.png (OSError: truncated)" for i in range(20)),
+                     "  not images: .txt x1, (none) x1",
+                     "resolutions: 8x8 x5, 9x9 x1, 10x10 x1, 11x11 x1, 12x12 x1, 13x13 x1, 16x8 x1, 4x4 x1, ... "
+                     "(9 distinct)",
+                     "modes: RGB x9, L x3, RGBA x1",
+                     "  duplicates: a/0.png, a/1.png",
+                     "  duplicates: a/2.png, a/3.png, a/4.png"]
+    assert said == [
+        "21 unreadable image file(s) are skipped (listed above); data.on_bad_file=fail stops instead",
+        "2 image(s) are smaller than image_size=8 and will be upscaled (smallest: b/tiny.png, 4x4)",
+        "aspect ratios range from 0.50 to 2.00 (2 not square): images are centre-cropped to a square; check "
+        "preview.png for cut-off subjects",
+        "3 exact duplicate file(s) in 2 group(s): they count several times in training"]
+    eight = [image(f"{n}.png", n + 1, n, "L", str(n)) if n == 10 else image(f"{n}.png", n, n, "L", str(n))
+             for n in range(8, 16)]                          # 8 resolutions, all shown; aspects 1 to 1.1
+    said = []
+    assert describe_files(Decoded(torch.zeros(0), files=eight), 8, said)[1] == (
+        "resolutions: 8x8 x1, 9x9 x1, 11x10 x1, 11x11 x1, 12x12 x1, 13x13 x1, 14x14 x1, 15x15 x1")
+    assert said == []
+
+
+def test_inspect_describes_each_feature_of_vectors_sequences_and_sets():
+    """Reports worked out by hand: feature j of the vectors takes the values j and j + 2 (mean j + 1, std sqrt 2);
+    a sequence's channel gathers its values over every example and step; a set's coordinate over every point."""
+    from {{ cookiecutter.package_name }}.data.decode import Decoded
+    from {{ cookiecutter.package_name }}.data.inspect import describe_values
+
+    vectors = torch.arange(10.0)[None] + torch.tensor([[0.0], [2.0]])
+    assert describe_values(Decoded(vectors), "vector") == [
+        "kind: vectors of 10 numbers", *(f"  coordinate {j}: from {j} to {j + 2}, mean {j + 1}, std 1.414"
+                                        for j in range(8)), "  ... and 2 more"]
+    assert describe_values(Decoded(vectors[:, :8]), "vector")[-1] == "  coordinate 7: from 7 to 9, mean 8, std 1.414"
+    sequences = torch.tensor([[[0.0, 1.0, 2.0], [10.0, 10.0, 10.0]], [[3.0, 4.0, 5.0], [10.0, 10.0, 10.0]]])
+    assert describe_values(Decoded(sequences, conditions=torch.tensor([[1.0], [3.0]])), "sequence") == [
+        "kind: sequences of 2 channel(s) over 3 steps", "  channel 0: from 0 to 5, mean 2.5, std 1.871",
+        "  channel 1: from 10 to 10, mean 10, std 0", "conditions: 1 per example",
+        "  condition 0: from 1 to 3, mean 2, std 1.414"]
+    sets = torch.tensor([[[0.0, 5.0], [1.0, 5.0], [2.0, 5.0]], [[3.0, 5.0], [4.0, 5.0], [5.0, 5.0]]])
+    assert describe_values(Decoded(sets), "set") == [
+        "kind: sets of up to 3 points of 2 numbers", "  coordinate 0: from 0 to 5, mean 2.5, std 1.871",
+        "  coordinate 1: from 5 to 5, mean 5, std 0", "points per set: 3 to 3, median 3 (all the same size: no mask)"]
+    sets[0, 2] = torch.nan                                  # a missing point
+    assert describe_values(Decoded(sets), "set")[-1] == "points per set: 2 to 3, median 2"
+
+
+def test_the_preview_shows_a_row_of_eight_per_class_up_to_16_classes_else_64_spread_evenly():
+    """Image n is filled with the value n, so each tile says which image it is. With labels and up to 16 classes,
+    row k holds the first 8 images of class k, blank (0) after the last; else 64 images evenly spread, the first and
+    the last among them. 2D points: up to 2000; other vectors: none; sequences and sets: the first 16."""
+    from {{ cookiecutter.package_name }}.data.decode import Decoded
+    from {{ cookiecutter.package_name }}.data.inspect import preview
+
+    images = torch.arange(200, dtype=torch.uint8)[:, None, None, None].expand(200, 1, 6, 6).clone()
+    images[:, :, 0] = 255                                   # a border that the centre crop to 4 cuts off
+    labels = torch.tensor([0, 2] * 5 + [1] * 190)           # class 0: images 0, 2, ..., 8; class 2: 1, 3, ..., 9
+    tiles, names = preview(Decoded(images, labels), 4)
+    assert names == ["0", "1", "2"] and tiles.shape == (24, 1, 4, 4) and tiles.dtype == torch.uint8
+    assert tiles[:, 0, 0, 0].tolist() == [0, 2, 4, 6, 8, 0, 0, 0, *range(10, 18), 1, 3, 5, 7, 9, 0, 0, 0]
+    assert (tiles == tiles[:, :, :1, :1]).all()             # each tile one value: the border is cropped off
+    assert preview(Decoded(images, labels, ["cat", "dog", "owl"]), 4)[1] == ["cat", "dog", "owl"]
+    assert len(preview(Decoded(images, torch.arange(200) % 16), 4)[0]) == 16 * 8
+    for data in (Decoded(images[:127], torch.arange(127) % 17), Decoded(images[:127])):
+        tiles, names = preview(data, 4)
+        assert names == [] and tiles[:, 0, 0, 0].tolist() == list(range(0, 127, 2))    # 0, 2, ..., 126
+    assert preview(Decoded(images[:10]), 4)[0][:, 0, 0, 0].tolist() == list(range(10))
+    points = torch.randn(2500, 2)
+    assert torch.equal(preview(Decoded(points), 4)[0], points[:2000]) and preview(Decoded(points[:, :1]), 4)[0] is None
+    sequences = torch.randn(20, 2, 5)
+    assert torch.equal(preview(Decoded(sequences), 4)[0], sequences[:16])
+
+
+def test_the_class_counts_are_listed_and_imbalance_over_ten_to_one_is_warned():
+    from {{ cookiecutter.package_name }}.data.decode import Decoded
+    from {{ cookiecutter.package_name }}.data.inspect import describe_labels
+
+    def described(labels, names=()):
+        said = []
+        return describe_labels(Decoded(torch.zeros(0), torch.tensor(labels), list(names)), said), said
+
+    assert described([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]) == (["classes: 2 (0: 10, 1: 2)"], [])
+    assert described([0] * 20 + [1] * 2)[1] == []           # ten to one
+    assert described([0] * 21 + [1] * 2)[1] == ["classes are unbalanced: 21 images in the largest, 2 in the smallest"]
+    assert described([0, 1], ["cat", "dog", "owl"]) == (
+        ["classes: 3 (cat: 1, dog: 1, owl: 0)"], ["classes are unbalanced: 1 images in the largest, 0 in the smallest"])
+    assert described(list(range(20)))[0] == [f"classes: 20 ({', '.join(f'{k}: 1' for k in range(20))})"]
+    assert described(list(range(21)))[0] == [f"classes: 21 ({', '.join(f'{k}: 1' for k in range(20))}, ...)"]
+    assert describe_labels(Decoded(torch.zeros(0)), []) == ["labels: none"]
+
+
+def test_a_feature_summary_skips_missing_values_and_gives_one_value_a_spread_of_0():
+    from {{ cookiecutter.package_name }}.data.inspect import feature_summary
+
+    assert feature_summary(torch.tensor([1.0, torch.nan, 3.0])) == "from 1 to 3, mean 2, std 1.414"
+    assert feature_summary(torch.tensor([torch.nan, 2.5])) == "from 2.5 to 2.5, mean 2.5, std 0"
+    assert feature_summary(torch.tensor([torch.nan, torch.inf])) == "no finite values"
+
+
+@pytest.mark.parametrize("content, kind, expected, absent", [
+    (torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), "auto", ["stored as (1, 2, 2) torch.uint8"], ["only"]),
+    (torch.zeros(999, 1, 2, 2, dtype=torch.uint8), "auto", ["only 999 images: diffusion models need thousands"], []),
+    (torch.randn(4, 8, 3), "auto", ["the sequences are read as 8 channels over 3 steps"], ["only 4 images"]),
+    ({"data": torch.randn(4, 3, 2), "mask": torch.tensor([[1, 1, 0]] * 4)}, "set", ["no warnings"], []),
+    (torch.tensor([[0.0, 1.0], [torch.nan, 2.0], [1.0, 1.0]]), "auto", ["1 example(s) hold NaN or Inf values"], []),
+    ({"data": torch.zeros(23, 2), "labels": torch.tensor([0] * 21 + [1] * 2)}, "auto",
+     ["classes are unbalanced: 21 images in the largest, 2 in the smallest"], []),
+])
+def test_the_data_report_names_the_file_and_warns_of_what_training_would_do(tmp_path, content, kind, expected,
+                                                                          absent):
+    from {{ cookiecutter.package_name }}.data.inspect import data_report
+
+    torch.save(content, tmp_path / "data.pt")
+    cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'data.pt'}", f"data.kind={kind}"]).data
+    report = data_report(cfg)[0]
+    assert report.startswith(f"data.name=tensor_file  data.root={tmp_path / 'data.pt'}\nexamples: ")
+    assert all(line in report for line in expected) and not any(line in report for line in absent), report
+
+
+def test_the_data_report_of_built_in_data_names_no_folder(project_dir):
+    from {{ cookiecutter.package_name }}.data.inspect import data_report
+
+    assert data_report(load_config(["data.name=toy2d", "model.name=mlp"]).data)[0].startswith(
+        "data.name=toy2d\nexamples: ")
+
+
 def test_inspect_data_command(project_dir, capsys):
     assert main(["inspect-data", "experiment=toy2d"]) == 0
     assert "examples: 20000" in capsys.readouterr().out
@@ -396,12 +687,49 @@ def test_camera_orientation_is_applied(tmp_path):
     assert image[:2].mean() > 200 and image[-2:].mean() < 50      # white above, black below
 
 
+@pytest.mark.parametrize("orientation, upright", [(1, (16, 8)), (3, (16, 8)), (5, (8, 16)), (6, (8, 16)),
+                                                  (7, (8, 16)), (8, (8, 16))])
+def test_a_picture_is_reported_at_its_upright_size(tmp_path, orientation, upright):
+    """EXIF orientations 5 to 8 store the picture on its side (TIFF 6.0's Orientation tag): shown upright, a
+    16x8 picture is 8 wide and 16 tall; 1 and 3 (upside down) keep it 16 wide."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.zeros((8, 16), dtype=np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    files = decode_folder(tmp_path, 8, 1, labels_from_subfolders=False).files
+    assert (files[0]["width"], files[0]["height"]) == upright
+
+
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "scan.png")
     decoded = decode_folder(tmp_path, 64, 1, labels_from_subfolders=False)
     assert decoded.files[0]["mode"] == "I;16"
     assert abs(decoded.data.float().mean().item() - 127.5) < 2           # a full ramp, not a white image
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I;16", np.arange(65536).reshape(256, 256), (np.arange(65536).reshape(256, 256) * 255 + 32767) // 65535),
+    ("I", np.array([[0, 250, 500, 1000]]), np.array([[0, 64, 128, 255]])),
+    ("F", np.array([[-0.25, 0.0, 0.125, 0.5]]), np.array([[0, 0, 64, 255]])),
+    ("F", np.zeros((2, 2)), np.zeros((2, 2))),
+])
+def test_deep_grayscale_is_scaled_to_8_bits_by_its_range(mode, values, expected):
+    """Known answers: 16-bit values v become round(255 v / 65535) (integer arithmetic here); 32-bit integers and
+    floats are scaled by 255 over their largest value, with negative values at 0 and an all-zero image black."""
+    from {{ cookiecutter.package_name }}.data.decode import to_8_bit
+
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    image = Image.fromarray(values.astype(dtype))
+    assert image.mode == mode
+    eight = to_8_bit(image)
+    assert eight.mode == "L" and np.array_equal(np.asarray(eight), expected)
+
+
+def test_numpy_files_of_python_objects_are_refused_not_unpickled(tmp_path):
+    """A .npy of Python objects is a pickle, which runs code when it is loaded: never loaded."""
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="not a readable tensor file"):
+        sources.load_tensor_file(str(tmp_path / "objects.npy"))
 
 
 @pytest.mark.parametrize("content, message", [
@@ -416,9 +744,22 @@ def test_tensor_files_of_the_wrong_kind_are_refused(tmp_path, content, message):
         sources.load_tensor_file(str(tmp_path / "bad.pt"))
 
 
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([True, False, True, False]), "4 non-negative integers"),
+    (torch.tensor([0, -1, 1, 2]), "from -1 to 2"),
+    (torch.tensor([0, 1, 2, 4]), "K at most the 4 examples; found labels from 0 to 4"),
+    (torch.tensor([0.0, 0.5, 1.25, 2.75, 3.5, 1.0]), r"whole class numbers 0, 1, 2, ...; found \[0.5, 1.25, 2.75\]$"),
+])
+def test_labels_that_are_not_class_numbers_are_refused(tmp_path, labels, message):
+    torch.save({"data": torch.zeros(len(labels), 2), "labels": labels}, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=message):
+        sources.load_tensor_file(tmp_path / "bad.pt")
+
+
 def test_whole_float_labels_become_class_numbers(tmp_path):
     torch.save({"data": torch.zeros(4, 2), "labels": torch.tensor([0.0, 1.0, 2.0, 1.0])}, tmp_path / "ok.pt")
-    assert sources.load_tensor_file(tmp_path / "ok.pt").labels.tolist() == [0, 1, 2, 1]
+    labels = sources.load_tensor_file(tmp_path / "ok.pt").labels
+    assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 1]
 
 
 def test_nonfinite_values_are_reported_by_inspect_and_refused_by_training(project_dir, tmp_path):
@@ -482,6 +823,46 @@ def test_kmeans_refuses_more_clusters_than_distinct_examples():
         kmeans(torch.rand(4, 2), 5)
     with pytest.raises(DataError, match="only 2 distinct"):
         kmeans(torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat(5, 1), 3)
+
+
+def test_k_means_plus_plus_draws_each_next_centre_in_proportion_to_its_squared_distance():
+    """Arthur & Vassilvitskii's D^2 weighting: 98 points at 0, one at 1 and one at 3. With the first centre at 0 the
+    second is 3 with probability 9 / (1 + 9) = 0.9 (0.75 in proportion to the distance); the global seed plays no
+    part."""
+    from {{ cookiecutter.package_name }}.data.clusters import kmeans_plus_plus
+
+    x = torch.tensor([[0.0]] * 98 + [[1.0], [3.0]])
+    seconds = [kmeans_plus_plus(x, 2, torch.Generator().manual_seed(seed))[:, 0].tolist() for seed in range(2000)]
+    after_zero = [second for first, second in seconds if first == 0]
+    assert abs(after_zero.count(3.0) / len(after_zero) - 0.9) < 4 * (0.9 * 0.1 / len(after_zero)) ** 0.5
+    spread = torch.randn(50, 2)
+    torch.manual_seed(1)
+    first = kmeans_plus_plus(spread, 3, torch.Generator().manual_seed(7))
+    torch.manual_seed(2)
+    assert torch.equal(kmeans_plus_plus(spread, 3, torch.Generator().manual_seed(7)), first)
+
+
+def test_points_are_clustered_as_they_are_and_numbered_from_the_largest_cluster():
+    """Three blobs of 2D points, 50, 30 and 20 of them, far apart: the clusters are the blobs."""
+    from {{ cookiecutter.package_name }}.data.clusters import cluster_labels
+
+    blob = torch.tensor([0] * 20 + [1] * 50 + [2] * 30)
+    spread = 0.3 * torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    points = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])[blob] + spread
+    labels, names = cluster_labels(points, 3, seed=0)
+    assert torch.equal(labels, torch.tensor([2, 0, 1])[blob]) and names == ["cluster 0", "cluster 1", "cluster 2"]
+
+
+def test_small_data_is_clustered_into_one_cluster_per_20_examples_or_one():
+    from {{ cookiecutter.package_name }}.data.clusters import cluster_count
+
+    with pytest.warns(UserWarning, match="10 examples fill only 1 cluster"):
+        assert cluster_count(5, 10) == 1
+    with pytest.warns(UserWarning, match="59 examples fill only 2 cluster"):
+        assert cluster_count(5, 59) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cluster_count(3, 60) == 3 and cluster_count(3, 1000) == 3
 
 
 def test_data_clusters_replace_the_labels_for_a_conditional_model(project_dir, tmp_path):

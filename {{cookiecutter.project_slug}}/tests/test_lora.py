@@ -4,10 +4,8 @@ computed by hand, the base network's own outputs, and diffusers' own LoRA loader
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytestmark = pytest.mark.pretrained
 peft = pytest.importorskip("peft")
@@ -15,9 +13,10 @@ diffusers = pytest.importorskip("diffusers")
 
 from {{ cookiecutter.package_name }}.adapters.lora import add_adapters, is_adapter_weight, merged_weights  # noqa: E402
 from {{ cookiecutter.package_name }}.cli import main  # noqa: E402
-from {{ cookiecutter.package_name }}.errors import ConfigError, DataError, MissingPackage  # noqa: E402
+from {{ cookiecutter.package_name }}.errors import ConfigError, MissingPackage  # noqa: E402
 from {{ cookiecutter.package_name }}.runs import load_run  # noqa: E402
 
+from test_data import captioned_folder  # noqa: E402
 from test_pretrained import text_pipeline  # noqa: E402 (after the skips: it imports diffusers)
 
 # A tiny class-conditional U-Net with attention on the digits, and its adapted runs.
@@ -38,16 +37,6 @@ def base_run(project_dir):
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     return text_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd")
-
-
-def captioned_folder(root: Path, captions=("a red square", "a blue circle")) -> Path:
-    """Six 20x20 RGB images, each with a caption file beside it, the captions in turn."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"{i}.png")
-        (root / f"{i}.txt").write_text(captions[i % len(captions)] + "\n")
-    return root
 
 
 def sd_args(sd_folder, images, *more):
@@ -223,28 +212,6 @@ def test_a_base_that_does_not_fit_the_data_is_refused_by_name(base_run, capsys):
 
 
 # -- a Stable Diffusion-style pipeline -----------------------------------------------------------
-def test_captions_label_the_images_and_a_missing_one_is_named(project_dir, tmp_path):
-    from {{ cookiecutter.package_name }}.config import load_config
-    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
-
-    images = captioned_folder(tmp_path / "images")
-    keys = ["data.name=image_folder", f"data.root={images}", "data.labels_from_subfolders=false",
-            "data.image_size=16", "data.channels=3", "data.val_fraction=0", "data.clusters=0"]
-    data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
-    assert data.class_names == ["a blue circle", "a red square"]
-    assert data.train_set.labels.tolist() == [1, 0, 1, 0, 1, 0]          # 0.png: "a red square", ...
-    data = DiffusionDataModule.of_run(load_config([*keys, "data.prompt=a photo of sks dog"]))
-    assert data.class_names == ["a photo of sks dog"] and data.train_set.labels.tolist() == [0] * 6
-    (images / "3.txt").write_text("a green triangle")                  # a changed caption is not served stale
-    data = DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
-    assert data.class_names == ["a blue circle", "a green triangle", "a red square"]
-    (images / "3.txt").unlink()
-    with pytest.raises(DataError, match="3.png has no readable caption 3.txt"):
-        DiffusionDataModule.of_run(load_config([*keys, "data.captions=true"]))
-    with pytest.raises(ConfigError, match="only one of the three"):
-        load_config([*keys, "data.captions=true", "data.labels_from_subfolders=true"])
-
-
 def test_latents_are_diffusers_own_encodings_cached_once_per_data_and_codec(project_dir, tmp_path, sd_folder):
     """The cached latents are the VAE's posterior mean and standard deviation times its scaling
     factor, as diffusers computes them; a second run reads them from the cache, a changed VAE
