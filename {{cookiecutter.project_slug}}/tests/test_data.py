@@ -1,4 +1,5 @@
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -143,6 +144,16 @@ def test_messy_folder_decodes_converts_labels_and_lists_every_problem(tmp_path):
     assert errors["dogs/broken.png"].startswith("UnidentifiedImageError: ")        # the kind of error, then why
     assert errors["dogs/cut.png"].startswith("OSError: ") and "truncated" in errors["dogs/cut.png"]
     assert decoded.others == ["cats/notes.txt"]
+
+
+def test_hidden_files_and_folders_are_neither_decoded_nor_reported(tmp_path):
+    """macOS leaves "._name.png" files (not images) and tools leave hidden folders of thumbnails: left alone."""
+    Image.new("L", (8, 8), 255).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"AppleDouble")
+    (tmp_path / ".thumbnails").mkdir()
+    Image.new("L", (8, 8), 0).save(tmp_path / ".thumbnails" / "a.png")
+    decoded = decode_folder(tmp_path, 8, 1, labels_from_subfolders=False)
+    assert [f["path"] for f in decoded.files] == ["a.png"] and decoded.bad == [] and decoded.others == []
 
 
 def test_skipped_files_are_reported_or_fatal_as_configured(project_dir, tmp_path):
@@ -443,6 +454,10 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert len(data.train_set) + len(data.val_set) == 1797
     assert len(data.val_set) == round(0.05 * 1797)
     assert data.data_shape == (1, 8, 8) and data.num_classes == 10      # stored at 9x9, cropped to 8
+    n = len(data.train_set)
+    for indices in ([], [-1], [0, n]):
+        with pytest.raises(DataError, match=re.escape(f"images={indices}: the training data has {n} images")):
+            data.training_examples(indices)
     loader = data.train_dataloader()
     assert isinstance(loader, DeviceBatches)              # on the CPU, batches come straight from the tensor
     images, labels = next(iter(loader))

@@ -323,6 +323,9 @@ def test_a_mask_makes_missing_points_and_conditions_come_as_rows(tmp_path):
     assert torch.equal(missing_points(decoded.data), ~mask.bool())
     assert torch.equal(decoded.data[mask.bool()], data[mask.bool()])
     assert decoded.conditions.shape == (4, 1)
+    for ones_and_zeros in (mask, mask.float()):                     # a mask of 1/0 numbers reads as True/False
+        torch.save({"data": data, "mask": ones_and_zeros}, tmp_path / "numbers.pt")
+        assert torch.equal(missing_points(sources.load_tensor_file(tmp_path / "numbers.pt").data), ~mask.bool())
 
 
 def test_steps_first_sequences_are_doubted_aloud(tmp_path):
@@ -350,6 +353,11 @@ def test_a_numpy_archive_holds_the_same_keys(tmp_path):
      "1 condition row.*NaN or Inf.*index 1"),
     ({"data": torch.randn(4, 5, 3), "mask": torch.ones(4, 4, dtype=torch.bool)}, r"mask must be \(4, 5\)"),
     ({"data": torch.randn(4, 5, 3), "mask": torch.zeros(4, 5, dtype=torch.bool)}, "no real point"),
+    ({"data": torch.randn(4, 5, 3), "mask": torch.tensor([[1, 1, 2, 0, 1]] * 4)}, "of True/False or 1/0"),
+    ({"data": torch.randn(4, 5, 3), "mask": torch.arange(4)[:, None].expand(4, 5) != 2},
+     r"1 set\(s\) have no real point in the mask \(the first: index 2\)"),
+    ({"data": torch.randn(4, 5, 3).index_put((torch.tensor(3), torch.tensor(1)), torch.tensor(math.inf)),
+      "mask": torch.ones(4, 5, dtype=torch.bool)}, r"1 set\(s\) hold NaN or Inf at real points \(the first: index 3\)"),
     ({"data": torch.randn(4, 5), "mask": torch.ones(4, 5, dtype=torch.bool)}, r"needs float data of shape \(N, P, D\)"),
     ({"data": torch.full((4, 5, 3), math.nan), "mask": torch.ones(4, 5, dtype=torch.bool)}, "NaN or Inf at real"),
     ({"data": torch.randn(4, 5, 3), "condition": torch.randn(4, 2)}, r"holds keys \['condition'\]"),
