@@ -8,6 +8,8 @@ from {{ cookiecutter.package_name }}.models import MLP, DiT, IdealDenoiser, UNet
 from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels, Vectors, sinusoidal_features
 from {{ cookiecutter.package_name }}.models.unet import group_norm
 
+from test_modalities import randomised
+
 pytestmark = pytest.mark.once      # known answers that no answer to the template's questions changes
 
 CASES = [
@@ -43,6 +45,89 @@ def test_the_output_depends_on_noise_level_and_label():
     base = net(x, torch.tensor([0.0]), torch.tensor([1]))
     assert not torch.allclose(base, net(x, torch.tensor([0.5]), torch.tensor([1])))
     assert not torch.allclose(base, net(x, torch.tensor([0.0]), torch.tensor([2])))
+
+
+def attention(q, k, v, seen=None):
+    """softmax(q k^T / sqrt(d) + mask) v (Vaswani et al. 2017, eq. 1), for (..., tokens, d) queries, keys, values."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    if seen is not None:
+        scores = scores.masked_fill(~seen, -torch.inf)
+    return scores.softmax(-1) @ v
+
+
+def test_the_unet_attention_is_multi_head_attention_over_the_pixels():
+    """Written out: group norm, then 1x1 projections to queries, keys and values (the first, second and third
+    block of channels, each cut into heads of 32 channels), attention among the h w pixels in each head, the heads
+    put back side by side, a 1x1 output projection, and the input added."""
+    from {{ cookiecutter.package_name }}.models.unet import SelfAttention
+
+    block = randomised(SelfAttention(64)).double()
+    x = torch.randn(2, 64, 3, 5, dtype=torch.float64)
+    pixels = block.norm(x).flatten(2).transpose(1, 2)                       # (B, hw, C)
+    weight, bias = block.qkv.weight[:, :, 0, 0], block.qkv.bias
+    q, k, v = (pixels @ weight.T + bias).chunk(3, dim=-1)
+    heads = [attention(q[..., i:i + 32], k[..., i:i + 32], v[..., i:i + 32]) for i in (0, 32)]
+    out = torch.cat(heads, -1) @ block.proj.weight[:, :, 0, 0].T + block.proj.bias
+    assert block.heads == 2
+    torch.testing.assert_close(block(x), x + out.transpose(1, 2).reshape(x.shape), rtol=1e-12, atol=1e-12)
+    assert [SelfAttention(c).heads for c in (48, 80, 96, 100)] == [1, 2, 3, 2]       # heads of 32 channels or more
+
+
+def test_the_unet_residual_block_is_adms_scale_and_shift_block():
+    """Dhariwal & Nichol's residual block written out: h = conv1(SiLU(norm1(x))); (s, b) = Linear(SiLU(emb));
+    h = norm2(h) (1 + s) + b; out = skip(x) + conv2(SiLU(h)), skip a 1x1 convolution where the widths differ."""
+    from {{ cookiecutter.package_name }}.models.unet import ResBlock
+
+    silu = torch.nn.functional.silu
+    for cin in (8, 16):
+        block = randomised(ResBlock(cin, 16, emb_dim=12)).double()
+        x, emb = torch.randn(3, cin, 4, 4, dtype=torch.float64), torch.randn(3, 12, dtype=torch.float64)
+        h = block.conv1(silu(block.norm1(x)))
+        scale_shift = silu(emb) @ block.modulation.weight.T + block.modulation.bias
+        scale, shift = scale_shift[:, :16, None, None], scale_shift[:, 16:, None, None]
+        h = block.conv2(silu(block.norm2(h) * (1 + scale) + shift))
+        skip = x if cin == 16 else block.skip(x)
+        assert isinstance(block.skip, torch.nn.Identity) == (cin == 16)
+        torch.testing.assert_close(block(x, emb), skip + h, rtol=1e-12, atol=1e-12)
+
+
+def test_the_dit_block_is_adaln_zero_as_peebles_and_xie_write_it():
+    """DiT's block (Peebles & Xie 2023, Fig. 3): (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(c));
+    x += gate1 Attention(LN(x) (1 + scale1) + shift1); x += gate2 MLP(LN(x) (1 + scale2) + shift2), with the
+    attention's heads side by side and tokens that are not seen masked out."""
+    from {{ cookiecutter.package_name }}.models.dit import DiTBlock
+
+    block = randomised(DiTBlock(16, heads=2)).double()
+    x, emb = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 16, dtype=torch.float64)
+    seen = torch.tensor([[True] * 5, [True, True, False, True, False]])
+    layer_norm = lambda h: torch.nn.functional.layer_norm(h, (16,))       # noqa: E731
+    parts = (torch.nn.functional.silu(emb) @ block.modulation.weight.T + block.modulation.bias)[:, None]
+    shift1, scale1, gate1, shift2, scale2, gate2 = (parts[..., 16 * i:16 * (i + 1)] for i in range(6))
+    q, k, v = (block.qkv(layer_norm(x) * (1 + scale1) + shift1)).chunk(3, dim=-1)
+    mask = seen[:, None, :]
+    heads = [attention(q[..., i:i + 8], k[..., i:i + 8], v[..., i:i + 8], mask) for i in (0, 8)]
+    x_mid = x + gate1 * block.proj(torch.cat(heads, -1))
+    expected = x_mid + gate2 * block.mlp(layer_norm(x_mid) * (1 + scale2) + shift2)
+    torch.testing.assert_close(block(x, emb, seen), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_dit_positions_are_the_2d_sine_cosine_embedding_and_tokens_return_to_their_patches():
+    """The position of grid cell (r, c): sin(r w), cos(r w), sin(c w), cos(c w), w_i = 10000^(-i / (d/4)) (the
+    MAE/DiT 2D sine-cosine embedding). A token's p x p x C numbers fill its patch, row by row, channels last."""
+    from {{ cookiecutter.package_name }}.models.dit import sincos_positions
+
+    grid, dim = 3, 16
+    positions = sincos_positions(grid, dim).double()
+    for token in range(grid * grid):
+        r, c = divmod(token, grid)
+        w = 10_000.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
+        expected = torch.cat([torch.sin(r * w), torch.cos(r * w), torch.sin(c * w), torch.cos(c * w)])
+        torch.testing.assert_close(positions[token], expected, rtol=1e-6, atol=1e-6)
+    net = DiT((3, 6, 6), patch_size=2, width=16, depth=1, heads=2)
+    image = torch.randn(2, 3, 6, 6)
+    tokens = torch.stack([image[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].permute(0, 2, 3, 1).flatten(1)
+                          for r in range(3) for c in range(3)], dim=1)      # (B, 9 patches, 2 x 2 x 3)
+    assert torch.equal(net.unpatchify(tokens, 3), image)
 
 
 def test_conditional_network_refuses_missing_labels():
