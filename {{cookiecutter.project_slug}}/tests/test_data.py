@@ -740,13 +740,6 @@ def test_deep_grayscale_is_scaled_to_8_bits_by_its_range(mode, values, expected)
     assert eight.mode == "L" and np.array_equal(np.asarray(eight), expected)
 
 
-def test_numpy_files_of_python_objects_are_refused_not_unpickled(tmp_path):
-    """A .npy of Python objects is a pickle, which runs code when it is loaded: never loaded."""
-    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="not a readable tensor file"):
-        sources.load_tensor_file(str(tmp_path / "objects.npy"))
-
-
 @pytest.mark.parametrize("content, message", [
     (torch.zeros(4, 2, dtype=torch.complex64), "complex64"),
     (torch.zeros(4, 2, dtype=torch.bool), "bool"),

@@ -113,6 +113,15 @@ def test_targets_that_name_no_layer_and_a_missing_peft_say_what_to_do(monkeypatc
         add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0, ["nothing"])
     with pytest.raises(ConfigError, match="lora.targets=.to_q,to_v"):     # no attention to find: name the layers
         add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0)
+    # peft's rule: a target names a module, or the end of its name after a dot. A family counts only when all its
+    # projections are there: a lone qkv layer, or MultiheadAttention's out_proj, is no "proj".
+    from {{ cookiecutter.package_name }}.adapters.lora import attention_projections
+
+    for names in (["qkv"], ["qkv", "out_proj"]):
+        with pytest.raises(ConfigError, match="no attention projections"):
+            attention_projections(torch.nn.ModuleDict({name: torch.nn.Linear(2, 2) for name in names}))
+    assert attention_projections(torch.nn.ModuleDict({"qkv": torch.nn.Linear(2, 6), "proj": torch.nn.Linear(2, 2)})) \
+        == ["qkv", "proj"]
     monkeypatch.setitem(__import__("sys").modules, "peft", None)
     with pytest.raises(MissingPackage, match=r"pip install -e '.\[lora\]'"):
         add_adapters(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2, 2.0, ["0"])
