@@ -275,6 +275,19 @@ def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(pro
     assert black.data.max() == 0 and white.data.min() == 255
 
 
+def test_two_tensor_files_alike_in_name_size_and_date_have_their_own_fingerprints(tmp_path):
+    """The fingerprint keys the caches of what is computed from the data (FID's statistics, latents)."""
+    import os
+
+    for folder, value in (("a", 0.0), ("b", 1.0)):
+        (tmp_path / folder).mkdir()
+        torch.save(torch.full((4, 2), value), tmp_path / folder / "data.pt")
+        os.utime(tmp_path / folder / "data.pt", ns=(10**18, 10**18))
+    a, b = (load_source(load_config(["data.name=tensor_file", f"data.root={tmp_path / f / 'data.pt'}"]).data)
+            for f in ("a", "b"))
+    assert a.fingerprint != b.fingerprint
+
+
 def test_offline_torchvision_download_names_dataset_folder_and_fix(tmp_path, monkeypatch):
     import torchvision
 
@@ -399,11 +412,15 @@ def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_spl
                             fingerprint="f")
     scaling = FeatureRange("vector")                 # the teacher's: its data spanned [0, 200]
     scaling.normalise({"low": [0.0], "high": [200.0]})
-    module = PairedDataModule(load_config(["data.val_fraction=0.2", "data.batch_size=16"]).data, 0, pairs, scaling)
+    cfg = load_config(["data.val_fraction=0.2", "data.batch_size=16"]).data
+    module, reseeded = (PairedDataModule(cfg, seed, pairs, scaling) for seed in (0, 1))
     module.setup()
     assert (len(module.train_set), len(module.val_set)) == (80, 20) and module.class_names == ["a"]
     for x, y, n in [*module.train_dataloader(), *module.val_dataloader()]:
         assert torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y)
+    reseeded.setup()                                        # the run's seed shuffles, the split stays
+    assert torch.equal(reseeded.val_set.data, module.val_set.data)
+    assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], next(iter(module.train_dataloader()))[0])
     assert torch.equal(module.reference_images(held_out=True), module.val_set.data * 100 + 100)   # in data units
 
 
@@ -462,6 +479,9 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert isinstance(loader, DeviceBatches)              # on the CPU, batches come straight from the tensor
     images, labels = next(iter(loader))
     assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
+    reseeded = DiffusionDataModule.of_run(OmegaConf.merge(cfg, {"seed": 1}))        # the run's seed shuffles
+    assert torch.equal(reseeded.train_set.data, data.train_set.data)                # the same split
+    assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], images)
 
 
 def test_training_parts_are_disjoint_subsets_of_the_training_split_and_never_move_the_held_out_set(project_dir):

@@ -351,6 +351,8 @@ def test_a_numpy_archive_holds_the_same_keys(tmp_path):
     ({"data": torch.randn(4, 5, 3), "conditions": torch.randn(3, 2)}, r"conditions must be \(4, K\).*\(3, 2\)"),
     ({"data": torch.randn(4, 5, 3), "conditions": torch.tensor([[0.0], [math.nan], [1], [2]])},
      "1 condition row.*NaN or Inf.*index 1"),
+    ({"data": torch.randn(4, 5, 3), "conditions": torch.ones(4, 2, dtype=torch.bool)},
+     r"conditions must be \(4, K\) real numbers.*torch.bool"),
     ({"data": torch.randn(4, 5, 3), "mask": torch.ones(4, 4, dtype=torch.bool)}, r"mask must be \(4, 5\)"),
     ({"data": torch.randn(4, 5, 3), "mask": torch.zeros(4, 5, dtype=torch.bool)}, "no real point"),
     ({"data": torch.randn(4, 5, 3), "mask": torch.tensor([[1, 1, 2, 0, 1]] * 4)}, "of True/False or 1/0"),
