@@ -448,6 +448,31 @@ def test_device_batches_resume_with_the_batch_where_they_stopped(stop):
     assert uninterrupted[0] != uninterrupted[5]                   # each epoch has its own order
 
 
+def test_dreambooths_batches_resume_with_the_subjects_and_the_class_images_where_they_stopped():
+    """Two subject batches an epoch, three of class images: their places differ, and both are kept."""
+    from {{ cookiecutter.package_name }}.data.loaders import PriorBatches
+
+    def batches():
+        return PriorBatches(DeviceBatches(torch.arange(4)[:, None], torch.arange(4), batch_size=2, seed=3),
+                            DeviceBatches(torch.arange(10, 16)[:, None], torch.arange(10, 16), batch_size=2, seed=4))
+
+    uninterrupted = take(batches(), 9)
+    first = batches()
+    before = take(first, 4)
+    resumed = batches()
+    resumed.load_state_dict(first.state_dict())
+    assert before + take(resumed, 5) == uninterrupted
+
+
+def test_dreambooths_class_images_must_fill_a_batch(project_dir):
+    data = DiffusionDataModule.of_run(load_config(["data.name=digits", "data.image_size=8", "data.channels=1",
+                                                   "data.batch_size=32"]))
+    with pytest.raises(DataError, match="31 class images cannot fill batches of 32: raise lora.class_images"):
+        data.add_prior(torch.zeros(31, 1, 8, 8, dtype=torch.uint8), 3)
+    data.add_prior(torch.zeros(32, 1, 8, 8, dtype=torch.uint8), 3)
+    assert data.prior.labels.tolist() == [3] * 32
+
+
 def test_an_interrupted_run_trains_on_the_same_batches_as_an_uninterrupted_one(project_dir):
     """Through Lightning: the data position and the random state travel in last.ckpt, so the
     weights after 7 + 6 steps equal those after 13 straight steps (5 batches an epoch)."""
