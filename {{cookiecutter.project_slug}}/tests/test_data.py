@@ -354,8 +354,9 @@ def test_tensor_files_images_and_signals(project_dir, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (torch.zeros(5), "shape \\(N, ...\\)"),
-    ({"labels": torch.zeros(3)}, "dict with key 'data'"),
+    (torch.zeros(5), r"shape \(N, ...\) with N >= 2 examples .*; found Tensor of shape \(5,\)$"),
+    (torch.zeros(1, 3), r"found Tensor of shape \(1, 3\)$"),
+    ({"labels": torch.zeros(3)}, "dict with key 'data'\\); found NoneType$"),
     (torch.full((4, 1, 8, 8), 255.0), "float images in"),
     ({"data": torch.zeros(4, 2), "labels": torch.zeros(3)}, "4 non-negative integers"),
 ])
@@ -807,6 +808,11 @@ def test_labels_that_are_not_class_numbers_are_refused(tmp_path, labels, message
     torch.save({"data": torch.zeros(len(labels), 2), "labels": labels}, tmp_path / "bad.pt")
     with pytest.raises(DataError, match=message):
         sources.load_tensor_file(tmp_path / "bad.pt")
+
+
+def test_two_examples_are_data_enough(tmp_path):
+    torch.save(torch.zeros(2, 3), tmp_path / "two.pt")
+    assert sources.load_tensor_file(tmp_path / "two.pt").data.shape == (2, 3)
 
 
 def test_whole_float_labels_become_class_numbers(tmp_path):
