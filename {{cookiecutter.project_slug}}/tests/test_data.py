@@ -510,6 +510,33 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], images)
 
 
+def test_training_batches_are_cropped_at_random_and_flipped_and_validation_batches_centre_cropped(project_dir):
+    """On the device, per image: in training a random 8x8 window of the stored 9x9 image, mirrored or not; in
+    validation the centre window (the top-left one of 9x9, as (9 - 8) // 2 = 0), never mirrored; both in [-1, 1]."""
+    from types import SimpleNamespace
+
+    cfg = load_config(["data.name=digits", "data.image_size=8", "data.channels=1", "data.random_crop=true",
+                       "data.hflip=true"])
+    data = DiffusionDataModule.of_run(cfg)
+    images, labels = data.train_set.data[:64], data.train_set.labels[:64]
+    windows = [[to_unit_range(image[:, r:r + 8, c:c + 8]) for r in (0, 1) for c in (0, 1)] for image in images]
+    for trainer in (None, SimpleNamespace(training=False)):          # no trainer (sampling), or validating
+        data.trainer = trainer
+        served, same_labels = data.on_after_batch_transfer((images, labels))
+        assert same_labels is labels and torch.equal(served, to_unit_range(images[:, :, :8, :8]))
+    data.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(4):
+        served = data.on_after_batch_transfer((images, labels))[0]
+        for image, options in zip(served, windows):
+            kinds = [(k, mirrored) for k, window in enumerate(options) for mirrored in (False, True)
+                     if torch.equal(image, window.flip(-1) if mirrored else window)]
+            assert kinds, "not a window of its image"
+            seen.update(kinds)
+    assert seen == {(k, mirrored) for k in range(4) for mirrored in (False, True)}
+
+
 def test_training_parts_are_disjoint_subsets_of_the_training_split_and_never_move_the_held_out_set(project_dir):
     """data.train_size=N data.train_part=k: N training examples, no two parts sharing one, none
     of them held out; the held-out examples are the same whatever the part, the size or the seed."""
