@@ -387,6 +387,10 @@ def test_device_batches_shuffle_and_shard_like_a_distributed_sampler():
         assert len(batches) == 5 and all(torch.equal(x[:, 0], y) for x, y in batches)
         seen += torch.cat([y for _, y in batches]).tolist()
     assert sorted(seen) == list(range(100))                     # every example once per epoch
+    for world_size, batches in ((1, 2), (2, 1)):                # 25 examples: whole batches of 10 only
+        served = [y for rank in range(world_size) for _, y in DeviceBatches(data[:25], labels[:25], 10, rank,
+                                                                            world_size)]
+        assert len(served) == world_size * batches and all(len(y) == 10 for y in served)
     loader = DeviceBatches(data, labels, batch_size=10)
     assert not torch.equal(next(iter(loader))[1], next(iter(loader))[1])   # a new order each epoch
 
@@ -864,6 +868,20 @@ def test_images_smaller_than_the_training_size_are_refused(project_dir, tmp_path
     cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'tiny.pt'}", "data.image_size=8"]).data
     with pytest.raises(DataError, match="data.image_size=4"):
         DiffusionDataModule(cfg).setup()
+    torch.save(torch.zeros(6, 1, 8, 10, dtype=torch.uint8), tmp_path / "wide.pt")      # large enough, not square
+    cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'wide.pt'}", "data.image_size=8"]).data
+    with pytest.raises(DataError, match="the images are 8x10, but training crops squares"):
+        DiffusionDataModule(cfg).setup()
+
+
+@pytest.mark.parametrize("largest, refused", [(1e6, False), (-1.5e6, True), (2e6, True)])
+def test_values_far_beyond_the_noise_levels_scale_are_refused_whatever_their_sign(largest, refused):
+    from {{ cookiecutter.package_name }}.data.datamodule import value_problem
+
+    data = torch.tensor([[0.0, 1.0], [largest, 0.5]])
+    assert value_problem(data) == (f"values reach {abs(largest):.3g}: scale the data to about unit size (the noise "
+                                   "levels and the networks assume a standard deviation near diffusion.sigma_data)"
+                                   if refused else None)
 
 
 def test_broken_links_loops_and_pipes_in_a_folder_are_listed_not_fatal(project_dir, tmp_path):
