@@ -178,6 +178,46 @@ def test_the_latents_are_encoded_once_and_again_when_an_image_or_the_autoencoder
     with torch.no_grad():
         codec.network.decoder[-1].bias.add_(0.1)  # the decoder is part of the codec's identity
     assert encodings() == 12
+    cfg.data.hflip = False                        # so are the flips
+    assert encodings() == 6
+
+
+def test_latent_training_examples_are_the_images_then_their_mirror_images_with_their_labels(project_dir):
+    """With data.hflip the training latents are the encodings of the training images, then of their mirror images
+    (a flip of a latent is not the latent of the flip), the labels repeated in that order; the held-out images are
+    not mirrored. The normalisation is measured on the training latents: their mixture has, per channel, mean 0 and
+    variance latent_std^2 (mean of m^2 + s^2)."""
+    import numpy as np
+    from PIL import Image
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.pixels import to_unit_range
+
+    rng = np.random.default_rng(0)
+    for k in range(10):
+        (project_dir / "pictures" / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(project_dir / "pictures" / "ab"[k % 2]
+                                                                            / f"{k}.png")
+    cfg = load_config(["data.name=image_folder", f"data.root={project_dir / 'pictures'}", "data.image_size=8",
+                       "data.channels=1", "data.clusters=0", "data.val_fraction=0.2", "data.hflip=true",
+                       "data.labels_from_subfolders=true"])
+    data = DiffusionDataModule.of_run(cfg)
+    images, labels, held_out = data.reference_images(), data.train_set.labels, data.reference_images(held_out=True)
+    codec = load_codec(str(saved_autoencoder(project_dir / "ae")))
+    data.encode(codec, latent_std=0.5)
+    assert (len(images), len(held_out)) == (8, 2) and torch.equal(data.train_set.labels, torch.cat([labels, labels]))
+    with torch.no_grad():
+        train = codec.encode(to_unit_range(torch.cat([images, images.flip(-1)])))
+        torch.testing.assert_close(data.train_set.data, codec.normalised(train))
+        torch.testing.assert_close(data.val_set.data, codec.normalised(codec.encode(to_unit_range(held_out))))
+    mean, std = data.train_set.data.chunk(2, dim=1)
+    torch.testing.assert_close(mean.mean((0, 2, 3)), torch.zeros(2), rtol=0, atol=1e-5)
+    torch.testing.assert_close((mean.square() + std.square()).mean((0, 2, 3)), torch.full((2,), 0.25), rtol=1e-4,
+                               atol=0)
+    measured = dict(codec.statistics)             # a loaded run's codec keeps the normalisation it was trained with
+    DiffusionDataModule.of_run(cfg).encode(codec, latent_std=0.9)
+    assert codec.statistics == measured
 
 
 def test_a_codec_source_that_is_no_autoencoder_is_one_error_line(project_dir, capsys):
