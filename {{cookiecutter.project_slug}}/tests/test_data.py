@@ -509,6 +509,8 @@ def test_datamodule_splits_crops_and_serves_uint8_batches(project_dir):
     assert isinstance(loader, DeviceBatches)              # on the CPU, batches come straight from the tensor
     images, labels = next(iter(loader))
     assert images.shape == (32, 1, 9, 9) and images.dtype == torch.uint8 and labels.shape == (32,)
+    small = DiffusionDataModule.of_run(OmegaConf.merge(cfg, {"data": {"train_size": 20}}))
+    assert [len(labels) for _, labels in small.train_dataloader()] == [20]        # small data: one batch an epoch
     reseeded = DiffusionDataModule.of_run(OmegaConf.merge(cfg, {"seed": 1}))        # the run's seed shuffles
     assert torch.equal(reseeded.train_set.data, data.train_set.data)                # the same split
     assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], images)

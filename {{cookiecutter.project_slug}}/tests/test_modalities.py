@@ -167,6 +167,22 @@ def test_data_zero_com_makes_the_built_network_centre_its_output(zero_com):
     assert (centres.abs().max() < 1e-5) == zero_com
 
 
+def test_data_zero_com_centres_each_training_set_on_its_real_points_and_clusters_of_sets_are_refused(tmp_path):
+    from {{ cookiecutter.package_name }}.data import DiffusionDataModule
+    from {{ cookiecutter.package_name }}.errors import DataError
+
+    data, mask = torch.randn(20, 4, 3) + 5, torch.arange(4)[None].expand(20, 4) < torch.arange(20)[:, None] % 3 + 2
+    torch.save({"data": data, "mask": mask}, tmp_path / "sets.pt")
+    keys = ["data.name=tensor_file", f"data.root={tmp_path / 'sets.pt'}", "data.kind=set", "data.clusters=0",
+            "model.name=set_transformer", "data.val_fraction=0"]
+    for zero_com in (True, False):
+        served = DiffusionDataModule.of_run(load_config([*keys, f"data.zero_com={str(zero_com).lower()}"])).train_set
+        centres = torch.stack([points[~missing_points(points[None])[0]].mean(0) for points in served.data])
+        assert (centres.abs().max() < 1e-5) == zero_com
+    with pytest.raises(DataError, match="data.clusters=3 labels examples by k-means .* set data.clusters=0"):
+        DiffusionDataModule.of_run(load_config([*keys, "data.clusters=3"]))
+
+
 @pytest.mark.parametrize("zero_com", [True, False])
 def test_a_sets_starting_noise_has_the_datas_sizes_in_proportion_and_is_centred_as_data_zero_com_says(zero_com):
     """Training sets of 3 points and three times as many of 5 (the counts the codec keeps):
