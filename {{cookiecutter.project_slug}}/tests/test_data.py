@@ -97,6 +97,20 @@ def test_the_swiss_roll_is_the_spiral_t_cos_t_t_sin_t_over_5_for_t_between_1_5_p
     assert abs(t.mean() - 3 * torch.pi) < 0.1 and abs(t.std() - 3 * torch.pi / 12**0.5) < 0.1
 
 
+def test_the_digits_are_scikit_learns_17_grey_levels_spread_over_0_to_255_and_cached_per_channel_count(project_dir):
+    """Level v of 0..16 becomes round(255 v / 16) (integer arithmetic here, half up: 8 -> 128); grey images asked
+    for three channels are three equal ones, cached apart from the one-channel ones."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = load_source(load_config(["data.name=digits", "data.image_size=8", "data.channels=1"]).data)
+    expected = (torch.from_numpy(digits.images).long() * 255 + 8) // 16
+    assert grey.data.shape == (1797, 1, 8, 8) and torch.equal(grey.data[:, 0].long(), expected)
+    assert torch.equal(grey.labels, torch.from_numpy(digits.target).long())
+    colour = load_source(load_config(["data.name=digits", "data.image_size=8", "data.channels=3"]).data)
+    assert colour.data.shape == (1797, 3, 8, 8) and torch.equal(colour.data, grey.data.expand(-1, 3, -1, -1))
+
+
 def test_uint8_round_trip_is_exact():
     images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(to_uint8(to_unit_range(images)), images)

@@ -351,6 +351,9 @@ def test_steps_first_sequences_are_doubted_aloud(tmp_path):
     cfg = load_config(["data.name=tensor_file", f"data.root={tmp_path / 'steps_first.pt'}", "data.clusters=0"]).data
     with pytest.warns(UserWarning, match="48 channels over 2 steps.*transpose"):
         DiffusionDataModule(cfg).setup()
+    from {{ cookiecutter.package_name }}.data.datamodule import layout_doubt
+
+    assert layout_doubt(torch.randn(40, 3, 3), "auto") is None                 # as many channels as steps: no doubt
 
 
 def test_a_numpy_archive_holds_the_same_keys(tmp_path):
