@@ -39,6 +39,17 @@ def test_toy_shapes_are_reproducible_2d_point_clouds(shape):
     assert labels is None or (labels.shape == (500,) and labels.dtype == torch.int64)
 
 
+def test_toy_points_are_drawn_with_the_runs_seed_and_labelled_where_the_shape_has_labels(project_dir):
+    def toy(shape, seed):
+        return load_source(load_config(["data.name=toy2d", f"data.toy_shape={shape}", "model.name=mlp",
+                                        f"seed={seed}"]).data, seed)
+
+    assert not torch.equal(toy("moons", 1).data, toy("moons", 2).data)
+    moons, gaussians, roll = toy("moons", 1), toy("gaussians", 1), toy("swiss_roll", 1)
+    assert moons.class_names == ["0", "1"] and torch.equal(moons.labels, make_toy2d("moons", len(moons.data), 1)[1])
+    assert gaussians.class_names == [str(k) for k in range(8)] and roll.labels is None and roll.class_names == []
+
+
 def test_gaussian_mixture_labels_name_the_nearest_mode():
     points, labels = make_toy2d("gaussians", 1000)
     angle = torch.atan2(points[:, 1], points[:, 0])
@@ -275,6 +286,9 @@ def test_cache_is_reused_rebuilt_on_change_and_never_left_half_written(project_d
     monkeypatch.undo()
     changed = load_source(cfg)
     assert len(changed.data) == len(first.data) + 1 and changed.fingerprint != first.fingerprint
+    (pics / "cats" / "new.png").rename(pics / "dogs" / "new.png")            # moved: same size and date
+    moved = load_source(cfg)
+    assert moved.fingerprint != changed.fingerprint and moved.labels.sum() == changed.labels.sum() + 1
 
 
 def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(project_dir, tmp_path):
@@ -365,6 +379,13 @@ def test_tensor_files_images_and_signals(project_dir, tmp_path):
     assert torch.equal(decoded.data, images) and decoded.class_names == ["0", "1"]
     decoded = load_source(load_config(["data.name=tensor_file", f"data.root={tmp_path / 'signals.npy'}"]).data)
     assert decoded.data.shape == (20, 1, 64) and decoded.labels is None
+    floats = torch.rand(4, 1, 8, 8) * 2.02 - 1.01                   # float images in [-1, 1], give or take rounding
+    torch.save(floats, tmp_path / "floats.pt")
+    assert torch.equal(sources.load_tensor_file(tmp_path / "floats.pt").data, floats)
+    for outside, found in ((-1.5, r"\[-1.5, "), (1.5, r", 1.5\]")):
+        torch.save(torch.cat([floats, torch.full((1, 1, 8, 8), outside)]), tmp_path / "outside.pt")
+        with pytest.raises(DataError, match="holds float images in .*" + found):
+            sources.load_tensor_file(tmp_path / "outside.pt")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -936,6 +957,16 @@ def test_kmeans_finds_planted_clusters_and_numbers_them_from_the_largest():
     assert torch.equal(kmeans(thumbnails(images), 3), 2 - which)
     as_floats = images.float() / 127.5 - 1                          # a tensor file's float images, in [-1, 1]
     assert torch.allclose(thumbnails(as_floats), thumbnails(images), atol=1e-6)
+
+
+def test_kmeans_takes_one_cluster_or_as_many_as_examples_and_its_seed_alone_decides():
+    x = torch.randn(6, 2)
+    assert kmeans(x, 1).tolist() == [0] * 6 and sorted(kmeans(x, 6).tolist()) == list(range(6))
+    points = torch.randn(60, 2, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    first = kmeans(points, 4, seed=3)
+    torch.manual_seed(2)
+    assert torch.equal(kmeans(points, 4, seed=3), first)
 
 
 def test_kmeans_refuses_more_clusters_than_distinct_examples():
