@@ -676,6 +676,9 @@ def test_inspect_describes_each_feature_of_vectors_sequences_and_sets():
         "kind: vectors of 10 numbers", *(f"  coordinate {j}: from {j} to {j + 2}, mean {j + 1}, std 1.414"
                                         for j in range(8)), "  ... and 2 more"]
     assert describe_values(Decoded(vectors[:, :8]), "vector")[-1] == "  coordinate 7: from 7 to 9, mean 8, std 1.414"
+    nine = describe_values(Decoded(vectors[:, :9], conditions=vectors[:, :9]), "vector")
+    assert nine[9:] == ["  ... and 1 more", "conditions: 9 per example",
+                        *(f"  condition {j}: from {j} to {j + 2}, mean {j + 1}, std 1.414" for j in range(8))]
     sequences = torch.tensor([[[0.0, 1.0, 2.0], [10.0, 10.0, 10.0]], [[3.0, 4.0, 5.0], [10.0, 10.0, 10.0]]])
     assert describe_values(Decoded(sequences, conditions=torch.tensor([[1.0], [3.0]])), "sequence") == [
         "kind: sequences of 2 channel(s) over 3 steps", "  channel 0: from 0 to 5, mean 2.5, std 1.871",
@@ -846,6 +849,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
 
 @pytest.mark.parametrize("mode, values, expected", [
     ("I;16", np.arange(65536).reshape(256, 256), (np.arange(65536).reshape(256, 256) * 255 + 32767) // 65535),
+    ("I;16", np.array([[0, 1000]]), np.array([[0, 4]])),                 # a dark scan stays dark: 16 bits' range
     ("I", np.array([[0, 250, 500, 1000]]), np.array([[0, 64, 128, 255]])),
     ("F", np.array([[-0.25, 0.0, 0.125, 0.5]]), np.array([[0, 0, 64, 255]])),
     ("F", np.zeros((2, 2)), np.zeros((2, 2))),
