@@ -468,6 +468,9 @@ def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_spl
         assert torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y)
     reseeded.setup()                                        # the run's seed shuffles, the split stays
     assert torch.equal(reseeded.val_set.data, module.val_set.data)
+    others = PairedDataModule(cfg, 0, SimpleNamespace(**{**vars(pairs), "fingerprint": "g"}), scaling)
+    others.setup()                                          # other pairs: caches of their statistics apart
+    assert module.fingerprint and others.fingerprint and others.fingerprint != module.fingerprint
     assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], next(iter(module.train_dataloader()))[0])
     assert torch.equal(module.reference_images(held_out=True), module.val_set.data * 100 + 100)   # in data units
 
@@ -584,6 +587,11 @@ def test_training_batches_are_cropped_at_random_and_flipped_and_validation_batch
             assert kinds, "not a window of its image"
             seen.update(kinds)
     assert seen == {(k, mirrored) for k in range(4) for mirrored in (False, True)}
+    data.cfg.hflip = False                                  # then never mirrored
+    served = data.on_after_batch_transfer((images, labels))[0]
+    assert all(any(torch.equal(image, window) for window in options) for image, options in zip(served, windows))
+    assert not all(any(torch.equal(image, window.flip(-1)) for window in options)
+                   for image, options in zip(served, windows))
 
 
 def test_training_parts_are_disjoint_subsets_of_the_training_split_and_never_move_the_held_out_set(project_dir):
