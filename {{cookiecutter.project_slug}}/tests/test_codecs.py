@@ -195,10 +195,10 @@ def test_latent_training_examples_are_the_images_then_their_mirror_images_with_t
     from {{ cookiecutter.package_name }}.pixels import to_unit_range
 
     rng = np.random.default_rng(0)
-    for k in range(10):
-        (project_dir / "pictures" / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(project_dir / "pictures" / "ab"[k % 2]
-                                                                            / f"{k}.png")
+    for k in range(10):                                   # classes a and b, in turn
+        folder = project_dir / "pictures" / "ab"[k % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{k}.png")
     cfg = load_config(["data.name=image_folder", f"data.root={project_dir / 'pictures'}", "data.image_size=8",
                        "data.channels=1", "data.clusters=0", "data.val_fraction=0.2", "data.hflip=true",
                        "data.labels_from_subfolders=true"])

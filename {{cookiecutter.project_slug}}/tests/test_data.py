@@ -1,4 +1,5 @@
 import io
+import os
 import re
 import warnings
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_toy_points_are_drawn_with_the_runs_seed_and_labelled_where_the_shape_ha
         return load_source(load_config(["data.name=toy2d", f"data.toy_shape={shape}", "model.name=mlp",
                                         f"seed={seed}"]).data, seed)
 
-    assert not torch.equal(toy("moons", 1).data, toy("moons", 2).data)
     moons, gaussians, roll = toy("moons", 1), toy("gaussians", 1), toy("swiss_roll", 1)
+    assert not torch.equal(moons.data, toy("moons", 2).data)
     assert moons.class_names == ["0", "1"] and torch.equal(moons.labels, make_toy2d("moons", len(moons.data), 1)[1])
     assert gaussians.class_names == [str(k) for k in range(8)] and roll.labels is None and roll.class_names == []
 
@@ -301,8 +302,6 @@ def test_an_image_moved_to_another_class_is_decoded_again(project_dir, tmp_path)
 
 def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(project_dir, tmp_path):
     """Same-sized BMP files of the same names and dates, unpacked into two folders: told apart by the folder."""
-    import os
-
     for root, shade in (("black", 0), ("white", 255)):
         (tmp_path / root / "a").mkdir(parents=True)
         Image.new("RGB", (8, 8), (shade,) * 3).save(tmp_path / root / "a" / "0.bmp")
@@ -313,8 +312,6 @@ def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(pro
 
 def test_two_tensor_files_alike_in_name_size_and_date_have_their_own_fingerprints(tmp_path):
     """The fingerprint keys the caches of what is computed from the data (FID's statistics, latents)."""
-    import os
-
     for folder, value in (("a", 0.0), ("b", 1.0)):
         (tmp_path / folder).mkdir()
         torch.save(torch.full((4, 2), value), tmp_path / folder / "data.pt")
@@ -346,7 +343,7 @@ class PublishedSet:
     def __init__(self, root, download, **split):
         PublishedSet.calls.append((root, download, split))
         if not download:
-            raise RuntimeError("Dataset not found. You can use download=True to download it")
+            raise RuntimeError("Dataset not found")            # as torchvision says; nothing is fetched
 
     def __iter__(self):
         yield Image.fromarray(np.zeros((4, 6), np.uint8)), 2
@@ -468,10 +465,10 @@ def test_paired_data_keeps_each_example_with_its_noise_through_shuffling_and_spl
         assert torch.equal(n, -10 * x) and torch.equal(x[:, 0].long(), y)
     reseeded.setup()                                        # the run's seed shuffles, the split stays
     assert torch.equal(reseeded.val_set.data, module.val_set.data)
+    assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], next(iter(module.train_dataloader()))[0])
     others = PairedDataModule(cfg, 0, SimpleNamespace(**{**vars(pairs), "fingerprint": "g"}), scaling)
     others.setup()                                          # other pairs: caches of their statistics apart
     assert module.fingerprint and others.fingerprint and others.fingerprint != module.fingerprint
-    assert not torch.equal(next(iter(reseeded.train_dataloader()))[0], next(iter(module.train_dataloader()))[0])
     assert torch.equal(module.reference_images(held_out=True), module.val_set.data * 100 + 100)   # in data units
 
 
