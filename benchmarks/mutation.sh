@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Mutation testing of the core of a freshly baked default project (mutmut, configured in the
 # project's pyproject.toml: the diffusion core, the tasks, evaluation, the training module, Model,
-# the codecs, the conditions and the data pipeline, against the tests that reach them). Writes
+# the codecs, the networks, the data pipeline, the configuration and the run folder, against the tests
+# that reach them). Writes
 # benchmarks/results/mutation.txt: every mutant that no test killed, with its diff;
 # benchmarks/mutation.md says why each is left. Hours on a 2-core CPU.
 #

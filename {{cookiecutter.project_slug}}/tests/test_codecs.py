@@ -56,17 +56,62 @@ def test_the_autoencoders_loss_is_the_error_of_a_drawn_latent_plus_the_weighted_
 
 
 def test_the_encoders_second_half_is_the_log_variance_of_the_latent():
-    """An encoder whose last layer outputs a constant 0.3 for the means and ln 0.25 for the rest
-    gives latents of mean 0.3 and standard deviation exp(ln 0.25 / 2) = 0.5, as the VAE's
-    log-variance parameterisation (Kingma & Welling 2014; Stable Diffusion's) says."""
-    network = Autoencoder(1, 2, (8, 16))
+    """An encoder whose last layer outputs a constant 0.3 for the means and ln 0.25 for the first log-variance
+    gives latents of mean 0.3 and standard deviation exp(ln 0.25 / 2) = 0.5, as the VAE's log-variance
+    parameterisation (Kingma & Welling 2014; Stable Diffusion's) says; log-variances are clamped to [-30, 20], as
+    latent diffusion's are, so that 100 and -100 give standard deviations e^10 and e^-15."""
+    network = Autoencoder(1, 3, (8, 16))
     last = network.encoder[-1]
     torch.nn.init.zeros_(last.weight)
     with torch.no_grad():
-        last.bias.copy_(torch.tensor([0.3, 0.3, math.log(0.25), math.log(0.25)]))
+        last.bias.copy_(torch.tensor([0.3, 0.3, 0.3, math.log(0.25), 100.0, -100.0]))
         mean, std = network.encode(torch.rand(2, 1, 8, 8))
-    torch.testing.assert_close(mean, torch.full((2, 2, 4, 4), 0.3))
-    torch.testing.assert_close(std, torch.full((2, 2, 4, 4), 0.5))
+    torch.testing.assert_close(mean, torch.full((2, 3, 4, 4), 0.3))
+    log_std = torch.tensor([math.log(0.5), 10.0, -15.0])[:, None, None].expand(2, 3, 4, 4)
+    torch.testing.assert_close(std.log(), log_std)
+
+
+def test_the_autoencoders_block_is_two_norm_silu_convolutions_around_a_residual():
+    """Block(x) = skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))))), the skip a 1x1 convolution where the widths
+    differ: latent diffusion's ResnetBlock without its time embedding."""
+    from {{ cookiecutter.package_name }}.models.autoencoder import Block
+
+    functional = torch.nn.functional
+    for cin in (8, 16):
+        block = Block(cin, 16)
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        norm1, _, conv1, norm2, _, conv2 = block.layers
+        x = torch.randn(2, cin, 4, 4)
+        h = functional.conv2d(functional.silu(functional.group_norm(x, norm1.num_groups, norm1.weight, norm1.bias)),
+                              conv1.weight, conv1.bias, padding=1)
+        h = functional.conv2d(functional.silu(functional.group_norm(h, norm2.num_groups, norm2.weight, norm2.bias)),
+                              conv2.weight, conv2.bias, padding=1)
+        skip = x if cin == 16 else functional.conv2d(x, block.skip.weight, block.skip.bias)
+        assert isinstance(block.skip, torch.nn.Identity) == (cin == 16)
+        torch.testing.assert_close(block(x), skip + h)
+
+
+def test_the_autoencoder_is_laid_out_as_its_docstring_says():
+    """Encoder: a 3x3 convolution to the first width, a block per level (the first changing the width), a strided
+    convolution between levels, then norm, SiLU and a convolution to a mean and a log-variance per latent
+    channel; decoder: the mirror image, doubling the side with nearest neighbours and a convolution; the latents
+    f = 2^(levels - 1) times smaller than the image."""
+    def layout(layers):
+        return [f"block {layer.layers[2].in_channels}>{layer.layers[2].out_channels}" if type(layer).__name__ == "Block"
+                else f"conv{layer.kernel_size[0]} {layer.in_channels}>{layer.out_channels}/{layer.stride[0]}"
+                if isinstance(layer, torch.nn.Conv2d) else type(layer).__name__ for layer in layers]
+
+    network = Autoencoder(1, 2, (8, 16, 32))
+    assert layout(network.encoder) == ["conv3 1>8/1", "block 8>8", "conv3 8>8/2", "block 8>16", "conv3 16>16/2",
+                                       "block 16>32", "GroupNorm", "SiLU", "conv3 32>4/1"]
+    assert layout(network.decoder) == ["conv3 2>32/1", "block 32>32", "Upsample", "conv3 32>32/1", "block 32>16",
+                                       "Upsample", "conv3 16>16/1", "block 16>8", "GroupNorm", "SiLU", "conv3 8>1/1"]
+    assert {(up.scale_factor, up.mode) for up in network.decoder if isinstance(up, torch.nn.Upsample)} == {
+        (2, "nearest")}
+    assert network.factor == 4 and network.shape == {"in_channels": 1, "latent_channels": 2, "channels": [8, 16, 32]}
+    assert network.encode(torch.zeros(3, 1, 8, 8))[0].shape == (3, 2, 2, 2)
+    assert network.decode(torch.zeros(3, 2, 2, 2)).shape == (3, 1, 8, 8)
 
 
 def test_normalised_latents_have_mean_0_and_latent_std_per_channel_and_decode_undoes_it(tmp_path):

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import typing
 
 import pytest
@@ -163,6 +164,41 @@ BAD_VALUES = [
     ("name=../escape", "name"), ("name=/tmp/abs", "name"), ("sampling.rho=0", "sampling.rho"),
     ("sampling.guidance=nan", "sampling.guidance"), ("data.toy_samples=1", "data.toy_samples"),
 ]
+
+
+# The edges of the numeric ranges, by what the values mean (configs/config.yaml): 0 turns a feature off or means
+# none or all; a statistic needs two samples; every other count is at least 1; every other number that is
+# neither a location nor a weight that may be negative is a size, above 0; shares and decays lie below 1.
+FROM_ZERO = ["seed", "data.clusters", "data.val_fraction", "data.train_size", "data.train_part", "data.num_workers",
+             "data.gpu_cache_gb", "model.unet.dropout", "model.ideal.smoothing", "diffusion.p_uncond",
+             "sampling.eta", "sampling.churn", "sampling.mu", "evaluation.every_n_steps", "evaluation.seed",
+             "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip", "optim.ema_decay",
+             "trainer.first_grid_minutes", "lora.prior_weight", "autoencoder.kl_weight"]
+FROM_TWO = ["data.toy_samples", "evaluation.samples", "evaluation.kid_subset_size", "evaluation.kid_reference",
+            "distill.pairs", "distill.levels"]
+ANY_SIGN = ["diffusion.noise_mean", "sampling.gamma", "sampling.guidance"]
+BELOW_ONE = ["data.val_fraction", "model.unet.dropout", "sampling.mu", "optim.ema_decay"]
+
+
+def test_each_range_takes_its_edge_and_refuses_the_next_number_out():
+    from {{ cookiecutter.package_name }}.config import VALUE_RULES, Config
+
+    def passes(key, value):
+        test, _ = VALUE_RULES[key]
+        return test(value)
+
+    leaves = dict(schema_leaves(Config))
+    other = [*FROM_ZERO, *FROM_TWO, *ANY_SIGN, "data.channels"]
+    counts = [key for key, kind in leaves.items() if kind is int and key not in other]
+    sizes = [key for key, kind in leaves.items() if kind is float and key not in other]
+    for keys, edge, outside in ((FROM_ZERO, 0, -1e-9), (FROM_TWO, 2, 1), (counts, 1, 0), (sizes, 1e-9, 0)):
+        assert [key for key in keys if not passes(key, edge) or passes(key, outside)] == [], edge
+    assert [key for key in BELOW_ONE if passes(key, 1) or not passes(key, 1 - 1e-9)] == []
+    assert passes("diffusion.p_uncond", 1) and not passes("diffusion.p_uncond", 1 + 1e-9)       # all dropped
+    assert passes("seed", 2**32 - 1) and not passes("seed", 2**32) and passes("evaluation.seed", 2**32 - 1)
+    assert all(passes(key, -5.0) for key in ANY_SIGN) and not any(passes(key, math.inf) for key in ANY_SIGN)
+    assert passes("trainer.val_batches", None) and passes("trainer.val_batches", 1) and not passes(
+        "trainer.val_batches", 0)
 
 
 @pytest.mark.parametrize("override, key", BAD_VALUES, ids=[override for override, _ in BAD_VALUES])

@@ -284,24 +284,40 @@ def test_sequences_get_the_temporal_unet_and_sets_say_so():
     assert MODELS["unet"]["sequence"] is TemporalUNet and MODELS["set_transformer"]["set"] is SetTransformer
 
 
+def test_build_model_gives_the_network_its_settings_and_condition_or_names_the_networks_that_fit(project_dir):
+    from {{ cookiecutter.package_name }}.models import build_model
+    from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
+
+    cfg = load_config(["model.name=set_transformer", "model.set_transformer.width=16", "data.kind=set"])
+    net = build_model(cfg, (5, 3), ClassLabels(4))
+    assert isinstance(net, SetTransformer) and net.inp.out_features == 16 and net.embed.label.num_embeddings == 5
+    cfg = load_config(["model.name=dit", "data.kind=set"])
+    with pytest.raises(ValueError, match="^it has no network for set data; networks for set data: "
+                                         "set_transformer, mlp$"):
+        build_model(cfg, (5, 3))
+
+
 def test_the_temporal_block_is_film_modulated_as_chi_et_al_write_it():
-    """FiLM (Perez et al. 2018) in the residual form of Chi et al. 2023's block: the condition's
-    projection gives (gamma, beta) per channel and the block is skip(x) + conv2(conv1(x) (1 +
-    gamma) + beta). A projection that gives gamma = beta = 0 leaves the plain block; here gamma
-    and beta are set through the projection's bias."""
+    """Chi et al. 2023's residual block written out: conv1 and conv2 are each a convolution of kernel 5 over time,
+    group norm and Mish (their Conv1dBlock); the condition's projection Linear(Mish(emb)) gives (gamma, beta) per
+    channel (FiLM, Perez et al. 2018), and the block is skip(x) + conv2(conv1(x) (1 + gamma) + beta), the skip a
+    1x1 convolution where the widths differ."""
     from {{ cookiecutter.package_name }}.models.temporal_unet import TemporalBlock
 
-    torch.manual_seed(0)
-    block = TemporalBlock(3, 4, emb_dim=6).eval()
-    x, emb = torch.randn(2, 3, 8), torch.randn(2, 6)
-    gamma, beta = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([0.1, 0.2, -0.3, 0.0])
-    with torch.no_grad():
-        block.film.weight.zero_()
-        block.film.bias.copy_(torch.cat([gamma, beta]))
-        expected = block.skip(x) + block.conv2(block.conv1(x) * (1 + gamma[:, None]) + beta[:, None])
-        torch.testing.assert_close(block(x, emb), expected)
-        block.film.bias.zero_()
-        torch.testing.assert_close(block(x, emb), block.skip(x) + block.conv2(block.conv1(x)))
+    mish = torch.nn.functional.mish
+
+    def conv_norm_mish(conv, norm, h):
+        h = torch.nn.functional.conv1d(h, conv.weight, conv.bias, padding=2)
+        return mish(torch.nn.functional.group_norm(h, norm.num_groups, norm.weight, norm.bias))
+
+    block = randomised(TemporalBlock(8, 16, emb_dim=6)).eval()
+    x, emb = torch.randn(2, 8, 12), torch.randn(2, 6)
+    gamma_beta = mish(emb) @ block.film.weight.T + block.film.bias
+    gamma, beta = gamma_beta[:, :16, None], gamma_beta[:, 16:, None]
+    h = conv_norm_mish(block.conv1[0], block.conv1[1], x) * (1 + gamma) + beta
+    skip = torch.nn.functional.conv1d(x, block.skip.weight, block.skip.bias)
+    assert block.conv1[0].kernel_size == block.conv2[1].kernel_size == (5,) and block.conv1[1].num_groups == 4
+    torch.testing.assert_close(block(x, emb), skip + conv_norm_mish(block.conv2[1], block.conv2[2], h))
 
 
 def test_the_temporal_unet_keeps_the_shape_follows_its_condition_and_trains_every_weight():
@@ -316,8 +332,56 @@ def test_the_temporal_unet_keeps_the_shape_follows_its_condition_and_trains_ever
     assert not torch.allclose(out, other)
     out.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
-    with pytest.raises(ValueError, match="divisible by 2"):
+    assert TemporalUNet((2, 12), channels=8, channel_mult=(1, 2, 2))(x[..., :12], c_noise).shape == (3, 2, 12)
+    with pytest.raises(ValueError, match=r"length 10 must be divisible by 2\^2 .*shorten channel_mult\)$"):
         TemporalUNet((2, 10), channels=8, channel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="if yours are 6 channels over 12 steps, save the data transposed"):
+        TemporalUNet((12, 6), channels=8, channel_mult=(1, 2, 2))       # more channels than steps: doubted
+
+
+def test_the_temporal_unet_is_laid_out_as_its_docstring_says():
+    """Widths channels x channel_mult[l]; ``blocks_per_level`` blocks per level down and up, the first changing the
+    width (on the way up from the level below, or the middle, plus the level's own skip), self-attention after
+    each block at the attention levels; a block, attention and a block in the middle; the length halved after
+    every level but the last and doubled back; the output a norm, Mish and a 1x1 convolution; every block's
+    dropout the one asked for."""
+    from {{ cookiecutter.package_name }}.models.temporal_unet import TemporalAttention, TemporalBlock
+
+    def layout(layers):
+        return [f"block {layer.conv1[0].in_channels}>{layer.conv1[0].out_channels}" if isinstance(layer, TemporalBlock)
+                else f"attention {layer.norm.num_channels}" if isinstance(layer, TemporalAttention)
+                else type(layer).__name__ for layer in layers]
+
+    net = TemporalUNet((2, 16), channels=8, channel_mult=(1, 2, 4), blocks_per_level=2, attention_levels=(1,),
+                       dropout=0.25)
+    assert [layout(stage) for stage in net.down] == [
+        ["block 8>8", "block 8>8"], ["block 8>16", "attention 16", "block 16>16", "attention 16"],
+        ["block 16>32", "block 32>32"]]
+    assert layout(net.middle) == ["block 32>32", "attention 32", "block 32>32"]
+    assert [layout(stage) for stage in net.up] == [
+        ["block 64>32", "block 32>32"], ["block 48>16", "attention 16", "block 16>16", "attention 16"],
+        ["block 24>8", "block 8>8"]]
+    assert [(conv.in_channels, conv.stride) for conv in net.shorten] == [(8, (2,)), (16, (2,))]
+    assert [(conv.in_channels, conv.stride) for conv in net.lengthen] == [(32, (2,)), (16, (2,))]
+    assert layout(net.out) == ["GroupNorm", "Mish", "Conv1d"] and net.out[-1].out_channels == 2
+    assert {block.conv2[0].p for block in net.modules() if isinstance(block, TemporalBlock)} == {0.25}
+
+
+def test_the_temporal_unet_goes_down_through_the_middle_and_up_taking_each_levels_skip():
+    """Written out for two levels of one block (attention at level 1): h = inp(x); s0 = block(h); halved;
+    s1 = attention(block(.)); the middle; a block and attention on [h, s1]; doubled; a block on [h, s0] (each
+    skip joined after h); the output layers."""
+    net = randomised(TemporalUNet((2, 8), channels=8, channel_mult=(1, 2), blocks_per_level=1, attention_levels=(1,)))
+    x, c_noise = torch.randn(3, 2, 8), torch.randn(3)
+    emb = net.embed(c_noise, None)
+    ((block0,), (block1, attention1)), (first, attention, second) = net.down, net.middle
+    s0 = block0(net.inp(x), emb)
+    s1 = attention1(block1(net.shorten[0](s0), emb))
+    h = second(attention(first(s1, emb)), emb)
+    (up1, attention_up1), (up0,) = net.up
+    h = net.lengthen[0](attention_up1(up1(torch.cat([h, s1], 1), emb)))
+    h = up0(torch.cat([h, s0], 1), emb)
+    torch.testing.assert_close(net(x, c_noise), net.out(h))
 
 
 def test_the_temporal_unet_sees_far_along_the_sequence():

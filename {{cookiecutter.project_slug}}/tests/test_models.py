@@ -4,7 +4,7 @@ import torch
 
 from {{ cookiecutter.package_name }}.diffusion.samplers import heun
 from {{ cookiecutter.package_name }}.diffusion.schedules import karras_sigmas
-from {{ cookiecutter.package_name }}.models import MLP, DiT, IdealDenoiser, UNet
+from {{ cookiecutter.package_name }}.models import MLP, DiT, IdealDenoiser, SetTransformer, UNet
 from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels, Vectors, sinusoidal_features
 from {{ cookiecutter.package_name }}.models.unet import group_norm
 
@@ -91,10 +91,68 @@ def test_the_unet_residual_block_is_adms_scale_and_shift_block():
         torch.testing.assert_close(block(x, emb), skip + h, rtol=1e-12, atol=1e-12)
 
 
+def test_the_unet_is_laid_out_as_adms():
+    """ADM's layout (Dhariwal & Nichol 2021), as the docstring says: widths channels x channel_mult[l];
+    ``blocks_per_level`` residual blocks per level on the way down, each followed by attention at the attention
+    levels, and a strided convolution after every level but the last; a block, attention and a block in the
+    middle; on the way up one block more per level, each taking the skip of its mirror (the input of each
+    down-sampled level, the outputs of its blocks), then nearest-neighbour upsampling and a convolution; the output
+    a norm, SiLU and a convolution; every block's dropout the one asked for."""
+    from {{ cookiecutter.package_name }}.models.unet import ResBlock, SelfAttention
+
+    def layout(layers):
+        return [f"block {layer.conv1.in_channels}>{layer.conv1.out_channels}" if isinstance(layer, ResBlock)
+                else f"attention {layer.norm.num_channels}" if isinstance(layer, SelfAttention)
+                else f"conv{layer.kernel_size[0]} {layer.in_channels}/{layer.stride[0]}"
+                if isinstance(layer, torch.nn.Conv2d)
+                else type(layer).__name__ for layer in layers]
+
+    net = UNet((1, 16, 16), channels=8, channel_mult=(1, 2, 4), blocks_per_level=2, attention_levels=(1,),
+               dropout=0.25)
+    assert [layout(stage) for stage in net.down] == [
+        ["block 8>8"], ["block 8>8"], ["conv3 8/2"],
+        ["block 8>16", "attention 16"], ["block 16>16", "attention 16"], ["conv3 16/2"],
+        ["block 16>32"], ["block 32>32"]]
+    assert layout(net.middle) == ["block 32>32", "attention 32", "block 32>32"]
+    assert [layout(stage) for stage in net.up] == [
+        ["block 64>32"], ["block 64>32"], ["block 48>32"], ["Upsample", "conv3 32/1"],
+        ["block 48>16", "attention 16"], ["block 32>16", "attention 16"], ["block 24>16", "attention 16"],
+        ["Upsample", "conv3 16/1"],
+        ["block 24>8"], ["block 16>8"], ["block 16>8"]]
+    assert layout(net.out) == ["GroupNorm", "SiLU", "conv3 8/1"] and net.out[-1].out_channels == 1
+    assert {(up.scale_factor, up.mode) for up in net.modules() if isinstance(up, torch.nn.Upsample)} == {(2, "nearest")}
+    assert {block.dropout.p for block in net.modules() if isinstance(block, ResBlock)} == {0.25}
+
+
+def test_the_unet_goes_down_through_the_middle_and_up_taking_each_skip_of_its_mirror():
+    """Written out for two levels of one block (attention at level 1): h0 = inp(x); down, h1 = block(h0),
+    h2 = downsample(h1), h3 = attention(block(h2)); the middle; up at level 1, a block and attention on
+    [h, h3], then on [h, h2] (the skip joined after h, as ADM joins it); upsampled; at level 0 a block on [h, h1],
+    then on [h, h0]; the output layers. Every block is given the condition vector."""
+    net = randomised(UNet((1, 8, 8), channels=8, channel_mult=(1, 2), blocks_per_level=1, attention_levels=(1,),
+                          condition=ClassLabels(3)))
+    x, c_noise, labels = torch.randn(2, 1, 8, 8), torch.randn(2), torch.tensor([0, 3])
+    emb = condition_embedding(net, c_noise, labels)
+    (block0,), (downsample,), (block1, attention1) = net.down
+    h0 = net.inp(x)
+    h1 = block0(h0, emb)
+    h2 = downsample(h1)
+    h3 = attention1(block1(h2, emb))
+    first, attention, second = net.middle
+    h = second(attention(first(h3, emb)), emb)
+    (up1, attention_up1), (up2, attention_up2), (upsample, convolution), (up3,), (up4,) = net.up
+    h = attention_up1(up1(torch.cat([h, h3], 1), emb))
+    h = attention_up2(up2(torch.cat([h, h2], 1), emb))
+    h = convolution(upsample(h))
+    h = up3(torch.cat([h, h1], 1), emb)
+    h = up4(torch.cat([h, h0], 1), emb)
+    torch.testing.assert_close(net(x, c_noise, labels), net.out(h))
+
+
 def test_the_dit_block_is_adaln_zero_as_peebles_and_xie_write_it():
     """DiT's block (Peebles & Xie 2023, Fig. 3): (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(c));
     x += gate1 Attention(LN(x) (1 + scale1) + shift1); x += gate2 MLP(LN(x) (1 + scale2) + shift2), with the
-    attention's heads side by side and tokens that are not seen masked out."""
+    attention's heads side by side, tokens that are not seen masked out, and the MLP ViT's: width 4d, tanh GELU."""
     from {{ cookiecutter.package_name }}.models.dit import DiTBlock
 
     block = randomised(DiTBlock(16, heads=2)).double()
@@ -107,7 +165,10 @@ def test_the_dit_block_is_adaln_zero_as_peebles_and_xie_write_it():
     mask = seen[:, None, :]
     heads = [attention(q[..., i:i + 8], k[..., i:i + 8], v[..., i:i + 8], mask) for i in (0, 8)]
     x_mid = x + gate1 * block.proj(torch.cat(heads, -1))
-    expected = x_mid + gate2 * block.mlp(layer_norm(x_mid) * (1 + scale2) + shift2)
+    first, _, second = block.mlp                                           # an MLP of ratio 4, tanh GELU
+    mlp = lambda h: second(torch.nn.functional.gelu(first(h), approximate="tanh"))      # noqa: E731
+    expected = x_mid + gate2 * mlp(layer_norm(x_mid) * (1 + scale2) + shift2)
+    assert first.out_features == 4 * 16
     torch.testing.assert_close(block(x, emb, seen), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -128,6 +189,74 @@ def test_dit_positions_are_the_2d_sine_cosine_embedding_and_tokens_return_to_the
     tokens = torch.stack([image[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].permute(0, 2, 3, 1).flatten(1)
                           for r in range(3) for c in range(3)], dim=1)      # (B, 9 patches, 2 x 2 x 3)
     assert torch.equal(net.unpatchify(tokens, 3), image)
+
+
+def condition_embedding(net, c_noise, labels):
+    """The network's condition vector, written out: the noise level's features through its MLP, plus the label's
+    learned vector."""
+    return net.embed.noise(sinusoidal_features(c_noise, 128)) + net.embed.label(labels)
+
+
+def adaln_final_layer(net, h, emb):
+    """DiT's final layer: LN(h) (1 + scale) + shift, (shift, scale) = Linear(SiLU(c)), then a linear map per token."""
+    width = h.shape[-1]
+    shift_scale = torch.nn.functional.silu(emb) @ net.final_modulation.weight.T + net.final_modulation.bias
+    shift, scale = shift_scale[:, None, :width], shift_scale[:, None, width:]
+    return net.head(torch.nn.functional.layer_norm(h, (width,)) * (1 + scale) + shift)
+
+
+def test_the_dit_is_patch_tokens_with_positions_through_its_blocks_then_the_final_adaln_layer():
+    """DiT (Peebles & Xie 2023, Sec. 3.1) written out: each p x p patch embedded linearly as a token, plus its 2D
+    sine-cosine position; the blocks in turn, each given the condition; the final adaLN layer; each token back to
+    its patch. The positions are computed, never saved, so a checkpoint does not depend on them."""
+    from {{ cookiecutter.package_name }}.models.dit import sincos_positions
+
+    net = randomised(DiT((3, 8, 8), patch_size=2, width=16, depth=3, heads=2, condition=ClassLabels(10)))
+    x, c_noise, labels = torch.randn(2, 3, 8, 8), torch.randn(2), torch.tensor([3, 10])
+    emb = condition_embedding(net, c_noise, labels)
+    patches = torch.stack([x[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].flatten(1) for r in range(4) for c in range(4)],
+                          dim=1)                                              # (B, 16 patches, C p p)
+    h = patches @ net.patchify.weight.flatten(1).T + net.patchify.bias + sincos_positions(4, 16)
+    assert len(net.blocks) == 3
+    for block in net.blocks:
+        h = block(h, emb)
+    expected = net.unpatchify(adaln_final_layer(net, h, emb), 3)
+    torch.testing.assert_close(net(x, c_noise, labels), expected, rtol=1e-5, atol=1e-5)
+    assert "positions" not in net.state_dict()
+
+
+def test_the_set_transformer_is_dits_blocks_over_its_real_points_then_the_final_adaln_layer():
+    """Each point a token (a linear map of its D numbers), no positions; DiT's blocks, attending to the real
+    points only; DiT's final layer; 0 at the missing points (Lee et al. 2019, with Peebles & Xie's blocks)."""
+    net = randomised(SetTransformer((5, 3), width=16, depth=2, heads=2, condition=ClassLabels(4)))
+    x, c_noise, labels = torch.randn(2, 5, 3), torch.randn(2), torch.tensor([1, 4])
+    x[1, 3:] = torch.nan
+    seen = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    emb = condition_embedding(net, c_noise, labels)
+    h = torch.nan_to_num(x) @ net.inp.weight.T + net.inp.bias
+    assert len(net.blocks) == 2
+    for block in net.blocks:
+        h = block(h, emb, seen)
+    expected = torch.where(seen[..., None], adaln_final_layer(net, h, emb), 0.0)
+    torch.testing.assert_close(net(x, c_noise, labels), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_mlp_is_residual_blocks_that_add_the_condition_after_their_norm():
+    """Written out: h = Linear(x flattened); each block h + Linear(SiLU(Linear(LN(h) + c))); the output
+    Linear(SiLU(LN(h))) shaped like x. With zero inits undone, so that every layer acts."""
+    functional = torch.nn.functional
+    net = randomised(MLP((1, 4, 4), width=32, depth=3, condition=ClassLabels(5)))
+    x, c_noise, labels = torch.randn(2, 1, 4, 4), torch.randn(2), torch.tensor([0, 5])
+    emb = condition_embedding(net, c_noise, labels)
+    h = x.flatten(1) @ net.inp.weight.T + net.inp.bias
+    assert len(net.blocks) == 3
+    for block in net.blocks:
+        first, _, second = block.layers
+        inner = functional.layer_norm(h, (32,), block.norm.weight, block.norm.bias) + emb
+        h = h + second(functional.silu(first(inner)))
+    norm, _, last = net.out
+    expected = last(functional.silu(functional.layer_norm(h, (32,), norm.weight, norm.bias))).view(x.shape)
+    torch.testing.assert_close(net(x, c_noise, labels), expected)
 
 
 def test_conditional_network_refuses_missing_labels():
@@ -154,6 +283,10 @@ def test_bad_sizes_are_explained():
         UNet((1, 12, 12), channels=16, channel_mult=(1, 2, 2, 2))
     with pytest.raises(ValueError, match="patch_size"):
         DiT((3, 30, 30), patch_size=4, width=64, depth=1, heads=4)
+    with pytest.raises(ValueError, match=r"width \(66\) divisible by heads \(3\) and by 4"):
+        DiT((3, 8, 8), patch_size=2, width=66, depth=1, heads=3)       # the positions take a quarter each
+    with pytest.raises(ValueError, match=r"width \(30\) must be divisible by heads \(4\)"):
+        SetTransformer((5, 3), width=30, heads=4)
 
 
 def test_class_labels_drop_a_share_to_the_null_label_and_keep_the_rest():

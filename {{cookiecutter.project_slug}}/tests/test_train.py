@@ -567,6 +567,33 @@ def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(proje
     assert (project_dir / "runs/change/config.yaml").read_text() == record          # a failed resume writes nothing
 
 
+# What a resumed run cannot change: the network's shape and what its output means (and, for a student or
+# adapters, whose network it is and the adapters' shape); each pair is a change to a run of the digits experiment.
+FIXED_ON_RESUME = [("model.name", "dit"), ("model.conditional", False), ("model.unet.channels", 8),
+                   ("data.image_size", 16), ("data.channels", 3), ("diffusion.objective", "flow"),
+                   ("diffusion.sigma_data", 0.7), ("distill.teacher", "runs/teacher"), ("distill.method", "ect"),
+                   ("lora.base", "runs/base"), ("codec.source", "runs/ae"), ("codec.latent_std", 0.8),
+                   ("lora.rank", 8), ("lora.alpha", 3.0), ("lora.targets", ["to_q"])]
+
+
+@pytest.mark.parametrize("key, value", FIXED_ON_RESUME, ids=[key for key, _ in FIXED_ON_RESUME])
+def test_resuming_refuses_each_change_to_the_network_and_names_it(project_dir, capsys, key, value):
+    from omegaconf import OmegaConf
+
+    from {{ cookiecutter.package_name }}.config import load_config
+    from {{ cookiecutter.package_name }}.runs import check_resumable
+
+    saved = load_config(["experiment=digits"])
+    changed = saved.copy()
+    OmegaConf.update(changed, key, value)
+    with pytest.raises(ConfigError, match=rf"^runs/x cannot resume with {key}=\S.* \(trained with "):
+        check_resumable(saved, changed, Path("runs/x"))
+    OmegaConf.update(saved, key, value)
+    OmegaConf.update(changed, "optim.lr", 0.01)                    # the rest may change, and is reported
+    check_resumable(saved, changed, Path("runs/x"))
+    assert capsys.readouterr().out == f"resuming runs/x with changed settings: optim.lr=0.01 (was {saved.optim.lr})\n"
+
+
 def test_a_resumed_optimiser_keeps_its_place_in_the_schedule_at_the_new_rate():
     """Saved mid-warm-up at 2e-4 of 1e-3 and resumed with optim.lr=5e-4: the step it resumes at
     runs at 1e-4, the same fraction of the new rate; a checkpoint without optimiser states (an

@@ -99,7 +99,7 @@ class TemporalUNet(nn.Module):
 
 
 def run(layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
-    """A stage: blocks that take the condition get it, resampling layers do not."""
+    """A stage: its blocks (and attention layers) in turn, each given the condition."""
     for layer in layers:
-        h = layer(h, emb) if isinstance(layer, (TemporalBlock, TemporalAttention)) else layer(h)
+        h = layer(h, emb)
     return h
