@@ -12,6 +12,8 @@ from {{ cookiecutter.package_name }}.codecs import TrainedAutoencoder
 from {{ cookiecutter.package_name }}.models.autoencoder import Autoencoder
 from {{ cookiecutter.package_name }}.runs import load_codec, load_run, new_model
 
+from test_modalities import randomised
+
 pytestmark = pytest.mark.once
 
 DIGITS = ["experiment=digits", "logger=csv", "data.clusters=0", "model.unet.channels=8", "data.batch_size=16",
@@ -78,9 +80,7 @@ def test_the_autoencoders_block_is_two_norm_silu_convolutions_around_a_residual(
 
     functional = torch.nn.functional
     for cin in (8, 16):
-        block = Block(cin, 16)
-        for p in block.parameters():
-            torch.nn.init.normal_(p, std=0.1)
+        block = randomised(Block(cin, 16))
         norm1, _, conv1, norm2, _, conv2 = block.layers
         x = torch.randn(2, cin, 4, 4)
         h = functional.conv2d(functional.silu(functional.group_norm(x, norm1.num_groups, norm1.weight, norm1.bias)),

@@ -91,6 +91,12 @@ def test_the_unet_residual_block_is_adms_scale_and_shift_block():
         torch.testing.assert_close(block(x, emb), skip + h, rtol=1e-12, atol=1e-12)
 
 
+def condition_embedding(net, c_noise, labels):
+    """The network's condition vector, written out: the noise level's features through its MLP, plus the label's
+    learned vector."""
+    return net.embed.noise(sinusoidal_features(c_noise, 128)) + net.embed.label(labels)
+
+
 def test_the_unet_is_laid_out_as_adms():
     """ADM's layout (Dhariwal & Nichol 2021), as the docstring says: widths channels x channel_mult[l];
     ``blocks_per_level`` residual blocks per level on the way down, each followed by attention at the attention
@@ -189,12 +195,6 @@ def test_dit_positions_are_the_2d_sine_cosine_embedding_and_tokens_return_to_the
     tokens = torch.stack([image[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].permute(0, 2, 3, 1).flatten(1)
                           for r in range(3) for c in range(3)], dim=1)      # (B, 9 patches, 2 x 2 x 3)
     assert torch.equal(net.unpatchify(tokens, 3), image)
-
-
-def condition_embedding(net, c_noise, labels):
-    """The network's condition vector, written out: the noise level's features through its MLP, plus the label's
-    learned vector."""
-    return net.embed.noise(sinusoidal_features(c_noise, 128)) + net.embed.label(labels)
 
 
 def adaln_final_layer(net, h, emb):
