@@ -37,6 +37,11 @@ def workplace(tmp_path_factory):
     torch.save({"data": torch.rand(50, 2), "labels": torch.arange(50) % 3 - 1}, folder / "negative-labels.pt")
     (folder / "no-images").mkdir()
     (folder / "notes.txt").write_text("not data")
+    torch.save({"weights": torch.zeros(2)}, folder / "other.ckpt")
+    (folder / "broken-export").mkdir()
+    (folder / "broken-export" / "model.safetensors").write_bytes(b"not weights")
+    (folder / "photos" / "images").mkdir(parents=True)
+    (folder / "photos" / "images" / "holiday.jpg").write_bytes(b"")
     os.chdir(before)
     return folder
 
@@ -86,6 +91,12 @@ BAD = [
                                                            "memorisation=N"),
     (["evaluate", "run=runs/plain", "twin=runs/classes", "memorisation=4", "fid=false", "features=false"],
      "the twin must be trained the same way on other examples of the same data"),
+    (["sample", "run=other.ckpt"], "other.ckpt is a torch file, but not a checkpoint of this project"),
+    (["sample", "run=broken-export"], "broken-export is not a readable export folder"),
+    (["sample", "run=runs/classes", "out=photos"], "photos/images holds files that sample did not write (holiday.jpg"),
+    (["train", "experiment=toy2d", "data.toy_shape=swiss_roll", "model.conditional=true"],
+     "model.conditional=true needs class labels or conditions, but data.name=toy2d provides none"),
+    (["train", *DIGITS, "lora.base=runs/nothing"], "no config.yaml in runs/nothing"),
     (["export", "run=runs/nothing"], "no checkpoint"),
     (["visualize", "run=runs/classes", "columns=0"], "'columns'"),
     (["interpolate", "run=runs/classes", "sampler=ddpm"], "deterministic sampler"),
