@@ -79,14 +79,16 @@ def test_the_autoencoders_block_is_two_norm_silu_convolutions_around_a_residual(
     from {{ cookiecutter.package_name }}.models.autoencoder import Block
 
     functional = torch.nn.functional
+
+    def norm_silu_conv(norm, conv, h):
+        h = functional.silu(functional.group_norm(h, norm.num_groups, norm.weight, norm.bias))
+        return functional.conv2d(h, conv.weight, conv.bias, padding=1)
+
     for cin in (8, 16):
         block = randomised(Block(cin, 16))
         norm1, _, conv1, norm2, _, conv2 = block.layers
         x = torch.randn(2, cin, 4, 4)
-        h = functional.conv2d(functional.silu(functional.group_norm(x, norm1.num_groups, norm1.weight, norm1.bias)),
-                              conv1.weight, conv1.bias, padding=1)
-        h = functional.conv2d(functional.silu(functional.group_norm(h, norm2.num_groups, norm2.weight, norm2.bias)),
-                              conv2.weight, conv2.bias, padding=1)
+        h = norm_silu_conv(norm2, conv2, norm_silu_conv(norm1, conv1, x))
         skip = x if cin == 16 else functional.conv2d(x, block.skip.weight, block.skip.bias)
         assert isinstance(block.skip, torch.nn.Identity) == (cin == 16)
         torch.testing.assert_close(block(x), skip + h)
