@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..kinds import steps_first_doubt
 from ..pixels import to_uint8, to_unit_range
 from ..sets import rotated, without_centre
 from .augment import center_crop, random_crop, random_flip
@@ -46,14 +47,10 @@ def value_problem(data: Tensor, sets: bool = False) -> str | None:
 
 
 def layout_doubt(data: Tensor, kind: str) -> str | None:
-    """A warning for float sequences with more channels than steps: most likely (N, steps,
-    channels), the layout of many trajectory files, read the wrong way round."""
-    if data.ndim == 3 and data.is_floating_point() and kind != "set" and data.shape[1] > data.shape[2]:
-        channels, steps = data.shape[1:]
-        return (f"the sequences are read as {channels} channels over {steps} steps ((N, C, L), channels first); if "
-                f"they are {channels} steps of {steps} numbers, save data.transpose(1, 2), or for sets of points "
-                "set data.kind=set")
-    return None
+    """A warning for float sequences with more channels than steps (``steps_first_doubt``)."""
+    sequences = data.ndim == 3 and data.is_floating_point() and kind != "set"
+    doubt = steps_first_doubt(*data.shape[1:]) if sequences else None
+    return f"{doubt}, or for sets of points set data.kind=set" if doubt else None
 
 
 def check_trainable(data: Tensor, cfg) -> None:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kinds import steps_first_doubt
 from .conditioning import Condition, ConditionEmbedding
 from .unet import SelfAttention, group_norm
 
@@ -48,10 +49,10 @@ class TemporalUNet(nn.Module):
         super().__init__()
         in_channels, length = data_shape
         if length % 2 ** (len(channel_mult) - 1):
-            hint = (f"; sequences are (channels, steps): if yours are {length} channels over {in_channels} steps, "
-                    "save the data transposed, data.transpose(1, 2)" if in_channels > length else "")
+            doubt = steps_first_doubt(in_channels, length)
             raise ValueError(f"sequence length {length} must be divisible by 2^{len(channel_mult) - 1} for "
-                             f"channel_mult {list(channel_mult)} (pad the sequences, or shorten channel_mult){hint}")
+                             f"channel_mult {list(channel_mult)} (pad the sequences, or shorten channel_mult)"
+                             + (f"; {doubt}" if doubt else ""))
         emb_dim = 4 * channels
         self.embed = ConditionEmbedding(emb_dim, condition)
         self.inp = nn.Conv1d(in_channels, channels, 5, padding=2)
