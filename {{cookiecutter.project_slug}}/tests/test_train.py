@@ -551,6 +551,22 @@ def test_unreadable_checkpoints_are_one_error_line(project_dir, capsys, content)
     assert capsys.readouterr().err.startswith("ERROR: bad.ckpt is not a readable checkpoint")
 
 
+@pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
+def test_a_checkpoint_needs_its_weights_config_and_data_shape(tmp_path, part):
+    from {{ cookiecutter.package_name }}.runs import read_checkpoint
+
+    hparams = {"config": {}, "data_shape": [2]}
+    checkpoint = {"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": hparams}
+    checkpoint.pop(part, None)
+    hparams.pop(part, None)                                              # the part left out, if any
+    torch.save(checkpoint, tmp_path / "some.ckpt")
+    if part is None:                                                     # nothing missing
+        assert read_checkpoint(tmp_path / "some.ckpt").keys() == {"state_dict", "hyper_parameters"}
+        return
+    with pytest.raises(ConfigError, match="some.ckpt is a torch file, but not a checkpoint of this project"):
+        read_checkpoint(tmp_path / "some.ckpt")
+
+
 def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(project_dir, capsys):
     assert main(["train", *TOY, "name=change", "trainer.max_steps=3", "optim.warmup_steps=1"]) == 0
     assert main(["train", *TOY, "name=change", "trainer.max_steps=5", "optim.warmup_steps=1", "optim.lr=5e-4",
