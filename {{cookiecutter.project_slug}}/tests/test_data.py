@@ -300,6 +300,17 @@ def test_an_image_moved_to_another_class_is_decoded_again(project_dir, tmp_path)
     assert load_source(folder_config(tmp_path / "pets")).labels.tolist() == [0, 0]
 
 
+def test_an_image_behind_a_symbolic_link_is_decoded_again_when_the_file_it_points_at_changes(project_dir, tmp_path):
+    """A folder of links to images kept elsewhere (a common way to pick a subset): the cache follows the links."""
+    (tmp_path / "pics" / "a").mkdir(parents=True)
+    target = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8), "red").save(target)
+    (tmp_path / "pics" / "a" / "0.png").symlink_to(target)
+    assert load_source(folder_config(tmp_path / "pics")).data[0, :, 0, 0].tolist() == [255, 0, 0]
+    Image.new("RGB", (12, 12), "blue").save(target)                        # the link itself is unchanged
+    assert load_source(folder_config(tmp_path / "pics")).data[0, :, 0, 0].tolist() == [0, 0, 255]
+
+
 def test_two_folders_alike_in_every_file_name_size_and_date_are_cached_apart(project_dir, tmp_path):
     """Same-sized BMP files of the same names and dates, unpacked into two folders: told apart by the folder."""
     for root, shade in (("black", 0), ("white", 255)):
@@ -986,6 +997,18 @@ def test_kmeans_takes_one_cluster_or_as_many_as_examples_and_its_seed_alone_deci
     assert torch.equal(kmeans(points, 4, seed=3), first)
 
 
+def test_a_cluster_that_lloyds_algorithm_empties_keeps_its_centre_and_is_numbered_last(monkeypatch):
+    """Six points and k-means++ seeds at (2, 1), (5, 3) and (6, 2), worked by hand. The first pass gives
+    A = {(2, 1), (1, 5), (2, 4)}, B = {(5, 3), (2, 5)}, C = {(6, 2)}; the means (5/3, 10/3), (3.5, 4), (6, 2). The
+    second takes (5, 3) to C and (2, 5) to A, which empties B: its centre stays at (3.5, 4), where it wins no point
+    (at the origin it would take (2, 1)). A holds 4 points, C 2 and B none: numbered 0, 1 and 2."""
+    from {{ cookiecutter.package_name }}.data import clusters
+
+    points = torch.tensor([[2.0, 1.0], [1.0, 5.0], [5.0, 3.0], [2.0, 4.0], [6.0, 2.0], [2.0, 5.0]])
+    monkeypatch.setattr(clusters, "kmeans_plus_plus", lambda x, k, generator: x[[0, 2, 4]])
+    assert kmeans(points, 3).tolist() == [0, 0, 1, 0, 1, 0]
+
+
 def test_kmeans_refuses_more_clusters_than_distinct_examples():
     with pytest.raises(DataError, match="at least 5 examples"):
         kmeans(torch.rand(4, 2), 5)
@@ -994,15 +1017,22 @@ def test_kmeans_refuses_more_clusters_than_distinct_examples():
 
 
 def test_k_means_plus_plus_draws_each_next_centre_in_proportion_to_its_squared_distance():
-    """Arthur & Vassilvitskii's D^2 weighting: 98 points at 0, one at 1 and one at 3. With the first centre at 0 the
-    second is 3 with probability 9 / (1 + 9) = 0.9 (0.75 in proportion to the distance); the global seed plays no
-    part."""
+    """Arthur & Vassilvitskii's D^2 weighting, to the nearest centre so far: 98 points at 0, one at 1 and one at 3.
+    With the first centre at 0 the second is 3 with probability 9 / (1 + 9) = 0.9 (0.75 in proportion to the
+    distance); the global seed plays no part."""
     from {{ cookiecutter.package_name }}.data.clusters import kmeans_plus_plus
 
     x = torch.tensor([[0.0]] * 98 + [[1.0], [3.0]])
     seconds = [kmeans_plus_plus(x, 2, torch.Generator().manual_seed(seed))[:, 0].tolist() for seed in range(2000)]
     after_zero = [second for first, second in seconds if first == 0]
     assert abs(after_zero.count(3.0) / len(after_zero) - 0.9) < 4 * (0.9 * 0.1 / len(after_zero)) ** 0.5
+    # The third centre: 97 points at 0, one each at 3, 20 and 23. Drawn after 0 and then 20 or 23, the other of the
+    # two is 3 away from its nearest centre and the point at 3 is 3 away from 0: each is third with probability 1/2
+    # (2/5 if the newest centre's distances were doubled rather than squared, 3/4 if they were cubed).
+    x = torch.tensor([[0.0]] * 97 + [[3.0], [20.0], [23.0]])
+    draws = [kmeans_plus_plus(x, 3, torch.Generator().manual_seed(seed))[:, 0].tolist() for seed in range(2000)]
+    thirds = [third for first, second, third in draws if first == 0 and second in (20.0, 23.0)]
+    assert abs(thirds.count(3.0) / len(thirds) - 0.5) < 4 * (0.25 / len(thirds)) ** 0.5
     spread = torch.randn(50, 2)
     torch.manual_seed(1)
     first = kmeans_plus_plus(spread, 3, torch.Generator().manual_seed(7))
