@@ -201,6 +201,19 @@ def test_each_range_takes_its_edge_and_refuses_the_next_number_out():
         "trainer.val_batches", 0)
 
 
+def test_a_time_budget_is_days_hours_minutes_and_seconds_and_devices_are_a_count_or_indices():
+    """trainer.max_time=DD:HH:MM:SS: 01:02:03:04 is 86,400 + 7,200 + 180 + 4 = 93,784 seconds. trainer.devices is
+    auto, a count from 1, or a list of device indices from 0."""
+    from {{ cookiecutter.package_name }}.config import VALUE_RULES, duration_seconds
+
+    assert duration_seconds("01:02:03:04") == 93_784 and duration_seconds(None) is None
+    budget, _ = VALUE_RULES["trainer.max_time"]
+    assert budget("00:02:00:00") and budget(None) and not budget("02:00:00") and not budget("00:2:00:00")
+    devices, _ = VALUE_RULES["trainer.devices"]
+    assert devices("auto") and devices(1) and devices(OmegaConf.create([0, 1]))
+    assert not any(devices(v) for v in ("gpu", 0, 1.5, *map(OmegaConf.create, ([], [-1], [0.5]))))
+
+
 @pytest.mark.parametrize("override, key", BAD_VALUES, ids=[override for override, _ in BAD_VALUES])
 def test_a_bad_value_is_one_error_line_naming_its_key(project_dir, capsys, override, key):
     assert main(["train", "experiment=toy2d", override]) == 2
