@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 import typing
 
 import pytest
@@ -60,11 +61,29 @@ def test_sampler_options_the_sampler_does_not_read_are_reported(project_dir, cap
     assert capsys.readouterr().err == ""
 
 
-def test_misspelt_key_names_the_path_and_the_fix(project_dir):
+# A misspelt key: its path, the closest valid key (if one is close) and every valid key where it sits, the schema's.
+MISSPELT = [("data.nmae=x", "'data.nmae' in the command line. Did you mean 'data.name'? Valid keys in 'data'",
+             "DataConfig"),
+            ("model.unet.chanels=8", "'model.unet.chanels' in the command line. Did you mean 'model.unet.channels'? "
+             "Valid keys in 'model.unet'", "UNetConfig"),
+            ("sed=1", "'sed' in the command line. Did you mean 'seed'? Valid keys in the top level", "Config"),
+            ("data.zzzzzz=1", "'data.zzzzzz' in the command line. Valid keys in 'data'", "DataConfig")]
+
+
+@pytest.mark.parametrize("override, said, schema", MISSPELT, ids=[override for override, _, _ in MISSPELT])
+def test_misspelt_key_names_the_path_and_the_fix(project_dir, override, said, schema):
+    from {{ cookiecutter.package_name }} import config
+
     with pytest.raises(ConfigError) as error:
-        load_config(["data.nmae=x"])
-    assert "data.nmae" in str(error.value)
-    assert "Did you mean 'data.name'" in str(error.value)
+        load_config([override])
+    valid = ", ".join(field.name for field in dataclasses.fields(getattr(config, schema)))
+    assert str(error.value) == f"unknown key {said}: {valid}"
+
+
+def test_a_misspelt_key_in_a_file_names_the_file(project_dir):
+    (project_dir / "configs" / "local.yaml").write_text("data:\n  nmae: x\n")
+    with pytest.raises(ConfigError, match=r"^unknown key 'data.nmae' in \S*configs/local.yaml. Did you mean"):
+        load_config([])
 
 
 def test_bad_choice_lists_the_valid_ones(project_dir):
@@ -75,8 +94,12 @@ def test_bad_choice_lists_the_valid_ones(project_dir):
 
 
 def test_wrong_type_names_the_key(project_dir):
-    with pytest.raises(ConfigError, match="trainer.max_steps"):
-        load_config(["trainer.max_steps=many"])
+    """OmegaConf's own first line says why; a list's item is named with its index, not as an unknown key."""
+    for override, key, value in (("trainer.max_steps=many", "trainer.max_steps", "many"),
+                                 ("model.unet.channel_mult=[1,x]", "model.unet.channel_mult[1]", "x")):
+        said = rf"^bad value for '{re.escape(key)}' in the command line: [^\n]*'{value}'"
+        with pytest.raises(ConfigError, match=said):
+            load_config([override])
 
 
 def test_unknown_preset_lists_the_available_ones(project_dir):
