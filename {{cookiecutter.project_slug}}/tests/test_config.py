@@ -59,6 +59,11 @@ def test_sampler_options_the_sampler_does_not_read_are_reported(project_dir, cap
     assert "sampling.gamma=2" in err and "generalized" in err and "churn" not in err
     load_config(["sampling.sampler=generalized", "sampling.gamma=2"])
     assert capsys.readouterr().err == ""
+    load_config(["sampling.schedule=loglinear", "sampling.rho=5"])          # rho shapes the karras schedule only
+    assert capsys.readouterr().err == "note: sampling.rho=5.0 is not used by schedule loglinear (only by karras)\n"
+    load_config(["sampling.schedule=karras", "sampling.rho=5"])
+    load_config(["sampling.schedule=loglinear"])
+    assert capsys.readouterr().err == ""
 
 
 # A misspelt key: its path, the closest valid key (if one is close) and every valid key where it sits, the schema's.
@@ -105,6 +110,32 @@ def test_wrong_type_names_the_key(project_dir):
 def test_unknown_preset_lists_the_available_ones(project_dir):
     with pytest.raises(ConfigError, match="colab-t4"):
         load_config(["preset=tpu"])
+
+
+def test_a_command_line_keeps_the_runs_section_apart_and_checks_the_commands_own_keys():
+    """A command's keys (``run``, its counts from 1) in its own schema; the sampling keys given apart, for the run's
+    configuration; anything else refused with the valid keys, all named as the command line's."""
+    from omegaconf import MISSING
+
+    from {{ cookiecutter.package_name }}.config import SamplingConfig, parse_command
+
+    @dataclasses.dataclass
+    class Draw:
+        run: str = MISSING
+        n: int = 4
+
+    command, given = parse_command(["run=runs/a", "n=1", "steps=3"], Draw, "draw", "sampling", ("n",))
+    assert (command.run, command.n, dict(given)) == ("runs/a", 1, {"steps": 3})
+    valid = ", ".join(["run", "n", *(field.name for field in dataclasses.fields(SamplingConfig))])
+    refused = {"n=0": "bad value for 'n': 0 (must be at least 1)",
+               "colour=red": f"unknown key 'colour' in the command line. Valid keys: {valid}",
+               "n=many": "bad value for 'n' in the command line: "}
+    for override, said in refused.items():
+        with pytest.raises(ConfigError) as error:
+            parse_command(["run=runs/a", override], Draw, "draw", "sampling", ("n",))
+        assert str(error.value).startswith(said), str(error.value)
+    with pytest.raises(ConfigError, match=r"^draw needs run=<run directory or .ckpt file>, e.g. run=runs/digits$"):
+        parse_command(["n=2"], Draw, "draw")
 
 
 def test_inconsistent_combination_is_refused(project_dir):
