@@ -86,9 +86,19 @@ def test_misspelt_key_names_the_path_and_the_fix(project_dir, override, said, sc
 
 
 def test_a_misspelt_key_in_a_file_names_the_file(project_dir):
-    (project_dir / "configs" / "local.yaml").write_text("data:\n  nmae: x\n")
+    """The machine's own layer, local.yaml, may be absent; config.yaml may not."""
+    local, base = project_dir / "configs" / "local.yaml", project_dir / "configs" / "config.yaml"
+    local.unlink()
+    assert load_config([]).data.name == OmegaConf.load(base).data.name
+    local.write_text("data:\n  nmae: x\n")
     with pytest.raises(ConfigError, match=r"^unknown key 'data.nmae' in \S*configs/local.yaml. Did you mean"):
         load_config([])
+    local.unlink()
+    base.write_text(base.read_text() + "\nmodle: {}\n")
+    with pytest.raises(ConfigError, match=r"^unknown key 'modle' in \S*configs/config.yaml. Did you mean 'model'"):
+        load_config([])
+    with pytest.raises(ConfigError, match=r"^no config.yaml in \S*nowhere; run from the project folder$"):
+        load_config([], config_dir=project_dir / "nowhere")
 
 
 def test_bad_choice_lists_the_valid_ones(project_dir):
