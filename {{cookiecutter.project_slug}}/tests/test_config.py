@@ -118,8 +118,11 @@ def test_wrong_type_names_the_key(project_dir):
 
 
 def test_unknown_preset_lists_the_available_ones(project_dir):
-    with pytest.raises(ConfigError, match="colab-t4"):
+    presets = ", ".join(sorted(path.stem for path in (project_dir / "configs" / "presets").glob("*.yaml")))
+    assert "colab-t4" in presets
+    with pytest.raises(ConfigError) as error:
         load_config(["preset=tpu"])
+    assert str(error.value) == f"unknown preset 'tpu': no {project_dir}/configs/presets/tpu.yaml. Available: {presets}"
 
 
 def test_a_command_line_keeps_the_runs_section_apart_and_checks_the_commands_own_keys():
@@ -151,6 +154,8 @@ def test_a_command_line_keeps_the_runs_section_apart_and_checks_the_commands_own
 def test_inconsistent_combination_is_refused(project_dir):
     with pytest.raises(ConfigError, match="model.name=mlp"):
         load_config(["data.name=toy2d", "model.name=unet"])
+    with pytest.raises(ConfigError, match=r"^model.name=pretrained needs model.pretrained.source=<a diffusers"):
+        load_config(["model.name=pretrained"])
     folder_classes = ["data.name=image_folder", "data.labels_from_subfolders=true", "model.conditional=true"]
     with pytest.raises(ConfigError, match="set data.clusters=0"):          # clusters would replace the classes
         load_config([*folder_classes, "data.clusters=10"])
