@@ -151,6 +151,19 @@ def test_a_command_line_keeps_the_runs_section_apart_and_checks_the_commands_own
         parse_command(["n=2"], Draw, "draw")
 
 
+def test_an_adapted_runs_base_gives_its_network_noise_and_sampling_and_the_layers_above_still_apply(project_dir):
+    """lora.base: the base's BASE_KEYS replace config.yaml's; its other keys (optim) do not; the command line changes
+    them as it would config.yaml's; a bad key in the base's configuration is named as the base's."""
+    base = OmegaConf.to_container(load_config(["diffusion.sigma_data=0.7", "sampling.rho=5", "sampling.steps=7",
+                                               "optim.lr=0.01"]))
+    cfg = load_config(["sampling.steps=9"], base=base)
+    assert (cfg.diffusion.sigma_data, cfg.sampling.rho, cfg.sampling.steps) == (0.7, 5.0, 9)
+    assert cfg.optim.lr == load_config([]).optim.lr != 0.01
+    base["model"]["unet"]["chanels"] = 8
+    with pytest.raises(ConfigError, match=r"^unknown key 'model.unet.chanels' in the configuration of lora.base\."):
+        load_config([], base=base)
+
+
 def test_inconsistent_combination_is_refused(project_dir):
     with pytest.raises(ConfigError, match="model.name=mlp"):
         load_config(["data.name=toy2d", "model.name=unet"])
