@@ -164,6 +164,26 @@ def test_an_adapted_runs_base_gives_its_network_noise_and_sampling_and_the_layer
         load_config([], base=base)
 
 
+def test_a_student_takes_its_teachers_network_data_and_objective_and_keeps_this_machines_batches(project_dir):
+    """distill.teacher: TEACHER_KEYS from the teacher, MACHINE_KEYS and everything else from the student's own
+    configuration, all the examples (data.train_size and train_part 0); a pipeline's student keeps its own data."""
+    from {{ cookiecutter.package_name }}.config import student_config
+
+    teacher = load_config(["experiment=digits", "model.unet.channels=24", "diffusion.objective=v",
+                           "diffusion.sigma_data=0.6", "data.batch_size=64", "data.num_workers=3",
+                           "data.gpu_cache_gb=2", "data.train_size=100", "data.train_part=1"])
+    cfg = load_config(["experiment=toy2d", "data.batch_size=16", "data.num_workers=0", "optim.lr=0.002"])
+    student = student_config(cfg, OmegaConf.to_container(teacher))
+    assert student.model == teacher.model and student.codec == teacher.codec
+    assert (student.diffusion.objective, student.diffusion.sigma_data, student.data.name) == ("v", 0.6, "digits")
+    machine = (student.data.batch_size, student.data.num_workers, student.data.gpu_cache_gb)
+    assert machine == (16, 0, cfg.data.gpu_cache_gb) != (16, 0, 2)
+    assert (student.data.train_size, student.data.train_part, student.optim.lr) == (0, 0, 0.002)
+    assert student.diffusion.train_noise == cfg.diffusion.train_noise != teacher.diffusion.train_noise   # its own
+    of_pipeline = student_config(cfg, OmegaConf.to_container(teacher), teacher_data=False)
+    assert of_pipeline.data.name == "toy2d" and of_pipeline.model == teacher.model
+
+
 def test_inconsistent_combination_is_refused(project_dir):
     with pytest.raises(ConfigError, match="model.name=mlp"):
         load_config(["data.name=toy2d", "model.name=unet"])
