@@ -97,6 +97,10 @@ def test_a_misspelt_key_in_a_file_names_the_file(project_dir):
     base.write_text(base.read_text() + "\nmodle: {}\n")
     with pytest.raises(ConfigError, match=r"^unknown key 'modle' in \S*configs/config.yaml. Did you mean 'model'"):
         load_config([])
+    base.write_text(base.read_text().replace("\nmodle: {}\n", "").replace("  max_steps: ", "  max_steps: many #", 1))
+    said = r"^bad value for 'trainer.max_steps' in \S*configs/config.yaml: [^\n]*'many'"
+    with pytest.raises(ConfigError, match=said):         # not an unknown key: config.yaml's keys are all missing (???)
+        load_config([])
     with pytest.raises(ConfigError, match=r"^no config.yaml in \S*nowhere; run from the project folder$"):
         load_config([], config_dir=project_dir / "nowhere")
 
@@ -182,6 +186,24 @@ def test_a_student_takes_its_teachers_network_data_and_objective_and_keeps_this_
     assert student.diffusion.train_noise == cfg.diffusion.train_noise != teacher.diffusion.train_noise   # its own
     of_pipeline = student_config(cfg, OmegaConf.to_container(teacher), teacher_data=False)
     assert of_pipeline.data.name == "toy2d" and of_pipeline.model == teacher.model
+
+
+def test_a_runs_sampling_takes_the_command_lines_keys_checked_and_notes_those_its_sampler_ignores(project_dir, capsys):
+    from {{ cookiecutter.package_name }}.config import run_config
+
+    cfg = load_config(["sampling.sampler=heun", "sampling.steps=7"])
+    capsys.readouterr()
+    run = run_config(cfg, "sampling", OmegaConf.create({"steps": 3, "eta": 0.5}))
+    assert (run.sampling.sampler, run.sampling.steps, cfg.sampling.steps) == ("heun", 3, 7)   # the run's own untouched
+    assert capsys.readouterr().err == "note: sampling.eta=0.5 is not used by sampler heun (only by ddim)\n"
+    with pytest.raises(ConfigError, match=r"^bad value for 'sampling.steps': 0 \(must be at least 1\)$"):
+        run_config(cfg, "sampling", OmegaConf.create({"steps": 0}))
+    with pytest.raises(ConfigError, match=r"^bad value for 'steps' in the command line: "):
+        run_config(cfg, "sampling", OmegaConf.create({"steps": "many"}))
+    saved = OmegaConf.create(OmegaConf.to_container(cfg))
+    saved.sampling.steps = "many"
+    with pytest.raises(ConfigError, match=r"^bad value for 'steps' in the run's config: "):
+        run_config(saved, "sampling", OmegaConf.create({}))
 
 
 def test_inconsistent_combination_is_refused(project_dir):

@@ -468,7 +468,8 @@ def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
     key = getattr(error, "full_key", None) or "?"
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    if isinstance(node, DictConfig) and leaf not in node and "[" not in leaf:      # labels[0]: a bad list item
+    # ``in`` would say no for a key whose value is still missing (???); labels[0] is a bad list item
+    if isinstance(node, DictConfig) and leaf not in node.keys() and "[" not in leaf:
         valid = list(node.keys())
         where = f"'{parent}'" if parent else "the top level"
         return (f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} "
