@@ -15,6 +15,7 @@ from PIL import Image
 
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.train import run as train
+from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.pixels import to_uint8
 from {{ cookiecutter.package_name }}.runs import load_run
@@ -146,7 +147,6 @@ def module_without_trainer(*overrides: str):
     """A toy2d model's DiffusionModule that trains with no Trainer attached: its AdamW calls
     on_before_optimizer_step inside step, as Lightning's does, its schedule keeps the rate, and
     what it logs is kept in ``module.logged``. Returns the module and its schedule."""
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model
 
@@ -259,7 +259,6 @@ def test_adamw_is_fused_except_under_fp16_and_its_rate_warms_up_then_follows_a_h
     the half cosine (1 + cos(pi k / trainer.max_steps)) / 2 (Loshchilov & Hutter 2017), 0 after."""
     from types import SimpleNamespace
 
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model
 
@@ -294,7 +293,6 @@ def test_the_training_loss_is_the_batch_mean_of_the_weighted_error_with_labels_d
     the last class, in their place). The loss is the batch mean of lambda(sigma) ||D(x0 + sigma
     eps, sigma, labels) - x0||^2 of the network being trained. An unconditional model never sees
     the data's labels."""
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model
 
@@ -336,7 +334,6 @@ def test_validation_is_the_ema_loss_with_noise_fixed_by_the_batch_index(project_
     x0||^2 of the EMA network (not the one being trained), with the batch's labels, and sigma and
     eps drawn in that order from a generator seeded with the batch index: every validation sees
     the same noise, so the curve moves only with the weights. It is averaged over processes."""
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
     from {{ cookiecutter.package_name }}.runs import new_model
 
@@ -446,7 +443,7 @@ def test_sample_is_the_ema_network_guided_and_solved_as_the_papers_say(project_d
 def test_the_nfe_a_model_predicts_is_the_nfe_it_counts(project_dir, sampler, steps, guidance):
     """What evaluate, bench and the titles report before sampling (``Model.nfe``, from the table
     of samplers and the guided denoiser's cost) equals what sampling counts, call by call."""
-    from {{ cookiecutter.package_name }}.config import load_config, run_config
+    from {{ cookiecutter.package_name }}.config import run_config
     from {{ cookiecutter.package_name }}.runs import new_model
 
     cfg = load_config(["experiment=digits", "model.conditional=true", "model.unet.channels=8"])
@@ -551,6 +548,21 @@ def test_unreadable_checkpoints_are_one_error_line(project_dir, capsys, content)
     assert capsys.readouterr().err.startswith("ERROR: bad.ckpt is not a readable checkpoint")
 
 
+def test_a_run_saved_before_a_key_existed_loads_with_config_yamls_default_for_it(project_dir):
+    """Old checkpoints stay loadable: a key the saved configuration lacks (data.train_size, the lora section) takes
+    config.yaml's value, chosen to keep what the code did before the key; the saved values win everywhere else."""
+    assert main(["train", *TOY, "name=old", "trainer.max_steps=1", "optim.lr=0.005"]) == 0
+    path = project_dir / "runs/old/checkpoints/last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["hyper_parameters"]["config"]
+    del saved["data"]["train_size"], saved["lora"]
+    torch.save(checkpoint, path)
+    model, _ = load_run("runs/old")
+    defaults = load_config([])
+    assert model.config.data.train_size == defaults.data.train_size and model.config.lora == defaults.lora
+    assert model.config.optim.lr == 0.005 and model.config.data.name == "toy2d"
+
+
 @pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
 def test_a_checkpoint_needs_its_weights_config_and_data_shape(tmp_path, part):
     from {{ cookiecutter.package_name }}.runs import read_checkpoint
@@ -598,7 +610,6 @@ FIXED_ON_RESUME = [("model.name", "dit"), ("model.conditional", operator.not_), 
 def test_resuming_refuses_each_change_to_the_network_and_names_it(project_dir, capsys, key, value):
     from omegaconf import OmegaConf
 
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.runs import check_resumable
 
     saved = load_config(["experiment=digits"])
@@ -619,7 +630,6 @@ def test_a_resumed_optimiser_keeps_its_place_in_the_schedule_at_the_new_rate():
     export's weights) loads as it is."""
     from types import SimpleNamespace
 
-    from {{ cookiecutter.package_name }}.config import load_config
     from {{ cookiecutter.package_name }}.module import DiffusionModule
 
     module = SimpleNamespace(cfg=load_config(["optim.lr=5e-4", "optim.betas=[0.8,0.9]", "optim.weight_decay=0.05"]))
