@@ -146,6 +146,7 @@ def test_a_command_line_keeps_the_runs_section_apart_and_checks_the_commands_own
     valid = ", ".join(["run", "n", *(field.name for field in dataclasses.fields(SamplingConfig))])
     refused = {"n=0": "bad value for 'n': 0 (must be at least 1)",
                "colour=red": f"unknown key 'colour' in the command line. Valid keys: {valid}",
+               "stpes=3": f"unknown key 'stpes' in the command line. Did you mean 'steps'? Valid keys: {valid}",
                "n=many": "bad value for 'n' in the command line: "}
     for override, said in refused.items():
         with pytest.raises(ConfigError) as error:
