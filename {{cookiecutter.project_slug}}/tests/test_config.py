@@ -207,6 +207,60 @@ def test_a_runs_sampling_takes_the_command_lines_keys_checked_and_notes_those_it
         run_config(saved, "sampling", OmegaConf.create({}))
 
 
+# Settings each valid alone that do not work together (check_values), and a neighbour of each that does.
+CLASHES = [
+    ("sampling.schedule=trailing diffusion.train_noise=lognormal", "sampling.schedule=trailing needs a discrete "
+     "training schedule", "sampling.schedule=trailing diffusion.train_noise=cosine"),
+    ("sampling.schedule=trailing diffusion.train_noise=uniform_t", "sampling.schedule=trailing needs a discrete",
+     "sampling.schedule=trailing diffusion.train_noise=lognormal model.name=pretrained model.pretrained.source=p"),
+    ("data.clusters=10 model.conditional=false", "data.clusters=10 labels the data by its clusters",
+     "data.clusters=10 model.conditional=true"),
+    ("data.name=digits data.prompt=a", "data.captions and data.prompt label the images of a folder",
+     "data.name=image_folder data.prompt=a"),
+    ("data.name=image_folder data.captions=true data.prompt=a", "data.captions and data.prompt label the images",
+     "data.name=image_folder data.captions=true"),
+    ("data.name=image_folder data.labels_from_subfolders=true data.captions=true", "data.captions and data.prompt",
+     "data.name=image_folder data.labels_from_subfolders=true"),
+    ("lora.class_prompt=a", "lora.class_prompt (DreamBooth's prior preservation) needs lora.base",
+     "lora.class_prompt=a lora.base=runs/a"),
+    ("lora.base=runs/a distill.teacher=runs/b", "lora.base and distill.teacher are both set", "lora.base=runs/a"),
+    ("codec.source=runs/ae model.name=ideal", "codec.source=runs/ae makes a latent model of this project's networks, "
+     "and model.name=ideal memorises images", "codec.source=runs/ae"),
+    ("codec.source=runs/ae model.name=pretrained model.pretrained.source=p", "and model.name=pretrained brings its "
+     "own autoencoder", "model.name=pretrained model.pretrained.source=p"),
+    ("evaluation.extractor=custom", "evaluation.extractor=custom needs evaluation.extractor_module",
+     "evaluation.extractor=custom evaluation.extractor_module=a:b"),
+    ("sampling.sigma_min=1 sampling.sigma_max=1", "need sampling.sigma_min < sampling.sigma_max, got 1.0 and 1.0",
+     "sampling.sigma_min=0.99 sampling.sigma_max=1"),
+]
+
+
+@pytest.mark.parametrize("clash, said, fine", CLASHES, ids=[clash for clash, _, _ in CLASHES])
+def test_settings_that_do_not_work_together_are_refused_and_their_neighbours_are_not(project_dir, clash, said, fine):
+    with pytest.raises(ConfigError) as error:
+        load_config(clash.split())
+    assert str(error.value).startswith(said) or f" {said}" in str(error.value), str(error.value)
+    load_config(fine.split())
+
+
+def test_a_command_line_item_must_be_key_equals_value_in_yaml(project_dir):
+    for item in ("steps", "=5"):
+        with pytest.raises(ConfigError, match=rf"^'{item}' is not key=value \(e.g. trainer.max_steps=1000\)$"):
+            load_config([item])
+    with pytest.raises(ConfigError, match=r"^cannot read 'model.unet.channel_mult=\[1,2': did not find expected ','"):
+        load_config(["trainer.max_steps=5", "model.unet.channel_mult=[1,2"])           # one line, not a traceback
+
+
+def test_outside_the_project_folder_the_projects_own_configs_are_read(tmp_path, monkeypatch):
+    from {{ cookiecutter.package_name }}.config import default_config_dir
+
+    from conftest import PROJECT
+
+    monkeypatch.chdir(tmp_path)                                          # no configs/ here
+    assert default_config_dir() == PROJECT / "configs"
+    assert load_config([]).preset == OmegaConf.load(PROJECT / "configs" / "config.yaml").preset
+
+
 def test_inconsistent_combination_is_refused(project_dir):
     with pytest.raises(ConfigError, match="model.name=mlp"):
         load_config(["data.name=toy2d", "model.name=unet"])

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -442,10 +443,13 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"'{item}' is not key=value (e.g. trainer.max_steps=1000)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot parse the command line: {error}") from None
+        try:
+            OmegaConf.from_dotlist([item])
+        except (OmegaConfBaseException, yaml.YAMLError) as error:      # [1,2 unclosed
+            why = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+            raise ConfigError(f"cannot read '{item}': {why}; values are YAML (close their brackets, and quote "
+                              "text that holds ': ' or ' #')") from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def load_layer(folder: Path, name: str, kind: str) -> DictConfig:
