@@ -2,6 +2,7 @@
 import math
 import operator
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -583,7 +584,8 @@ def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(proje
     assert main(["train", *TOY, "name=change", "trainer.max_steps=3", "optim.warmup_steps=1"]) == 0
     assert main(["train", *TOY, "name=change", "trainer.max_steps=5", "optim.warmup_steps=1", "optim.lr=5e-4",
                  "optim.betas=[0.8,0.9]", "optim.weight_decay=0.05"]) == 0
-    assert "optim.lr=0.0005 (was 0.001)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "optim.lr=0.0005 (was 0.001)" in out and "runs/change (resuming from step 3)" in out
     saved = checkpoint_of("change")
     group = saved["optimizer_states"][0]["param_groups"][0]
     assert group["lr"] == pytest.approx(5e-4) and group["initial_lr"] == 5e-4     # not the saved 1e-3
@@ -594,6 +596,18 @@ def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(proje
     assert main(["train", *TOY, "name=change", "trainer.max_steps=7", "model.mlp.width=64"]) == 2
     assert "cannot resume with model.mlp.width=64 (trained with 256)" in capsys.readouterr().err
     assert (project_dir / "runs/change/config.yaml").read_text() == record          # a failed resume writes nothing
+
+
+def test_resuming_on_data_of_the_same_shape_with_other_classes_is_refused(project_dir, capsys):
+    """The moons' 2 classes, then the Gaussians' 8: points of the same shape, but the class embedding would be
+    trained on labels that mean something else."""
+    conditional = [*TOY, "name=classes", "model.conditional=true"]
+    assert main(["train", *conditional, "data.toy_shape=moons", "trainer.max_steps=2"]) == 0
+    capsys.readouterr()
+    assert main(["train", *conditional, "data.toy_shape=gaussians", "trainer.max_steps=4"]) == 2
+    said = (r"runs/classes was trained on data of shape \[2\] with classes \['0', '1'\]; it would now train on "
+            r"\[2\] with \['0', '1', '2', '3', '4', '5', '6', '7'\]\. Resume with the same data")
+    assert re.search(said, capsys.readouterr().err)
 
 
 # What a resumed run cannot change: the network's shape and what its output means (and, for a student or
