@@ -2,6 +2,7 @@
 the pipelines are the tiny ones of test_pretrained.py. Known answers: the update's formula
 computed by hand, the base network's own outputs, and diffusers' own LoRA loader and VAE."""
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,22 @@ def test_an_adapted_layer_computes_w_x_plus_alpha_over_r_b_a_x(layer):
     plain = torch.nn.Sequential(type(layer)(6, 5, *([1] if isinstance(layer, torch.nn.Conv2d) else [])))
     plain.load_state_dict(merged_weights(net))                   # W + (alpha / r) B A folded in
     torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapted_networks_saved_weights_load_only_with_every_adapter_and_nothing_else():
+    """An adapted run saves its adapters alone (its base's weights are its base's): loading needs each of them."""
+    from {{ cookiecutter.package_name }}.runs import load_adapters
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.SiLU(), torch.nn.Linear(4, 4))
+    add_adapters(net, rank=2, alpha=2.0, targets=["0", "2"])
+    adapters = {key: value for key, value in net.state_dict().items() if is_adapter_weight(key)}
+    load_adapters(net, adapters)
+    first, *others = adapters
+    said = rf"^missing adapter weights \['{re.escape(first)}'\], unexpected weights \[\]$"
+    with pytest.raises(RuntimeError, match=said):
+        load_adapters(net, {key: adapters[key] for key in others})
+    with pytest.raises(RuntimeError, match=r"^missing adapter weights \[\], unexpected weights \['stray'\]$"):
+        load_adapters(net, {**adapters, "stray": torch.zeros(1)})
 
 
 @pytest.mark.parametrize("name, network", [("unet", {"channels": 8, "channel_mult": [1, 2], "blocks_per_level": 1,
