@@ -564,6 +564,17 @@ def test_a_run_saved_before_a_key_existed_loads_with_config_yamls_default_for_it
     assert model.config.optim.lr == 0.005 and model.config.data.name == "toy2d"
 
 
+def test_loading_a_run_leaves_the_callers_random_state_as_it_was(project_dir):
+    """Building the network draws initial weights that the checkpoint then replaces: in a fork of the generator, so
+    that a script's seeded draws do not depend on whether it loaded a model first."""
+    assert main(["train", *TOY, "name=seeded", "trainer.max_steps=1"]) == 0
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_run("runs/seeded")
+    assert torch.equal(torch.rand(3), expected)
+
+
 @pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
 def test_a_checkpoint_needs_its_weights_config_and_data_shape(tmp_path, part):
     from {{ cookiecutter.package_name }}.runs import read_checkpoint
