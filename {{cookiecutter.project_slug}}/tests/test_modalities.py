@@ -479,6 +479,23 @@ def test_feature_ranges_map_each_feature_to_plus_minus_one_and_back():
     assert torch.equal(unscaled.latents(vectors), vectors)
 
 
+def test_a_tensor_files_vectors_sequences_and_sets_are_scaled_and_its_images_are_not(project_dir):
+    """data.normalise scales each feature of a tensor file's other data to [-1, 1]; its images are already in
+    [-1, 1] (or uint8, mapped there), and an image folder's, the digits' or the toy points' come scaled."""
+    from {{ cookiecutter.package_name }}.codecs import Identity
+    from {{ cookiecutter.package_name }}.runs import new_model
+
+    def codec(shape, *overrides):
+        cfg = load_config(["data.name=tensor_file", "data.root=x.pt", "model.unet.channels=8", "model.dit.width=32",
+                           "model.conditional=false", *overrides])
+        return type(new_model(cfg, shape).codec)
+
+    assert codec((1, 8, 8)) is Identity
+    scaled = [codec((2, 16)), codec((5, 3), "data.kind=set", "model.name=mlp"), codec((6,), "model.name=mlp")]
+    assert scaled == [FeatureRange] * 3
+    assert type(new_model(load_config(["experiment=toy2d"]), (2,)).codec) is Identity
+
+
 def test_nan_rows_are_refused_unless_the_data_are_sets(tmp_path):
     from {{ cookiecutter.package_name }}.data import DiffusionDataModule
 
