@@ -19,7 +19,7 @@ from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.pixels import to_uint8
-from {{ cookiecutter.package_name }}.runs import load_run
+from {{ cookiecutter.package_name }}.runs import load_run, saved_config
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -564,15 +564,18 @@ def test_a_run_saved_before_a_key_existed_loads_with_config_yamls_default_for_it
     assert model.config.optim.lr == 0.005 and model.config.data.name == "toy2d"
 
 
-def test_loading_a_run_leaves_the_callers_random_state_as_it_was(project_dir):
+def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alike_from_folder_or_checkpoint(
+        project_dir):
     """Building the network draws initial weights that the checkpoint then replaces: in a fork of the generator, so
-    that a script's seeded draws do not depend on whether it loaded a model first."""
+    that a script's seeded draws do not depend on whether it loaded a model first. lora.base reads a run's
+    configuration without its weights (``saved_config``), from its folder or its .ckpt."""
     assert main(["train", *TOY, "name=seeded", "trainer.max_steps=1"]) == 0
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    load_run("runs/seeded")
+    model, _ = load_run("runs/seeded")
     assert torch.equal(torch.rand(3), expected)
+    assert saved_config("runs/seeded/checkpoints/last.ckpt") == saved_config("runs/seeded") == model.config
 
 
 @pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
