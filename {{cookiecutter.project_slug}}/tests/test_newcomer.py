@@ -1,6 +1,7 @@
 """What a newcomer meets: exported models that sample anywhere, labels by class name, pictures
 and folders that say what made them, and `doctor`."""
 import shutil
+from datetime import datetime
 
 import pytest
 import torch
@@ -45,6 +46,9 @@ def test_samples_record_what_made_them(digits_run):
     assert made_by["model"] == {"checkpoint": f"{digits_run}/checkpoints/last.ckpt", "step": 10}
     assert made_by["sampling"]["sampler"] == "euler" and made_by["sampling"]["steps"] == 2
     assert made_by["sampling"]["guidance"] == 2.5 and made_by["settings"]["seed"] == 7
+    assert made_by["command"] == "{{ cookiecutter.package_name }} sample"
+    made = datetime.fromisoformat(made_by["made"])                     # when, in the machine's own time zone
+    assert made.tzinfo is not None and abs(datetime.now().astimezone() - made).total_seconds() < 600
     for command in (["visualize", "n=2"], ["interpolate", "between=noise", "frames=3"]):
         assert main([command[0], f"run={digits_run}", "steps=2", *command[1:]]) == 0
         assert yaml.safe_load(open(f"{digits_run}/{command[0]}/made_by.yaml"))["sampling"]["steps"] == 2
