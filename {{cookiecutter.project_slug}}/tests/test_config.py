@@ -260,7 +260,7 @@ def test_outside_the_project_folder_the_projects_own_configs_are_read(tmp_path, 
 
     monkeypatch.chdir(tmp_path)                                          # no configs/ here
     assert default_config_dir() == PROJECT / "configs"
-    assert load_config([]).preset == OmegaConf.load(PROJECT / "configs" / "config.yaml").preset
+    assert load_config([]) == load_config([], config_dir=PROJECT / "configs")   # its local.yaml included
 
 
 def test_inconsistent_combination_is_refused(project_dir):
