@@ -439,17 +439,19 @@ def unused_sampler_options(sampling: DictConfig, given: set[str]) -> list[str]:
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:
-    """Read ``a.b=value`` pairs; values are parsed as YAML (numbers, lists, null)."""
+    """Read ``a.b=value`` pairs in order, as ``OmegaConf.from_dotlist`` does, one at a time so that
+    an error names its pair; values are parsed as YAML (numbers, lists, null)."""
+    parsed = OmegaConf.create()
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"'{item}' is not key=value (e.g. trainer.max_steps=1000)")
         try:
-            OmegaConf.from_dotlist([item])
+            parsed.merge_with_dotlist([item])
         except (OmegaConfBaseException, yaml.YAMLError) as error:      # [1,2 unclosed
             why = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
             raise ConfigError(f"cannot read '{item}': {why}; values are YAML (close their brackets, and quote "
                               "text that holds ': ' or ' #')") from None
-    return OmegaConf.from_dotlist(list(overrides))
+    return parsed
 
 
 def load_layer(folder: Path, name: str, kind: str) -> DictConfig:
