@@ -19,7 +19,7 @@ from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.pixels import to_uint8
-from {{ cookiecutter.package_name }}.runs import load_run, saved_config
+from {{ cookiecutter.package_name }}.runs import load_run, read_checkpoint, saved_config
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -553,11 +553,10 @@ def test_a_run_saved_before_a_key_existed_loads_with_config_yamls_default_for_it
     """Old checkpoints stay loadable: a key the saved configuration lacks (data.train_size, the lora section) takes
     config.yaml's value, chosen to keep what the code did before the key; the saved values win everywhere else."""
     assert main(["train", *TOY, "name=old", "trainer.max_steps=1", "optim.lr=0.005"]) == 0
-    path = project_dir / "runs/old/checkpoints/last.ckpt"
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = checkpoint_of("old")
     saved = checkpoint["hyper_parameters"]["config"]
     del saved["data"]["train_size"], saved["lora"]
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, project_dir / "runs/old/checkpoints/last.ckpt")
     model, _ = load_run("runs/old")
     defaults = load_config([])
     assert model.config.data.train_size == defaults.data.train_size and model.config.lora == defaults.lora
@@ -580,8 +579,6 @@ def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alik
 
 @pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
 def test_a_checkpoint_needs_its_weights_config_and_data_shape(tmp_path, part):
-    from {{ cookiecutter.package_name }}.runs import read_checkpoint
-
     hparams = {"config": {}, "data_shape": [2]}
     checkpoint = {"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": hparams}
     checkpoint.pop(part, None)
