@@ -17,7 +17,7 @@ from {{ cookiecutter.package_name }}.cli import main  # noqa: E402
 from {{ cookiecutter.package_name }}.errors import ConfigError, MissingPackage  # noqa: E402
 from {{ cookiecutter.package_name }}.runs import load_run  # noqa: E402
 
-from test_data import captioned_folder  # noqa: E402
+from test_data import captioned_folder, planted_clusters  # noqa: E402
 from test_pretrained import text_pipeline  # noqa: E402 (after the skips: it imports diffusers)
 
 # A tiny class-conditional U-Net with attention on the digits, and its adapted runs.
@@ -195,25 +195,48 @@ def test_an_adapted_run_resumes_exactly_as_one_never_interrupted(base_run):
 
 
 def test_adapters_on_a_latent_run_keep_its_autoencoder_and_normalisation_through_export(project_dir):
-    """lora.base on a latent run (codec.source): the adapted run, and its export with the adapters
-    folded in, sample through the base's autoencoder with the base's measured normalisation."""
+    """lora.base on a latent run (codec.source), adapted on images twice the base's size (as Stable
+    Diffusion is fine-tuned at new sizes: its autoencoder and network are convolutional): the
+    adapted run, and its export with the adapters folded in, sample at the new size through the
+    base's autoencoder with the base's measured normalisation."""
     from {{ cookiecutter.package_name }}.codecs import TrainedAutoencoder
     from {{ cookiecutter.package_name }}.models.autoencoder import Autoencoder
 
     torch.manual_seed(0)
     TrainedAutoencoder(Autoencoder(1, 2, (8, 16))).save(Path("ae"))
     assert main(["train", *BASE, "codec.source=ae", "name=latent-base"]) == 0
-    assert main(["train", *ADAPT, "lora.base=runs/latent-base", "name=latent-lora", "trainer.max_steps=3"]) == 0
+    assert main(["train", *ADAPT, "lora.base=runs/latent-base", "name=latent-lora", "trainer.max_steps=3",
+                 "data.image_size=16"]) == 0
     assert main(["export", "run=runs/latent-lora", "out=exports/latent-lora"]) == 0
     base, adapted, exported = (load_run(path)[0] for path in ("runs/latent-base", "runs/latent-lora",
                                                                "exports/latent-lora"))
     assert base.codec.statistics is not None
     assert adapted.codec.statistics == exported.codec.statistics == base.codec.statistics
-    noise = torch.randn(2, *base.data_shape, generator=torch.Generator().manual_seed(0))
+    assert tuple(base.data_shape) == (2, 4, 4) and tuple(adapted.data_shape) == tuple(exported.data_shape) == (2, 8, 8)
+    noise = torch.randn(2, *adapted.data_shape, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 2])
     drawn = [model.sample(2, torch.Generator(), labels=labels, noise=noise).x for model in (adapted, exported)]
-    assert drawn[0].shape == (2, 1, 8, 8)
+    assert drawn[0].shape == (2, 1, 16, 16)
     torch.testing.assert_close(drawn[0], drawn[1], rtol=1e-4, atol=1e-4)
+
+
+def test_adapters_on_a_cluster_guided_run_draw_the_clusters_as_often_as_the_new_data_holds_them(project_dir,
+                                                                                              tmp_path):
+    """A base guided by the 3 clusters of its data, adapted on data of 3 clusters of other sizes:
+    the adapted run, and its export, draw each cluster as often as the new data holds it."""
+    for name, sizes in (("base", [40, 25, 15]), ("new", [30, 20, 10])):
+        torch.save({"data": planted_clusters(sizes)[0]}, tmp_path / f"{name}.pt")
+    common = ["data.name=tensor_file", "data.val_fraction=0", "data.clusters=3", "model.conditional=true",
+              "logger=csv", "trainer.sample_every_n_steps=1000", "trainer.max_steps=1"]
+    assert main(["train", "experiment=digits", "name=clusters", f"data.root={tmp_path / 'base.pt'}",
+                 "model.unet.channels=8", "model.unet.attention_levels=[1]", *common]) == 0
+    assert main(["train", "experiment=lora", "lora.base=runs/clusters", "name=clusters-lora",
+                 f"data.root={tmp_path / 'new.pt'}", *common]) == 0
+    assert main(["export", "run=runs/clusters-lora", "out=exported"]) == 0
+    for saved in ("runs/clusters", "runs/clusters-lora", "exported"):
+        model, _ = load_run(saved)
+        assert model.draws_clusters and model.cluster_sizes == ([40, 25, 15] if saved == "runs/clusters"
+                                                                else [30, 20, 10]), saved
 
 
 def test_a_mixed_precision_run_of_this_projects_network_keeps_its_float32_parts(base_run, project_dir):
