@@ -732,6 +732,10 @@ def test_the_preview_shows_a_row_of_eight_per_class_up_to_16_classes_else_64_spr
     assert torch.equal(preview(Decoded(points), 4)[0], points[:2000]) and preview(Decoded(points[:, :1]), 4)[0] is None
     sequences = torch.randn(20, 2, 5)
     assert torch.equal(preview(Decoded(sequences), 4)[0], sequences[:16])
+    floats = images.float() / 127.5 - 1                     # a tensor file's images in [-1, 1]: shown as the same
+    for labelled in (labels, None):
+        (tiles, names), (expected, expected_names) = (preview(Decoded(data, labelled), 4) for data in (floats, images))
+        assert torch.equal(tiles, expected) and names == expected_names
 
 
 def test_the_class_counts_are_listed_and_imbalance_over_ten_to_one_is_warned():
@@ -763,6 +767,8 @@ def test_a_feature_summary_skips_missing_values_and_gives_one_value_a_spread_of_
 @pytest.mark.parametrize("content, kind, expected, absent", [
     (torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), "auto", ["stored as (1, 2, 2) torch.uint8"], ["only"]),
     (torch.zeros(999, 1, 2, 2, dtype=torch.uint8), "auto", ["only 999 images: diffusion models need thousands"], []),
+    (torch.zeros(999, 1, 2, 2), "auto", ["stored as (1, 2, 2) torch.float32", "only 999 images"], []),
+    (torch.randn(999, 8), "auto", ["kind: vectors of 8 numbers"], ["only"]),
     (torch.randn(4, 8, 3), "auto", ["the sequences are read as 8 channels over 3 steps"], ["only 4 images"]),
     ({"data": torch.randn(4, 3, 2), "mask": torch.tensor([[1, 1, 0]] * 4)}, "set", ["no warnings"], []),
     (torch.tensor([[0.0, 1.0], [torch.nan, 2.0], [1.0, 1.0]]), "auto", ["1 example(s) hold NaN or Inf values"], []),

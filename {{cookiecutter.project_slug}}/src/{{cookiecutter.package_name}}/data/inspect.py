@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..kinds import data_kind
+from ..pixels import to_uint8
 from ..sets import point_counts
 from .augment import center_crop
 from .datamodule import layout_doubt, value_problem
@@ -36,7 +37,7 @@ def data_report(cfg) -> tuple[str, Tensor | None, list[str], str]:
     problem = value_problem(decoded.data, sets=kind == "set")
     if problem:
         warnings.append(f"{problem}: training refuses this data")
-    if len(decoded.data) < FEW_IMAGES and decoded.data.dtype == torch.uint8:
+    if len(decoded.data) < FEW_IMAGES and kind == "image":
         warnings.append(f"only {len(decoded.data)} images: diffusion models need thousands; expect samples that copy "
                         "the training images. Keep the model small and use data.hflip where it makes sense")
     lines += [f"WARNING: {w}" for w in warnings] or ["no warnings"]
@@ -47,11 +48,13 @@ PREVIEW_PER_CLASS = 8
 
 
 def preview(decoded: Decoded, size: int) -> tuple[Tensor | None, list[str]]:
-    """Images (uint8, centre-cropped as training sees them): with up to 16 classes a row of 8
-    per class (blank where a class has fewer) and the class names; else 64 spread over the
-    data. 2D points: up to 2000. Other data: none."""
+    """Images (as uint8, a tensor file's floats in [-1, 1] converted; centre-cropped as training
+    sees them): with up to 16 classes a row of 8 per class (blank where a class has fewer) and the
+    class names; else 64 spread over the data. 2D points: up to 2000; other vectors: none;
+    sequences and sets: the first 16."""
     data, labels = decoded.data, decoded.labels
-    if data.dtype == torch.uint8 and data.ndim == 4:
+    if data.ndim == 4:
+        data = data if data.dtype == torch.uint8 else to_uint8(data)
         names = decoded.class_names or ([str(i) for i in range(int(labels.max()) + 1)] if labels is not None else [])
         if labels is not None and len(names) <= 16:
             rows = [data[labels == k][:PREVIEW_PER_CLASS] for k in range(len(names))]
