@@ -288,13 +288,19 @@ def test_build_model_gives_the_network_its_settings_and_condition_or_names_the_n
     from {{ cookiecutter.package_name }}.models import build_model
     from {{ cookiecutter.package_name }}.models.conditioning import ClassLabels
 
-    cfg = load_config(["model.name=set_transformer", "model.set_transformer.width=16", "data.kind=set"])
-    net = build_model(cfg, (5, 3), ClassLabels(4))
-    assert isinstance(net, SetTransformer) and net.inp.out_features == 16 and net.embed.label.num_embeddings == 5
+    for zero_com in (True, False):
+        cfg = load_config(["model.name=set_transformer", "model.set_transformer.width=16", "data.kind=set",
+                           f"data.zero_com={zero_com}"])
+        net = build_model(cfg, (5, 3), ClassLabels(4))
+        assert isinstance(net, SetTransformer) and net.inp.out_features == 16 and net.embed.label.num_embeddings == 5
+        assert net.zero_com is zero_com
     cfg = load_config(["model.name=dit", "data.kind=set"])
     with pytest.raises(ValueError, match="^it has no network for set data; networks for set data: "
                                          "set_transformer, mlp$"):
         build_model(cfg, (5, 3))
+    with pytest.raises(ValueError, match="^it has no network for 4-dimensional array data; networks for "
+                                         "4-dimensional array data: none$"):
+        build_model(cfg, (2, 3, 4, 5))
 
 
 def test_the_temporal_block_is_film_modulated_as_chi_et_al_write_it():

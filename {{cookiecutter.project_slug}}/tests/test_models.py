@@ -103,7 +103,7 @@ def test_the_unet_is_laid_out_as_adms():
     levels, and a strided convolution after every level but the last; a block, attention and a block in the
     middle; on the way up one block more per level, each taking the skip of its mirror (the input of each
     down-sampled level, the outputs of its blocks), then nearest-neighbour upsampling and a convolution; the output
-    a norm, SiLU and a convolution; every block's dropout the one asked for."""
+    a norm, SiLU and a convolution; every block's dropout the one asked for, and its condition 4 x channels wide."""
     from {{ cookiecutter.package_name }}.models.unet import ResBlock, SelfAttention
 
     def layout(layers):
@@ -128,6 +128,7 @@ def test_the_unet_is_laid_out_as_adms():
     assert layout(net.out) == ["GroupNorm", "SiLU", "conv3 8/1"] and net.out[-1].out_channels == 1
     assert {(up.scale_factor, up.mode) for up in net.modules() if isinstance(up, torch.nn.Upsample)} == {(2, "nearest")}
     assert {block.dropout.p for block in net.modules() if isinstance(block, ResBlock)} == {0.25}
+    assert {block.modulation.in_features for block in net.modules() if isinstance(block, ResBlock)} == {4 * 8}
 
 
 def test_the_unet_goes_down_through_the_middle_and_up_taking_each_skip_of_its_mirror():
@@ -274,13 +275,21 @@ def test_any_width_builds(channels):
 
 
 def test_group_counts():
-    """Up to 32 groups of at least 4 channels: 144 = 24 x 6 is the most that divide 144."""
-    assert [group_norm(c).num_groups for c in (3, 16, 64, 144, 256)] == [1, 4, 16, 24, 32]
+    """Up to 32 groups of at least 4 channels: 144 = 24 x 6 is the most that divide 144, 12 = 3 x 4 (not 4 x 3),
+    132 = 22 x 6 (not 33 x 4); fewer than 8 channels are one group."""
+    assert [group_norm(c).num_groups for c in (3, 4, 6, 12, 16, 64, 132, 144, 256)] == [1, 1, 1, 3, 4, 16, 22, 24, 32]
 
 
 def test_bad_sizes_are_explained():
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError) as error:
         UNet((1, 12, 12), channels=16, channel_mult=(1, 2, 2, 2))
+    assert str(error.value) == "image size 12 must be divisible by 2^3 for channel_mult [1, 2, 2, 2]"
+    UNet((1, 8, 8), channels=16, channel_mult=(1, 2, 2, 2))                  # 3 halvings: 8, 4, 2, 1
+    with pytest.raises(ValueError) as error:
+        UNet((1, 8, 8), channels=16, channel_mult=(1, 2, 2), attention_levels=(1, 3))
+    assert str(error.value) == ("attention_levels [1, 3] name levels beyond the 3 of channel_mult [1, 2, 2] (levels "
+                                "count from 0)")
+    UNet((1, 8, 8), channels=16, channel_mult=(1, 2, 2), attention_levels=(2,))
     with pytest.raises(ValueError, match="patch_size"):
         DiT((3, 30, 30), patch_size=4, width=64, depth=1, heads=4)
     with pytest.raises(ValueError, match=r"width \(66\) divisible by heads \(3\) and by 4"):

@@ -22,7 +22,6 @@ class MLP(nn.Module):
     def __init__(self, data_shape: tuple[int, ...], width: int = 256, depth: int = 4,
                  condition: Condition | None = None):
         super().__init__()
-        self.data_shape = tuple(data_shape)
         dim = math.prod(data_shape)
         self.embed = ConditionEmbedding(width, condition)
         self.inp = nn.Linear(dim, width)
