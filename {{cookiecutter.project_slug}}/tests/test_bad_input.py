@@ -93,7 +93,8 @@ BAD = [
     (["evaluate", "run=runs/plain", "twin=runs/classes", "memorisation=4", "fid=false", "features=false"],
      "the twin must be trained the same way on other examples of the same data"),
     (["sample", "run=other.ckpt"], "other.ckpt is a torch file, but not a checkpoint of this project"),
-    (["sample", "run=broken-export"], "broken-export is not a readable export folder"),
+    (["sample", "run=broken-export"], "broken-export is not a readable export folder (model.safetensors, model.json "
+     "and config.yaml; FileNotFoundError: [Errno 2] No such file or directory: 'broken-export/model.json')"),
     (["sample", "run=runs/classes", "out=photos"], "photos/images holds files that sample did not write (holiday.jpg"),
     (["train", "experiment=toy2d", "data.toy_shape=swiss_roll", "model.conditional=true"],
      "model.conditional=true needs class labels or conditions, but data.name=toy2d provides none"),

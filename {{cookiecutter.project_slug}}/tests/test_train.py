@@ -567,7 +567,8 @@ def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alik
         project_dir):
     """Building the network draws initial weights that the checkpoint then replaces: in a fork of the generator, so
     that a script's seeded draws do not depend on whether it loaded a model first. lora.base reads a run's
-    configuration without its weights (``saved_config``), from its folder or its .ckpt."""
+    configuration without its weights (``saved_config``), from its folder or its .ckpt, and a diffusers pipeline's,
+    from its folder or its hub id (hf:owner/name), without loading the pipeline."""
     assert main(["train", *TOY, "name=seeded", "trainer.max_steps=1"]) == 0
     torch.manual_seed(5)
     expected = torch.rand(3)
@@ -575,6 +576,11 @@ def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alik
     model, _ = load_run("runs/seeded")
     assert torch.equal(torch.rand(3), expected)
     assert saved_config("runs/seeded/checkpoints/last.ckpt") == saved_config("runs/seeded") == model.config
+    (project_dir / "pipeline").mkdir()
+    (project_dir / "pipeline" / "model_index.json").write_text("{}")
+    for base, source in (("pipeline", "pipeline"), ("hf:owner/name", "owner/name")):
+        assert saved_config(base).model == load_config(["model.name=pretrained", "model.conditional=false",
+                                                        f"model.pretrained.source={source}"]).model
 
 
 @pytest.mark.parametrize("part", ["state_dict", "hyper_parameters", "config", "data_shape", None])
