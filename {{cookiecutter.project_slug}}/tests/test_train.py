@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from {{ cookiecutter.package_name }}.cli import main
@@ -19,7 +20,7 @@ from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.pixels import to_uint8
-from {{ cookiecutter.package_name }}.runs import load_run, read_checkpoint, saved_config
+from {{ cookiecutter.package_name }}.runs import check_resumable, load_run, read_checkpoint, saved_config
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -639,10 +640,6 @@ FIXED_ON_RESUME = [("model.name", "dit"), ("model.conditional", operator.not_), 
 
 @pytest.mark.parametrize("key, value", FIXED_ON_RESUME, ids=[key for key, _ in FIXED_ON_RESUME])
 def test_resuming_refuses_each_change_to_the_network_and_names_it(project_dir, capsys, key, value):
-    from omegaconf import OmegaConf
-
-    from {{ cookiecutter.package_name }}.runs import check_resumable
-
     saved = load_config(["experiment=digits"])
     changed = saved.copy()
     value = value(OmegaConf.select(saved, key)) if callable(value) else value
@@ -653,6 +650,24 @@ def test_resuming_refuses_each_change_to_the_network_and_names_it(project_dir, c
     OmegaConf.update(changed, "optim.lr", 0.01)                    # the rest may change, and is reported
     check_resumable(saved, changed, Path("runs/x"))
     assert capsys.readouterr().out == f"resuming runs/x with changed settings: optim.lr=0.01 (was {saved.optim.lr})\n"
+
+
+def test_a_resume_names_every_refused_change_and_reports_every_other_but_the_preset_and_experiment(project_dir,
+                                                                                                  capsys):
+    saved = load_config(["experiment=digits"])
+    changed = saved.copy()
+    for key, value in [("preset", "debug"), ("experiment", "mnist"), ("optim.lr", 0.01), ("trainer.max_steps", 7)]:
+        OmegaConf.update(changed, key, value)
+    check_resumable(saved, changed, Path("runs/x"))
+    assert capsys.readouterr().out == ("resuming runs/x with changed settings: optim.lr=0.01 (was "
+                                       f"{saved.optim.lr}), trainer.max_steps=7 (was {saved.trainer.max_steps})\n")
+    OmegaConf.update(changed, "data.channels", 3)
+    OmegaConf.update(changed, "diffusion.sigma_data", 0.7)
+    with pytest.raises(ConfigError) as error:
+        check_resumable(saved, changed, Path("runs/x"))
+    assert str(error.value) == ("runs/x cannot resume with data.channels=3 (trained with 1), diffusion.sigma_data=0.7 "
+                                f"(trained with {saved.diffusion.sigma_data}): drop the change, or start a new run "
+                                "with name=<new name>")
 
 
 def test_a_resumed_optimiser_keeps_its_place_in_the_schedule_at_the_new_rate():
