@@ -126,7 +126,7 @@ class Run:
 def record_made_by(out: Path, command_name: str, settings, model: Model, sampling=None) -> Path:
     """made_by.yaml beside a command's pictures: the command line, the model (checkpoint or
     export, and its training step), the sampling settings and the command's own settings."""
-    origin = {"command": f"{__package__.split('.')[0]} {command_name}",
+    origin = {"command": f"{__package__} {command_name}",                 # the program is named as the package
               "made": datetime.now().astimezone().isoformat(timespec="seconds"),
               "model": dict(model.origin),
               "sampling": OmegaConf.to_container(sampling) if sampling is not None else None,
