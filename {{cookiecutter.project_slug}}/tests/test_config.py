@@ -212,10 +212,8 @@ def test_a_runs_sampling_takes_the_command_lines_keys_checked_and_notes_those_it
 CLASHES = [
     ("data.name=toy2d model.name=unet", "model.name=unet has no network for vectors, but data.name=toy2d is 2D points: "
      "use model.name=mlp", "data.name=toy2d model.name=mlp"),
-    ("data.name=toy2d model.name=pretrained model.pretrained.source=p", "model.name=pretrained has no network for "
-     "vectors, but data.name=toy2d is 2D points", "data.name=digits model.name=pretrained model.pretrained.source=p"),
     ("model.name=pretrained", "model.name=pretrained needs model.pretrained.source=<a diffusers",
-     "model.name=pretrained model.pretrained.source=p data.name=digits"),
+     "model.name=pretrained model.pretrained.source=p"),
     ("data.name=image_folder data.labels_from_subfolders=true model.conditional=true data.clusters=10",
      "data.labels_from_subfolders=true gives class labels, but data.clusters=10 would replace them by cluster "
      "numbers: set data.clusters=0 to train on the classes",
@@ -223,8 +221,7 @@ CLASHES = [
     ("sampling.schedule=trailing diffusion.train_noise=lognormal", "sampling.schedule=trailing needs a discrete "
      "training schedule", "sampling.schedule=trailing diffusion.train_noise=cosine"),
     ("sampling.schedule=trailing diffusion.train_noise=uniform_t", "sampling.schedule=trailing needs a discrete",
-     "sampling.schedule=trailing diffusion.train_noise=lognormal model.name=pretrained model.pretrained.source=p "
-     "data.name=digits"),
+     "sampling.schedule=trailing diffusion.train_noise=lognormal model.name=pretrained model.pretrained.source=p"),
     ("data.name=digits data.clusters=10 model.conditional=false", "data.clusters=10 labels the data by its clusters",
      "data.name=digits data.clusters=10 model.conditional=true"),
     ("data.name=digits data.prompt=a", "data.captions and data.prompt label the images of a folder",
@@ -239,8 +236,8 @@ CLASHES = [
     ("lora.base=runs/a distill.teacher=runs/b", "lora.base and distill.teacher are both set", "lora.base=runs/a"),
     ("codec.source=runs/ae model.name=ideal", "codec.source=runs/ae makes a latent model of this project's networks, "
      "and model.name=ideal memorises images", "codec.source=runs/ae"),
-    ("codec.source=runs/ae model.name=pretrained model.pretrained.source=p data.name=digits", "and model.name="
-     "pretrained brings its own autoencoder", "model.name=pretrained model.pretrained.source=p data.name=digits"),
+    ("codec.source=runs/ae model.name=pretrained model.pretrained.source=p", "and model.name=pretrained brings its "
+     "own autoencoder", "model.name=pretrained model.pretrained.source=p"),
     ("evaluation.extractor=custom", "evaluation.extractor=custom needs evaluation.extractor_module",
      "evaluation.extractor=custom evaluation.extractor_module=a:b"),
     ("sampling.sigma_min=1 sampling.sigma_max=1", "need sampling.sigma_min < sampling.sigma_max, got 1.0 and 1.0",

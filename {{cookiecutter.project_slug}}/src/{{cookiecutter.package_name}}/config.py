@@ -495,7 +495,7 @@ def check_values(cfg: DictConfig, keys=VALUE_RULES) -> None:
     if cfg.model.name == "pretrained" and not cfg.model.pretrained.source:
         raise ConfigError("model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or "
                           "hub id>, e.g. google/ddpm-cifar10-32")
-    if cfg.data.name == "toy2d" and "vector" not in MODELS.get(cfg.model.name, {}):     # a pipeline is for images
+    if cfg.data.name == "toy2d" and cfg.model.name != "pretrained" and "vector" not in MODELS[cfg.model.name]:
         fitting = " or ".join(name for name, networks in MODELS.items() if "vector" in networks)
         raise ConfigError(f"model.name={cfg.model.name} has no network for vectors, but data.name=toy2d is 2D points: "
                           f"use model.name={fitting}")
