@@ -253,6 +253,14 @@ def test_settings_that_do_not_work_together_are_refused_and_their_neighbours_are
     load_config(fine.split())
 
 
+def test_a_pipelines_configuration_is_accepted_beside_toy_data(project_dir):
+    """A toy project samples pipelines too (``runs.pretrained_config`` keeps the project's data section): a pipeline
+    is not looked up among this project's networks, and refuses 2D points itself when trained on them
+    (test_pretrained)."""
+    assert load_config(["data.name=toy2d", "model.name=pretrained", "model.pretrained.source=p"]).model.name == \
+        "pretrained"
+
+
 def test_a_command_line_item_must_be_key_equals_value_in_yaml(project_dir):
     for item in ("steps", "=5"):
         with pytest.raises(ConfigError, match=rf"^'{item}' is not key=value \(e.g. trainer.max_steps=1000\)$"):

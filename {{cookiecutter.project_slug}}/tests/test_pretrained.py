@@ -181,6 +181,16 @@ def test_fine_tuned_pipeline_exports_a_folder_that_diffusers_loads_with_identica
     assert main(["sample", f"run={export}", "n=2", "steps=2"]) == 0   # and the project loads it back
 
 
+def test_a_pipeline_is_fine_tuned_only_on_images_of_its_shape_and_channels(project_dir, pixel_folder, capsys):
+    args = ["train", "experiment=finetune", f"model.pretrained.source={pixel_folder}", "logger=csv"]
+    assert main([*args, "data.name=toy2d"]) == 2
+    assert (f"model.pretrained.source={pixel_folder} draws images of shape [1, 8, 8], but data.name=toy2d gives "
+            "examples of shape [2]") in capsys.readouterr().err
+    assert main([*args, "data.name=digits", "data.channels=3"]) == 2
+    assert f"model.pretrained.source={pixel_folder} takes 1 channels, the data has 3: set data.channels=1" in \
+        capsys.readouterr().err
+
+
 def test_a_text_pipeline_matches_diffusers_with_guidance(text_folder):
     """Prompts as classes: our DDIM on the guided denoiser (label 0 = the prompt, the null label
     the empty prompt) equals StableDiffusionPipeline's own loop on the same latents."""
