@@ -25,14 +25,14 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     weights = load_file(folder / "model.safetensors")
     assert weights.keys() == model.denoiser.state_dict().keys()                # the EMA weights, tensors only
     assert all(torch.equal(weights[k], v) for k, v in model.denoiser.state_dict().items())
-    assert main(["sample", f"run={digits_run}", "n=6", "steps=3", "out=from_run"]) == 0
+    assert main(["sample", f"run={digits_run}", "n=6", "steps=3", "out=mine/from_run"]) == 0   # and its parent made
 
     elsewhere = tmp_path / "elsewhere"                       # no runs/, no checkpoint: only the folder
     shutil.copytree(folder, elsewhere / "model")
     shutil.copytree(tmp_path / "configs", elsewhere / "configs")
     monkeypatch.chdir(elsewhere)
     assert main(["sample", "run=model", "n=6", "steps=3", "out=from_export"]) == 0
-    assert torch.equal(torch.load("from_export/samples.pt"), torch.load(tmp_path / "from_run/samples.pt"))
+    assert torch.equal(torch.load("from_export/samples.pt"), torch.load(tmp_path / "mine/from_run/samples.pt"))
     assert main(["guidance-grid", "run=model", "steps=2", "labels=[1,2]", "weights=[0,1]"]) == 0
     made_by = yaml.safe_load(open("from_export/made_by.yaml"))
     assert made_by["model"]["export"] == "model" and made_by["model"]["step"] == 10
