@@ -131,7 +131,8 @@ def record_made_by(out: Path, command_name: str, settings, model: Model, samplin
               "model": dict(model.origin),
               "sampling": OmegaConf.to_container(sampling) if sampling is not None else None,
               "settings": OmegaConf.to_container(settings)}
-    path = Path(out) / "made_by.yaml"                  # beside them: every command saves its pictures first
+    path = Path(out) / "made_by.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(origin), path)
     return path
 
