@@ -2,6 +2,7 @@ import dataclasses
 import math
 import re
 import typing
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -40,6 +41,53 @@ def test_changing_the_objective_brings_its_noise_and_sampling_defaults(project_d
     assert (kept.sampling.schedule, kept.sampling.sigma_max) == ("loglinear", 50)         # what you set stays
 
 
+def test_the_experiment_is_named_on_the_command_line_else_in_local_yaml_else_in_config_yaml(project_dir):
+    configs = project_dir / "configs"
+    for experiment in ("a", "b"):
+        (configs / "experiments" / f"{experiment}.yaml").write_text(f"name: from_{experiment}\n")
+    base = (configs / "config.yaml").read_text()
+    (configs / "config.yaml").write_text(base.replace("\nexperiment: null", "\nexperiment: a", 1))
+    assert load_config([]).name == "from_a"
+    with open(configs / "local.yaml", "a") as local:                 # conftest's local.yaml, if any, stays
+        local.write("\nexperiment: b\n")
+    assert load_config([]).name == "from_b"
+    assert load_config(["experiment=a"]).name == "from_a"
+
+
+def test_an_unknown_preset_or_experiment_names_the_file_looked_for_and_those_there_are(project_dir):
+    configs = Path.cwd() / "configs"
+    for kind, folder in (("preset", "presets"), ("experiment", "experiments")):
+        with pytest.raises(ConfigError) as error:
+            load_config([f"{kind}=nope"])
+        there = ", ".join(sorted(path.stem for path in (configs / folder).glob("*.yaml")))
+        assert str(error.value) == f"unknown {kind} 'nope': no {configs / folder / 'nope.yaml'}. Available: {there}"
+
+
+def test_a_value_a_layer_asks_for_must_be_given_by_a_later_one(project_dir):
+    """``???`` in an experiment (reflow's distill.teacher) asks for a value: missing until the local
+    layer or the command line gives it, and every key missing is named."""
+    (project_dir / "configs" / "experiments" / "ask.yaml").write_text("distill:\n  teacher: ???\nname: ???\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(["experiment=ask"])
+    assert str(error.value) == (f"no value for distill.teacher, name; set it in {Path.cwd() / 'configs/config.yaml'} "
+                                "or as key=value")
+    with pytest.raises(ConfigError, match=r"^no value for name; "):
+        load_config(["experiment=ask", "distill.teacher=runs/t"])
+    assert load_config(["experiment=ask", "distill.teacher=runs/t", "name=s"]).distill.teacher == "runs/t"
+    with pytest.raises(ConfigError, match=r"^no value for distill.teacher; "):
+        load_config(["experiment=reflow"])
+
+
+def test_config_yamls_own_values_stay_while_its_objective_does(project_dir):
+    """Only a change of objective brings the new objective's defaults (follow_objective)."""
+    path = project_dir / "configs" / "config.yaml"
+    edited = OmegaConf.load(path)
+    edited.sampling.sigma_max, edited.diffusion.noise_std = 60.0, 0.9
+    OmegaConf.save(edited, path)
+    cfg = load_config([])
+    assert (cfg.sampling.sigma_max, cfg.diffusion.noise_std) == (60.0, 0.9)
+
+
 def test_the_local_layer_sits_between_the_experiment_and_the_command_line(project_dir):
     (project_dir / "configs" / "local.yaml").write_text("preset: debug\ndata:\n  batch_size: 7\noptim:\n  lr: 0.5\n")
     cfg = load_config(["experiment=digits", "optim.lr=0.25"])
@@ -48,8 +96,12 @@ def test_the_local_layer_sits_between_the_experiment_and_the_command_line(projec
 
 
 def test_data_root_without_a_file_source_is_refused(project_dir):
-    with pytest.raises(ConfigError, match="data.name=image_folder"):
-        load_config(["data.name=digits", "data.root=~/pictures"])
+    for name in ("digits", "toy2d"):
+        with pytest.raises(ConfigError) as error:
+            load_config([f"data.name={name}", "model.name=mlp", "data.root=~/pictures"])
+        assert str(error.value) == (f"data.root=~/pictures is given, but data.name={name} does not read files; for "
+                                    "your own images add data.name=image_folder (or tensor_file for a .pt/.npy/.npz "
+                                    "file)")
     assert load_config(["data.name=image_folder", "data.root=~/pictures"]).data.root == "~/pictures"
 
 
@@ -211,28 +263,31 @@ def test_a_runs_sampling_takes_the_command_lines_keys_checked_and_notes_those_it
 # Settings each valid alone that do not work together (check_values), and a neighbour of each that does.
 CLASHES = [
     ("data.name=toy2d model.name=unet", "model.name=unet has no network for vectors, but data.name=toy2d is 2D points: "
-     "use model.name=mlp", "data.name=toy2d model.name=mlp"),
-    ("model.name=pretrained", "model.name=pretrained needs model.pretrained.source=<a diffusers",
-     "model.name=pretrained model.pretrained.source=p"),
+     "use model.name=mlp or ideal", "data.name=toy2d model.name=mlp"),
+    ("model.name=pretrained", "model.name=pretrained needs model.pretrained.source=<a diffusers pipeline folder or hub "
+     "id>, e.g. google/ddpm-cifar10-32", "model.name=pretrained model.pretrained.source=p"),
     ("data.name=image_folder data.labels_from_subfolders=true model.conditional=true data.clusters=10",
      "data.labels_from_subfolders=true gives class labels, but data.clusters=10 would replace them by cluster "
      "numbers: set data.clusters=0 to train on the classes",
      "data.name=image_folder data.labels_from_subfolders=true model.conditional=true data.clusters=0"),
     ("sampling.schedule=trailing diffusion.train_noise=lognormal", "sampling.schedule=trailing needs a discrete "
-     "training schedule", "sampling.schedule=trailing diffusion.train_noise=cosine"),
+     "training schedule (diffusion.train_noise=ddpm or cosine); use karras or loglinear",
+     "sampling.schedule=trailing diffusion.train_noise=cosine"),
     ("sampling.schedule=trailing diffusion.train_noise=uniform_t", "sampling.schedule=trailing needs a discrete",
-     "sampling.schedule=trailing diffusion.train_noise=lognormal model.name=pretrained model.pretrained.source=p"),
-    ("data.name=digits data.clusters=10 model.conditional=false", "data.clusters=10 labels the data by its clusters",
+     "sampling.schedule=trailing diffusion.train_noise=ddpm"),
+    ("data.name=digits data.clusters=10 model.conditional=false", "data.clusters=10 labels the data by its clusters "
+     "for a conditional model to be guided by: add model.conditional=true (or set data.clusters=0)",
      "data.name=digits data.clusters=10 model.conditional=true"),
-    ("data.name=digits data.prompt=a", "data.captions and data.prompt label the images of a folder",
-     "data.name=image_folder data.labels_from_subfolders=false data.prompt=a"),
+    ("data.name=digits data.prompt=a", "data.captions and data.prompt label the images of a folder "
+     "(data.name=image_folder) in place of data.labels_from_subfolders: set data.name=image_folder and only one of "
+     "the three", "data.name=image_folder data.labels_from_subfolders=false data.prompt=a"),
     ("data.name=image_folder data.labels_from_subfolders=false data.captions=true data.prompt=a",
      "data.captions and data.prompt label the images", "data.name=image_folder data.labels_from_subfolders=false "
      "data.captions=true"),
     ("data.name=image_folder data.labels_from_subfolders=true data.captions=true", "data.captions and data.prompt",
      "data.name=image_folder data.labels_from_subfolders=true"),
-    ("lora.class_prompt=a", "lora.class_prompt (DreamBooth's prior preservation) needs lora.base",
-     "lora.class_prompt=a lora.base=runs/a"),
+    ("lora.class_prompt=a", "lora.class_prompt (DreamBooth's prior preservation) needs lora.base: the text-to-image "
+     "pipeline whose own images of the class are kept", "lora.class_prompt=a lora.base=runs/a"),
     ("lora.base=runs/a distill.teacher=runs/b", "lora.base and distill.teacher are both set", "lora.base=runs/a"),
     ("codec.source=runs/ae model.name=ideal", "codec.source=runs/ae makes a latent model of this project's networks, "
      "and model.name=ideal memorises images", "codec.source=runs/ae"),
@@ -253,12 +308,14 @@ def test_settings_that_do_not_work_together_are_refused_and_their_neighbours_are
     load_config(fine.split())
 
 
-def test_a_pipelines_configuration_is_accepted_beside_toy_data(project_dir):
+def test_a_pipelines_configuration_is_accepted_beside_toy_data_and_any_training_noise(project_dir):
     """A toy project samples pipelines too (``runs.pretrained_config`` keeps the project's data section): a pipeline
     is not looked up among this project's networks, and refuses 2D points itself when trained on them
-    (test_pretrained)."""
-    assert load_config(["data.name=toy2d", "model.name=pretrained", "model.pretrained.source=p"]).model.name == \
-        "pretrained"
+    (test_pretrained). Its scheduler is discrete, whatever diffusion.train_noise says: trailing steps fit it."""
+    pipeline = ["model.name=pretrained", "model.pretrained.source=p"]
+    assert load_config(["data.name=toy2d", *pipeline]).model.name == "pretrained"
+    assert load_config(["sampling.schedule=trailing", "diffusion.train_noise=lognormal", *pipeline]).sampling.schedule \
+        == "trailing"
 
 
 def test_a_command_line_item_must_be_key_equals_value_in_yaml(project_dir):
@@ -267,6 +324,10 @@ def test_a_command_line_item_must_be_key_equals_value_in_yaml(project_dir):
             load_config([item])
     with pytest.raises(ConfigError, match=r"^cannot read 'model.unet.channel_mult=\[1,2': did not find expected ','"):
         load_config(["trainer.max_steps=5", "model.unet.channel_mult=[1,2"])           # one line, not a traceback
+    with pytest.raises(ConfigError) as error:                                           # OmegaConf's own grammar
+        load_config(["name=${x"])
+    assert str(error.value) == ("cannot read 'name=${x': no viable alternative at input '${x'; values are YAML (close "
+                                "their brackets, and quote text that holds ': ' or ' #')")
 
 
 def test_outside_the_project_folder_the_projects_own_configs_are_read(tmp_path, monkeypatch):

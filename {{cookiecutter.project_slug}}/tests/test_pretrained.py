@@ -338,8 +338,10 @@ def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_di
     assert (out / "interpolate" / "labels.gif").is_file()
     from {{ cookiecutter.package_name }}.commands import sample, train
 
-    with pytest.raises(ConfigError, match="prompts as labels"):
+    with pytest.raises(ConfigError) as error:
         sample.run([f"run={text_folder}", "n=1"])
+    assert str(error.value) == (f"{text_folder} is a text-to-image model: give prompts as labels, e.g. "
+                                "'labels=[a photo of a cat]' (sample)")
     with pytest.raises(ConfigError, match="text-to-image pipeline: those are sampled only"):
         train.run(["experiment=finetune", f"model.pretrained.source={text_folder}", "data.name=digits"])
 

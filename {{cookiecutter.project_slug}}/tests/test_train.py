@@ -1,4 +1,5 @@
 """End to end: train a few steps, resume, sample, from the command-line functions."""
+import json
 import math
 import operator
 import os
@@ -15,12 +16,20 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from {{ cookiecutter.package_name }} import runs
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
 from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.pixels import to_uint8
-from {{ cookiecutter.package_name }}.runs import check_resumable, load_run, read_checkpoint, saved_config
+from {{ cookiecutter.package_name }}.runs import (
+    Run,
+    check_resumable,
+    load_run,
+    open_run,
+    read_checkpoint,
+    saved_config,
+)
 
 FAST = ["trainer.log_every_n_steps=5", "trainer.val_every_n_steps=10", "trainer.sample_count=16"]
 
@@ -480,6 +489,22 @@ def test_the_ideal_model_is_trained_by_storing_its_examples_and_every_sampler_en
     assert main(["interpolate", "run=runs/ideal", "between=images", "images=[0,5]", "frames=3"]) == 0
 
 
+def test_a_command_opens_its_run_with_its_sampling_keys_apart_and_its_labels_made_class_numbers(project_dir):
+    from {{ cookiecutter.package_name }}.commands.sample import SampleCommand
+
+    assert main(["train", "experiment=digits", "model.name=ideal", "model.conditional=true", "name=ideal",
+                 "trainer.sample_count=2"]) == 0
+    command, model, run, sampling = open_run(["run=runs/ideal", "n=3", "steps=7", "labels=['9',4]"], SampleCommand,
+                                             "sample", ("n",))
+    assert (run.root, command.n, command.labels, "steps" in command) == (Path("runs/ideal"), 3, [9, 4], False)
+    assert model.config.sampling.steps != 7 and sampling.steps == 7       # the run's sampling, with the steps given
+    assert sampling.sampler == model.config.sampling.sampler
+    with pytest.raises(ConfigError, match=r"^bad value for 'n': 0 \(must be"):
+        open_run(["run=runs/ideal", "n=0"], SampleCommand, "sample", ("n",))
+    with pytest.raises(ConfigError, match=r"^sample needs run=<run directory or .ckpt file>, e.g. run=runs/digits$"):
+        open_run(["n=3"], SampleCommand, "sample")
+
+
 def test_the_readme_python_example_runs(project_dir):
     import re
 
@@ -596,6 +621,48 @@ def test_a_checkpoint_needs_its_weights_config_and_data_shape(tmp_path, part):
         return
     with pytest.raises(ConfigError, match="some.ckpt is a torch file, but not a checkpoint of this project"):
         read_checkpoint(tmp_path / "some.ckpt")
+
+
+def test_a_run_directory_is_laid_out_as_the_runs_module_says():
+    listed = re.findall(r"^ {8}(\S+)", runs.__doc__.split("An export")[0], re.M)     # config.yaml, samples/step_*.png
+    run = Run.named("some")
+    for path in (run.config, run.classes, run.last_checkpoint, run.samples, run.generated, run.fid, run.inspect,
+                 run.pairs, run.class_images):
+        name = path.relative_to("runs/some").as_posix()
+        assert name in listed or any(entry.startswith(f"{name}/") for entry in listed), name
+
+
+def test_a_run_resumes_from_its_last_checkpoint_only_when_asked_and_only_on_the_same_data(project_dir, capsys):
+    """Run.checkpoint_to_resume on a run written by hand: none is a new run; one is refused unless
+    trainer.resume is set, and resumed at its step only with its data's shape and class names."""
+    cfg = load_config(["experiment=digits", "trainer.resume=true"])
+    run = Run("runs/x")
+    assert run.checkpoint_to_resume(cfg, [1, 8, 8], []) == (None, 0)
+    run.save_config(cfg, [])
+    assert OmegaConf.load("runs/x/config.yaml") == cfg and not Path("runs/x/classes.json").exists()
+    run.save_config(cfg, ["a", "b"])
+    assert json.loads(Path("runs/x/classes.json").read_text()) == ["a", "b"]
+
+    run.last_checkpoint.parent.mkdir()
+    hparams = {"config": OmegaConf.to_container(cfg), "data_shape": [1, 8, 8], "class_names": None}
+    torch.save({"state_dict": {}, "hyper_parameters": hparams, "global_step": 12}, run.last_checkpoint)
+    assert run.checkpoint_to_resume(cfg, (1, 8, 8), []) == (Path("runs/x/checkpoints/last.ckpt"), 12)
+    assert capsys.readouterr().out == ""                                   # nothing changed, nothing reported
+    changed = cfg.copy()
+    changed.optim.lr = 0.5
+    assert run.checkpoint_to_resume(changed, [1, 8, 8], [])[1] == 12
+    assert capsys.readouterr().out == f"resuming runs/x with changed settings: optim.lr=0.5 (was {cfg.optim.lr})\n"
+    for shape, classes, now in [([3, 8, 8], [], "[3, 8, 8] with none"), ([1, 8, 8], ["a"], "[1, 8, 8] with ['a']")]:
+        with pytest.raises(ConfigError) as error:
+            run.checkpoint_to_resume(cfg, shape, classes)
+        assert str(error.value) == (f"runs/x was trained on data of shape [1, 8, 8] with classes none; it would "
+                                    f"now train on {now}. Resume with the same data, or start a new run with "
+                                    "name=<new name>")
+    cfg.trainer.resume = False
+    with pytest.raises(ConfigError) as error:
+        run.checkpoint_to_resume(cfg, [1, 8, 8], [])
+    assert str(error.value) == ("runs/x already holds a run; resume it with trainer.resume=true or start another "
+                                "with name=<new name>")
 
 
 def test_resuming_applies_new_optimiser_settings_and_refuses_a_new_network(project_dir, capsys):

@@ -387,16 +387,17 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None, base=
     layers += [(local, str(local_file)), (cli, "the command line")]
     for layer, source in layers:
         cfg = merge(cfg, layer, source)
+        for key in dotted_keys(layer):
+            # A layer's ``???`` asks a later layer for a value (experiments/reflow.yaml: distill.teacher);
+            # OmegaConf's merge keeps the value below it, so the key is made missing.
+            if OmegaConf.select(layer, key, default=MISSING) == MISSING:
+                OmegaConf.update(cfg, key, MISSING)
     given = set().union(*(dotted_keys(layer) for layer, _ in layers))
     if cfg.diffusion.objective != baked_objective:
         follow_objective(cfg, given)
-    # A layer's ``???`` asks for a value (experiments/reflow.yaml: distill.teacher). OmegaConf does
-    # not merge it, so a key asked for is missing while no later layer has set it.
-    asked = {key for layer, _ in layers for key in dotted_keys(layer)
-             if OmegaConf.select(layer, key, default=MISSING) == MISSING}
-    missing = sorted({*OmegaConf.missing_keys(cfg), *(key for key in asked if OmegaConf.select(cfg, key) is None)})
+    missing = OmegaConf.missing_keys(cfg)
     if missing:
-        raise ConfigError(f"no value for {', '.join(missing)}; set it in {base_file} or as key=value")
+        raise ConfigError(f"no value for {', '.join(sorted(missing))}; set it in {base_file} or as key=value")
     check_values(cfg)
     if "data.root" in given and cfg.data.name in ("toy2d", "digits"):
         raise ConfigError(f"data.root={cfg.data.root} is given, but data.name={cfg.data.name} does not read files; "
@@ -471,16 +472,16 @@ def merge(cfg: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 
 def explain(error: OmegaConfBaseException, cfg: DictConfig, source: str) -> str:
-    key = getattr(error, "full_key", None) or "?"
+    key = error.full_key or "?"
     parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
+    node = OmegaConf.select(cfg, parent)                 # the whole configuration for a top-level key
     # ``in`` would say no for a key whose value is still missing (???); labels[0] is a bad list item
     if isinstance(node, DictConfig) and leaf not in node.keys() and "[" not in leaf:
         valid = list(node.keys())
         where = f"'{parent}'" if parent else "the top level"
         return (f"unknown key '{key}' in {source}.{did_you_mean(leaf, valid, parent)} "
                 f"Valid keys in {where}: {', '.join(valid)}")
-    message = str(getattr(error, "msg", error)).strip().splitlines()[0]    # OmegaConf appends key details
+    message = str(error).strip().splitlines()[0]       # OmegaConf appends the key's details on later lines
     return f"bad value for '{key}' in {source}: {message}"
 
 
