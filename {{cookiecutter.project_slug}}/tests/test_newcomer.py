@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from {{ cookiecutter.package_name }}.cli import main
+from {{ cookiecutter.package_name }}.errors import ConfigError
 from {{ cookiecutter.package_name }}.runs import load_run
 
 
@@ -21,6 +22,7 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     folder = tmp_path / "exports" / "digits"
     assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "model.json", "config.yaml", "README.md"}
     assert (folder / "preview.png").read_bytes() == (samples / "step_0000010.png").read_bytes()   # the latest grid
+    assert "Trained 10 steps on digits data of shape [1, 8, 8] of 10 classes." in (folder / "README.md").read_text()
     model, _ = load_run(digits_run)
     weights = load_file(folder / "model.safetensors")
     assert weights.keys() == model.denoiser.state_dict().keys()                # the EMA weights, tensors only
@@ -38,6 +40,11 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     assert made_by["model"]["export"] == "model" and made_by["model"]["step"] == 10
     assert main(["export", "run=model"]) == 2
     assert "already a folder to share" in capsys.readouterr().err
+    (elsewhere / "model" / "config.yaml").write_text(folder.joinpath("config.yaml").read_text().replace(
+        "    channels: 8\n", "    channels: 16\n", 1))                       # model.unet.channels, as trained
+    with pytest.raises(ConfigError, match=r"^model/model.safetensors does not fit the model its config.yaml "
+                                          r"describes: Error\(s\) in loading state_dict"):
+        load_run("model")
 
 
 def test_samples_record_what_made_them(digits_run):

@@ -484,6 +484,7 @@ def test_the_ideal_model_is_trained_by_storing_its_examples_and_every_sampler_en
         assert distances.min(1).values.max() < 1e-4, sampler
         assert torch.equal(labels[distances.argmin(1)], asked), sampler
     assert main(["export", "run=runs/ideal", "out=exports/ideal"]) == 0           # the examples travel as weights
+    assert main(["export", "run=runs/ideal", "out=exports/ideal"]) == 0           # and are written again in place
     exported, _ = load_run("exports/ideal")
     assert torch.equal(exported.denoiser.examples, model.denoiser.examples)
     assert main(["interpolate", "run=runs/ideal", "between=images", "images=[0,5]", "frames=3"]) == 0

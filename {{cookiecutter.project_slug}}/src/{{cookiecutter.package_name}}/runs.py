@@ -571,14 +571,24 @@ def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool
     diffusers pipeline, as its adapters alone in diffusers' LoRA format."""
     if model.config.lora.base and (merge or model.pretrained is None):
         model = merged_model(model)
+    out.mkdir(parents=True, exist_ok=True)
     if model.config.lora.base:
-        return export_adapters(model, out, preview)
-    if model.pretrained is not None:
-        return export_pipeline(model, out, preview)
+        export_adapters(model, out)
+    elif model.pretrained is not None:
+        export_pipeline(model, out)
+    else:
+        export_network(model, out)
+    if preview is not None:
+        shutil.copyfile(preview, out / "preview.png")
+    return out
+
+
+def export_network(model: Model, out: Path) -> None:
+    """This project's own network: its EMA weights as safetensors, model.json, config.yaml, a README,
+    and a latent model's own autoencoder."""
     from safetensors.torch import save_file
 
     source, step, cfg = model.origin["checkpoint"], model.origin["step"], model.config
-    out.mkdir(parents=True, exist_ok=True)
     weights = {key: value.detach().cpu().contiguous() for key, value in model.denoiser.state_dict().items()}
     save_file(weights, out / EXPORT_WEIGHTS)
     info = {"format": "diffusion-lab export 1", "data_shape": list(model.codec.data_shape(model.data_shape)),
@@ -596,9 +606,6 @@ def export_run(model: Model, out: Path, preview: Path | None = None, merge: bool
         f"Draw samples with the project that made it:\n\n    {__package__} sample run=<this folder>\n\n"
         f"{EXPORT_WEIGHTS}: the EMA weights; {EXPORT_INFO}: data shape, class names, step; config.yaml: the "
         "configuration it was trained with.\n")
-    if preview is not None:
-        shutil.copyfile(preview, out / "preview.png")
-    return out
 
 
 def merged_model(model: Model) -> Model:
@@ -614,11 +621,10 @@ def merged_model(model: Model) -> Model:
     return merged
 
 
-def export_adapters(model: Model, out: Path, preview: Path | None = None) -> Path:
+def export_adapters(model: Model, out: Path) -> None:
     """An adapted diffusers pipeline as its adapters alone: the file that diffusers'
     ``load_lora_weights`` reads (``adapters/lora.py``), with model.json, config.yaml and a README."""
     cfg, step = model.config, model.origin["step"]
-    out.mkdir(parents=True, exist_ok=True)
     save_diffusers_adapters(model.pretrained.pipeline, model.denoiser.net.unet, out, cfg.lora.rank, cfg.lora.alpha)
     info = {"format": "diffusion-lab adapters 1", "data_shape": list(model.data_shape), "step": step,
             "trained_in": model.origin["checkpoint"], "base": cfg.lora.base}
@@ -632,9 +638,6 @@ def export_adapters(model: Model, out: Path, preview: Path | None = None) -> Pat
         f"    pipeline = DiffusionPipeline.from_pretrained('{base}')\n"
         "    pipeline.load_lora_weights('<this folder>')\n\n"
         f"or, with the project that made it: `{__package__} sample run=<this folder> 'labels=[your prompt]'`.\n")
-    if preview is not None:
-        shutil.copyfile(preview, out / "preview.png")
-    return out
 
 
 def load_adapter_export(folder: Path) -> tuple[Model, Run]:
@@ -653,7 +656,7 @@ def load_adapter_export(folder: Path) -> tuple[Model, Run]:
     return model, Run(folder)
 
 
-def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Path:
+def export_pipeline(model: Model, out: Path) -> None:
     """A fine-tuned pretrained model as the pipeline it came from, with the EMA network in place
     of the original: a diffusers folder (``DiffusionPipeline.from_pretrained(out)``)."""
     cfg = model.config
@@ -670,6 +673,3 @@ def export_pipeline(model: Model, out: Path, preview: Path | None = None) -> Pat
         "    pipeline = DiffusionPipeline.from_pretrained('<this folder>')\n\n"
         f"or, with the project that made it: `{__package__} sample run=<this folder>`.\n")
     OmegaConf.save(cfg, out / "config.yaml")
-    if preview is not None:
-        shutil.copyfile(preview, out / "preview.png")
-    return out
