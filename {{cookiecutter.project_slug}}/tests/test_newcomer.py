@@ -38,6 +38,7 @@ def test_an_export_samples_on_another_machine_as_the_run_does(digits_run, tmp_pa
     assert main(["guidance-grid", "run=model", "steps=2", "labels=[1,2]", "weights=[0,1]"]) == 0
     made_by = yaml.safe_load(open("from_export/made_by.yaml"))
     assert made_by["model"]["export"] == "model" and made_by["model"]["step"] == 10
+    assert made_by["model"]["trained_in"] == f"{digits_run}/checkpoints/last.ckpt"
     assert main(["export", "run=model"]) == 2
     assert "already a folder to share" in capsys.readouterr().err
     (elsewhere / "model" / "config.yaml").write_text(folder.joinpath("config.yaml").read_text().replace(

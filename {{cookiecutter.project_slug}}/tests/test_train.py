@@ -602,6 +602,7 @@ def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alik
     torch.manual_seed(5)
     model, _ = load_run("runs/seeded")
     assert torch.equal(torch.rand(3), expected)
+    assert not model.denoiser.training and not any(p.requires_grad for p in model.denoiser.parameters())
     assert saved_config("runs/seeded/checkpoints/last.ckpt") == saved_config("runs/seeded") == model.config
     (project_dir / "pipeline").mkdir()
     (project_dir / "pipeline" / "model_index.json").write_text("{}")
