@@ -385,14 +385,16 @@ def load_config(overrides: list[str] = (), config_dir: Path | None = None, base=
         if preset == CHECK_PRESET:      # a short check of the experiment: its run length wins over the experiment's
             layers.append(layers[0])
     layers += [(local, str(local_file)), (cli, "the command line")]
+    given = set()
     for layer, source in layers:
         cfg = merge(cfg, layer, source)
-        for key in dotted_keys(layer):
+        keys = dotted_keys(layer)
+        given.update(keys)
+        for key in keys:
             # A layer's ``???`` asks a later layer for a value (experiments/reflow.yaml: distill.teacher);
             # OmegaConf's merge keeps the value below it, so the key is made missing.
             if OmegaConf.select(layer, key, default=MISSING) == MISSING:
                 OmegaConf.update(cfg, key, MISSING)
-    given = set().union(*(dotted_keys(layer) for layer, _ in layers))
     if cfg.diffusion.objective != baked_objective:
         follow_objective(cfg, given)
     missing = OmegaConf.missing_keys(cfg)
