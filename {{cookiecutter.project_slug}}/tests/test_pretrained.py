@@ -98,6 +98,36 @@ def text_folder(tmp_path_factory):
     return text_pipeline(tmp_path_factory.mktemp("text") / "tiny-sd")
 
 
+def if_pipeline(folder) -> str:
+    """DeepFloyd IF's first stage in miniature: 8x8 pixels, a case-sensitive word-level tokenizer
+    of a few words (IF's T5 tokenizer also tells "Fox" from "fox"), a one-layer T5 text encoder
+    (IF's is T5-XXL), a UNet that predicts the noise and its variance (6 channels out) from the
+    text's states and their pooled summary, and IF's DDPM scheduler with learned variance."""
+    import tokenizers
+
+    words = {word: i for i, word in enumerate(["<pad>", "</s>", "<unk>", "a", "red", "fox", "on", "snow"])}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="<unk>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                                     unk_token="<unk>", model_max_length=16)
+    torch.manual_seed(0)
+    encoder = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, pad_token_id=0,
+        eos_token_id=1))
+    unet = diffusers.UNet2DConditionModel(sample_size=8, in_channels=3, out_channels=6, layers_per_block=1,
+                                          block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
+                                          attention_head_dim=2, encoder_hid_dim=16, addition_embed_type="text",
+                                          addition_embed_type_num_heads=2,
+                                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=STEPS, variance_type="learned_range", clip_sample=False)
+    pipeline = diffusers.IFPipeline(tokenizer=tokenizer, text_encoder=encoder, unet=unet, scheduler=scheduler,
+                                    safety_checker=None, feature_extractor=None, watermarker=None,
+                                    requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return str(folder)
+
+
 def test_the_noise_levels_are_the_schedule_in_sigma_form_and_timesteps_exact_at_training_steps():
     """DDPM's linear betas of diffusers' scheduler give the sigmas of Ho et al.'s schedule (our
     schedules.py, computed independently); each training step's sigma maps back
@@ -227,6 +257,32 @@ def test_a_text_model_samples_and_decodes_its_latents_as_diffusers_does(project_
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), theirs, rtol=0, atol=1e-4)
 
 
+def test_deepfloyd_ifs_first_stage_samples_in_pixels_as_diffusers_does(project_dir, tmp_path):
+    """IF's first stage as a run: its prompts encoded as IF encodes them (in lower case, by T5 at
+    77 tokens with the padding masked), guidance on the noise half of its 6 channels, and the
+    default DPM-Solver++(2M) down the trailing levels, against IFPipeline's own loop with
+    diffusers' multistep solver, from the same noise (and without IF's optional caption cleaning,
+    which needs bs4 and ftfy)."""
+    from diffusion_lab.config import run_config
+    from diffusion_lab.runs import load_run
+
+    model, _ = load_run(if_pipeline(tmp_path / "tiny-if"))
+    model.use_prompts(["A red Fox"])
+    assert model.takes_prompts and not model.codec.latent and model.data_shape == (3, 8, 8)
+    sampling = run_config(model.config, "sampling", {"steps": 5, "guidance": 4.0}).sampling
+    start = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma_max = model.sigmas(sampling)[0].item()
+    ours = model.generate(model.guided(1, 4.0, torch.tensor([0])), sampling,
+                          noise=start * math.sqrt(1 + sigma_max**2) / sigma_max).x
+    pipeline = model.pretrained.pipeline
+    pipeline.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        final_sigmas_type="zero")
+    theirs = pipeline("A red Fox", num_inference_steps=5, guidance_scale=4.0, output_type="pt",
+                      generator=torch.Generator().manual_seed(0), clean_caption=False).images
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
 def test_a_text_model_edits_and_restores_images_through_its_vae(project_dir, text_folder):
     """restore on Stable Diffusion (img2img, and DPS through the VAE's decoder), guided by a
     prompt. At strength 0 SDEdit changes nothing but the VAE's round trip: the images are
@@ -352,7 +408,8 @@ def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_d
     its weights; it trains on the command line's data (the pipeline was trained on none of
     ours) at the recipe's noise levels, not at the pipeline's discrete ones; it samples in one
     step and exports as a pipeline whose README says how. Data of another shape, a pipeline
-    that predicts x0 (for consistency) and a text-to-image pipeline are one ERROR line each."""
+    that predicts x0 (for consistency) and a text-to-image pipeline, latent (Stable Diffusion)
+    or in pixels (IF), are one ERROR line each."""
     from {{ cookiecutter.package_name }}.config import load_config, student_config
     from {{ cookiecutter.package_name }}.diffusion.schedules import UniformTNoise
     from {{ cookiecutter.package_name }}.runs import load_run, new_student
@@ -388,7 +445,9 @@ def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_d
     for args, message in ((["experiment=ect", f"distill.teacher={pixel_folder}", *data, "data.image_size=4"],
                            "draws examples of shape [1, 8, 8], but data.name=tensor_file gives [1, 4, 4]"),
                           (["experiment=cd", f"distill.teacher={x0_pipeline}", *data], "predicts x0"),
-                          (["experiment=reflow", f"distill.teacher={text_folder}"], "text-to-image or latent")):
+                          (["experiment=reflow", f"distill.teacher={text_folder}"], "text-to-image or latent"),
+                          (["experiment=reflow", f"distill.teacher={if_pipeline(tmp_path / 'if')}"],
+                           "text-to-image or latent")):
         assert main(["train", *args, *quick, "name=refused"]) == 2, args
         assert message in capsys.readouterr().err, args
 

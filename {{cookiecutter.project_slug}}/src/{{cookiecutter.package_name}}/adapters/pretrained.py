@@ -131,14 +131,13 @@ class Pretrained:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
-        """The text encoder's last hidden states for each prompt, padded to the tokenizer's length."""
-        tokenizer, encoder = self.pipeline.tokenizer, self.pipeline.text_encoder
-        tokens = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-        masked = getattr(encoder.config, "use_attention_mask", False) or encoder.config.model_type == "t5"
-        device = next(encoder.parameters()).device
-        mask = tokens.attention_mask.to(device) if masked else None
-        return encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float()
+        """Each prompt encoded as the pipeline itself encodes it (its ``encode_prompt``): Stable
+        Diffusion's CLIP states at its tokenizer's length; IF's T5 states of the prompt in lower
+        case, at 77 tokens, with their padding mask."""
+        device = next(self.pipeline.text_encoder.parameters()).device
+        embeddings = self.pipeline.encode_prompt(list(prompts), device=device, num_images_per_prompt=1,
+                                                 do_classifier_free_guidance=False)[0]
+        return embeddings.float()
 
     def use_prompts(self, prompts: list[str]) -> None:
         """Make ``prompts`` the classes: label k is prompts[k], label len(prompts) the empty prompt."""
