@@ -13,7 +13,7 @@ from PIL import Image
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.inspect_data import write_report
 from {{ cookiecutter.package_name }}.commands.train import run as train
-from {{ cookiecutter.package_name }}.config import ConfigError, load_config
+from {{ cookiecutter.package_name }}.config import ConfigError, load_config, student_config
 from {{ cookiecutter.package_name }}.data import (
     TOY_SHAPES,
     DeviceBatches,
@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }}.data.augment import center_crop, random_cro
 from {{ cookiecutter.package_name }}.data.clusters import kmeans, thumbnails
 from {{ cookiecutter.package_name }}.errors import DataError
 from {{ cookiecutter.package_name }}.pixels import to_uint8, to_unit_range
-from {{ cookiecutter.package_name }}.runs import load_run, new_model
+from {{ cookiecutter.package_name }}.runs import load_run, new_model, new_student
 
 
 @pytest.mark.parametrize("shape", sorted(TOY_SHAPES))
@@ -1105,6 +1105,9 @@ def test_a_cluster_guided_run_keeps_its_cluster_sizes_in_checkpoint_and_export(p
     for saved in ("runs/clusters", "exported"):
         model, _ = load_run(saved)
         assert model.draws_clusters and model.cluster_sizes == [40, 25, 15]
+    cfg = student_config(load_config(["experiment=ect", "distill.teacher=exported"]), model.config)
+    student = new_student(cfg, model)                                      # and so do its students
+    assert student.draws_clusters and student.cluster_sizes == [40, 25, 15]
 
 
 def test_samples_of_a_cluster_guided_model_draw_each_cluster_as_often_as_the_data_holds_it(project_dir):

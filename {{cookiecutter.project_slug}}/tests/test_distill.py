@@ -452,7 +452,8 @@ def test_consistency_students_are_ordinary_runs_that_sample_with_the_consistency
     """train experiment=cd (or ect) distill.teacher=RUN: a student of the teacher's network and
     weights, trained on its data; the ECT student resumed mid-training (its gap schedule follows
     the step) equals one trained straight; both sample in one evaluation. A teacher that predicts
-    x0 has no boundary condition D(x, 0) = x to build on: refused."""
+    x0 has no boundary condition D(x, 0) = x to build on, and the ideal denoiser has no network
+    to start from: both refused."""
     assert main(["train", "experiment=toy2d", "name=teacher", "logger=csv", "model.mlp.width=32",
                  "trainer.max_steps=30", "trainer.val_every_n_steps=1000", "trainer.sample_every_n_steps=1000"]) == 0
     common = ["distill.teacher=runs/teacher", "distill.stage_steps=4", "logger=csv", "data.batch_size=32",
@@ -476,6 +477,11 @@ def test_consistency_students_are_ordinary_runs_that_sample_with_the_consistency
     capsys.readouterr()
     assert main(["train", "experiment=ect", "distill.teacher=runs/x0"]) == 2
     assert "predicts x0 (diffusion.objective=x0" in capsys.readouterr().err
+    assert main(["train", "experiment=toy2d", "name=ideal", "model.name=ideal", "logger=csv"]) == 0
+    capsys.readouterr()
+    assert main(["train", "experiment=ect", "distill.teacher=runs/ideal"]) == 2
+    assert capsys.readouterr().err == ("ERROR: distill.teacher=runs/ideal is the ideal denoiser (model.name=ideal): "
+                                       "students start from the teacher's network, and it has none\n")
 
 
 def test_a_consistency_students_validation_loss_is_its_loss_at_the_last_steps_gap():

@@ -634,6 +634,13 @@ def test_a_run_directory_is_laid_out_as_the_runs_module_says():
         assert name in listed or any(entry.startswith(f"{name}/") for entry in listed), name
 
 
+def test_an_unreadable_files_error_is_told_in_one_short_line():
+    """``describe``, which unreadable exports quote: the error's kind and its first line, cut at 100."""
+    assert runs.describe(ValueError("bad header\nat byte 8")) == "ValueError: bad header"
+    assert runs.describe(OSError("x" * 150)) == f"OSError: {'x' * 100}"
+    assert runs.describe(KeyError()) == "KeyError"
+
+
 def test_a_run_resumes_from_its_last_checkpoint_only_when_asked_and_only_on_the_same_data(project_dir, capsys):
     """Run.checkpoint_to_resume on a run written by hand: none is a new run; one is refused unless
     trainer.resume is set, and resumed at its step only with its data's shape and class names."""
