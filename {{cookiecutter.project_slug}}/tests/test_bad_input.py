@@ -78,7 +78,8 @@ BAD = [
     (["sample", "run=runs/classes", "conditions=[[3,1.0],[99,1.0]]"], "label 99 is not one of the model's classes"),
     (["sample", "run=runs/classes", "conditions=[[3]]"], "[label, weight] pair"),
     (["sample", "run=runs/classes", "conditions=[[3,true]]"], "[label, weight] pair with a finite weight"),
-    (["sample", "run=runs/plain", "labels=[1]"], "need a class-conditional model"),
+    (["sample", "run=runs/plain", "labels=[1]"], "need a class-conditional model; runs/plain was trained with "
+                                                 "model.conditional=false"),
     (["sample", "run=runs/classes", "precision=16-mixed", "device=cpu"], "needs a CUDA GPU"),
     (["sample", "run=runs/classes", "steps=3", "sampler=rk4"], "sampler"),
     (["sample", "run=runs/classes", "steps=2", "n=1000000000000", "batch_size=1000000000000"],

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from {{ cookiecutter.package_name }}.codecs import FeatureRange
 from {{ cookiecutter.package_name }}.config import load_config
@@ -554,7 +555,9 @@ def test_sequences_with_conditions_train_sample_restore_interpolate_and_export(p
     samples = torch.load("runs/paths/generated/samples.pt")
     assert samples.shape == (3, 2, 16) and (samples - 1002).abs().max() < 50      # in the data's units
     assert (project_dir / "runs/paths/generated/trajectory.gif").is_file()
-    for wrong in ("labels=[[1,2]]", "labels=[[1,2,3,nan]]", "conditions=[[[1,2,3,4],1.0]]"):
+    made_by = OmegaConf.load("runs/paths/generated/made_by.yaml")
+    assert made_by.settings.labels == [[1001.0, 1001.0, 1003.0, 1003.0]]           # the condition asked for
+    for wrong in ("labels=[[1,2]]", "labels=[[1,2,3,nan]]", "labels=[1001]", "conditions=[[[1,2,3,4],1.0]]"):
         assert main(["sample", "run=runs/paths", "n=1", wrong]) == 2                # weights are for class labels
         assert "conditioned on vectors of 4 numbers: give each as a list in labels" in capsys.readouterr().err
     assert main(["restore", "run=runs/paths", "method=repaint", "resample=2", "images=[0,5]",
