@@ -590,6 +590,17 @@ def test_a_run_saved_before_a_key_existed_loads_with_config_yamls_default_for_it
     assert model.config.optim.lr == 0.005 and model.config.data.name == "toy2d"
 
 
+def test_a_checkpoint_whose_configuration_does_not_fit_its_weights_says_so(project_dir):
+    assert main(["train", *TOY, "name=misfit", "trainer.max_steps=1"]) == 0
+    checkpoint = checkpoint_of("misfit")
+    checkpoint["hyper_parameters"]["config"]["model"]["mlp"]["width"] *= 2
+    torch.save(checkpoint, project_dir / "runs/misfit/checkpoints/last.ckpt")
+    with pytest.raises(ConfigError) as error:
+        load_run("runs/misfit")
+    assert str(error.value).startswith("runs/misfit/checkpoints/last.ckpt does not fit the model its own "
+                                       "configuration describes: Error(s) in loading state_dict")
+
+
 def test_loading_a_run_leaves_the_callers_random_state_and_its_config_reads_alike_from_folder_or_checkpoint(
         project_dir):
     """Building the network draws initial weights that the checkpoint then replaces: in a fork of the generator, so
