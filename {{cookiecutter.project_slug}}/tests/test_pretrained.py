@@ -263,8 +263,8 @@ def test_deepfloyd_ifs_first_stage_samples_in_pixels_as_diffusers_does(project_d
     default DPM-Solver++(2M) down the trailing levels, against IFPipeline's own loop with
     diffusers' multistep solver, from the same noise (and without IF's optional caption cleaning,
     which needs bs4 and ftfy)."""
-    from diffusion_lab.config import run_config
-    from diffusion_lab.runs import load_run
+    from {{ cookiecutter.package_name }}.config import run_config
+    from {{ cookiecutter.package_name }}.runs import load_run
 
     model, _ = load_run(if_pipeline(tmp_path / "tiny-if"))
     model.use_prompts(["A red Fox"])
