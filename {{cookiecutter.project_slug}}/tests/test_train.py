@@ -20,7 +20,7 @@ from {{ cookiecutter.package_name }} import runs
 from {{ cookiecutter.package_name }}.cli import main
 from {{ cookiecutter.package_name }}.commands.train import run as train
 from {{ cookiecutter.package_name }}.config import load_config
-from {{ cookiecutter.package_name }}.errors import ConfigError
+from {{ cookiecutter.package_name }}.errors import ConfigError, describe
 from {{ cookiecutter.package_name }}.pixels import to_uint8
 from {{ cookiecutter.package_name }}.runs import (
     Run,
@@ -646,10 +646,12 @@ def test_a_run_directory_is_laid_out_as_the_runs_module_says():
 
 
 def test_an_unreadable_files_error_is_told_in_one_short_line():
-    """``describe``, which unreadable exports quote: the error's kind and its first line, cut at 100."""
-    assert runs.describe(ValueError("bad header\nat byte 8")) == "ValueError: bad header"
-    assert runs.describe(OSError("x" * 150)) == f"OSError: {'x' * 100}"
-    assert runs.describe(KeyError()) == "KeyError"
+    """``describe``, which unreadable exports and pipelines quote: the error's kind and its first line,
+    cut at 100 characters unless told otherwise."""
+    assert describe(ValueError("bad header\nat byte 8")) == "ValueError: bad header"
+    assert describe(OSError("x" * 150)) == f"OSError: {'x' * 100}"
+    assert describe(OSError("x" * 200), 160) == f"OSError: {'x' * 160}"
+    assert describe(KeyError()) == "KeyError"
 
 
 def test_a_run_resumes_from_its_last_checkpoint_only_when_asked_and_only_on_the_same_data(project_dir, capsys):

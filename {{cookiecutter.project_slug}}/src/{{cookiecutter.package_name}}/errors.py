@@ -39,3 +39,10 @@ class Interrupted(Exception):
 
 class OfflineWeights(UserError):
     """Weights a feature extractor needs are not here and cannot be downloaded."""
+
+
+def describe(error: Exception, length: int = 100) -> str:
+    """An exception quoted in one short line of a user's error: its kind and the first ``length``
+    characters of its message's first line."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:length]}" if text else type(error).__name__

@@ -62,7 +62,7 @@ from .codecs import DiffusersAutoencoder, FeatureRange, Identity, TrainedAutoenc
 from .config import dotted_keys, load_config, parse_command, run_config, with_later_keys
 from .diffusion.parameterizations import NetworkDenoiser, build_parameterization
 from .diffusion.schedules import DiscreteNoise, training_noise
-from .errors import ConfigError
+from .errors import ConfigError, describe
 from .kinds import data_kind
 from .model import Model
 from .models import IdealDenoiser, build_model
@@ -193,12 +193,6 @@ def read_checkpoint(path: Path) -> dict:
         raise ConfigError(f"{path} is a torch file, but not a checkpoint of this project "
                           "(no state_dict and hyper_parameters with config and data_shape)")
     return checkpoint
-
-
-def describe(error: Exception) -> str:
-    """An exception in one short line: its kind and the start of its message."""
-    text = str(error)
-    return f"{type(error).__name__}: {text.splitlines()[0][:100]}" if text else type(error).__name__
 
 
 # -- building models ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.parameterizations import EpsPrediction, NetworkDenoiser, VPrediction, X0Prediction
-from ..errors import ConfigError, MissingPackage, OfflineWeights
+from ..errors import ConfigError, MissingPackage, OfflineWeights, describe
 
 PREDICTION_TYPES = {"epsilon": EpsPrediction, "v_prediction": VPrediction, "sample": X0Prediction}
 INSTALL = "pip install -e '.[pretrained]' (diffusers and transformers)"
@@ -165,7 +165,7 @@ def load_pretrained(source: str) -> Pretrained:
         pipeline = diffusers.DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else source)
     except (OSError, ValueError) as error:
         if folder.exists():
-            raise ConfigError(f"{folder} could not be loaded as a diffusers pipeline: {first_line(error)}") from None
+            raise ConfigError(f"{folder} could not be loaded as a diffusers pipeline: {describe(error, 160)}") from None
         raise not_fetched(source, "DiffusionPipeline", error) from None
     pipeline.set_progress_bar_config(disable=True)
     return adapt(source, pipeline)
@@ -188,7 +188,7 @@ def load_autoencoder(source: str) -> nn.Module:
             return diffusers.AutoencoderKL.from_pretrained(str(folder), subfolder=where or None).eval()
         except (OSError, ValueError) as error:
             raise ConfigError(f"codec.source={source} could not be loaded as an AutoencoderKL: "
-                              f"{first_line(error)}") from None
+                              f"{describe(error, 160)}") from None
     for subfolder in (None, "vae"):          # an autoencoder's own repository, or a pipeline's
         try:
             with warnings.catch_warnings():       # huggingface_hub's deprecation notes, of no use here
@@ -203,7 +203,7 @@ def not_fetched(hub_id: str, kind: str, error: Exception) -> OfflineWeights:
     """The error for a hub id that could not be loaded: where there is internet, save it as a
     folder (the command that does) and give the folder."""
     return OfflineWeights(
-        f"could not load {hub_id} from the hub or its local cache ({first_line(error)}). Where there is internet, "
+        f"could not load {hub_id} from the hub or its local cache ({describe(error, 160)}). Where there is internet, "
         "save it as a folder and give that folder instead: "
         f"python -c \"from diffusers import {kind} as P; "
         f"P.from_pretrained('{hub_id}').save_pretrained('models/{hub_id.split('/')[-1]}')\""
@@ -247,8 +247,3 @@ def import_diffusers():
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:160]}" if text else type(error).__name__
