@@ -128,6 +128,11 @@ def if_pipeline(folder) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def if_folder(tmp_path_factory):
+    return if_pipeline(tmp_path_factory.mktemp("if") / "tiny-if")
+
+
 def test_the_noise_levels_are_the_schedule_in_sigma_form_and_timesteps_exact_at_training_steps():
     """DDPM's linear betas of diffusers' scheduler give the sigmas of Ho et al.'s schedule (our
     schedules.py, computed independently); each training step's sigma maps back
@@ -257,7 +262,7 @@ def test_a_text_model_samples_and_decodes_its_latents_as_diffusers_does(project_
     torch.testing.assert_close((ours / 2 + 0.5).clamp(0, 1), theirs, rtol=0, atol=1e-4)
 
 
-def test_deepfloyd_ifs_first_stage_samples_in_pixels_as_diffusers_does(project_dir, tmp_path):
+def test_deepfloyd_ifs_first_stage_samples_in_pixels_as_diffusers_does(project_dir, if_folder):
     """IF's first stage as a run: its prompts encoded as IF encodes them (in lower case, by T5 at
     77 tokens with the padding masked), guidance on the noise half of its 6 channels, and the
     default DPM-Solver++(2M) down the trailing levels, against IFPipeline's own loop with
@@ -266,7 +271,7 @@ def test_deepfloyd_ifs_first_stage_samples_in_pixels_as_diffusers_does(project_d
     from {{ cookiecutter.package_name }}.config import run_config
     from {{ cookiecutter.package_name }}.runs import load_run
 
-    model, _ = load_run(if_pipeline(tmp_path / "tiny-if"))
+    model, _ = load_run(if_folder)
     model.use_prompts(["A red Fox"])
     assert model.takes_prompts and not model.codec.latent and model.data_shape == (3, 8, 8)
     sampling = run_config(model.config, "sampling", {"steps": 5, "guidance": 4.0}).sampling
@@ -403,7 +408,7 @@ def test_an_anagram_and_a_prompt_interpolation_run_on_a_text_pipeline(project_di
 
 
 def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_dir, pixel_folder, text_folder,
-                                                                       tmp_path, capsys):
+                                                                       if_folder, tmp_path, capsys):
     """A DDPM pipeline as distill.teacher: the student is the pipeline's network and starts from
     its weights; it trains on the command line's data (the pipeline was trained on none of
     ours) at the recipe's noise levels, not at the pipeline's discrete ones; it samples in one
@@ -446,8 +451,7 @@ def test_a_pixel_pipeline_teaches_few_step_students_of_its_own_network(project_d
                            "draws examples of shape [1, 8, 8], but data.name=tensor_file gives [1, 4, 4]"),
                           (["experiment=cd", f"distill.teacher={x0_pipeline}", *data], "predicts x0"),
                           (["experiment=reflow", f"distill.teacher={text_folder}"], "text-to-image or latent"),
-                          (["experiment=reflow", f"distill.teacher={if_pipeline(tmp_path / 'if')}"],
-                           "text-to-image or latent")):
+                          (["experiment=reflow", f"distill.teacher={if_folder}"], "text-to-image or latent")):
         assert main(["train", *args, *quick, "name=refused"]) == 2, args
         assert message in capsys.readouterr().err, args
 
